@@ -273,6 +273,8 @@ class CeiTConfig(PreTrainedConfig):
             num_labels = kwargs["num_labels"]
             if not _is_int(num_labels) or num_labels < 0:
                 raise ValueError(f"num_classes (num_labels) must be an int >= 0, got {num_labels!r}.")
+        elif self.label2id is None:
+            self.label2id = {str(label): int(index) for index, label in self.id2label.items()}
         if isinstance(self.image_size, tuple):
             self.image_size = list(self.image_size)
         if self.i2t_conv_padding is None and _is_int(self.i2t_conv_kernel_size):

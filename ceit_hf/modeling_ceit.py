@@ -96,6 +96,11 @@ def _layer_scale(dim: int, init_value: float | None) -> nn.Module:
     return nn.Identity() if init_value is None else CeiTLayerScale(dim, init_value)
 
 
+class CeiTConvLinear(nn.Linear):
+    """A convolution of the official model applied as a Linear layer on the token layout (LeFF's 1x1
+    convolutions, the "linear" patch projection). Initialised like the convolution it stands for."""
+
+
 def _in_checkpoint_recomputation() -> bool:
     # Activation checkpointing replays a layer's forward inside the backward pass; outside a backward pass the
     # autograd engine reports no current graph task.
@@ -115,7 +120,9 @@ class CeiTTokenBatchNorm(nn.BatchNorm1d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])
         if self.training and _in_checkpoint_recomputation():
-            out = F.batch_norm(flat, None, None, self.weight, self.bias, True, 0.0, self.eps)
+            # momentum 0 leaves the running statistics as they are while saving the same tensors for backward
+            # as the first pass (non-reentrant checkpointing compares them).
+            out = F.batch_norm(flat, self.running_mean, self.running_var, self.weight, self.bias, True, 0.0, self.eps)
         else:
             out = super().forward(flat)
         return out.view(x.shape)
@@ -258,7 +265,7 @@ class CeiTPatchEmbeddings(nn.Module):
         if self.technique == "conv":
             self.projection = nn.Conv2d(channels, config.d_model, kernel_size=p, stride=p)
         else:
-            self.projection = nn.Linear(channels * p * p, config.d_model)
+            self.projection = CeiTConvLinear(channels * p * p, config.d_model)
         self.norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps) if config.patch_norm else nn.Identity()
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
@@ -320,7 +327,7 @@ class CeiTLeFF(nn.Module):
         def batch_norm(channels):
             return CeiTTokenBatchNorm(channels) if config.leff_batch_norm else nn.Identity()
 
-        self.expand = nn.Linear(dim, hidden)
+        self.expand = CeiTConvLinear(dim, hidden)
         self.expand_norm = batch_norm(hidden)
         self.depthwise = nn.Conv2d(
             hidden,
@@ -330,10 +337,10 @@ class CeiTLeFF(nn.Module):
             padding=config.leff_depthwise_padding,
             groups=hidden,
         )
-        self.pointwise = nn.Linear(hidden, hidden) if config.leff_depthwise_separable else nn.Identity()
+        self.pointwise = CeiTConvLinear(hidden, hidden) if config.leff_depthwise_separable else nn.Identity()
         self.depthwise_norm = batch_norm(hidden)
         self.dropout = nn.Dropout(config.encoder_dropout)
-        self.reduce = nn.Linear(hidden, dim)
+        self.reduce = CeiTConvLinear(hidden, dim)
         self.reduce_norm = batch_norm(dim)
         self.act = nn.GELU()
         self.final_act = nn.GELU() if config.leff_final_activation else nn.Identity()
@@ -464,13 +471,7 @@ class CeiTPreTrainedModel(PreTrainedModel):
         layers, PyTorch's defaults for every convolution (LeFF's Linear layers are official 1x1 convolutions, the
         patch projection an official convolution), LayerNorm 1/0, zero layer-position embeddings."""
         std = self.config.initializer_range
-        if isinstance(module, CeiTLeFF):
-            for layer in (module.expand, module.pointwise, module.reduce):
-                if isinstance(layer, nn.Linear):
-                    _torch_default_init(layer)
-        elif isinstance(module, CeiTPatchEmbeddings):
-            _torch_default_init(module.projection)
-        elif isinstance(module, nn.Conv2d):
+        if isinstance(module, (nn.Conv2d, CeiTConvLinear)):
             _torch_default_init(module)
         elif isinstance(module, nn.Linear):
             init.trunc_normal_(module.weight, std=std)
@@ -494,7 +495,7 @@ class CeiTPreTrainedModel(PreTrainedModel):
 
 
 def _torch_default_init(layer: nn.Module):
-    """PyTorch's own `reset_parameters` for Linear/Conv, through transformers' init helpers (which skip
+    """PyTorch's own `reset_parameters` of Linear/Conv layers, through transformers' init helpers (which skip
     weights loaded from a checkpoint)."""
     init.kaiming_uniform_(layer.weight, a=5**0.5)
     if layer.bias is not None:

@@ -1,0 +1,32 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from ceit_hf import CeiTConfig  # noqa: E402
+
+
+TINY = dict(
+    image_size=32,
+    d_model=32,
+    encoder_num_heads=2,
+    lca_encoder_num_heads=2,
+    num_encoder_blocks=2,
+    i2t_out_channels=8,
+    patch_size=2,
+    classifier_mlp_d=None,
+    num_classes=5,
+)
+
+
+def tiny_config(**overrides) -> CeiTConfig:
+    """A CeiT small enough for a test: 32x32 input -> 8x8 stem map -> 4x4 token grid, 2 blocks of width 32."""
+    return CeiTConfig(**{**TINY, **overrides})
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

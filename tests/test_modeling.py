@@ -1,0 +1,390 @@
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ceit_hf import CeiTConfig, CeiTForImageClassification, CeiTModel
+from ceit_hf.conversion import convert_official_state_dict, infer_config
+from ceit_hf.modeling_ceit import CeiTTokenBatchNorm
+from transformers import AutoModel, AutoModelForImageClassification
+from transformers.modeling_outputs import ImageClassifierOutput
+
+from conftest import tiny_config
+from official_reference import official_forward, random_official_state_dict
+
+
+def pixels(batch=2, size=32, channels=3, width=None):
+    return torch.randn(batch, channels, size, width or size)
+
+
+def official_model(sd, **overrides):
+    model = CeiTForImageClassification(infer_config(sd, **overrides)).eval()
+    model.load_state_dict(convert_official_state_dict(sd), strict=True)
+    return model
+
+
+# --- every seed option, forward and backward -------------------------------------------------------------------
+
+SEED_GRID = list(
+    itertools.product(
+        ["pre", "post"],  # ln_order
+        ["pre", "post"],  # lca_encoder_ln_order
+        ["linear", "conv"],  # patchify_technique
+        [True, False],  # leff_depthwise_separable
+        [None, 1e-3],  # layer_scale (encoder and LCA)
+        [False, True],  # stochastic_depth
+        [None, 16],  # classifier_mlp_d
+    )
+)
+
+
+@pytest.mark.parametrize("ln, lca_ln, patchify, separable, scale, stodepth, mlp_d", SEED_GRID)
+def test_seed_option_combinations_train(ln, lca_ln, patchify, separable, scale, stodepth, mlp_d):
+    config = tiny_config(
+        ln_order=ln, lca_encoder_ln_order=lca_ln, patchify_technique=patchify, leff_depthwise_separable=separable,
+        layer_scale=scale, lca_encoder_layer_scale=scale, stochastic_depth=stodepth,
+        stochastic_depth_mp=0.2 if stodepth else None, lca_encoder_stodepth_prob=0.1 if stodepth else 0.0,
+        classifier_mlp_d=mlp_d,
+    )
+    model = CeiTForImageClassification(config).train()
+    out = model(pixels(), labels=torch.tensor([1, 3]))
+    assert out.logits.shape == (2, 5) and torch.isfinite(out.logits).all()
+    out.loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing
+    assert isinstance(model.classifier, torch.nn.Linear) == (mlp_d is None)
+    assert isinstance(model.ceit.layernorm, torch.nn.LayerNorm) == (lca_ln == "pre")
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(qkv_bias=True, lca_encoder_qkv_bias=True),
+        dict(leff_batch_norm=False),
+        dict(leff_final_activation=False),
+        dict(lca_layer_position_embedding=False),
+        dict(patch_norm=False),
+        dict(i2t_conv_bias=True),
+        dict(dropout=0.1, encoder_dropout=0.1, encoder_attention_dropout=0.1, encoder_projection_dropout=0.1,
+             lca_encoder_dropout=0.1, lca_encoder_attention_dropout=0.1, lca_encoder_projection_dropout=0.1,
+             classifier_mlp_d=8),
+        dict(in_channels=1),
+        dict(leff_depthwise_kernel=5, leff_depthwise_padding=2),
+        dict(image_size=[32, 48]),
+        dict(num_classes=0),
+    ],
+)
+def test_extra_options_train(overrides):
+    config = tiny_config(**overrides)
+    model = CeiTForImageClassification(config).train()
+    height, width = config.image_hw
+    out = model(pixels(channels=config.in_channels, size=height, width=width))
+    expected_width = config.num_labels or config.d_model
+    assert out.logits.shape == (2, expected_width) and torch.isfinite(out.logits).all()
+    out.logits.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_option_structure():
+    model = CeiTModel(tiny_config(qkv_bias=False, lca_encoder_qkv_bias=True, leff_batch_norm=False))
+    assert model.encoder.layers[0].attention.qkv.bias is None
+    assert model.lca.attention.qkv.bias is not None
+    assert not any(isinstance(m, CeiTTokenBatchNorm) for m in model.modules())
+    model = CeiTModel(tiny_config(lca_layer_position_embedding=False, patch_norm=False))
+    assert model.lca.layer_position_embeddings is None
+    assert isinstance(model.embeddings.patch_embeddings.norm, torch.nn.Identity)
+    # Dropout placement: embeddings use `dropout`, LeFF `encoder_dropout`, attention probabilities and projections
+    # their own rates, the LCA MLP `lca_encoder_dropout`.
+    model = CeiTModel(tiny_config(dropout=0.1, encoder_dropout=0.2, encoder_attention_dropout=0.3,
+                                  encoder_projection_dropout=0.4, lca_encoder_dropout=0.5,
+                                  lca_encoder_attention_dropout=0.6, lca_encoder_projection_dropout=0.7))
+    layer = model.encoder.layers[0]
+    assert model.embeddings.dropout.p == 0.1
+    assert layer.leff.dropout.p == 0.2
+    assert layer.attention.attention_dropout == 0.3 and layer.attention.proj_dropout.p == 0.4
+    assert model.lca.mlp.dropout.p == 0.5
+    assert model.lca.attention.attention_dropout == 0.6 and model.lca.attention.proj_dropout.p == 0.7
+    model = CeiTModel(tiny_config(stochastic_depth=True, stochastic_depth_mp=0.3, lca_encoder_stodepth_prob=0.05))
+    assert [layer.drop_path.drop_prob for layer in model.encoder.layers] == pytest.approx([0.0, 0.3])
+    assert model.lca.drop_path.drop_prob == 0.05
+
+
+def test_post_norm_order_puts_layernorm_after_the_residual():
+    model = CeiTModel(tiny_config(ln_order="post")).eval()
+    layer = model.encoder.layers[0]
+    x = torch.randn(2, 17, 32)
+    out, _ = layer(x, grid_size=(4, 4))
+    # Post-norm output is LayerNorm output: zero mean, unit variance per token (LayerNorm weight 1, bias 0).
+    assert out.mean(-1).abs().max() < 1e-5
+    assert (out.var(-1, unbiased=False) - 1).abs().max() < 1e-3
+
+
+# --- the official model -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("image_size, depth", [(224, 2), (384, 1)])
+def test_matches_independent_official_forward(image_size, depth):
+    sd = random_official_state_dict(width=192, heads=3, depth=depth, image_size=image_size)
+    model = official_model(sd)
+    x = torch.randn(2, 3, image_size, image_size)
+    expected = official_forward(sd, x, heads=3)
+    with torch.no_grad():
+        assert torch.allclose(model(x).logits, expected, atol=1e-5)
+        model.set_attn_implementation("eager")
+        assert torch.allclose(model(x).logits, expected, atol=1e-5)
+
+
+def test_eager_and_sdpa_agree():
+    for config in (tiny_config(), CeiTConfig.from_preset("ceit_tiny_patch16_224", num_encoder_blocks=2)):
+        model = CeiTForImageClassification(config).eval()
+        assert model.config._attn_implementation == "sdpa"
+        size = config.image_hw[0]
+        x = pixels(size=size)
+        with torch.no_grad():
+            sdpa = model(x).logits
+            model.set_attn_implementation("eager")
+            eager = model(x).logits
+        assert (sdpa - eager).abs().max() < 1e-5
+
+
+def test_every_attention_module_is_not_causal():
+    model = CeiTModel(tiny_config())
+    attention = [m for m in model.modules() if hasattr(m, "qkv")]
+    assert len(attention) == 3 and all(m.is_causal is False for m in attention)
+
+
+def test_initialisation_follows_the_official_scheme():
+    config = CeiTConfig.from_preset("ceit_small_patch16_224", num_encoder_blocks=2)
+    model = CeiTForImageClassification(config)
+    layer = model.ceit.encoder.layers[0]
+    qkv = layer.attention.qkv.weight
+    # timm's trunc_normal_(std=0.02), as the official code calls it: cut at +-2 absolute, i.e. a plain normal.
+    assert abs(qkv.std().item() - 0.02) < 0.002 and abs(qkv.mean().item()) < 0.001
+    assert (layer.attention.qkv.bias == 0).all() and (model.classifier.bias == 0).all()
+    # LeFF's Linear layers are the official 1x1 convolutions: PyTorch's default uniform(+-1/sqrt(fan_in)).
+    expand = layer.leff.expand.weight
+    bound = 1 / math.sqrt(expand.shape[1])
+    assert expand.abs().max() <= bound and expand.abs().max() > 0.9 * bound
+    assert (model.ceit.lca.layer_position_embeddings == 0).all()
+    assert abs(model.ceit.embeddings.position_embeddings.std().item() - 0.02) < 0.003
+    assert (layer.norm1.weight == 1).all() and (layer.leff.expand_norm.weight == 1).all()
+    assert (layer.leff.expand_norm.running_var == 1).all()
+    scaled = CeiTModel(tiny_config(layer_scale=1e-3))
+    assert torch.allclose(scaled.encoder.layers[0].layer_scale1.lambda1, torch.full((32,), 1e-3))
+
+
+# --- outputs ---------------------------------------------------------------------------------------------------
+
+def test_output_shapes_and_counts():
+    config = tiny_config(num_encoder_blocks=3)
+    model = CeiTModel(config).eval()
+    out = model(pixels(batch=3), output_attentions=True, output_hidden_states=True)
+    assert out.last_hidden_state.shape == (3, 17, 32)
+    assert out.pooler_output.shape == (3, 32)
+    assert len(out.hidden_states) == 4 and all(h.shape == (3, 17, 32) for h in out.hidden_states)
+    assert torch.equal(out.hidden_states[-1], out.last_hidden_state)
+    assert len(out.attentions) == 3 and all(a.shape == (3, 2, 17, 17) for a in out.attentions)
+    assert torch.allclose(out.attentions[0].sum(-1), torch.ones(3, 2, 17), atol=1e-5)
+    assert out.lca_attentions.shape == (3, 2, 1, 3)
+    plain = model(pixels(batch=3))
+    assert plain.hidden_states is None and plain.attentions is None and plain.lca_attentions is None
+
+
+def test_classifier_output_and_tuple_equivalence():
+    model = CeiTForImageClassification(tiny_config()).eval()
+    x = pixels()
+    out = model(x, labels=torch.tensor([0, 1]), output_attentions=True, output_hidden_states=True)
+    assert isinstance(out, ImageClassifierOutput)
+    assert out.lca_attentions is not None and len(out.attentions) == 2 and len(out.hidden_states) == 3
+    as_tuple = model(x, labels=torch.tensor([0, 1]), return_dict=False)
+    # (the first call took the eager path for its attention weights, the second sdpa)
+    assert torch.allclose(as_tuple[0], out.loss, atol=1e-6) and torch.allclose(as_tuple[1], out.logits, atol=1e-6)
+    # The classifier sees the pooled LCA token.
+    base = model.ceit(x)
+    assert torch.allclose(model.classifier(base.pooler_output), out.logits)
+
+
+def test_config_flags_request_outputs():
+    config = tiny_config(output_hidden_states=True)
+    out = CeiTModel(config)(pixels())
+    assert len(out.hidden_states) == 3
+
+
+def test_problem_types():
+    x = pixels()
+    model = CeiTForImageClassification(tiny_config()).eval()
+    labels = torch.tensor([1, 4])
+    out = model(x, labels=labels)
+    assert torch.allclose(out.loss, F.cross_entropy(out.logits, labels))
+    model.config.problem_type = "multi_label_classification"
+    targets = torch.tensor([[1.0, 0, 1, 0, 0], [0, 0, 0, 1, 1]])
+    out = model(x, labels=targets)
+    assert torch.allclose(out.loss, F.binary_cross_entropy_with_logits(out.logits, targets))
+    regression = CeiTForImageClassification(tiny_config(num_classes=1)).eval()
+    values = torch.tensor([0.5, -1.0])
+    out = regression(x, labels=values)
+    assert regression.config.problem_type == "regression"
+    assert torch.allclose(out.loss, F.mse_loss(out.logits.squeeze(-1), values))
+
+
+def test_batch_equivalence_and_determinism_in_eval():
+    model = CeiTForImageClassification(CeiTConfig.from_preset("ceit_tiny_patch16_224", num_encoder_blocks=2)).eval()
+    x = torch.randn(4, 3, 224, 224)
+    with torch.no_grad():
+        batched = model(x).logits
+        again = model(x).logits
+        single = torch.cat([model(x[i : i + 1]).logits for i in range(4)])
+    assert torch.equal(batched, again)
+    assert (batched - single).abs().max() < 1e-5
+
+
+def test_batch_norm_statistics_untouched_in_eval():
+    model = CeiTForImageClassification(tiny_config()).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model(pixels())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    model.train()
+    model(pixels())
+    assert not torch.equal(before["ceit.encoder.layers.0.leff.expand_norm.running_mean"],
+                           model.ceit.encoder.layers[0].leff.expand_norm.running_mean)
+
+
+def test_training_reduces_the_loss():
+    model = CeiTForImageClassification(tiny_config()).train()
+    x, labels = pixels(batch=8), torch.arange(8) % 5
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(15):
+        loss = model(x, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+# --- save / load ------------------------------------------------------------------------------------------------
+
+def test_save_load_round_trip(tmp_path):
+    model = CeiTForImageClassification(tiny_config(id2label={i: f"class{i}" for i in range(5)})).eval()
+    model.train()(pixels())  # move the BatchNorm statistics away from their initial values
+    model.eval()
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists() and not list(tmp_path.glob("*.bin"))
+    x = pixels()
+    for loader in (CeiTForImageClassification, AutoModelForImageClassification):
+        loaded = loader.from_pretrained(tmp_path).eval()
+        assert type(loaded) is CeiTForImageClassification
+        assert loaded.config.id2label[3] == "class3"
+        with torch.no_grad():
+            assert torch.equal(loaded(x).logits, model(x).logits)
+    base = AutoModel.from_pretrained(tmp_path)
+    assert type(base) is CeiTModel
+    assert torch.equal(base.encoder.layers[0].leff.expand_norm.running_mean,
+                       model.ceit.encoder.layers[0].leff.expand_norm.running_mean)
+    eager = CeiTForImageClassification.from_pretrained(tmp_path, attn_implementation="eager")
+    assert eager.config._attn_implementation == "eager"
+
+
+def test_reheading_for_fine_tuning(tmp_path):
+    model = CeiTForImageClassification(tiny_config())
+    model.save_pretrained(tmp_path)
+    tuned = CeiTForImageClassification.from_pretrained(tmp_path, num_labels=3, ignore_mismatched_sizes=True)
+    assert tuned.classifier.out_features == 3 and tuned.config.num_labels == 3
+    assert torch.equal(tuned.ceit.embeddings.position_embeddings, model.ceit.embeddings.position_embeddings)
+    assert tuned(pixels()).logits.shape == (2, 3)
+
+
+# --- image sizes ------------------------------------------------------------------------------------------------
+
+def test_other_sizes_need_interpolate_pos_encoding():
+    model = CeiTForImageClassification(tiny_config()).eval()
+    with pytest.raises(ValueError, match=r"\(48x48\) doesn't match the model \(32x32\)"):
+        model(pixels(size=48))
+    out = model(pixels(size=48), interpolate_pos_encoding=True, output_hidden_states=True)
+    assert out.hidden_states[0].shape == (2, 1 + 6 * 6, 32)
+    out = model(pixels(size=32, width=64), interpolate_pos_encoding=True, output_hidden_states=True)
+    assert out.hidden_states[0].shape == (2, 1 + 4 * 8, 32)
+    with pytest.raises(ValueError, match="does not tile"):
+        model(pixels(size=36), interpolate_pos_encoding=True)
+    x = pixels()
+    with torch.no_grad():
+        assert torch.equal(model(x, interpolate_pos_encoding=True).logits, model(x).logits)
+
+
+def test_official_preset_at_384_and_non_square():
+    model = CeiTForImageClassification(CeiTConfig.from_preset("ceit_tiny_patch16_224", num_encoder_blocks=1)).eval()
+    for height, width, grid in ((384, 384, (24, 24)), (224, 320, (14, 20))):
+        with torch.no_grad():
+            out = model(torch.randn(1, 3, height, width), interpolate_pos_encoding=True, output_hidden_states=True)
+        assert out.hidden_states[0].shape[1] == 1 + grid[0] * grid[1]
+        assert torch.isfinite(out.logits).all()
+
+
+def test_interpolated_position_embeddings_keep_the_class_embedding():
+    embeddings = CeiTModel(tiny_config()).embeddings
+    resized = embeddings.interpolate_pos_encoding((6, 8))
+    assert resized.shape == (1, 49, 32)
+    assert torch.equal(resized[:, 0], embeddings.position_embeddings[:, 0])
+
+
+# --- gradient checkpointing -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("use_reentrant", [True, False])
+def test_gradient_checkpointing_changes_nothing(use_reentrant):
+    config = tiny_config(stochastic_depth=True, stochastic_depth_mp=0.2)
+    reference = CeiTForImageClassification(config).train()
+    checkpointed = CeiTForImageClassification(config).train()
+    checkpointed.load_state_dict(reference.state_dict())
+    checkpointed.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": use_reentrant})
+    assert all(layer.gradient_checkpointing for layer in checkpointed.ceit.encoder.layers)
+    x, labels = pixels(batch=4), torch.tensor([0, 1, 2, 3])
+    losses = []
+    for model in (reference, checkpointed):
+        torch.manual_seed(123)
+        loss = model(x, labels=labels).loss
+        loss.backward()
+        losses.append(loss)
+    assert torch.allclose(losses[0], losses[1], atol=1e-6)
+    ref_grads = dict(reference.named_parameters())
+    for name, param in checkpointed.named_parameters():
+        assert torch.allclose(param.grad, ref_grads[name].grad, atol=1e-6), name
+    ref_buffers = dict(reference.named_buffers())
+    for name, buffer in checkpointed.named_buffers():
+        assert torch.allclose(buffer.float(), ref_buffers[name].float(), atol=1e-6), name
+    tracked = checkpointed.ceit.encoder.layers[0].leff.expand_norm.num_batches_tracked
+    assert tracked.item() == 1
+
+
+# --- bad inputs ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        (torch.randn(3, 32, 32), r"shape \(batch_size, 3, height, width\)"),
+        (torch.randn(1, 1, 3, 32, 32), r"shape \(batch_size, 3, height, width\)"),
+        (torch.randn(2, 1, 32, 32), "has 1 channels but the model expects 3"),
+        (torch.randint(0, 255, (2, 3, 32, 32), dtype=torch.uint8), "floating-point"),
+        (torch.randn(0, 3, 32, 32), "empty batch"),
+        (None, "pixel_values"),
+        ([[0.0]], "tensor of shape"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(value, message):
+    model = CeiTForImageClassification(tiny_config()).eval()
+    with pytest.raises(ValueError, match=message):
+        model(value)
+
+
+def test_half_precision_input_is_cast_to_the_model_dtype():
+    model = CeiTForImageClassification(tiny_config()).eval()
+    x = pixels()
+    with torch.no_grad():
+        assert torch.allclose(model(x.double()).logits, model(x).logits, atol=1e-6)
+
+
+def test_input_embeddings_are_the_patch_embeddings():
+    model = CeiTModel(tiny_config())
+    assert model.get_input_embeddings() is model.embeddings.patch_embeddings
