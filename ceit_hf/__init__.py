@@ -4,8 +4,10 @@ Importing the package registers `model_type="ceit"` with the transformers Auto c
 """
 
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+from transformers import AutoImageProcessor
 
 from .configuration_ceit import PRESETS, CeiTConfig
+from .image_processing_ceit import CeiTImageProcessor, CeiTImageProcessorPil
 from .modeling_ceit import (
     CeiTForImageClassification,
     CeiTImageClassifierOutput,
@@ -19,11 +21,18 @@ __version__ = "0.1.0"
 AutoConfig.register(CeiTConfig.model_type, CeiTConfig, exist_ok=True)
 AutoModel.register(CeiTConfig, CeiTModel, exist_ok=True)
 AutoModelForImageClassification.register(CeiTConfig, CeiTForImageClassification, exist_ok=True)
+AutoImageProcessor.register(
+    CeiTConfig,
+    image_processor_classes={"torchvision": CeiTImageProcessor, "pil": CeiTImageProcessorPil},
+    exist_ok=True,
+)
 
 __all__ = [
     "PRESETS",
     "CeiTConfig",
     "CeiTForImageClassification",
+    "CeiTImageProcessor",
+    "CeiTImageProcessorPil",
     "CeiTImageClassifierOutput",
     "CeiTModel",
     "CeiTModelOutput",

@@ -7,7 +7,10 @@ This file is self-contained (it imports only transformers) so that it also works
 from __future__ import annotations
 
 import math
+import os
+import shutil
 from numbers import Real
+from pathlib import Path
 from typing import Any
 
 from transformers import PreTrainedConfig
@@ -69,6 +72,30 @@ PRESETS: dict[str, dict[str, Any]] = {
     "ceit_tiny_patch16_384": _official(192, 3, 384),
     "ceit_small_patch16_384": _official(384, 6, 384),
 }
+
+# Hub remote code: every folder a CeiT config is saved to carries these files (those present beside this one)
+# and this `auto_map`, so that `trust_remote_code=True` loads it where ceit_hf is not installed.
+REMOTE_CODE_FILES = ("configuration_ceit.py", "modeling_ceit.py", "image_processing_ceit.py")
+IMAGE_PROCESSOR_AUTO_MAP = {
+    "torchvision": "image_processing_ceit.CeiTImageProcessor",
+    "pil": "image_processing_ceit.CeiTImageProcessorPil",
+}
+AUTO_MAP = {
+    "AutoConfig": "configuration_ceit.CeiTConfig",
+    "AutoModel": "modeling_ceit.CeiTModel",
+    "AutoModelForImageClassification": "modeling_ceit.CeiTForImageClassification",
+    "AutoImageProcessor": IMAGE_PROCESSOR_AUTO_MAP,
+}
+
+
+def save_remote_code(save_directory: str | os.PathLike) -> None:
+    """Copies the CeiT code files into `save_directory`, for `trust_remote_code=True` loading."""
+    here = Path(__file__).resolve().parent
+    for name in REMOTE_CODE_FILES:
+        source, target = here / name, Path(save_directory) / name
+        if source.is_file() and source.resolve() != target.resolve():
+            shutil.copyfile(source, target)
+
 
 # transformers' standard names -> the seed API's names. `num_classes` goes the other way round: transformers
 # derives `num_labels` from `id2label`, so the seed's name is the alias there.
@@ -338,6 +365,13 @@ class CeiTConfig(PreTrainedConfig):
             return [0.0] * n
         return [self.stochastic_depth_mp * i / (n - 1) for i in range(n)]
 
+    def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs):
+        """Saves `config.json` with the remote-code `auto_map`, next to the CeiT code files."""
+        self.auto_map = {**AUTO_MAP, "AutoImageProcessor": dict(IMAGE_PROCESSOR_AUTO_MAP)}
+        os.makedirs(save_directory, exist_ok=True)
+        save_remote_code(save_directory)
+        super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+
     def validate(self):
         super().validate()
         self._check_options()
@@ -404,4 +438,4 @@ class CeiTConfig(PreTrainedConfig):
             raise ValueError(f"CeiTConfig.image_size={self.image_size!r} is invalid: {error}") from None
 
 
-__all__ = ["CeiTConfig", "PRESETS"]
+__all__ = ["AUTO_MAP", "CeiTConfig", "PRESETS", "save_remote_code"]

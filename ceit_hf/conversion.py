@@ -21,7 +21,10 @@ The official state_dict keys and their counterparts here:
 
 from __future__ import annotations
 
+import argparse
+import os
 import re
+from pathlib import Path
 
 import torch
 
@@ -103,3 +106,111 @@ def infer_config(state_dict: dict[str, torch.Tensor], **overrides) -> CeiTConfig
     preset = (by_size or candidates)[0]
     settings = {"num_encoder_blocks": depth, "image_size": image_size, "num_classes": state_dict["head.weight"].shape[0]}
     return CeiTConfig.from_preset(preset, **{**settings, **overrides})
+
+
+def load_official_checkpoint(path: str | os.PathLike, use_ema: bool = False) -> dict[str, torch.Tensor]:
+    """The model state_dict of an official checkpoint file: a training checkpoint (a dict holding `model`, and
+    `model_ema` when EMA was on) or a bare state_dict. Loaded with `weights_only=True`: no arbitrary unpickling."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No checkpoint file at {path}.")
+    try:
+        # Official training checkpoints also store their argparse.Namespace of arguments: allow that plain class.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise CheckpointConversionError(
+            f"Could not read {path} as a PyTorch checkpoint with weights_only=True ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''}). Untrusted pickled objects are not loaded."
+        ) from error
+    if not isinstance(checkpoint, dict):
+        raise CheckpointConversionError(f"{path} holds a {type(checkpoint).__name__}, not a CeiT state_dict.")
+    key = "model_ema" if use_ema else "model"
+    if use_ema and key not in checkpoint:
+        raise CheckpointConversionError(f"--use_ema: {path} has no 'model_ema' entry (its keys: {sorted(checkpoint)[:10]}).")
+    state_dict = checkpoint.get(key, checkpoint)
+    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise CheckpointConversionError(f"{path}: the {key!r} entry is not a state_dict of tensors.")
+    if state_dict and all(k.startswith("module.") for k in state_dict):  # saved from a DistributedDataParallel wrapper
+        state_dict = {k[len("module.") :]: v for k, v in state_dict.items()}
+    return state_dict
+
+
+def official_to_model(state_dict: dict[str, torch.Tensor], config: CeiTConfig | None = None):
+    """A `CeiTForImageClassification` holding the weights of an official state_dict.
+
+    Every key must map, every model weight must be present and every shape must match; anything else raises
+    `CheckpointConversionError` naming the keys, so that no weight is ever left at its random initialisation.
+    """
+    from .modeling_ceit import CeiTForImageClassification
+
+    config = config or infer_config(state_dict)
+    converted = convert_official_state_dict(state_dict)
+    model = CeiTForImageClassification(config)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(converted))
+    unexpected = sorted(set(converted) - set(expected))
+    mis_shaped = [
+        f"{k}: checkpoint {tuple(converted[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in sorted(set(converted) & set(expected))
+        if converted[k].shape != expected[k].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing from the checkpoint: {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+    if unexpected:
+        problems.append(f"not in the model: {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
+    if mis_shaped:
+        problems.append(f"shape mismatches: {mis_shaped[:8]}{' ...' if len(mis_shaped) > 8 else ''}")
+    if problems:
+        raise CheckpointConversionError("The checkpoint does not fit the CeiT configuration; " + "; ".join(problems))
+    model.load_state_dict(converted, strict=True)
+    return model.eval()
+
+
+def imagenet_id2label() -> dict[int, str]:
+    """The ImageNet-1k class names (as shipped with torchvision)."""
+    from torchvision.models._meta import _IMAGENET_CATEGORIES
+
+    return dict(enumerate(_IMAGENET_CATEGORIES))
+
+
+def preset_name(config: CeiTConfig) -> str | None:
+    """The official variant whose architecture `config` has (ignoring labels), if any."""
+    for name, preset in PRESETS.items():
+        if all(getattr(config, k) == v for k, v in preset.items() if k != "num_labels"):
+            return name
+    return None
+
+
+def convert_checkpoint(
+    checkpoint: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    use_ema: bool = False,
+    preset: str | None = None,
+):
+    """Converts an official checkpoint file into a `from_pretrained` folder: config (ImageNet-1k labels when it
+    has 1000 classes), safetensors weights, the image processor and the variant's model card."""
+    from .image_processing_ceit import CeiTImageProcessor
+    from .model_card import variant_card
+
+    state_dict = load_official_checkpoint(checkpoint, use_ema=use_ema)
+    if preset is not None:
+        if preset not in PRESETS:
+            raise CheckpointConversionError(f"Unknown preset {preset!r}; expected one of {sorted(PRESETS)}.")
+        num_classes = state_dict["head.weight"].shape[0] if "head.weight" in state_dict else 1000
+        config = CeiTConfig.from_preset(preset, num_classes=num_classes)
+    else:
+        config = infer_config(state_dict)
+    if config.num_labels == 1000:
+        labels = imagenet_id2label()
+        config.id2label, config.label2id = labels, {name: i for i, name in labels.items()}
+    model = official_to_model(state_dict, config)
+    output_dir = Path(output_dir)
+    model.save_pretrained(output_dir)
+    size = config.image_hw
+    CeiTImageProcessor(crop_size={"height": size[0], "width": size[1]}).save_pretrained(output_dir)
+    name = preset_name(config)
+    if name is not None:
+        (output_dir / "README.md").write_text(variant_card(name))
+    return model

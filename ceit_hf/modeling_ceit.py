@@ -109,6 +109,17 @@ def _in_checkpoint_recomputation() -> bool:
     return torch._C._current_graph_task_id() != -1
 
 
+def _token_batch_norm(module: nn.modules.batchnorm._BatchNorm, base_forward, x: torch.Tensor) -> torch.Tensor:
+    flat = x.reshape(-1, x.shape[-1])
+    if module.training and _in_checkpoint_recomputation():
+        # momentum 0 leaves the running statistics as they are while saving the same tensors for backward as the
+        # first pass (non-reentrant checkpointing compares them).
+        out = F.batch_norm(flat, module.running_mean, module.running_var, module.weight, module.bias, True, 0.0, module.eps)
+    else:
+        out = base_forward(module, flat)
+    return out.view(x.shape)
+
+
 class CeiTTokenBatchNorm(nn.BatchNorm1d):
     """BatchNorm over the channel (last) axis of `(..., channels)` tokens: the statistics are those of a
     BatchNorm2d over an NCHW map of the same tokens, so official LeFF weights load unchanged.
@@ -118,14 +129,30 @@ class CeiTTokenBatchNorm(nn.BatchNorm1d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, x.shape[-1])
-        if self.training and _in_checkpoint_recomputation():
-            # momentum 0 leaves the running statistics as they are while saving the same tensors for backward
-            # as the first pass (non-reentrant checkpointing compares them).
-            out = F.batch_norm(flat, self.running_mean, self.running_var, self.weight, self.bias, True, 0.0, self.eps)
+        return _token_batch_norm(self, nn.BatchNorm1d.forward, x)
+
+
+class CeiTTokenSyncBatchNorm(nn.SyncBatchNorm):
+    """`CeiTTokenBatchNorm` with statistics synchronised across processes (multi-GPU training)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _token_batch_norm(self, nn.SyncBatchNorm.forward, x)
+
+
+def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
+    """Replaces every BatchNorm of a CeiT by its SyncBatchNorm counterpart (same parameters, buffers and state_dict
+    keys). Unlike `torch.nn.SyncBatchNorm.convert_sync_batchnorm`, LeFF's token-layout BatchNorms keep their layout."""
+    for name, child in model.named_children():
+        if isinstance(child, CeiTTokenBatchNorm):
+            sync = CeiTTokenSyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
+            sync.load_state_dict(child.state_dict())
+            sync.train(child.training)
+            setattr(model, name, sync.to(child.weight.device))
+        elif isinstance(child, nn.BatchNorm2d):
+            setattr(model, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
         else:
-            out = super().forward(flat)
-        return out.view(x.shape)
+            convert_sync_batchnorm(child)
+    return model
 
 
 def eager_attention_forward(
@@ -477,7 +504,7 @@ class CeiTPreTrainedModel(PreTrainedModel):
             init.trunc_normal_(module.weight, std=std)
             if module.bias is not None:
                 init.zeros_(module.bias)
-        elif isinstance(module, (nn.LayerNorm, nn.BatchNorm1d, nn.BatchNorm2d)):
+        elif isinstance(module, (nn.LayerNorm, nn.modules.batchnorm._BatchNorm)):
             init.ones_(module.weight)
             init.zeros_(module.bias)
             if getattr(module, "running_mean", None) is not None:
@@ -658,4 +685,4 @@ class CeiTForImageClassification(CeiTPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
-__all__ = ["CeiTForImageClassification", "CeiTModel", "CeiTPreTrainedModel"]
+__all__ = ["CeiTForImageClassification", "CeiTModel", "CeiTPreTrainedModel", "convert_sync_batchnorm"]

@@ -1,0 +1,313 @@
+# Copyright 2026 The ceit_hf authors. Licensed under the Apache License, Version 2.0.
+"""Publish a converted or fine-tuned CeiT model folder on the Hugging Face Hub.
+
+`push_model_folder` checks the folder (config, safetensors weights, no pickles, model card), then calls
+`HfApi.create_repo(..., exist_ok=True)` and `HfApi.upload_folder`. Authentication is huggingface_hub's own: the
+`token` argument, else `HF_TOKEN`, else the token saved by `hf auth login`. The endpoint is the `endpoint`
+argument, else `HF_ENDPOINT` (read when the function runs), else huggingface_hub's default.
+
+`scripts/push_to_hub.py` is the command-line front end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from huggingface_hub import HfApi, constants
+from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects, get_token
+
+
+CONFIG_NAME = "config.json"
+MODEL_CARD_NAME = "README.md"
+SAFE_WEIGHTS_NAME = "model.safetensors"
+SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+PREPROCESSOR_NAME = "preprocessor_config.json"
+# Extensions of files written with Python's pickle (torch.save, Trainer's training_args.bin, ...). Loading a pickle
+# can run arbitrary code, so they are never published.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+DEFAULT_COMMIT_MESSAGE = "Upload CeiT model with ceit_hf"
+
+
+class ModelFolderError(ValueError):
+    """The folder cannot be published as it is (missing config or weights, pickled files, ...)."""
+
+
+class PushError(RuntimeError):
+    """The upload cannot start: no token, or huggingface_hub is in offline mode."""
+
+
+@dataclass(frozen=True)
+class FileToUpload:
+    path_in_repo: str
+    size: int
+
+
+@dataclass
+class FolderCheck:
+    """What `check_model_folder` found: the files `upload_folder` will send, and non-fatal problems."""
+
+    folder: Path
+    files: list[FileToUpload]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def total_size(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+@dataclass
+class PushResult:
+    repo_id: str
+    repo_url: str
+    files: list[FileToUpload]
+    dry_run: bool
+    revision: str | None = None
+    commit_url: str | None = None
+
+
+def format_size(num_bytes: int) -> str:
+    size = float(num_bytes)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{num_bytes} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def format_file_list(files: list[FileToUpload]) -> str:
+    """One line per file (size right-aligned, then the path in the repository), and a total."""
+    lines = [f"{format_size(f.size):>12}  {f.path_in_repo}" for f in files]
+    lines.append(f"{len(files)} file(s), {format_size(sum(f.size for f in files))} in total")
+    return "\n".join(lines)
+
+
+def list_folder_files(folder: str | os.PathLike) -> list[FileToUpload]:
+    """The files `HfApi.upload_folder` sends for `folder` (same walk and default ignore patterns: `.git/`,
+    `.cache/huggingface/`), sorted, with their sizes."""
+    folder = Path(folder).expanduser().resolve()
+    relpaths = {
+        path.relative_to(folder).as_posix(): path for path in sorted(folder.glob("**/*")) if path.is_file()
+    }
+    kept = filter_repo_objects(list(relpaths), ignore_patterns=list(DEFAULT_IGNORE_PATTERNS))
+    return [FileToUpload(rel, relpaths[rel].stat().st_size) for rel in kept]
+
+
+def _check_safetensors(path: Path) -> str | None:
+    """None if `path` starts with a readable safetensors header, else what is wrong with it."""
+    try:
+        with path.open("rb") as handle:
+            prefix = handle.read(8)
+            if len(prefix) < 8:
+                return "too short to be a safetensors file"
+            (header_size,) = struct.unpack("<Q", prefix)
+            if header_size > path.stat().st_size - 8:
+                return "its header length is larger than the file (truncated, or a Git LFS pointer?)"
+            header = json.loads(handle.read(header_size))
+    except (OSError, ValueError) as error:
+        return f"its header cannot be read ({error})"
+    if not isinstance(header, dict):
+        return "its header is not a JSON object"
+    return None
+
+
+def _auto_map_modules(auto_map: dict) -> set[str]:
+    modules = set()
+    for reference in auto_map.values():
+        if isinstance(reference, dict):  # one class per image processor backend
+            reference = list(reference.values())
+        for item in reference if isinstance(reference, list) else [reference]:
+            if isinstance(item, str) and "--" not in item and "." in item:
+                modules.add(item.rsplit(".", 1)[0] + ".py")
+    return modules
+
+
+def check_model_folder(model_dir: str | os.PathLike) -> FolderCheck:
+    """Check that `model_dir` can be published as a transformers model.
+
+    Raises `ModelFolderError` when the folder is missing, has no (valid) `config.json`, has no safetensors weights
+    (`model.safetensors`, or `model.safetensors.index.json` with all its shards), or holds pickled files. Problems
+    that do not block the upload (no model card, no image processor, no remote-code mapping) are returned in
+    `FolderCheck.warnings`.
+    """
+    folder = Path(model_dir).expanduser()
+    if not folder.exists():
+        raise ModelFolderError(f"Model folder {str(folder)!r} does not exist.")
+    if not folder.is_dir():
+        raise ModelFolderError(f"{str(folder)!r} is not a folder: pass the directory written by save_pretrained.")
+    files = list_folder_files(folder)
+    names = {f.path_in_repo for f in files}
+    problems: list[str] = []
+    notes: list[str] = []
+
+    pickles = sorted(name for name in names if name.lower().endswith(PICKLE_SUFFIXES))
+    if pickles:
+        problems.append(
+            "it contains pickled file(s), which this tool does not publish: "
+            + ", ".join(pickles)
+            + ". Pickles can run arbitrary code when loaded. Save the weights as safetensors "
+            "(`model.save_pretrained(folder)`, the default in transformers) and delete or move these files out of "
+            "the folder (Trainer's `training_args.bin` and checkpoint folders with `optimizer.pt` included)"
+        )
+
+    config = None
+    if CONFIG_NAME not in names:
+        problems.append(f"it has no {CONFIG_NAME} (save the model with `save_pretrained` first)")
+    else:
+        try:
+            config = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            problems.append(f"its {CONFIG_NAME} is not valid JSON ({error})")
+        else:
+            if not isinstance(config, dict):
+                problems.append(f"its {CONFIG_NAME} is not a JSON object")
+                config = None
+
+    if SAFE_WEIGHTS_NAME in names:
+        weight_files = [SAFE_WEIGHTS_NAME]
+    elif SAFE_WEIGHTS_INDEX_NAME in names:
+        weight_files = []
+        try:
+            index = json.loads((folder / SAFE_WEIGHTS_INDEX_NAME).read_text(encoding="utf-8"))
+            shards = sorted(set(index["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            problems.append(f"its {SAFE_WEIGHTS_INDEX_NAME} has no readable `weight_map` ({error!r})")
+        else:
+            missing = [shard for shard in shards if shard not in names]
+            if missing:
+                problems.append(f"shard(s) named in {SAFE_WEIGHTS_INDEX_NAME} are missing: {', '.join(missing)}")
+            elif not shards:
+                problems.append(f"its {SAFE_WEIGHTS_INDEX_NAME} lists no shards")
+            weight_files = [shard for shard in shards if shard in names]
+    else:
+        weight_files = []
+        problems.append(
+            f"it has no safetensors weights ({SAFE_WEIGHTS_NAME}, or a sharded checkpoint with "
+            f"{SAFE_WEIGHTS_INDEX_NAME})"
+        )
+    for name in weight_files:
+        error = _check_safetensors(folder / name)
+        if error:
+            problems.append(f"{name} is not a valid safetensors file: {error}")
+
+    if problems:
+        raise ModelFolderError(f"Cannot upload {str(folder)!r}: " + "; ".join(problems) + ".")
+
+    if MODEL_CARD_NAME not in names:
+        notes.append(
+            f"{str(folder)!r} has no {MODEL_CARD_NAME} (model card): the Hub page will be empty. Write one with "
+            "ceit_hf.model_card.render_template (fine-tuned models) or variant_card (official variants)."
+        )
+    if PREPROCESSOR_NAME not in names:
+        notes.append(f"{str(folder)!r} has no {PREPROCESSOR_NAME}: AutoImageProcessor will not load from the repo.")
+    if config is not None:
+        if config.get("model_type") != "ceit":
+            notes.append(f"{CONFIG_NAME} has model_type={config.get('model_type')!r}, not 'ceit'.")
+        auto_map = config.get("auto_map")
+        if not isinstance(auto_map, dict) or not auto_map:
+            notes.append(
+                f"{CONFIG_NAME} has no auto_map: the model will not load with trust_remote_code=True from the Hub "
+                "(register the classes for the Auto API before save_pretrained)."
+            )
+        else:
+            missing_code = sorted(_auto_map_modules(auto_map) - names)
+            if missing_code:
+                notes.append(f"auto_map in {CONFIG_NAME} refers to code files missing from the folder: {missing_code}")
+    return FolderCheck(folder=folder.resolve(), files=files, warnings=notes)
+
+
+def export_model_folder(source: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Copies what a model repository needs from a training output folder (its top-level files: config, weights,
+    image processor, model card, code, results) into `target`, leaving out checkpoint folders and pickles such as
+    Trainer's `training_args.bin`."""
+    source, target = Path(source), Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    for path in sorted(source.iterdir()):
+        if path.is_file() and path.suffix not in PICKLE_SUFFIXES and not path.name.startswith("."):
+            shutil.copy2(path, target / path.name)
+    return target
+
+
+def resolve_endpoint(endpoint: str | None = None) -> str:
+    """`endpoint`, else `HF_ENDPOINT` as set now, else huggingface_hub's configured endpoint."""
+    return (endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+
+
+def push_model_folder(
+    model_dir: str | os.PathLike,
+    repo_id: str,
+    *,
+    private: bool = False,
+    commit_message: str | None = None,
+    revision: str | None = None,
+    token: str | None = None,
+    endpoint: str | None = None,
+    dry_run: bool = False,
+    log: Callable[[str], None] = print,
+) -> PushResult:
+    """Check `model_dir` and upload it to the model repository `repo_id` (created if needed).
+
+    `private` applies only when the repository is created. `revision` names a branch, created from `main` if it
+    does not exist. With `dry_run=True` the files that would be uploaded are logged and nothing is sent.
+    Non-fatal problems of the folder are issued as `UserWarning`s.
+    """
+    check = check_model_folder(model_dir)
+    for note in check.warnings:
+        warnings.warn(note, UserWarning, stacklevel=2)
+    endpoint = resolve_endpoint(endpoint)
+    branch = revision if revision and revision != constants.DEFAULT_REVISION else None
+    target = f"{repo_id}" + (f" (branch {branch})" if branch else "")
+
+    if dry_run:
+        url = f"{endpoint}/{repo_id}" + (f"/tree/{branch}" if branch else "")
+        log(f"Dry run: files of {check.folder} that would be uploaded to {target}:")
+        log(format_file_list(check.files))
+        log(f"Nothing was uploaded. Model repository would be: {url}")
+        return PushResult(repo_id, f"{endpoint}/{repo_id}", check.files, dry_run=True, revision=branch)
+
+    if constants.is_offline_mode():
+        raise PushError("huggingface_hub is in offline mode (HF_HUB_OFFLINE is set): unset it to upload.")
+    token = token or get_token()
+    if not token:
+        raise PushError("No Hugging Face token: set HF_TOKEN or run `hf auth login` (a token with write access).")
+
+    api = HfApi(endpoint=endpoint, token=token)
+    repo_url = api.create_repo(repo_id, private=True if private else None, exist_ok=True, repo_type="model")
+    repo_id = repo_url.repo_id or repo_id  # the server may complete a bare name with the user's namespace
+    if branch:
+        api.create_branch(repo_id, branch=branch, exist_ok=True, repo_type="model")
+    log(f"Uploading {len(check.files)} file(s), {format_size(check.total_size)}, from {check.folder} to {target}")
+    commit = api.upload_folder(
+        repo_id=repo_id,
+        folder_path=check.folder,
+        repo_type="model",
+        revision=branch,
+        commit_message=commit_message or DEFAULT_COMMIT_MESSAGE,
+    )
+    url = str(repo_url) + (f"/tree/{branch}" if branch else "")
+    log(f"Committed {commit.oid}: {commit.commit_url}")
+    log(f"Model repository: {url}")
+    return PushResult(
+        repo_id, str(repo_url), check.files, dry_run=False, revision=branch, commit_url=commit.commit_url
+    )
+
+
+__all__ = [
+    "FileToUpload",
+    "FolderCheck",
+    "ModelFolderError",
+    "PushError",
+    "PushResult",
+    "check_model_folder",
+    "export_model_folder",
+    "format_file_list",
+    "list_folder_files",
+    "push_model_folder",
+    "resolve_endpoint",
+]

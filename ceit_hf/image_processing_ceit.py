@@ -1,0 +1,346 @@
+# Copyright 2026 The ceit_hf authors. Licensed under the Apache License, Version 2.0.
+"""Image processors for CeiT.
+
+Both processors reproduce the evaluation transform of the official CeiT code: resize the shorter side to
+`int(256 / 224 * crop)` pixels with bicubic resampling, center crop to `crop x crop`, scale to [0, 1] and
+normalize with the ImageNet mean and standard deviation. `CeiTImageProcessor` runs on transformers' torchvision
+backend (batched, optionally on an accelerator), `CeiTImageProcessorPil` on its PIL backend (resizing with Pillow,
+like the official pipeline).
+
+This file is self-contained (it imports only numpy, torch and transformers) so that it also works as Hub remote
+code.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from transformers.image_processing_backends import PilBackend, TorchvisionBackend
+from transformers.image_processing_utils import get_size_dict
+from transformers.image_utils import (
+    IMAGENET_DEFAULT_MEAN,
+    IMAGENET_DEFAULT_STD,
+    ChannelDimension,
+    PILImageResampling,
+    is_pil_image,
+)
+from transformers.processing_utils import ImagesKwargs, Unpack
+from transformers.utils import is_torch_tensor, logging
+
+from .configuration_ceit import IMAGE_PROCESSOR_AUTO_MAP, save_remote_code
+
+
+logger = logging.get_logger(__name__)
+
+# The official evaluation transform resizes the shorter side to `int(RESIZE_RATIO * crop)` before center cropping.
+RESIZE_RATIO = 256 / 224
+
+EXPECTED_INPUT = (
+    "a PIL.Image.Image; a numpy array or torch tensor of shape (height, width), (height, width, channels) or "
+    "(channels, height, width) with 1, 3 or 4 channels (or a 4-D batch of those); a path or URL of an image file; "
+    "or a non-empty list of these"
+)
+
+
+def resize_size_for_crop(crop_size) -> dict[str, int]:
+    """
+    The resize `size` that goes with a center crop in the official CeiT evaluation transform.
+
+    Args:
+        crop_size (`int`, `tuple[int, int]` or `dict[str, int]`):
+            The center-crop size: an int for a square crop, a `(height, width)` pair or a `{"height", "width"}` dict.
+
+    Returns:
+        `dict[str, int]`: `{"shortest_edge": int(256 / 224 * side)}`, where `side` is the longer side of the crop
+        (the crop side itself for the usual square crops: 256 for 224, 438 for 384), so that the crop always fits
+        in the resized image.
+    """
+    crop_size = get_size_dict(crop_size, param_name="crop_size")
+    if "height" not in crop_size or "width" not in crop_size:
+        raise ValueError(f"crop_size must give a height and a width, got {crop_size}.")
+    return {"shortest_edge": int(RESIZE_RATIO * max(crop_size["height"], crop_size["width"]))}
+
+
+def _describe(obj) -> str:
+    """A short description of `obj` for error messages."""
+    if isinstance(obj, np.ndarray) or is_torch_tensor(obj):
+        return f"a {type(obj).__module__}.{type(obj).__name__} of shape {tuple(obj.shape)} and dtype {obj.dtype}"
+    if is_pil_image(obj):
+        return f"a PIL image of mode {obj.mode} and size {obj.size}"
+    text = repr(obj)
+    text = text if len(text) <= 80 else text[:77] + "..."
+    return f"{type(obj).__name__} {text}"
+
+
+def _is_array(obj) -> bool:
+    return isinstance(obj, np.ndarray) or is_torch_tensor(obj)
+
+
+def _infer_channel_format(shape: tuple[int, ...]) -> ChannelDimension | None:
+    """
+    The channel axis of a 3-D image shape, or `None` when neither end has 1, 3 or 4 entries.
+
+    A 3- or 4-entry axis wins over a 1-entry one, so a one-pixel-high RGB image `(1, width, 3)` is read as
+    channels-last; when both ends qualify equally, channels come first (transformers' convention).
+    """
+    first, last = shape[0], shape[-1]
+    if first in (3, 4) or (first == 1 and last not in (3, 4)):
+        return ChannelDimension.FIRST
+    if last in (1, 3, 4):
+        return ChannelDimension.LAST
+    return None
+
+
+def _check_image(image, position: str) -> None:
+    """Raise a `ValueError` naming `image` unless it is a PIL image or a 2-D/3-D array of pixel values."""
+    if is_pil_image(image):
+        if min(image.size) == 0:
+            raise ValueError(f"{position} is empty: got {_describe(image)}. Expected {EXPECTED_INPUT}.")
+        return
+    if not _is_array(image):
+        raise ValueError(f"{position} is not an image: got {_describe(image)}. Expected {EXPECTED_INPUT}.")
+    if isinstance(image, np.ndarray):
+        numeric = np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)
+    else:
+        numeric = image.dtype != torch.bool and not image.is_complex()
+    if not numeric:
+        raise ValueError(
+            f"{position} has dtype {image.dtype}, which does not hold pixel values: got {_describe(image)}. "
+            "Expected integer (uint8 for 8-bit images) or floating-point pixels."
+        )
+    if image.ndim not in (2, 3):
+        raise ValueError(
+            f"{position} has {image.ndim} dimension(s): got {_describe(image)}. Expected {EXPECTED_INPUT}."
+        )
+    if min(image.shape) == 0:
+        raise ValueError(f"{position} is empty: got {_describe(image)}. Expected {EXPECTED_INPUT}.")
+    if image.ndim == 3 and _infer_channel_format(tuple(image.shape)) is None:
+        raise ValueError(
+            f"{position} has no channel axis of 1, 3 or 4 entries (grayscale, RGB or RGBA) at either end: got "
+            f"{_describe(image)}. Expected {EXPECTED_INPUT}."
+        )
+
+
+def _to_8bit_or_float(image):
+    """
+    Bring array pixels to a dtype both backends resize: uint8 and float32 pass through; 16-bit unsigned pixels
+    (16-bit PNG/TIFF data) are scaled to 8 bits; other integer and floating-point dtypes become float32 with their
+    values unchanged (so on the same 0-255 scale as uint8).
+    """
+    if isinstance(image, np.ndarray):
+        # torch.from_numpy needs native byte order and positive strides, and warns on read-only arrays.
+        image = np.require(image, dtype=image.dtype.newbyteorder("="), requirements=("C_CONTIGUOUS", "WRITEABLE"))
+        if image.dtype == np.uint16:
+            return np.round(image / 257.0).astype(np.uint8)
+        return image if image.dtype in (np.uint8, np.float32) else image.astype(np.float32)
+    image = image.detach()
+    if image.dtype == torch.uint16:
+        return torch.round(image.to(torch.float32) / 257.0).to(torch.uint8)
+    return image if image.dtype in (torch.uint8, torch.float32) else image.to(torch.float32)
+
+
+def _looks_rescaled(image) -> bool:
+    """Whether `image` holds floating-point pixels within [0, 1], i.e. is probably scaled already."""
+    if is_torch_tensor(image):
+        return image.is_floating_point() and image.min() >= 0 and image.max() <= 1
+    return np.issubdtype(image.dtype, np.floating) and image.min() >= 0 and image.max() <= 1
+
+
+class CeiTImageProcessingMixin:
+    """
+    What the two CeiT image processors share: the official evaluation defaults, the resize size that follows from
+    the crop size, and input checking and conversion done the same way for both backends.
+
+    Inputs are converted to RGB: grayscale images are repeated over three channels, images with transparency are
+    composited onto white, palette and CMYK images go through Pillow's conversion, and 16-bit images (Pillow modes
+    `I;16*`, uint16 arrays) are scaled to 8 bits. Integer and floating-point arrays are taken to hold values on the
+    0-255 scale, like uint8 ones; pass `do_rescale=False` for floating-point pixels already in [0, 1].
+    """
+
+    resample = PILImageResampling.BICUBIC
+    image_mean = IMAGENET_DEFAULT_MEAN
+    image_std = IMAGENET_DEFAULT_STD
+    size = {"shortest_edge": 256}
+    default_to_square = False
+    crop_size = {"height": 224, "width": 224}
+    do_resize = True
+    do_center_crop = True
+    do_rescale = True
+    do_normalize = True
+    do_convert_rgb = True
+
+    def __init__(self, **kwargs: Unpack[ImagesKwargs]):
+        if kwargs.get("size") is None:
+            kwargs["size"] = resize_size_for_crop(kwargs.get("crop_size") or self.crop_size)
+        super().__init__(**kwargs)
+
+    def to_dict(self):
+        output = super().to_dict()
+        # Hub remote code: one entry per backend, so that `backend="pil"` also works without ceit_hf installed.
+        output["auto_map"] = {"AutoImageProcessor": dict(IMAGE_PROCESSOR_AUTO_MAP)}
+        return output
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Saves `preprocessor_config.json` next to the CeiT code files (for `trust_remote_code=True`)."""
+        os.makedirs(save_directory, exist_ok=True)
+        save_remote_code(save_directory)
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    def preprocess(self, images, *args, **kwargs: Unpack[ImagesKwargs]):
+        """
+        Preprocess an image or a batch of images into `pixel_values` of shape `(batch_size, 3, crop_height,
+        crop_width)`. Accepts the keyword arguments of `ImagesKwargs`; a `crop_size` given without `size` brings
+        its own resize size, `int(256 / 224 * crop)`, as it does at construction.
+        """
+        if kwargs.get("crop_size") is not None and kwargs.get("size") is None:
+            kwargs["size"] = resize_size_for_crop(kwargs["crop_size"])
+        return super().preprocess(images, *args, **kwargs)
+
+    def _prepare_images_structure(self, images, expected_ndims: int = 3) -> list:
+        """
+        Flatten `images` (one image, a 4-D batch, or a possibly nested list of these) into a list of single images,
+        loading paths and URLs, and raise a `ValueError` saying what was received for anything that is not an image.
+        """
+        if images is None:
+            raise ValueError(f"No image was given (got None). Expected {EXPECTED_INPUT}.")
+        flat_images = self._flatten_images(images)
+        for index, image in enumerate(flat_images):
+            _check_image(image, "The input" if len(flat_images) == 1 else f"Input {index} of the batch")
+        return flat_images
+
+    def _flatten_images(self, images) -> list:
+        if isinstance(images, (list, tuple)):
+            if len(images) == 0:
+                raise ValueError(f"Got an empty {type(images).__name__} of images. Expected {EXPECTED_INPUT}.")
+            return [image for item in images for image in self._flatten_images(item)]
+        if isinstance(images, str):
+            try:
+                return [self.fetch_images(images)]
+            except (OSError, RuntimeError, ValueError) as error:
+                raise ValueError(
+                    f"Could not load an image from the string {_describe(images)}: expected a path to an image file, "
+                    f"an http(s) URL or a base64-encoded image ({error})."
+                ) from error
+        if _is_array(images) and images.ndim == 4:
+            if len(images) == 0:
+                raise ValueError(f"Got an empty batch: {_describe(images)}. Expected {EXPECTED_INPUT}.")
+            return list(images)
+        return [images]
+
+    def center_crop(self, image, size, **kwargs):
+        """
+        Center crop channels-first `image` to `(size.height, size.width)` with the offsets of torchvision's
+        `CenterCrop` (used by the official pipeline), which rounds them to the nearest integer rather than down.
+        Images smaller than the crop are left to the backend, which pads them.
+        """
+        height, width = image.shape[-2:]
+        if size.height > height or size.width > width:
+            return super().center_crop(image, size, **kwargs)
+        top = int(round((height - size.height) / 2.0))
+        left = int(round((width - size.width) / 2.0))
+        return image[..., top : top + size.height, left : left + size.width]
+
+    def process_image(self, image, *args, input_data_format=None, do_rescale=None, **kwargs):
+        """
+        Convert one checked image to the backend's channels-first format (see the class docstring for how modes and
+        dtypes are handled).
+        """
+        if is_pil_image(image) and image.mode.startswith("I;16"):
+            image = np.asarray(image)
+        if _is_array(image):
+            image = _to_8bit_or_float(image)
+            if image.ndim == 2:
+                image = image[None]
+                input_data_format = ChannelDimension.FIRST
+            elif input_data_format is None:
+                input_data_format = _infer_channel_format(tuple(image.shape))
+            if do_rescale and _looks_rescaled(image):
+                logger.warning_once(
+                    "Floating-point pixel values in [0, 1] are being rescaled by `rescale_factor` as if they were on "
+                    "the 0-255 scale. If the images are already scaled to [0, 1], pass `do_rescale=False`."
+                )
+        return super().process_image(
+            image, *args, input_data_format=input_data_format, do_rescale=do_rescale, **kwargs
+        )
+
+
+class CeiTImageProcessor(CeiTImageProcessingMixin, TorchvisionBackend):
+    r"""
+    CeiT image processor on transformers' torchvision backend: processes batches of tensors, on an accelerator when
+    `device` is given.
+
+    The defaults reproduce the official CeiT evaluation transform: resize the shorter side to 256 pixels (bicubic,
+    keeping the aspect ratio), center crop 224x224, rescale by 1/255 and normalize with the ImageNet default mean
+    and standard deviation. Unless `size` is given, the resize size follows from `crop_size` in the same way, so
+    `CeiTImageProcessor(crop_size={"height": 384, "width": 384})` resizes to `int(256 / 224 * 384) = 438`.
+
+    Accepts a PIL image of any mode, a numpy array or torch tensor of shape `(height, width)`,
+    `(height, width, channels)` or `(channels, height, width)`, a path or URL, a 4-D batch, or a list of any of
+    these; every image comes out as 3-channel RGB. Anything else raises a `ValueError` that names what it got.
+
+    Args:
+        do_resize (`bool`, *optional*, defaults to `True`):
+            Whether to resize the shorter side of the image to `size["shortest_edge"]`.
+        size (`dict[str, int]`, *optional*, defaults to `{"shortest_edge": int(256 / 224 * crop_size)}`):
+            Size after resizing. `{"shortest_edge": n}` keeps the aspect ratio; `{"height": h, "width": w}` does not.
+        resample (`PILImageResampling`, *optional*, defaults to `PILImageResampling.BICUBIC`):
+            Resampling filter of the resize.
+        do_center_crop (`bool`, *optional*, defaults to `True`):
+            Whether to center crop the resized image to `crop_size`.
+        crop_size (`dict[str, int]`, *optional*, defaults to `{"height": 224, "width": 224}`):
+            Size of the center crop, which is the model's input size.
+        do_rescale (`bool`, *optional*, defaults to `True`):
+            Whether to multiply pixel values by `rescale_factor`.
+        rescale_factor (`float`, *optional*, defaults to `1 / 255`):
+            Scale factor of the rescale.
+        do_normalize (`bool`, *optional*, defaults to `True`):
+            Whether to normalize the image with `image_mean` and `image_std`.
+        image_mean (`float` or `list[float]`, *optional*, defaults to `IMAGENET_DEFAULT_MEAN`):
+            Per-channel mean subtracted when normalizing.
+        image_std (`float` or `list[float]`, *optional*, defaults to `IMAGENET_DEFAULT_STD`):
+            Per-channel standard deviation divided by when normalizing.
+        do_convert_rgb (`bool`, *optional*, defaults to `True`):
+            Whether to convert images to RGB.
+
+    Example:
+
+    ```python
+    >>> from PIL import Image
+    >>> from ceit_hf import CeiTImageProcessor
+    >>> processor = CeiTImageProcessor()
+    >>> processor(Image.new("RGB", (640, 480)), return_tensors="pt")["pixel_values"].shape
+    torch.Size([1, 3, 224, 224])
+    ```
+    """
+
+
+class CeiTImageProcessorPil(CeiTImageProcessingMixin, PilBackend):
+    r"""
+    CeiT image processor on transformers' PIL backend: resizes with Pillow one image at a time, like the official
+    pipeline, and needs no torchvision.
+
+    It takes the same arguments and inputs as [`CeiTImageProcessor`] and gives the same outputs up to resampling
+    differences between Pillow and torchvision.
+    """
+
+    def process_image(self, image, *args, **kwargs):
+        """Convert one checked image to a channels-first numpy array."""
+        if is_torch_tensor(image):
+            # Tensors may live on an accelerator or require grad; this backend works on numpy arrays.
+            image = image.detach().cpu().numpy()
+        return super().process_image(image, *args, **kwargs)
+
+    def resize(self, image: np.ndarray, size, resample=None, **kwargs) -> np.ndarray:
+        """
+        Resize with Pillow. Pillow resamples 8-bit data, so floating-point pixels on the 0-255 scale are rounded to
+        uint8 first (transformers already goes through uint8 for floating-point pixels in [0, 1]).
+        """
+        if np.issubdtype(image.dtype, np.floating) and 1.0 < image.max() <= 255.0 and image.min() >= 0.0:
+            image = np.round(image).astype(np.uint8)
+        return super().resize(image, size, resample=resample, **kwargs)
+
+
+__all__ = ["CeiTImageProcessor", "CeiTImageProcessorPil", "resize_size_for_crop"]

@@ -1,0 +1,464 @@
+# Copyright 2026 The ceit_hf authors. Licensed under the Apache License, Version 2.0.
+"""`ceit_hf.hub` / `scripts/push_to_hub.py` against a local stand-in for the Hugging Face Hub.
+
+The real huggingface_hub code runs down to HTTP: `HfApi.create_repo` and `HfApi.upload_folder` (its hf_xet
+pipeline when hf_xet is installed, else `create_commit`) talk to `FakeHub`, a threaded HTTP server on
+127.0.0.1 that implements the few endpoints huggingface_hub 2.4 uses for that:
+
+    POST /api/repos/create                          create the repository (409 when it exists)
+    POST /api/validate-yaml                         check the README.md metadata (sent before hashing files)
+    POST /api/models/{ns}/{name}/branch/{branch}    create a branch (only with --revision)
+    POST /api/models/{ns}/{name}/preupload/{rev}    answer "regular" for every file: no LFS / xet transfer
+    POST /api/models/{ns}/{name}/commit/{rev}       ndjson: a header line, then one line per file, base64
+
+Anything else gets a 404 and is recorded in `FakeHub.unexpected`, which the tests require to stay empty.
+No network: the server only listens on the loopback interface.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import pytest
+import torch
+import yaml
+from huggingface_hub import constants
+from huggingface_hub.utils._http import close_session
+from safetensors.torch import save_file
+
+from ceit_hf import hub
+from ceit_hf.hub import ModelFolderError, PushError, check_model_folder, push_model_folder
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+FAKE_TOKEN = "hf_fake_token_for_tests_0123456789"
+FAKE_USER = "fake-user"
+
+
+class FakeHub:
+    """A minimal, in-memory Hub: repositories, branches and the files committed to them."""
+
+    def __init__(self, token: str = FAKE_TOKEN):
+        self.token = token
+        self.lock = threading.Lock()
+        self.requests: list[tuple[str, str]] = []  # (method, path) of every request, in order
+        self.unexpected: list[tuple[str, str]] = []
+        self.repos: dict[str, dict] = {}  # repo_id -> {"private": bool, "branches": {name: {path: bytes}}}
+        self.commits: list[dict] = []  # {"repo_id", "revision", "summary", "files": {path: bytes}}
+        self.validated_readmes: list[str] = []
+        hub_state = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep pytest output clean
+                pass
+
+            def do_GET(self):
+                hub_state._dispatch(self)
+
+            do_POST = do_PUT = do_HEAD = do_DELETE = do_GET
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-hub", daemon=True
+        )
+
+    def __enter__(self) -> FakeHub:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+    # ------------------------------------------------------------------------------------------ plumbing
+
+    @staticmethod
+    def _read_body(handler: BaseHTTPRequestHandler) -> bytes:
+        if handler.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            body = b""
+            while True:
+                size = int(handler.rfile.readline().strip().split(b";")[0], 16)
+                if size == 0:
+                    handler.rfile.readline()
+                    return body
+                body += handler.rfile.read(size)
+                handler.rfile.readline()
+        return handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
+
+    @staticmethod
+    def _reply(handler: BaseHTTPRequestHandler, status: int, payload: dict, headers: dict | None = None):
+        data = json.dumps(payload).encode()
+        handler.send_response(status)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(data)))
+        for key, value in (headers or {}).items():
+            handler.send_header(key, value)
+        handler.end_headers()
+        if handler.command != "HEAD":
+            handler.wfile.write(data)
+
+    def _dispatch(self, handler: BaseHTTPRequestHandler):
+        path = urlsplit(handler.path).path
+        body = self._read_body(handler)
+        with self.lock:
+            self.requests.append((handler.command, path))
+        if handler.headers.get("Authorization") != f"Bearer {self.token}":
+            return self._reply(handler, 401, {"error": "Invalid credentials in Authorization header"})
+        parts = path.strip("/").split("/")  # split before unquoting: a quoted revision may hold "%2F"
+        method = handler.command
+        if method == "POST" and parts == ["api", "repos", "create"]:
+            return self._create_repo(handler, json.loads(body))
+        if method == "POST" and parts == ["api", "validate-yaml"]:
+            return self._validate_yaml(handler, json.loads(body))
+        if method == "POST" and len(parts) == 6 and parts[:2] == ["api", "models"]:
+            repo_id, action, revision = f"{parts[2]}/{parts[3]}", parts[4], unquote(parts[5])
+            if repo_id not in self.repos:
+                return self._reply(
+                    handler, 404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"}
+                )
+            if action == "preupload":
+                return self._preupload(handler, repo_id, revision, json.loads(body))
+            if action == "commit":
+                return self._commit(handler, repo_id, revision, body)
+            if action == "branch":
+                return self._create_branch(handler, repo_id, revision)
+        with self.lock:
+            self.unexpected.append((method, path))
+        return self._reply(handler, 404, {"error": f"FakeHub does not implement {method} {path}"})
+
+    # ----------------------------------------------------------------------------------------- endpoints
+
+    def _create_repo(self, handler, payload: dict):
+        assert payload.get("type", "model") == "model", payload
+        repo_id = f"{payload.get('organization') or FAKE_USER}/{payload['name']}"
+        url = f"{self.url}/{repo_id}"
+        with self.lock:
+            if repo_id in self.repos:
+                return self._reply(handler, 409, {"error": "You already created this model repo", "url": url})
+            self.repos[repo_id] = {"private": payload.get("visibility") == "private", "branches": {"main": {}}}
+        return self._reply(handler, 200, {"url": url, "name": repo_id, "id": hashlib.sha1(url.encode()).hexdigest()})
+
+    def _validate_yaml(self, handler, payload: dict):
+        content = payload["content"]
+        with self.lock:
+            self.validated_readmes.append(content)
+        errors = []
+        if content.startswith("---\n"):
+            try:
+                metadata = yaml.safe_load(content.split("---\n", 2)[1])
+                if metadata is not None and not isinstance(metadata, dict):
+                    errors.append({"message": "metadata must be a mapping"})
+            except (yaml.YAMLError, IndexError) as error:
+                errors.append({"message": f"invalid YAML: {error}"})
+        return self._reply(handler, 400 if errors else 200, {"errors": errors, "warnings": []})
+
+    def _create_branch(self, handler, repo_id: str, branch: str):
+        with self.lock:
+            branches = self.repos[repo_id]["branches"]
+            if branch in branches:
+                return self._reply(handler, 409, {"error": "Reference already exists"})
+            branches[branch] = dict(branches["main"])
+        return self._reply(handler, 200, {})
+
+    def _preupload(self, handler, repo_id: str, revision: str, payload: dict):
+        if revision not in self.repos[repo_id]["branches"]:
+            return self._reply(handler, 404, {"error": "Revision not found"}, {"X-Error-Code": "RevisionNotFound"})
+        files = [
+            {"path": item["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": None}
+            for item in payload["files"]
+        ]
+        return self._reply(handler, 200, {"files": files, "commitOid": "0" * 40})
+
+    def _commit(self, handler, repo_id: str, revision: str, body: bytes):
+        assert handler.headers.get("Content-Type") == "application/x-ndjson"
+        lines = [json.loads(line) for line in body.decode().splitlines() if line.strip()]
+        header, operations = lines[0], lines[1:]
+        assert header["key"] == "header", header
+        files: dict[str, bytes] = {}
+        for operation in operations:
+            if operation["key"] != "file":  # lfsFile, deletedFile, ...: never asked for by this stand-in
+                return self._reply(handler, 400, {"error": f"FakeHub cannot handle {operation['key']}"})
+            value = operation["value"]
+            assert value["encoding"] == "base64", value
+            files[value["path"]] = base64.b64decode(value["content"])
+        with self.lock:
+            branches = self.repos[repo_id]["branches"]
+            if revision not in branches:
+                return self._reply(handler, 404, {"error": "Revision not found"}, {"X-Error-Code": "RevisionNotFound"})
+            branches[revision].update(files)
+            oid = hashlib.sha1(f"{repo_id}@{revision}#{len(self.commits)}".encode()).hexdigest()
+            self.commits.append(
+                {"repo_id": repo_id, "revision": revision, "summary": header["value"]["summary"], "files": files}
+            )
+        return self._reply(
+            handler, 200, {"commitUrl": f"{self.url}/{repo_id}/commit/{oid}", "commitOid": oid, "pullRequestUrl": None}
+        )
+
+
+# ----------------------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    """A running FakeHub, with huggingface_hub pointed at it and allowed to reach it."""
+    with FakeHub() as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+        monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+        monkeypatch.delenv("HF_OIDC_RESOURCE", raising=False)
+        # CI runs with HF_HUB_OFFLINE=1, which makes huggingface_hub refuse every HTTP request. It is read into
+        # `constants` at import time, so only this test (through the fixture) switches it off, to reach the
+        # stand-in on 127.0.0.1; monkeypatch restores it afterwards.
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        close_session()  # a fresh HTTP client, built with the environment above
+        yield server
+        close_session()
+
+
+def _model_folder(root: Path) -> tuple[Path, dict[str, bytes]]:
+    """A small save_pretrained-like folder, and the exact bytes of each of its files."""
+    folder = root / "model"
+    folder.mkdir()
+    save_file(
+        {"classifier.weight": torch.arange(12, dtype=torch.float32).reshape(3, 4), "classifier.bias": torch.ones(3)},
+        str(folder / "model.safetensors"),
+    )
+    config = {
+        "model_type": "ceit",
+        "architectures": ["CeiTForImageClassification"],
+        "auto_map": {
+            "AutoConfig": "configuration_ceit.CeiTConfig",
+            "AutoModelForImageClassification": "modeling_ceit.CeiTForImageClassification",
+        },
+    }
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    (folder / "preprocessor_config.json").write_text(json.dumps({"crop_size": {"height": 224, "width": 224}}))
+    (folder / "README.md").write_text("---\nlibrary_name: transformers\nlicense: apache-2.0\n---\n\n# A test model\n")
+    (folder / "configuration_ceit.py").write_text("# configuration code\nVALUE = 'é'\n", encoding="utf-8")
+    (folder / "modeling_ceit.py").write_bytes(b"# modeling code\r\nprint('bytes kept as they are')\n")
+    files = {path.name: path.read_bytes() for path in folder.iterdir()}
+    return folder, files
+
+
+# -------------------------------------------------------------------------------------------------- tests
+
+
+@pytest.mark.parametrize("xet", [True, False], ids=["xet-pipeline", "create-commit"])
+def test_upload_sends_every_file_byte_exact(fake_hub, tmp_path, monkeypatch, xet):
+    # With hf_xet installed, upload_folder goes through its streamed pipeline; without, through create_commit.
+    # Both must end in the same commit (the stand-in answers "regular" upload mode, so no xet transfer happens).
+    from huggingface_hub import hf_api
+
+    monkeypatch.setattr(hf_api, "is_xet_available", lambda: xet)
+    folder, files = _model_folder(tmp_path)
+    logged = []
+    result = push_model_folder(
+        folder, "ceit-test/tiny", commit_message="Add weights", endpoint=fake_hub.url, log=logged.append
+    )
+
+    assert fake_hub.unexpected == []
+    assert fake_hub.repos["ceit-test/tiny"]["private"] is False
+    assert len(fake_hub.commits) == 1
+    commit = fake_hub.commits[0]
+    assert commit["repo_id"] == "ceit-test/tiny" and commit["revision"] == "main"
+    assert commit["summary"] == "Add weights"
+    assert commit["files"] == files  # names and byte-exact content
+    assert fake_hub.repos["ceit-test/tiny"]["branches"]["main"] == files
+    # README.md metadata is validated before hashing (create_commit validates it once more).
+    assert fake_hub.validated_readmes and set(fake_hub.validated_readmes) == {files["README.md"].decode()}
+    assert fake_hub.requests[0] == ("POST", "/api/repos/create")
+    assert ("POST", "/api/models/ceit-test/tiny/commit/main") in fake_hub.requests
+
+    assert result.repo_url == f"{fake_hub.url}/ceit-test/tiny"
+    assert result.commit_url.startswith(f"{fake_hub.url}/ceit-test/tiny/commit/")
+    assert sorted(f.path_in_repo for f in result.files) == sorted(files)
+    assert logged[-1] == f"Model repository: {fake_hub.url}/ceit-test/tiny"
+
+
+def test_upload_reads_endpoint_and_token_from_environment(fake_hub, tmp_path):
+    folder, files = _model_folder(tmp_path)
+    push_model_folder(folder, "ceit-test/env", private=True, log=lambda _: None)  # no endpoint=, no token=
+    assert fake_hub.repos["ceit-test/env"]["private"] is True
+    assert fake_hub.commits[0]["files"] == files
+
+
+def test_upload_to_existing_repo_and_new_branch(fake_hub, tmp_path):
+    folder, files = _model_folder(tmp_path)
+    push_model_folder(folder, "ceit-test/branchy", endpoint=fake_hub.url, log=lambda _: None)
+    (folder / "README.md").write_text("---\nlicense: apache-2.0\n---\n\n# Updated card\n")
+    logged = []
+    result = push_model_folder(folder, "ceit-test/branchy", revision="v2", endpoint=fake_hub.url, log=logged.append)
+
+    assert fake_hub.unexpected == []
+    branches = fake_hub.repos["ceit-test/branchy"]["branches"]
+    assert branches["main"]["README.md"] == files["README.md"]  # main untouched by the second upload
+    assert branches["v2"]["README.md"] == b"---\nlicense: apache-2.0\n---\n\n# Updated card\n"
+    assert fake_hub.commits[-1]["revision"] == "v2"
+    assert result.revision == "v2"
+    assert logged[-1] == f"Model repository: {fake_hub.url}/ceit-test/branchy/tree/v2"
+
+
+def test_dry_run_lists_files_and_sends_nothing(fake_hub, tmp_path, monkeypatch):
+    folder, files = _model_folder(tmp_path)
+
+    def no_api(*args, **kwargs):
+        raise AssertionError("a dry run must not create an HfApi client")
+
+    monkeypatch.setattr(hub, "HfApi", no_api)
+    logged = []
+    result = push_model_folder(folder, "ceit-test/dry", dry_run=True, endpoint=fake_hub.url, log=logged.append)
+
+    assert fake_hub.requests == []
+    assert result.dry_run and result.commit_url is None
+    listing = "\n".join(logged)
+    for name, content in files.items():
+        assert name in listing
+    safetensors_line = next(line for line in listing.splitlines() if line.endswith("model.safetensors"))
+    assert f"{len(files['model.safetensors'])} B" in safetensors_line
+    assert f"{len(files)} file(s)" in listing
+    assert "Nothing was uploaded." in listing
+
+
+def test_dry_run_works_offline_without_token(tmp_path, monkeypatch):
+    folder, _ = _model_folder(tmp_path)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    result = push_model_folder(folder, "ceit-test/dry", dry_run=True, log=lambda _: None)
+    assert len(result.files) == 6
+
+
+def test_offline_mode_and_missing_token_are_reported(tmp_path, monkeypatch):
+    folder, _ = _model_folder(tmp_path)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(PushError, match="HF_HUB_OFFLINE"):
+        push_model_folder(folder, "ceit-test/x", token=FAKE_TOKEN, log=lambda _: None)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(hub, "get_token", lambda: None)
+    with pytest.raises(PushError, match="HF_TOKEN"):
+        push_model_folder(folder, "ceit-test/x", log=lambda _: None)
+
+
+def test_folder_without_config_is_refused(tmp_path):
+    folder, _ = _model_folder(tmp_path)
+    (folder / "config.json").unlink()
+    with pytest.raises(ModelFolderError, match=r"no config\.json"):
+        check_model_folder(folder)
+
+
+@pytest.mark.parametrize("name", ["pytorch_model.bin", "model.pt", "training_args.bin"])
+def test_pickled_files_are_refused(tmp_path, name):
+    folder, _ = _model_folder(tmp_path)
+    torch.save({"weight": torch.zeros(2)}, folder / name)
+    with pytest.raises(ModelFolderError, match="pickled") as error:
+        check_model_folder(folder)
+    assert name in str(error.value) and "safetensors" in str(error.value)
+
+
+def test_pickled_weights_without_safetensors_are_refused(tmp_path):
+    folder, _ = _model_folder(tmp_path)
+    (folder / "model.safetensors").unlink()
+    torch.save({"weight": torch.zeros(2)}, folder / "pytorch_model.bin")
+    with pytest.raises(ModelFolderError) as error:
+        check_model_folder(folder)
+    message = str(error.value)
+    assert "pytorch_model.bin" in message and "no safetensors weights" in message
+
+
+def test_missing_folder_and_bad_weights_are_refused(tmp_path):
+    with pytest.raises(ModelFolderError, match="does not exist"):
+        check_model_folder(tmp_path / "nope")
+    folder, _ = _model_folder(tmp_path)
+    (folder / "model.safetensors").write_text("version https://git-lfs.github.com/spec/v1\n")
+    with pytest.raises(ModelFolderError, match="not a valid safetensors file"):
+        check_model_folder(folder)
+
+
+def test_sharded_safetensors_are_accepted_and_checked(tmp_path):
+    folder, _ = _model_folder(tmp_path)
+    (folder / "model.safetensors").unlink()
+    shards = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    save_file({"a": torch.zeros(2)}, str(folder / shards[0]))
+    save_file({"b": torch.ones(2)}, str(folder / shards[1]))
+    index = {"metadata": {"total_size": 16}, "weight_map": {"a": shards[0], "b": shards[1]}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    assert {f.path_in_repo for f in check_model_folder(folder).files} >= set(shards)
+    (folder / shards[1]).unlink()
+    with pytest.raises(ModelFolderError, match="model-00002-of-00002.safetensors"):
+        check_model_folder(folder)
+
+
+def test_missing_model_card_warns(tmp_path):
+    folder, _ = _model_folder(tmp_path)
+    (folder / "README.md").unlink()
+    assert any("README.md" in note for note in check_model_folder(folder).warnings)
+    with pytest.warns(UserWarning, match="README.md"):
+        push_model_folder(folder, "ceit-test/nocard", dry_run=True, log=lambda _: None)
+
+
+def test_git_folder_is_not_uploaded(tmp_path):
+    folder, files = _model_folder(tmp_path)
+    (folder / ".git").mkdir()
+    (folder / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    assert {f.path_in_repo for f in check_model_folder(folder).files} == set(files)
+
+
+def _cli_env(server_url: str | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
+    env.update(HF_TOKEN=FAKE_TOKEN, NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
+    env["HF_HUB_OFFLINE"] = "0"  # this child process may reach the local stand-in (see the fixture's comment)
+    env["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    if server_url:
+        env["HF_ENDPOINT"] = server_url
+    return env
+
+
+def test_cli_uploads_to_stand_in(fake_hub, tmp_path):
+    folder, files = _model_folder(tmp_path)
+    command = [
+        sys.executable, str(REPO_ROOT / "scripts" / "push_to_hub.py"),
+        "--model_dir", str(folder), "--repo_id", "ceit-test/cli", "--private", "--commit_message", "CLI upload",
+    ]
+    completed = subprocess.run(command, env=_cli_env(fake_hub.url), capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    assert fake_hub.unexpected == []
+    assert fake_hub.repos["ceit-test/cli"]["private"] is True
+    assert fake_hub.commits[0]["summary"] == "CLI upload"
+    assert fake_hub.commits[0]["files"] == files
+    assert completed.stdout.strip().splitlines()[-1] == f"Model repository: {fake_hub.url}/ceit-test/cli"
+
+
+def _load_cli():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("push_to_hub_cli", REPO_ROOT / "scripts" / "push_to_hub.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cli_dry_run_and_refusal_in_process(tmp_path, capsys, monkeypatch):
+    cli = _load_cli()
+    folder, files = _model_folder(tmp_path)
+    monkeypatch.setattr(hub, "HfApi", None)  # any API use would fail loudly
+    assert cli.main(["--model_dir", str(folder), "--repo_id", "ceit-test/cli", "--dry_run"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in files) and "Nothing was uploaded." in out
+
+    torch.save({"weight": torch.zeros(2)}, folder / "pytorch_model.bin")
+    assert cli.main(["--model_dir", str(folder), "--repo_id", "ceit-test/cli", "--dry_run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "pytorch_model.bin" in err and "pickled" in err
