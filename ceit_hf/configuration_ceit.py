@@ -97,6 +97,29 @@ def save_remote_code(save_directory: str | os.PathLike) -> None:
             shutil.copyfile(source, target)
 
 
+def remote_code_auto_map(save_directory: str | os.PathLike) -> dict[str, Any]:
+    """The entries of `AUTO_MAP` whose code file is in `save_directory`.
+
+    A config loaded as remote code sits in a module cache folder that holds only the files its loader needed (no
+    image_processing_ceit.py when only the model was loaded), so a folder it is saved to may lack some code files:
+    an `auto_map` entry pointing at a missing file would break loading from that folder.
+    """
+    folder = Path(save_directory)
+
+    def present(reference: str) -> bool:
+        return (folder / f"{reference.rsplit('.', 1)[0]}.py").is_file()
+
+    auto_map = {}
+    for auto_class, reference in AUTO_MAP.items():
+        if isinstance(reference, dict):
+            reference = {backend: name for backend, name in reference.items() if present(name)}
+            if reference:
+                auto_map[auto_class] = reference
+        elif present(reference):
+            auto_map[auto_class] = reference
+    return auto_map
+
+
 # transformers' standard names -> the seed API's names. `num_classes` goes the other way round: transformers
 # derives `num_labels` from `id2label`, so the seed's name is the alias there.
 ALIASES = {
@@ -367,9 +390,9 @@ class CeiTConfig(PreTrainedConfig):
 
     def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs):
         """Saves `config.json` with the remote-code `auto_map`, next to the CeiT code files."""
-        self.auto_map = {**AUTO_MAP, "AutoImageProcessor": dict(IMAGE_PROCESSOR_AUTO_MAP)}
         os.makedirs(save_directory, exist_ok=True)
         save_remote_code(save_directory)
+        self.auto_map = remote_code_auto_map(save_directory)
         super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
 
     def validate(self):
@@ -438,4 +461,4 @@ class CeiTConfig(PreTrainedConfig):
             raise ValueError(f"CeiTConfig.image_size={self.image_size!r} is invalid: {error}") from None
 
 
-__all__ = ["AUTO_MAP", "CeiTConfig", "PRESETS", "save_remote_code"]
+__all__ = ["AUTO_MAP", "CeiTConfig", "PRESETS", "remote_code_auto_map", "save_remote_code"]

@@ -24,6 +24,8 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -84,28 +86,67 @@ def convert_official_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str
     return converted
 
 
+def _tensor_shape(state_dict: dict[str, torch.Tensor], key: str, ndim: int) -> tuple[int, ...]:
+    if key not in state_dict:
+        raise CheckpointConversionError(f"The checkpoint has no {key!r}: it is not an official CeiT checkpoint.")
+    shape = tuple(state_dict[key].shape)
+    if len(shape) != ndim:
+        raise CheckpointConversionError(
+            f"The checkpoint's {key!r} has shape {shape}, not the {ndim}-dimensional tensor of an official CeiT."
+        )
+    return shape
+
+
+def checkpoint_architecture(state_dict: dict[str, torch.Tensor]) -> dict[str, int]:
+    """What an official state_dict's tensor shapes say about the model: `d_model`, `num_encoder_blocks`,
+    `image_size` and `num_classes`. Raises `CheckpointConversionError` when they are not those of an official CeiT."""
+    width = _tensor_shape(state_dict, "i2t.proj.weight", 4)[0]
+    num_classes = _tensor_shape(state_dict, "head.weight", 2)[0]
+    num_tokens = _tensor_shape(state_dict, "pos_embed", 3)[1] - 1
+    blocks = {int(m.group(1)) for m in (re.match(r"blocks\.(\d+)\.", k) for k in state_dict) if m}
+    if not blocks:
+        raise CheckpointConversionError("The checkpoint has no encoder blocks ('blocks.N.*'): it is not an official CeiT checkpoint.")
+    grid = round(max(num_tokens, 0) ** 0.5)
+    if num_tokens <= 0 or grid * grid != num_tokens:
+        raise CheckpointConversionError(f"pos_embed holds {num_tokens} patch positions, not a square grid.")
+    # The official stem and patch size: 16 pixels per token.
+    return {"d_model": width, "num_encoder_blocks": 1 + max(blocks), "image_size": grid * 16, "num_classes": num_classes}
+
+
 def infer_config(state_dict: dict[str, torch.Tensor], **overrides) -> CeiTConfig:
     """The `CeiTConfig` of an official checkpoint, read off its tensor shapes (width, depth, image size,
     number of classes); the number of heads comes from the preset of that width."""
-    for key in ("pos_embed", "i2t.proj.weight", "head.weight"):
-        if key not in state_dict:
-            raise CheckpointConversionError(f"The checkpoint has no {key!r}: it is not an official CeiT checkpoint.")
-    width = state_dict["i2t.proj.weight"].shape[0]
-    depth = 1 + max(int(m.group(1)) for m in (re.match(r"blocks\.(\d+)\.", k) for k in state_dict) if m)
-    num_tokens = state_dict["pos_embed"].shape[1] - 1
-    grid = round(num_tokens**0.5)
-    if grid * grid != num_tokens:
-        raise CheckpointConversionError(f"pos_embed holds {num_tokens} patch positions, not a square grid.")
-    image_size = grid * 16  # the official stem and patch size: 16 pixels per token
+    settings = checkpoint_architecture(state_dict)
+    width = settings.pop("d_model")
     candidates = [name for name, preset in PRESETS.items() if preset["d_model"] == width]
     if not candidates:
+        widths = sorted({preset["d_model"] for preset in PRESETS.values()})
         raise CheckpointConversionError(
-            f"No official CeiT variant has width {width}; pass a preset that matches the checkpoint."
+            f"No official CeiT variant has width {width} (the official widths are {widths}). For another width, "
+            "build a CeiTConfig and call official_to_model(state_dict, config)."
         )
-    by_size = [name for name in candidates if PRESETS[name]["image_size"] == image_size]
+    by_size = [name for name in candidates if PRESETS[name]["image_size"] == settings["image_size"]]
     preset = (by_size or candidates)[0]
-    settings = {"num_encoder_blocks": depth, "image_size": image_size, "num_classes": state_dict["head.weight"].shape[0]}
     return CeiTConfig.from_preset(preset, **{**settings, **overrides})
+
+
+def _unreadable_checkpoint_message(path: Path, error: Exception) -> str:
+    text = str(error)
+    refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if refused:
+        return (
+            f"{path} holds a pickled Python object other than tensors and plain containers ({refused.group(1)}). "
+            "Unpickling it could run arbitrary code, so it is not loaded (torch.load with weights_only=True). "
+            "Save the state_dict alone (torch.save(model.state_dict(), path)) where the checkpoint is trusted."
+        )
+    detail = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", text, re.S)
+    detail = detail.group(1) if detail else (text.strip().splitlines() or [""])[0]
+    detail = detail.split(". ")[0].rstrip(".")  # the first sentence; torch's advice that follows does not apply
+    return (
+        f"Could not read {path} as a PyTorch checkpoint (a file written by torch.save): it is damaged, truncated or "
+        f"of another format ({type(error).__name__}{': ' + detail if detail else ''}). It was read with weights_only=True, so no "
+        "pickled code was run."
+    )
 
 
 def load_official_checkpoint(path: str | os.PathLike, use_ema: bool = False) -> dict[str, torch.Tensor]:
@@ -119,10 +160,7 @@ def load_official_checkpoint(path: str | os.PathLike, use_ema: bool = False) -> 
         with torch.serialization.safe_globals([argparse.Namespace]):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise CheckpointConversionError(
-            f"Could not read {path} as a PyTorch checkpoint with weights_only=True ({type(error).__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else ''}). Untrusted pickled objects are not loaded."
-        ) from error
+        raise CheckpointConversionError(_unreadable_checkpoint_message(path, error)) from error
     if not isinstance(checkpoint, dict):
         raise CheckpointConversionError(f"{path} holds a {type(checkpoint).__name__}, not a CeiT state_dict.")
     key = "model_ema" if use_ema else "model"
@@ -130,7 +168,8 @@ def load_official_checkpoint(path: str | os.PathLike, use_ema: bool = False) -> 
         raise CheckpointConversionError(f"--use_ema: {path} has no 'model_ema' entry (its keys: {sorted(checkpoint)[:10]}).")
     state_dict = checkpoint.get(key, checkpoint)
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise CheckpointConversionError(f"{path}: the {key!r} entry is not a state_dict of tensors.")
+        where = f"its {key!r} entry" if key in checkpoint else "it has no 'model' entry and"
+        raise CheckpointConversionError(f"{path}: {where} is not a state_dict of tensors.")
     if state_dict and all(k.startswith("module.") for k in state_dict):  # saved from a DistributedDataParallel wrapper
         state_dict = {k[len("module.") :]: v for k, v in state_dict.items()}
     return state_dict
@@ -190,27 +229,55 @@ def convert_checkpoint(
     preset: str | None = None,
 ):
     """Converts an official checkpoint file into a `from_pretrained` folder: config (ImageNet-1k labels when it
-    has 1000 classes), safetensors weights, the image processor and the variant's model card."""
+    has 1000 classes), safetensors weights, the image processor and the variant's model card.
+
+    Everything is checked and built before anything is written, and the files are written to a staging folder
+    next to `output_dir` and moved into place at the end (the weights last), so that a failure never leaves a
+    loadable half-written folder behind."""
     from .image_processing_ceit import CeiTImageProcessor
     from .model_card import variant_card
 
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise CheckpointConversionError(f"The output path {output_dir} exists and is not a folder.")
     state_dict = load_official_checkpoint(checkpoint, use_ema=use_ema)
     if preset is not None:
         if preset not in PRESETS:
             raise CheckpointConversionError(f"Unknown preset {preset!r}; expected one of {sorted(PRESETS)}.")
-        num_classes = state_dict["head.weight"].shape[0] if "head.weight" in state_dict else 1000
-        config = CeiTConfig.from_preset(preset, num_classes=num_classes)
+        found = checkpoint_architecture(state_dict)
+        wanted = PRESETS[preset]
+        differences = [
+            f"{label} {wanted[field]} (checkpoint: {found[field]})"
+            for field, label in (("d_model", "width"), ("num_encoder_blocks", "depth"), ("image_size", "image size"))
+            if found[field] != wanted[field]
+        ]
+        if differences:
+            raise CheckpointConversionError(
+                f"The checkpoint is not a {preset}: the preset has " + ", ".join(differences) + "."
+            )
+        config = CeiTConfig.from_preset(preset, num_classes=found["num_classes"])
     else:
         config = infer_config(state_dict)
     if config.num_labels == 1000:
         labels = imagenet_id2label()
         config.id2label, config.label2id = labels, {name: i for i, name in labels.items()}
     model = official_to_model(state_dict, config)
-    output_dir = Path(output_dir)
-    model.save_pretrained(output_dir)
     size = config.image_hw
-    CeiTImageProcessor(crop_size={"height": size[0], "width": size[1]}).save_pretrained(output_dir)
+    processor = CeiTImageProcessor(crop_size={"height": size[0], "width": size[1]})
     name = preset_name(config)
-    if name is not None:
-        (output_dir / "README.md").write_text(variant_card(name))
+    card = variant_card(name) if name is not None else None
+
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=output_dir.parent))
+    try:
+        model.save_pretrained(staging)
+        processor.save_pretrained(staging)
+        if card is not None:
+            (staging / "README.md").write_text(card, encoding="utf-8")
+        output_dir.mkdir(exist_ok=True)
+        # Weights last: until they are in place the folder does not load.
+        for path in sorted(staging.iterdir(), key=lambda path: path.suffix == ".safetensors"):
+            os.replace(path, output_dir / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return model

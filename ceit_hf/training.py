@@ -178,6 +178,8 @@ def parse_args(argv: list[str] | None = None):
     if "output_dir" not in given:
         raise SystemExit("error: --output_dir is required (the folder the trained model is written to).")
     defaults = dict(RUN_DEFAULTS)
+    if not torch.cuda.is_available():
+        defaults["dataloader_pin_memory"] = False  # pinning needs an accelerator
     from_scratch = "model_name_or_path" not in given and "preset" not in given and "config_overrides" not in given
     bundled = "dataset_name" not in given and "train_dir" not in given
     if bundled:
@@ -439,25 +441,57 @@ def train_transform(processor, recipe: RecipeArguments) -> v2.Compose:
     return v2.Compose(steps)
 
 
+INDEX_COLUMN = "__example_index__"
+
+
 def with_transform(dataset, image_column: str, label_column: str, transform):
-    """`dataset` yielding `pixel_values` and `labels`, transformed on the fly."""
+    """`dataset` yielding `pixel_values` and `labels`, transformed on the fly. `transform` receives the batch's
+    images and their row indices."""
+    dataset = dataset.add_column(INDEX_COLUMN, list(range(len(dataset))))
 
     def apply(batch):
-        return {"pixel_values": transform(batch[image_column]), "labels": batch[label_column]}
+        return {
+            "pixel_values": transform(batch[image_column], batch[INDEX_COLUMN]),
+            "labels": batch[label_column],
+        }
 
     dataset.set_transform(apply)
     return dataset
 
 
-def per_image(transform):
-    def apply(images):
-        return [transform(image) for image in images]
+class SeededAugmentation:
+    """Applies a random `transform` to each example with torch's CPU generator seeded from (seed, epoch, example
+    index), then restores the generator. An example's augmentation is then a function of those three numbers
+    alone, not of what was drawn before it, so a run resumed from a checkpoint, a data loader that prefetches
+    batches, and any number of workers all produce the same augmented images. `EpochCallback` sets `epoch`.
+    """
 
-    return apply
+    def __init__(self, transform, seed: int):
+        self.transform = transform
+        self.seed = seed
+        self.epoch = 0
+
+    def __call__(self, images, indices):
+        out = []
+        for image, index in zip(images, indices):
+            with torch.random.fork_rng(devices=[]):
+                torch.default_generator.manual_seed(hash((self.seed, self.epoch, int(index))) & 0x7FFF_FFFF_FFFF_FFFF)
+                out.append(self.transform(image))
+        return out
+
+
+class EpochCallback(TrainerCallback):
+    """Tells a `SeededAugmentation` which epoch the training loop is in (also when resuming mid-epoch)."""
+
+    def __init__(self, augmentation: SeededAugmentation):
+        self.augmentation = augmentation
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.augmentation.epoch = math.floor(state.epoch or 0)
 
 
 def eval_transform(processor):
-    def apply(images):
+    def apply(images, indices=None):
         return list(processor([image.convert("RGB") for image in images], return_tensors="pt")["pixel_values"])
 
     return apply
@@ -670,16 +704,14 @@ def main(argv: list[str] | None = None) -> dict:
         type(model).__name__, f"{params:,}", model.config.image_hw, len(labels), len(raw["train"]), len(raw["validation"]),
     )
 
-    train_set = with_transform(
-        raw["train"], data_args.image_column_name, data_args.label_column_name,
-        per_image(train_transform(processor, recipe_args)),
-    )
+    augmentation = SeededAugmentation(train_transform(processor, recipe_args), seed=training_args.seed)
+    train_set = with_transform(raw["train"], data_args.image_column_name, data_args.label_column_name, augmentation)
     eval_set = with_transform(
         raw["validation"], data_args.image_column_name, data_args.label_column_name, eval_transform(processor)
     )
     # Trainer would push every checkpoint folder (with its pickled optimizer state); the model is pushed at the end.
     push_requested, training_args.push_to_hub = training_args.push_to_hub, False
-    callbacks = []
+    callbacks = [EpochCallback(augmentation)]
     ema = None
     if recipe_args.model_ema_decay:
         ema = ModelEMACallback(recipe_args.model_ema_decay, resume_from=training_args.resume_from_checkpoint)

@@ -14,7 +14,7 @@ import sys
 
 from ceit_hf.configuration_ceit import PRESETS
 from ceit_hf.conversion import CheckpointConversionError, convert_checkpoint, preset_name
-from ceit_hf.hub import push_model_folder
+from ceit_hf.hub import ModelFolderError, PushError, push_model_folder
 
 
 def main(argv=None):
@@ -27,13 +27,16 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         model = convert_checkpoint(args.checkpoint, args.output_dir, use_ema=args.use_ema, preset=args.preset)
-    except (CheckpointConversionError, FileNotFoundError) as error:
+    except (CheckpointConversionError, OSError) as error:  # OSError: no such file, cannot write the folder, ...
         parser.exit(2, f"error: {error}\n")
     params = sum(p.numel() for p in model.parameters())
     print(f"Converted {args.checkpoint} ({preset_name(model.config) or 'custom CeiT'}, {params:,} parameters) "
           f"-> {args.output_dir}")
     if args.push_to_hub:
-        push_model_folder(args.output_dir, args.push_to_hub)
+        try:
+            push_model_folder(args.output_dir, args.push_to_hub)
+        except (ModelFolderError, PushError) as error:
+            parser.exit(2, f"error: the folder {args.output_dir} was written, but not uploaded: {error}\n")
     return 0
 
 

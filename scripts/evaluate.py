@@ -1,0 +1,14 @@
+#!/usr/bin/env python
+"""Evaluate a CeiT (or any image classifier) folder or Hub repo: top-1/top-5 accuracy and images/s.
+
+    python scripts/evaluate.py --model runs/digits                       # the main job's validation split
+    python scripts/evaluate.py --model runs/mine --validation_dir imgs/val --output_json eval.json
+    python scripts/evaluate.py --model ceit-hf/ceit_tiny_patch16_224 --trust_remote_code \
+        --dataset_name imagenet-1k --split validation --device cuda --dtype bfloat16
+"""
+
+from ceit_hf.evaluation import main
+
+
+if __name__ == "__main__":
+    main()
