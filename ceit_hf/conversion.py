@@ -100,17 +100,27 @@ def _tensor_shape(state_dict: dict[str, torch.Tensor], key: str, ndim: int) -> t
 def checkpoint_architecture(state_dict: dict[str, torch.Tensor]) -> dict[str, int]:
     """What an official state_dict's tensor shapes say about the model: `d_model`, `num_encoder_blocks`,
     `image_size` and `num_classes`. Raises `CheckpointConversionError` when they are not those of an official CeiT."""
+    absent = [key for key in ("i2t.proj.weight", "pos_embed", "head.weight") if key not in state_dict]
+    if absent:
+        raise CheckpointConversionError(
+            f"The checkpoint has no {', '.join(map(repr, absent))}: it is not an official CeiT checkpoint "
+            f"(its keys include {list(state_dict)[:5]})."
+        )
     width = _tensor_shape(state_dict, "i2t.proj.weight", 4)[0]
     num_classes = _tensor_shape(state_dict, "head.weight", 2)[0]
     num_tokens = _tensor_shape(state_dict, "pos_embed", 3)[1] - 1
     blocks = {int(m.group(1)) for m in (re.match(r"blocks\.(\d+)\.", k) for k in state_dict) if m}
     if not blocks:
-        raise CheckpointConversionError("The checkpoint has no encoder blocks ('blocks.N.*'): it is not an official CeiT checkpoint.")
+        raise CheckpointConversionError(
+            "The checkpoint has no encoder blocks ('blocks.N.*'): it is not an official CeiT checkpoint."
+        )
     grid = round(max(num_tokens, 0) ** 0.5)
     if num_tokens <= 0 or grid * grid != num_tokens:
         raise CheckpointConversionError(f"pos_embed holds {num_tokens} patch positions, not a square grid.")
     # The official stem and patch size: 16 pixels per token.
-    return {"d_model": width, "num_encoder_blocks": 1 + max(blocks), "image_size": grid * 16, "num_classes": num_classes}
+    return {
+        "d_model": width, "num_encoder_blocks": 1 + max(blocks), "image_size": grid * 16, "num_classes": num_classes
+    }
 
 
 def infer_config(state_dict: dict[str, torch.Tensor], **overrides) -> CeiTConfig:
@@ -144,8 +154,8 @@ def _unreadable_checkpoint_message(path: Path, error: Exception) -> str:
     detail = detail.split(". ")[0].rstrip(".")  # the first sentence; torch's advice that follows does not apply
     return (
         f"Could not read {path} as a PyTorch checkpoint (a file written by torch.save): it is damaged, truncated or "
-        f"of another format ({type(error).__name__}{': ' + detail if detail else ''}). It was read with weights_only=True, so no "
-        "pickled code was run."
+        f"of another format ({type(error).__name__}{': ' + detail if detail else ''}). It was read with "
+        "weights_only=True, so no pickled code was run."
     )
 
 

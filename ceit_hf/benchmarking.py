@@ -1,0 +1,236 @@
+# Copyright 2026 The ceit_hf authors. Licensed under the Apache License, Version 2.0.
+"""CeiT vs transformers' DeiT of the same width, depth and heads, measured side by side in one process.
+
+Each round measures every (model, measurement) once, models alternating, so slow drifts of the machine
+(thermal, other load) hit both alike; the reported figure is the median over rounds. The engine of
+`scripts/benchmark.py`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import platform
+import statistics
+import threading
+import time
+from dataclasses import dataclass
+
+import torch
+
+from transformers import DeiTConfig, DeiTForImageClassification
+
+from .configuration_ceit import CeiTConfig
+from .modeling_ceit import CeiTForImageClassification
+
+
+SIZES = {"tiny": ("ceit_tiny_patch16_224", 192, 3), "small": ("ceit_small_patch16_224", 384, 6)}
+
+
+def build_pair(size: str) -> dict[str, torch.nn.Module]:
+    """CeiT-`size` (official preset) and a DeiT of the same width/depth/heads, MLP ratio 4, 224 pixels, 1000 classes."""
+    preset, width, heads = SIZES[size]
+    deit = DeiTConfig(
+        hidden_size=width, num_hidden_layers=12, num_attention_heads=heads, intermediate_size=4 * width,
+        image_size=224, patch_size=16, num_labels=1000,
+    )
+    return {
+        f"ceit_{size}": CeiTForImageClassification(CeiTConfig.from_preset(preset)),
+        f"deit_{size}": DeiTForImageClassification(deit),
+    }
+
+
+def _malloc_in_use():
+    """Bytes currently allocated through glibc's malloc (small blocks + mmapped large ones), or None."""
+    import ctypes
+    import ctypes.util
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost"
+        )]
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        libc.mallinfo2.restype = MallInfo2
+    except (OSError, AttributeError):
+        return None
+
+    def in_use():
+        info = libc.mallinfo2()
+        return info.uordblks + info.hblkhd
+
+    return in_use
+
+
+class PeakMemory:
+    """Peak memory allocated above the starting point during a block: CUDA's allocator statistics on a GPU;
+    on the CPU, glibc's count of allocated bytes, sampled every 0.2 ms by a thread (so never around timings)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.peak = 0
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.start = torch.cuda.memory_allocated(self.device)
+            return self
+        self.in_use = _malloc_in_use()
+        if self.in_use is not None:
+            self.start = self.highest = self.in_use()
+            self.running = True
+            self.thread = threading.Thread(target=self._sample, daemon=True)
+            self.thread.start()
+        return self
+
+    def _sample(self):
+        while self.running:
+            self.highest = max(self.highest, self.in_use())
+            time.sleep(0.0002)
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device) - self.start
+        elif self.in_use is not None:
+            self.running = False
+            self.thread.join()
+            self.peak = self.highest - self.start
+
+
+@dataclass
+class Measurement:
+    name: str
+    batch_size: int
+    train: bool
+    dtype: torch.dtype
+
+
+def _sync(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _autocast(device: torch.device, dtype: torch.dtype):
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _step_fn(model, optimizer, m: "Measurement", device: torch.device):
+    pixels = torch.randn(m.batch_size, 3, 224, 224, device=device)
+    labels = torch.randint(0, 1000, (m.batch_size,), device=device)
+    model.train(m.train)
+
+    def step():
+        if m.train:
+            with _autocast(device, m.dtype):
+                loss = model(pixel_values=pixels, labels=labels).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        else:
+            with torch.inference_mode(), _autocast(device, m.dtype):
+                model(pixel_values=pixels)
+
+    return step
+
+
+def time_once(model, optimizer, m: "Measurement", device: torch.device, iterations: int) -> float:
+    """Images per second over `iterations` calls, after one untimed call."""
+    step = _step_fn(model, optimizer, m, device)
+    step()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(iterations):
+        step()
+    _sync(device)
+    return iterations * m.batch_size / (time.perf_counter() - start)
+
+
+def peak_memory(model, optimizer, m: "Measurement", device: torch.device) -> int:
+    """Peak memory of one call (after a warm-up call), in bytes."""
+    step = _step_fn(model, optimizer, m, device)
+    step()
+    _sync(device)
+    with PeakMemory(device) as memory:
+        step()
+    return memory.peak
+
+
+def run_benchmark(
+    sizes=("tiny", "small"),
+    batch_sizes=(1, 32),
+    train_batch_size: int = 32,
+    rounds: int = 5,
+    device: str = "cpu",
+    dtypes=("float32",),
+    min_seconds: float = 1.0,
+    log=print,
+) -> dict:
+    device = torch.device(device)
+    dtypes = [getattr(torch, d) for d in dtypes]
+    results = {"machine": machine_description(device), "rounds": rounds, "models": {}}
+    for size in sizes:
+        models = {name: model.to(device) for name, model in build_pair(size).items()}
+        optimizers = {name: torch.optim.AdamW(model.parameters(), lr=1e-4) for name, model in models.items()}
+        measurements = [Measurement(f"infer_bs{b}_{str(d)[6:]}", b, False, d) for d in dtypes for b in batch_sizes]
+        measurements += [Measurement(f"train_bs{train_batch_size}_{str(d)[6:]}", train_batch_size, True, d) for d in dtypes]
+        # iterations per measurement: enough for `min_seconds`, judged from one call of the slower model
+        iterations = {}
+        for m in measurements:
+            slowest = min(time_once(models[n], optimizers[n], m, device, 1) for n in models)
+            iterations[m.name] = max(1, round(min_seconds * slowest / m.batch_size))
+        samples = {name: {m.name: [] for m in measurements} for name in models}
+        for r in range(rounds):
+            for m in measurements:
+                for name in models:
+                    samples[name][m.name].append(time_once(models[name], optimizers[name], m, device, iterations[m.name]))
+            log(f"[{size}] round {r + 1}/{rounds} done")
+        memory = {name: {m.name: peak_memory(models[name], optimizers[name], m, device) for m in measurements} for name in models}
+        for name, model in models.items():
+            results["models"][name] = {
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "images_per_second": {k: statistics.median(v) for k, v in samples[name].items()},
+                "all_rounds": samples[name],
+                "peak_memory_mib": {k: v / 2**20 for k, v in memory[name].items()},
+            }
+        ceit, deit = results["models"][f"ceit_{size}"], results["models"][f"deit_{size}"]
+        results.setdefault("ratios", {})[size] = {
+            k: ceit["images_per_second"][k] / deit["images_per_second"][k] for k in ceit["images_per_second"]
+        }
+        del models, optimizers
+    return results
+
+
+def machine_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    return (
+        f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}"
+    )
+
+
+def format_table(results: dict) -> str:
+    lines = [
+        f"Machine: {results['machine']}; median of {results['rounds']} alternating rounds; images/s (higher is better)",
+        "",
+        "| model | measurement | CeiT img/s | DeiT img/s | CeiT/DeiT | CeiT peak MiB | DeiT peak MiB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for size, ratios in results["ratios"].items():
+        ceit, deit = results["models"][f"ceit_{size}"], results["models"][f"deit_{size}"]
+        for key, ratio in ratios.items():
+            lines.append(
+                f"| {size} | {key} | {ceit['images_per_second'][key]:.1f} | {deit['images_per_second'][key]:.1f} | "
+                f"{ratio:.2f}x | {ceit['peak_memory_mib'][key]:.0f} | {deit['peak_memory_mib'][key]:.0f} |"
+            )
+    return "\n".join(lines)
+
+
+def write_json(results: dict, path: str):
+    with open(path, "w") as handle:
+        json.dump(results, handle, indent=2)
