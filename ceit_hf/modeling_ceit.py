@@ -155,28 +155,74 @@ def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
     return model
 
 
-def layer_with_batch_norm(layer: nn.Module, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """`norm(layer(x))` for a Linear or Conv2d `layer` and a BatchNorm (or Identity) `norm`.
-
-    In eval mode the BatchNorm is an affine map with fixed statistics, so it is folded into the layer's weight and
-    bias (computed in float32, a few kFLOPs per call): one kernel instead of two, the same function up to rounding.
-    The parameters and the state_dict stay unfused, so training, saving and loading are unaffected.
-    """
+def fold_batch_norm(layer: nn.Module, norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """The weight and bias of `layer` (Linear or Conv2d) with the eval-mode BatchNorm `norm` folded in, or None
+    when `norm` is not a BatchNorm in eval mode (training uses batch statistics, which cannot be folded)."""
     if not isinstance(norm, nn.modules.batchnorm._BatchNorm) or norm.training or norm.running_var is None:
-        y = layer(x)
-        if y.ndim == 4 and isinstance(norm, (CeiTTokenBatchNorm, CeiTTokenSyncBatchNorm)):
-            # a convolution's (N, C, H, W) output into a channels-last BatchNorm
-            return norm(y.movedim(1, -1)).movedim(-1, 1)
-        return norm(y)
+        return None
+    # Without autograd the folded tensors are kept and reused until a parameter or statistic changes (in-place
+    # updates bump a tensor's version; .to()/.half() give new storage).
+    cacheable = not torch.is_grad_enabled() and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
+    if cacheable:
+        sources = [t for t in (layer.weight, layer.bias, norm.weight, norm.bias, norm.running_mean, norm.running_var) if t is not None]
+        key = tuple((t.data_ptr(), t._version, t.dtype) for t in sources) + (norm.eps,)
+        cached = norm.__dict__.get("_folded")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+    # A BatchNorm with fixed statistics is an affine map: y = scale * (Wx + b - mean) + beta. Computed in float32,
+    # the state_dict stays unfused, so training, saving and loading are unaffected.
     scale = norm.weight.float() * torch.rsqrt(norm.running_var.float() + norm.eps)
     weight = layer.weight.float() * scale.view((-1,) + (1,) * (layer.weight.ndim - 1))
     bias = norm.bias.float() - norm.running_mean.float() * scale
     if layer.bias is not None:
         bias = bias + layer.bias.float() * scale
-    weight, bias = weight.to(layer.weight.dtype), bias.to(layer.weight.dtype)
-    if isinstance(layer, nn.Linear):
-        return F.linear(x, weight, bias)
-    return layer._conv_forward(x, weight, bias)
+    folded = weight.to(layer.weight.dtype), bias.to(layer.weight.dtype)
+    if cacheable:
+        norm.__dict__["_folded"] = (key, folded)
+    return folded
+
+
+def layer_with_batch_norm(layer: nn.Module, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`norm(layer(x))` for a Linear or Conv2d `layer` and a BatchNorm (or Identity) `norm`; in eval mode one
+    kernel with the BatchNorm folded into the layer, the same function up to rounding."""
+    folded = fold_batch_norm(layer, norm)
+    if folded is not None:
+        return F.linear(x, *folded) if isinstance(layer, nn.Linear) else layer._conv_forward(x, *folded)
+    y = layer(x)
+    if y.ndim == 4 and isinstance(norm, (CeiTTokenBatchNorm, CeiTTokenSyncBatchNorm)):
+        # a convolution's (N, C, H, W) output into a channels-last BatchNorm
+        return norm(y.movedim(1, -1)).movedim(-1, 1)
+    return norm(y)
+
+
+def _inference_fast_path(x: torch.Tensor) -> bool:
+    """Whether `x` may take the inference-only kernels: no autograd graph, eager mode, CPU."""
+    return (
+        not x.requires_grad
+        and x.device.type == "cpu"
+        and not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()
+    )
+
+
+def gelu(x: torch.Tensor) -> torch.Tensor:
+    """Exact (erf) GELU; in place when nothing needs its input (inference), sparing a large allocation."""
+    return torch.ops.aten.gelu_(x) if _inference_fast_path(x) else F.gelu(x)
+
+
+def depthwise_with_batch_norm_gelu(conv: nn.Conv2d, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """GELU(norm(conv(x))) for LeFF's depthwise stage. At inference on CPU the folded convolution and the GELU
+    run as one oneDNN kernel (about 3x faster than the two ops on a channels-last map)."""
+    folded = fold_batch_norm(conv, norm)
+    if folded is not None and _inference_fast_path(x) and _HAS_FUSED_CONV and x.dtype == torch.float32:
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, folded[0], folded[1], list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups,
+            "gelu", [], "none",
+        )
+    return gelu(layer_with_batch_norm(conv, norm, x))
+
+
+_HAS_FUSED_CONV = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
 
 
 def eager_attention_forward(
@@ -396,24 +442,25 @@ class CeiTLeFF(nn.Module):
         self.dropout = nn.Dropout(config.encoder_dropout)
         self.reduce = CeiTConvLinear(hidden, dim)
         self.reduce_norm = batch_norm(dim)
-        self.act = nn.GELU()
-        self.final_act = nn.GELU() if config.leff_final_activation else nn.Identity()
+        self.final_activation = config.leff_final_activation
 
     def forward(self, hidden_states: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
         # A contiguous copy of the (narrow) patch tokens lets the expansion run as one matrix product.
         cls_token, tokens = hidden_states[:, :1], hidden_states[:, 1:].contiguous()
         batch, num_tokens, _ = tokens.shape
-        x = self.act(layer_with_batch_norm(self.expand, self.expand_norm, tokens))
+        x = gelu(layer_with_batch_norm(self.expand, self.expand_norm, tokens))
         # (B, N, C) -> (B, C, H, W) as a view: channels-last memory, which the depthwise kernel handles natively.
         x = x.view(batch, grid_size[0], grid_size[1], -1).permute(0, 3, 1, 2)
         if isinstance(self.pointwise, nn.Identity):
-            x = layer_with_batch_norm(self.depthwise, self.depthwise_norm, x)
+            x = depthwise_with_batch_norm_gelu(self.depthwise, self.depthwise_norm, x)
             x = x.permute(0, 2, 3, 1).reshape(batch, num_tokens, -1)
         else:
             x = self.depthwise(x).permute(0, 2, 3, 1).reshape(batch, num_tokens, -1)
-            x = layer_with_batch_norm(self.pointwise, self.depthwise_norm, x)
-        x = self.dropout(self.act(x))
-        x = self.final_act(layer_with_batch_norm(self.reduce, self.reduce_norm, x))
+            x = gelu(layer_with_batch_norm(self.pointwise, self.depthwise_norm, x))
+        x = self.dropout(x)
+        x = layer_with_batch_norm(self.reduce, self.reduce_norm, x)
+        if self.final_activation:
+            x = gelu(x)
         return torch.cat((cls_token, x), dim=1)
 
 
