@@ -1,0 +1,72 @@
+# Copyright 2026 The ceit_hf authors. Licensed under the Apache License, Version 2.0.
+"""ONNX export of a CeiT (or any image classifier) folder with the torch ONNX exporter (dynamo), dynamic batch,
+checked against PyTorch with ONNX Runtime. The engine of `scripts/export_onnx.py`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from transformers import AutoModelForImageClassification
+
+
+class _LogitsOnly(torch.nn.Module):
+    """`pixel_values -> logits`: the graph an inference runtime needs, with plain tensor input and output."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=pixel_values, return_dict=True).logits
+
+
+def export_onnx(
+    model_dir: str,
+    output: str,
+    opset: int | None = None,
+    check: bool = True,
+    atol: float = 1e-4,
+    trust_remote_code: bool = False,
+) -> dict:
+    """Exports `model_dir` to `output` (input `pixel_values` (batch, C, H, W) with a dynamic batch, output
+    `logits`). With `check`, runs the file in ONNX Runtime at batch 1 and 3 and raises `ValueError` if the logits
+    differ from PyTorch's by more than `atol`; returns the largest difference seen."""
+    model = AutoModelForImageClassification.from_pretrained(model_dir, trust_remote_code=trust_remote_code).eval()
+    config = model.config
+    height, width = config.image_hw if hasattr(config, "image_hw") else (config.image_size, config.image_size)
+    example = torch.randn(2, config.num_channels, height, width)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    wrapper = _LogitsOnly(model).eval()
+    program = torch.onnx.export(
+        wrapper,
+        (example,),
+        dynamo=True,
+        input_names=["pixel_values"],
+        output_names=["logits"],
+        dynamic_shapes={"pixel_values": {0: batch}},
+        opset_version=opset,
+        verbose=False,
+    )
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    program.save(output)
+    result = {"output": str(output), "max_abs_difference": None}
+    if check:
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
+        differences = []
+        for size in (1, 3):
+            pixels = torch.randn(size, config.num_channels, height, width)
+            with torch.no_grad():
+                expected = wrapper(pixels).numpy()
+            (actual,) = session.run(["logits"], {"pixel_values": pixels.numpy()})
+            differences.append(float(np.abs(actual - expected).max()))
+        result["max_abs_difference"] = max(differences)
+        if result["max_abs_difference"] > atol:
+            raise ValueError(
+                f"ONNX Runtime's logits differ from PyTorch's by {result['max_abs_difference']:.2e} > {atol:.0e}."
+            )
+    return result
