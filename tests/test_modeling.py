@@ -388,3 +388,22 @@ def test_half_precision_input_is_cast_to_the_model_dtype():
 def test_input_embeddings_are_the_patch_embeddings():
     model = CeiTModel(tiny_config())
     assert model.get_input_embeddings() is model.embeddings.patch_embeddings
+
+
+def test_sync_batchnorm_conversion_keeps_weights_and_layout():
+    from ceit_hf.modeling_ceit import CeiTTokenSyncBatchNorm, convert_sync_batchnorm
+
+    model = CeiTForImageClassification(tiny_config()).train()
+    model(pixels(batch=4))  # non-trivial running statistics
+    model.eval()
+    x = pixels()
+    with torch.no_grad():
+        before = model(x).logits
+    keys = set(model.state_dict())
+    convert_sync_batchnorm(model)
+    assert isinstance(model.ceit.encoder.layers[0].leff.expand_norm, CeiTTokenSyncBatchNorm)
+    assert isinstance(model.ceit.embeddings.image_to_tokens.norm, torch.nn.SyncBatchNorm)
+    assert not any(type(m) in (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d) for m in model.modules())
+    assert set(model.state_dict()) == keys
+    with torch.no_grad():
+        assert torch.allclose(model(x).logits, before, atol=1e-6)

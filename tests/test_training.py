@@ -233,3 +233,25 @@ def test_seeded_augmentation_depends_only_on_seed_epoch_and_index():
     assert torch.equal(first[1], again[0]) and not torch.equal(first[0], first[1])
     augment.epoch = 1
     assert not torch.equal(augment([image], [1])[0], first[1])
+
+
+def test_push_to_hub_uploads_the_model_not_the_checkpoints(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+    from huggingface_hub.utils import close_session
+    from test_hub_upload import FakeHub
+
+    with FakeHub() as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        monkeypatch.setenv("HF_TOKEN", hub.token)
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+        # CI sets HF_HUB_OFFLINE=1; this test alone reaches the local stand-in on 127.0.0.1.
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        close_session()
+        main(["--output_dir", str(tmp_path / "run"), "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "1",
+              "--eval_strategy", "no", *SHORT, "--push_to_hub", "true", "--hub_model_id", "ceit-test/digits"])
+        close_session()
+    assert (tmp_path / "run" / "checkpoint-2").is_dir()
+    files = hub.commits[-1]["files"]
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md", "modeling_ceit.py"} <= set(files)
+    assert not any(name.endswith((".bin", ".pt", ".pth")) or name.startswith("checkpoint-") for name in files)
+    assert files["model.safetensors"] == (tmp_path / "run" / "model.safetensors").read_bytes()
