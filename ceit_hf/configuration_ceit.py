@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
-from numbers import Real
+from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +142,10 @@ _PROBABILITIES = (
     "lca_encoder_dropout", "lca_encoder_attention_dropout", "lca_encoder_projection_dropout",
     "lca_encoder_stodepth_prob",
 )
+_NUMBERS = (  # the other numeric options (numbers or None)
+    "classifier_mlp_d", "layer_scale", "lca_encoder_layer_scale", "layer_norm_eps", "initializer_range",
+    "stochastic_depth_mp",
+)
 _BOOLS = (
     "leff_depthwise_separable", "lca_encoder_qkv_bias", "stochastic_depth", "qkv_bias", "i2t_conv_bias",
     "patch_norm", "leff_batch_norm", "leff_final_activation", "lca_layer_position_embedding",
@@ -153,7 +157,24 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
+    # Python numbers only (what config.json can hold); numpy scalars are converted at construction (_plain_number).
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return isinstance(value, int) or math.isfinite(value)
+
+
+def _plain_number(value: Any) -> Any:
+    """A numpy (or other `numbers`) scalar as the Python int or float it holds; anything else unchanged."""
+    if isinstance(value, (bool, int, float)) or not isinstance(value, Real):
+        return value
+    try:
+        return int(value) if isinstance(value, Integral) else float(value)
+    except (OverflowError, ValueError):
+        return value
+
+
+def _is_label_index(key: Any) -> bool:
+    return _is_int(key) or (isinstance(key, str) and key.isascii() and key.isdigit())
 
 
 def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -319,14 +340,19 @@ class CeiTConfig(PreTrainedConfig):
                 setattr(self, field, value)
         if self.id2label is None:
             # The seed API's default is 1000 classes, not transformers' 2.
-            kwargs.setdefault("num_labels", 1000)
-            num_labels = kwargs["num_labels"]
+            num_labels = kwargs["num_labels"] = _plain_number(kwargs.get("num_labels", 1000))
             if not _is_int(num_labels) or num_labels < 0:
                 raise ValueError(f"num_classes (num_labels) must be an int >= 0, got {num_labels!r}.")
-        elif self.label2id is None:
-            self.label2id = {str(label): int(index) for index, label in self.id2label.items()}
+        else:
+            self._check_id2label()
+            if self.label2id is None:
+                self.label2id = {str(label): int(index) for index, label in self.id2label.items()}
         if isinstance(self.image_size, tuple):
             self.image_size = list(self.image_size)
+        if isinstance(self.image_size, list):
+            self.image_size = [_plain_number(size) for size in self.image_size]
+        for field in ("image_size", *_POSITIVE_INTS, *_NON_NEGATIVE_INTS, *_PROBABILITIES, *_NUMBERS):
+            setattr(self, field, _plain_number(getattr(self, field)))
         if self.i2t_conv_padding is None and _is_int(self.i2t_conv_kernel_size):
             self.i2t_conv_padding = self.i2t_conv_kernel_size // 2
         if self.i2t_max_pool_padding is None and _is_int(self.i2t_max_pool_kernel_size):
@@ -395,13 +421,38 @@ class CeiTConfig(PreTrainedConfig):
         self.auto_map = remote_code_auto_map(save_directory)
         super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
 
+    def to_diff_dict(self) -> dict[str, Any]:
+        # transformers leaves out labels equal to its own default (2 classes, "LABEL_0"/"LABEL_1"); CeiT's default is
+        # 1000 classes, so a 2-class config saved without them would load back with 1000.
+        output = super().to_diff_dict()
+        full = self.to_dict()
+        for key in ("id2label", "label2id"):
+            if full.get(key) is not None:
+                output.setdefault(key, full[key])
+        return output
+
     def validate(self):
         super().validate()
         self._check_options()
 
+    def _check_id2label(self):
+        id2label = self.id2label
+        if not isinstance(id2label, dict) or not all(_is_label_index(key) for key in id2label):
+            shown = repr(id2label) if len(repr(id2label)) <= 80 else repr(id2label)[:77] + "..."
+            raise ValueError(f"CeiTConfig.id2label={shown} is invalid: expected a dict {{class index: name}}.")
+        indices = sorted(int(key) for key in id2label)
+        if indices != list(range(len(indices))):
+            raise ValueError(
+                f"CeiTConfig.id2label is invalid: its class indices must be 0..{len(indices) - 1} (one per logit), "
+                f"got {indices[:10]}{'...' if len(indices) > 10 else ''}."
+            )
+
     def _check_options(self):
         def fail(field: str, rule: str):
             raise ValueError(f"CeiTConfig.{field}={getattr(self, field)!r} is invalid: {rule}.")
+
+        if self.id2label is not None:
+            self._check_id2label()
 
         for field in _POSITIVE_INTS:
             if not _is_int(getattr(self, field)) or getattr(self, field) <= 0:
@@ -421,7 +472,7 @@ class CeiTConfig(PreTrainedConfig):
             ("lca_encoder_ln_order", LN_ORDERS),
             ("patchify_technique", PATCHIFY_TECHNIQUES),
         ):
-            if getattr(self, field) not in choices:
+            if not (isinstance(getattr(self, field), str) and getattr(self, field) in choices):
                 fail(field, f"expected one of {list(choices)}")
         size = self.image_size
         if not (_is_int(size) or (isinstance(size, list) and len(size) == 2 and all(_is_int(s) for s in size))):

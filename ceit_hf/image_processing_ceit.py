@@ -26,6 +26,7 @@ from transformers.image_utils import (
     ChannelDimension,
     PILImageResampling,
     is_pil_image,
+    load_image,
 )
 from transformers.processing_utils import ImagesKwargs, Unpack
 from transformers.utils import is_torch_tensor, logging
@@ -94,11 +95,40 @@ def _infer_channel_format(shape: tuple[int, ...]) -> ChannelDimension | None:
     return None
 
 
+def _load_image(source: str):
+    """
+    The image at a path, http(s) URL or base64 string, as a fully decoded PIL image (a damaged or truncated file fails
+    here, with a `ValueError`). Files keep their mode, so transparency and 16-bit pixels are handled as for PIL inputs
+    (transformers' own loaders convert to RGB first, and its torchvision decoder crashes on some damaged PNGs).
+    """
+    from transformers.image_utils import PIL  # Pillow, as transformers imports it
+
+    is_file = os.path.isfile(source)
+    try:
+        image = PIL.Image.open(source) if is_file else load_image(source)
+        image = PIL.ImageOps.exif_transpose(image)
+        image.load()
+    except Exception as error:
+        if is_file:
+            problem = f"the file {source!r} is damaged, truncated or not an image"
+        else:
+            problem = f"expected a path to an image file, an http(s) URL or a base64-encoded image, got {_describe(source)}"
+        raise ValueError(f"Could not load an image: {problem} ({type(error).__name__}: {error}).") from error
+    return image
+
+
 def _check_image(image, position: str) -> None:
     """Raise a `ValueError` naming `image` unless it is a PIL image or a 2-D/3-D array of pixel values."""
     if is_pil_image(image):
         if min(image.size) == 0:
             raise ValueError(f"{position} is empty: got {_describe(image)}. Expected {EXPECTED_INPUT}.")
+        try:
+            image.load()  # images opened from files decode lazily: a damaged or truncated file fails here
+        except Exception as error:
+            raise ValueError(
+                f"{position} cannot be decoded, its file is damaged or truncated: got {_describe(image)} "
+                f"({type(error).__name__}: {error})."
+            ) from error
         return
     if not _is_array(image):
         raise ValueError(f"{position} is not an image: got {_describe(image)}. Expected {EXPECTED_INPUT}.")
@@ -157,7 +187,8 @@ class CeiTImageProcessingMixin:
     Inputs are converted to RGB: grayscale images are repeated over three channels, images with transparency are
     composited onto white, palette and CMYK images go through Pillow's conversion, and 16-bit images (Pillow modes
     `I;16*`, uint16 arrays) are scaled to 8 bits. Integer and floating-point arrays are taken to hold values on the
-    0-255 scale, like uint8 ones; pass `do_rescale=False` for floating-point pixels already in [0, 1].
+    0-255 scale, like uint8 ones; pass `do_rescale=False` for floating-point pixels already in [0, 1]. A path gives
+    the same pixels as the PIL image of its file; damaged or truncated files raise a `ValueError`.
     """
 
     resample = PILImageResampling.BICUBIC
@@ -217,13 +248,7 @@ class CeiTImageProcessingMixin:
                 raise ValueError(f"Got an empty {type(images).__name__} of images. Expected {EXPECTED_INPUT}.")
             return [image for item in images for image in self._flatten_images(item)]
         if isinstance(images, str):
-            try:
-                return [self.fetch_images(images)]
-            except (OSError, RuntimeError, ValueError) as error:
-                raise ValueError(
-                    f"Could not load an image from the string {_describe(images)}: expected a path to an image file, "
-                    f"an http(s) URL or a base64-encoded image ({error})."
-                ) from error
+            return [_load_image(images)]
         if _is_array(images) and images.ndim == 4:
             if len(images) == 0:
                 raise ValueError(f"Got an empty batch: {_describe(images)}. Expected {EXPECTED_INPUT}.")

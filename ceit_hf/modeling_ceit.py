@@ -600,6 +600,58 @@ class CeiTPreTrainedModel(PreTrainedModel):
         elif isinstance(module, CeiTLayerScale):
             init.constant_(module.lambda1, module.init_value)
 
+    @classmethod
+    def from_pretrained(cls, *args, strict: bool = True, **kwargs):
+        """`PreTrainedModel.from_pretrained`, refusing a checkpoint that does not fit the model.
+
+        transformers only warns about weights missing from the checkpoint (and initialises them randomly) or unknown
+        to the model; here those, and weights of another shape, raise a `ValueError` naming them. The classifier may
+        differ where the caller re-heads the model: `ignore_mismatched_sizes=True` (new classifier for another number
+        of labels), a `CeiTModel` (or `num_labels=0`) loaded from a classification checkpoint, or a classifier put
+        on a checkpoint saved by `CeiTModel`. Opt out with `strict=False`: transformers' own behaviour (a warning,
+        random initialisation of what is missing). A damaged safetensors file raises an `OSError` naming it.
+        """
+        source = str(args[0] if args else kwargs.get("pretrained_model_name_or_path"))
+        reheading = kwargs.get("ignore_mismatched_sizes", False)
+        return_info = kwargs.pop("output_loading_info", False)
+        if strict:  # size mismatches are reported below, by name
+            kwargs["ignore_mismatched_sizes"] = True
+        try:
+            model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        except Exception as error:
+            if type(error).__name__ != "SafetensorError":
+                raise
+            message = f"Cannot read the weights of {source!r}; the file is damaged or incomplete: {error}"
+            raise OSError(message) from error
+        if strict:
+            has_head = any(name.startswith("classifier.") for name in model.state_dict())
+            headless_checkpoint = "CeiTModel" in (model.config.architectures or [])
+            problems = {
+                "missing from the checkpoint": sorted(
+                    k for k in info["missing_keys"] if not (k.startswith("classifier.") and headless_checkpoint)
+                ),
+                "not in the model": sorted(
+                    k for k in info["unexpected_keys"] if not (k.startswith("classifier.") and not has_head)
+                ),
+                "of another shape": sorted(
+                    f"{k} (checkpoint {tuple(old)}, model {tuple(new)})"
+                    for k, old, new in info["mismatched_keys"]
+                    if not (k.startswith("classifier.") and reheading)
+                ),
+                "not loaded": list(info["error_msgs"]),
+            }
+            found = [
+                f"{len(keys)} {kind}: {keys[:8]}{' ...' * (len(keys) > 8)}" for kind, keys in problems.items() if keys
+            ]
+            if found:
+                new_head = any(key.startswith("classifier.") for key in problems["of another shape"])
+                rehead = "ignore_mismatched_sizes=True gives it a new classifier; " if new_head else ""
+                raise ValueError(
+                    f"The checkpoint {source!r} does not fit {cls.__name__}: " + "; ".join(found) + f". {rehead}"
+                    "strict=False loads it anyway (missing weights randomly initialised, unknown ones ignored)."
+                )
+        return (model, info) if return_info else model
+
 
 def _torch_default_init(layer: nn.Module):
     """PyTorch's own `reset_parameters` of Linear/Conv layers, through transformers' init helpers (which skip

@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import re
 import shlex
 import sys
 import tempfile
@@ -207,6 +208,9 @@ def parse_args(argv: list[str] | None = None):
         raise SystemExit("error: --push_to_hub needs --hub_model_id NAMESPACE/NAME.")
     if recipe_args.hflip is None:
         recipe_args.hflip = 0.5
+    training_args.resume_from_checkpoint = resolve_resume_checkpoint(
+        training_args.resume_from_checkpoint, training_args.output_dir, ema=bool(recipe_args.model_ema_decay)
+    )
     return model_args, data_args, recipe_args, training_args
 
 
@@ -509,13 +513,29 @@ def batch_mixer(num_labels: int, mixup_alpha: float = 0.0, cutmix_alpha: float =
     return v2.RandomChoice(mixers) if len(mixers) > 1 else mixers[0]
 
 
+def drop_folded_batch_norm(model) -> None:
+    """Forgets the eval-mode BatchNorm folds that `modeling_ceit.fold_batch_norm` caches on each BatchNorm.
+
+    That cache is keyed on the tensors' storage and version counters, but neither the fused AdamW step (Trainer's
+    default optimizer) nor BatchNorm's running-statistics update bumps a version counter, so after training steps
+    an evaluation would reuse the folds of the previous evaluation (stale weights and statistics). Dropping them
+    before every evaluation makes the next forward fold the current values."""
+    for module in model.modules():
+        module.__dict__.pop("_folded", None)
+
+
 class CeiTTrainer(Trainer):
     """`Trainer` that mixes training batches (Mixup/CutMix) right before the step, so evaluation and prediction
-    batches keep their labels. The mixing draws from torch's global RNG, which Trainer checkpoints and restores."""
+    batches keep their labels. The mixing draws from torch's global RNG, which Trainer checkpoints and restores.
+    Every evaluation or prediction starts from the current weights (`drop_folded_batch_norm`)."""
 
     def __init__(self, *args, batch_mix=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.batch_mix = batch_mix
+
+    def evaluation_loop(self, *args, **kwargs):
+        drop_folded_batch_norm(self.model)
+        return super().evaluation_loop(*args, **kwargs)
 
     def training_step(self, model, inputs, *args, **kwargs):
         if self.batch_mix is not None and len(inputs["labels"]) > 1:
@@ -577,6 +597,71 @@ class ModelEMACallback(TrainerCallback):
 
 
 # ---------------------------------------------------------------------------------------------------- run
+
+
+CHECKPOINT_FOLDER = re.compile(r"^checkpoint-(\d+)$")
+
+
+def checkpoint_problems(folder: str | os.PathLike, ema: bool = False) -> list[str]:
+    """What keeps `folder` from being a complete Trainer checkpoint (nothing when it is one).
+
+    Trainer (transformers 5.24) does not save checkpoints atomically: it writes the files one after another into the
+    final `checkpoint-N` folder, the weights first and `trainer_state.json` last (then the EMA, `ema.safetensors`). A
+    run killed while saving leaves a folder without its trainer state (or EMA), or with truncated weights.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return ["no such folder"]
+    problems = []
+    try:
+        json.loads((folder / "trainer_state.json").read_text())["global_step"]
+    except (OSError, ValueError, KeyError, TypeError):
+        problems.append("trainer_state.json (written last) is missing or incomplete")
+    weights = folder / "model.safetensors"
+    if weights.is_file():
+        from safetensors import safe_open
+
+        try:
+            with safe_open(weights, framework="pt"):
+                pass
+        except Exception as error:  # safetensors' own error type: a truncated or damaged file
+            problems.append(f"model.safetensors is damaged or truncated ({error})")
+    elif not any((folder / name).is_file() for name in ("model.safetensors.index.json", "pytorch_model.bin")):
+        problems.append("the model weights are missing")
+    if ema and not (folder / ModelEMACallback.FILE).is_file():
+        problems.append(f"{ModelEMACallback.FILE} (the EMA of the weights, written after the trainer state) is missing")
+    return problems
+
+
+def resolve_resume_checkpoint(value: str | None, output_dir: str, ema: bool = False) -> str | None:
+    """The checkpoint `--resume_from_checkpoint` names, checked to be complete (see `checkpoint_problems`).
+
+    `auto` picks the newest complete `checkpoint-N` folder of `output_dir`, skipping incomplete ones (a run killed while
+    saving), and starts from scratch when there is none; `latest` does the same but fails when there is none. A path
+    to an incomplete checkpoint fails with what it lacks.
+    """
+    if value is None:
+        return None
+    if value in ("auto", "latest"):
+        names = os.listdir(output_dir) if os.path.isdir(output_dir) else []
+        found = sorted(((int(m.group(1)), name) for name in names if (m := CHECKPOINT_FOLDER.match(name))), reverse=True)
+        for _, name in found:
+            path = Path(output_dir) / name
+            problems = checkpoint_problems(path, ema)
+            if not problems:
+                logger.info("Resuming from %s, the newest complete checkpoint in %s", path, output_dir)
+                return str(path)
+            logger.warning("Skipping the incomplete checkpoint %s: %s.", path, "; ".join(problems))
+        if value == "latest":
+            raise SystemExit(f"error: --resume_from_checkpoint latest: no complete checkpoint in {output_dir!r}.")
+        return None
+    problems = checkpoint_problems(value, ema)
+    if problems:
+        raise SystemExit(
+            f"error: --resume_from_checkpoint {value!r} is not a complete checkpoint: {'; '.join(problems)}. "
+            "`--resume_from_checkpoint auto` resumes from the newest complete checkpoint in --output_dir."
+        )
+    return value
 
 
 def check_output_dir(output_dir: str):
@@ -691,17 +776,45 @@ def main(argv: list[str] | None = None) -> dict:
         bundled = data_args.dataset_name is None and data_args.train_dir is None
         image_size = DIGITS_IMAGE_SIZE if bundled else infer_image_size(raw["train"], data_args.image_column_name)
     model = build_model(model_args, recipe_args, labels, image_size)
+    processor = image_processor_for(model_args, model)
+    # Trainer would push every checkpoint folder (with its pickled optimizer state); the model is pushed at the end.
+    push_requested, training_args.push_to_hub = training_args.push_to_hub, False
+    trainer, metrics = train_and_evaluate(model, raw, processor, labels, data_args, recipe_args, training_args)
+    if trainer.is_world_process_zero():
+        write_model_card(training_args.output_dir, trainer.model, model_args, data_args, training_args, metrics, argv)
+        if push_requested:
+            push_output(training_args)
+    return metrics
+
+
+def train_and_evaluate(
+    model,
+    raw,
+    processor,
+    labels: list[str],
+    data_args: DataArguments,
+    recipe_args: RecipeArguments,
+    training_args: TrainingArguments,
+) -> tuple[CeiTTrainer, dict]:
+    """The job once the model is built: checks the labels, applies the recipe's transforms (seeded training
+    augmentation, `processor`'s evaluation transform) to the `train`/`validation` splits of `raw`, trains `model`
+    with `CeiTTrainer` (Mixup/CutMix, soft-target loss, EMA as `recipe_args` says), saves it to
+    `training_args.output_dir`, evaluates it (and its EMA), and writes the metrics. Any image-classification model
+    of transformers works (`main` passes a CeiT, `ceit_hf.comparison` also a DeiT). Returns the trainer (its
+    `state.log_history` holds the per-epoch evaluations) and the final evaluation metrics.
+
+    `training_args.push_to_hub` is left to the caller: with it on, Trainer pushes every checkpoint."""
     for split in ("train", "validation"):
         check_labels(raw[split], data_args.label_column_name, model.config.num_labels, split)
     if recipe_args.sync_batchnorm:
         if not torch.cuda.is_available():
             raise SystemExit("error: --sync_batchnorm needs CUDA devices (SyncBatchNorm has no CPU implementation).")
         model = convert_sync_batchnorm(model)
-    processor = image_processor_for(model_args, model)
     params = sum(p.numel() for p in model.parameters())
+    image_hw = getattr(model.config, "image_hw", None) or (processor.crop_size["height"], processor.crop_size["width"])
     logger.info(
         "Model: %s, %s parameters, image size %s, %d classes; %d training / %d validation images",
-        type(model).__name__, f"{params:,}", model.config.image_hw, len(labels), len(raw["train"]), len(raw["validation"]),
+        type(model).__name__, f"{params:,}", image_hw, len(labels), len(raw["train"]), len(raw["validation"]),
     )
 
     augmentation = SeededAugmentation(train_transform(processor, recipe_args), seed=training_args.seed)
@@ -709,8 +822,6 @@ def main(argv: list[str] | None = None) -> dict:
     eval_set = with_transform(
         raw["validation"], data_args.image_column_name, data_args.label_column_name, eval_transform(processor)
     )
-    # Trainer would push every checkpoint folder (with its pickled optimizer state); the model is pushed at the end.
-    push_requested, training_args.push_to_hub = training_args.push_to_hub, False
     callbacks = [EpochCallback(augmentation)]
     ema = None
     if recipe_args.model_ema_decay:
@@ -738,7 +849,7 @@ def main(argv: list[str] | None = None) -> dict:
     trainer.save_state()
     metrics = trainer.evaluate()
     if ema is not None:
-        ema_metrics = Trainer(
+        ema_metrics = CeiTTrainer(
             model=ema.model, args=training_args, eval_dataset=eval_set, data_collator=default_data_collator,
             compute_metrics=compute_metrics_fn(len(labels)),
         ).evaluate(metric_key_prefix="eval_ema")
@@ -748,9 +859,4 @@ def main(argv: list[str] | None = None) -> dict:
             processor.save_pretrained(Path(training_args.output_dir) / "ema")
     trainer.log_metrics("eval", metrics)
     trainer.save_metrics("eval", metrics)
-    if trainer.is_world_process_zero():
-        write_model_card(training_args.output_dir, trainer.model, model_args, data_args, training_args, metrics, argv)
-        if push_requested:
-            push_output(training_args)
-    return metrics
-
+    return trainer, metrics

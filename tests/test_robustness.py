@@ -1,0 +1,559 @@
+"""Robustness: bad model and image inputs, damaged files, interrupted training and numerics across the presets.
+
+Each failure must be loud and clear (a `ValueError`/`OSError`/`SystemExit` that says what is wrong) and nothing may be
+silently wrong: no model with random weights from a damaged checkpoint, no resume from a half-written checkpoint,
+no training on labels the model cannot represent. Complements tests/test_modeling.py (bad-input basics, eval
+determinism of one preset), tests/test_image_processing.py (in-memory images of every mode and shape) and
+tests/test_training.py (exact resume from a complete checkpoint).
+"""
+
+from __future__ import annotations
+
+import ast
+import errno
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from sklearn.datasets import load_sample_image
+
+from ceit_hf import (
+    PRESETS,
+    CeiTConfig,
+    CeiTForImageClassification,
+    CeiTImageProcessor,
+    CeiTImageProcessorPil,
+    CeiTModel,
+)
+from ceit_hf.modeling_ceit import CeiTTokenBatchNorm
+from ceit_hf.training import checkpoint_problems, main, parse_args, resolve_resume_checkpoint, small_config
+from transformers import AutoModelForImageClassification
+
+from conftest import tiny_config
+
+
+ROOT = Path(__file__).resolve().parents[1]
+PROCESSORS = [CeiTImageProcessor, CeiTImageProcessorPil]
+
+
+# --- model inputs (beyond tests/test_modeling.py::test_bad_inputs_raise_clear_errors) ------------------------------
+
+BAD_MODEL_INPUTS = {
+    "channels-last batch": (lambda: torch.randn(2, 32, 32, 3), {}, "has 32 channels but the model expects 3"),
+    "RGBA batch": (lambda: torch.randn(2, 4, 32, 32), {}, "has 4 channels but the model expects 3"),
+    "2-D tensor": (lambda: torch.randn(32, 32), {}, r"shape \(batch_size, 3, height, width\), got \(32, 32\)"),
+    "int64 pixels": (lambda: torch.randint(0, 255, (2, 3, 32, 32)), {}, "floating-point .* got dtype torch.int64"),
+    "bool pixels": (lambda: torch.zeros(2, 3, 32, 32, dtype=torch.bool), {}, "floating-point"),
+    "complex pixels": (lambda: torch.zeros(2, 3, 32, 32, dtype=torch.complex64), {}, "floating-point"),
+    "numpy array": (lambda: np.zeros((2, 3, 32, 32), np.float32), {}, "must be a tensor of shape .* got ndarray"),
+    "non-square": (lambda: torch.randn(2, 3, 32, 48), {}, r"\(32x48\) doesn't match the model \(32x32\)"),
+    "smaller": (lambda: torch.randn(2, 3, 16, 16), {}, r"\(16x16\) doesn't match .* interpolate_pos_encoding=True"),
+    "empty batch, other size": (lambda: torch.randn(0, 3, 48, 48), {"interpolate_pos_encoding": True}, "empty batch"),
+    "1x1 with interpolation": (lambda: torch.randn(2, 3, 1, 1), {"interpolate_pos_encoding": True}, "does not tile"),
+    "0x0 with interpolation": (lambda: torch.randn(2, 3, 0, 0), {"interpolate_pos_encoding": True}, "does not tile"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_MODEL_INPUTS))
+@pytest.mark.parametrize("cls", [CeiTForImageClassification, CeiTModel])
+def test_bad_model_inputs_raise_clear_value_errors(cls, name):
+    make, kwargs, message = BAD_MODEL_INPUTS[name]
+    model = cls(tiny_config()).eval()
+    with pytest.raises(ValueError, match=message):
+        model(make(), **kwargs)
+
+
+def test_channel_count_is_checked_for_other_channel_counts():
+    model = CeiTForImageClassification(tiny_config(in_channels=1)).eval()
+    with pytest.raises(ValueError, match="has 3 channels but the model expects 1"):
+        model(torch.randn(2, 3, 32, 32))
+    assert model(torch.randn(2, 1, 32, 32)).logits.shape == (2, 5)
+
+
+# --- image files ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def image_files(tmp_path_factory) -> dict[str, Path]:
+    """A photo saved as PNG and JPEG, in several modes, and damaged copies of it."""
+    folder = tmp_path_factory.mktemp("images")
+    photo = Image.fromarray(load_sample_image("flower.jpg")).resize((160, 107))
+    files = {}
+
+    def save(name, image, **kwargs):
+        files[name] = folder / name
+        image.save(files[name], **kwargs)
+
+    save("photo.png", photo)
+    save("photo.jpg", photo, quality=95)
+    save("gray.png", photo.convert("L"))
+    save("gray16.png", Image.fromarray(np.asarray(photo.convert("L")).astype(np.uint16) * 257))
+    rgba = np.asarray(photo.convert("RGBA")).copy()
+    rgba[:, : rgba.shape[1] // 2, 3] = 0  # left half transparent
+    save("rgba.png", Image.fromarray(rgba))
+    save("la.png", photo.convert("LA"))
+    save("palette_transparent.png", photo.convert("P", palette=Image.Palette.ADAPTIVE), transparency=0)
+    save("cmyk.jpg", photo.convert("CMYK"), quality=95)
+    save("tall.png", photo.resize((3, 900)))
+
+    def damaged(name, source, change):
+        files[name] = folder / name
+        files[name].write_bytes(change(bytearray(files[source].read_bytes())))
+
+    damaged("truncated.png", "photo.png", lambda data: data[: len(data) // 2])
+    damaged("truncated.jpg", "photo.jpg", lambda data: data[: len(data) // 2])
+    damaged("header_only.png", "photo.png", lambda data: data[:64])
+    damaged("garbled.png", "photo.png", lambda data: data[:1000] + bytes(200) + data[1200:])
+    damaged("garbled.jpg", "photo.jpg", lambda data: data[:2000] + bytes(range(256)) + data[2256:])
+    damaged("empty.png", "photo.png", lambda data: b"")
+    damaged("not_an_image.png", "photo.png", lambda data: b"%PDF-1.4 not an image")
+    return files
+
+
+def pixels(processor, image) -> torch.Tensor:
+    return processor(image, return_tensors="pt")["pixel_values"]
+
+
+@pytest.mark.parametrize("name", ["truncated.png", "truncated.jpg", "header_only.png", "garbled.png"])
+@pytest.mark.parametrize("cls", PROCESSORS)
+def test_damaged_image_files_are_refused_as_path_and_as_opened_image(cls, name, image_files):
+    path = image_files[name]
+    with pytest.raises(ValueError, match=rf"Could not load an image: the file '.*{name}' is damaged, truncated"):
+        pixels(cls(), str(path))
+    # Pillow opens lazily (only the header): the damage shows when the processor decodes it.
+    with pytest.raises(ValueError, match="cannot be decoded, its file is damaged or truncated"):
+        pixels(cls(), Image.open(path))
+    with pytest.raises(ValueError, match="Input 1 of the batch cannot be decoded"):
+        pixels(cls(), [Image.open(image_files["photo.png"]), Image.open(path)])
+
+
+@pytest.mark.parametrize("name", ["empty.png", "not_an_image.png"])
+@pytest.mark.parametrize("cls", PROCESSORS)
+def test_files_that_are_no_image_are_refused(cls, name, image_files):
+    with pytest.raises(ValueError, match="is damaged, truncated or not an image"):
+        pixels(cls(), str(image_files[name]))
+
+
+@pytest.mark.parametrize("cls", PROCESSORS)
+def test_a_garbled_jpeg_decodes_to_a_finite_image_or_is_refused(cls, image_files):
+    # JPEG has no checksums: libjpeg decodes corrupted entropy-coded data to (wrong) pixels, as every viewer does.
+    for image in (str(image_files["garbled.jpg"]), Image.open(image_files["garbled.jpg"])):
+        try:
+            out = pixels(cls(), image)
+        except ValueError as error:
+            assert "damaged" in str(error)
+        else:
+            assert out.shape == (1, 3, 224, 224) and torch.isfinite(out).all()
+
+
+def test_a_garbled_png_path_does_not_crash_the_process(image_files, tmp_path):
+    """torchvision's PNG decoder (which transformers' torchvision backend uses for paths) dies with a segmentation
+    fault on this file; the processors decode files with Pillow. Run apart, so that a crash fails only this test."""
+    script = textwrap.dedent(
+        f"""
+        from ceit_hf import CeiTImageProcessor
+        try:
+            CeiTImageProcessor()({str(image_files["garbled.png"])!r}, return_tensors="pt")
+        except ValueError as error:
+            print("ValueError:", error)
+        """
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"exit code {result.returncode}: {result.stderr[-2000:]}"
+    assert "ValueError: Could not load an image: the file" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "name", ["photo.png", "photo.jpg", "gray16.png", "rgba.png", "la.png", "palette_transparent.png", "cmyk.jpg",
+             "tall.png"]
+)
+@pytest.mark.parametrize("cls", PROCESSORS)
+def test_image_files_give_the_same_pixels_as_path_and_as_opened_image(cls, name, image_files):
+    """A path is decoded like the PIL image of the same file: transparency composited onto white, 16-bit scaled to 8
+    bits (transformers' own loaders convert to RGB first: transparent pixels keep their hidden colour, and 16-bit
+    grayscale comes out white)."""
+    processor = cls()
+    from_path = pixels(processor, str(image_files[name]))
+    assert from_path.shape == (1, 3, 224, 224) and torch.isfinite(from_path).all()
+    assert torch.equal(from_path, pixels(processor, Image.open(image_files[name])))
+
+
+@pytest.mark.parametrize("cls", PROCESSORS)
+def test_sixteen_bit_and_transparent_files_keep_their_picture(cls, image_files):
+    processor = cls()
+    assert torch.equal(pixels(processor, str(image_files["gray16.png"])), pixels(processor, str(image_files["gray.png"])))
+    rgba = pixels(processor, str(image_files["rgba.png"]))
+    white = (1 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])
+    # the transparent left half is white, the opaque right half is the photo
+    torch.testing.assert_close(rgba[0, :, :, :90], white.view(3, 1, 1).expand(3, 224, 90), atol=1e-4, rtol=0)
+    assert not torch.allclose(rgba[0, :, :, -90:], white.view(3, 1, 1).expand(3, 224, 90), atol=0.1)
+
+
+# --- damaged and mismatched checkpoints ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def saved_model(tmp_path) -> tuple[Path, CeiTForImageClassification]:
+    model = CeiTForImageClassification(tiny_config(num_encoder_blocks=1)).eval()
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    return folder, model
+
+
+def rewrite_weights(folder: Path, change) -> None:
+    weights = load_file(folder / "model.safetensors")
+    save_file(change(weights), folder / "model.safetensors", metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize(
+    "damage",
+    {
+        "truncated": lambda data: data[: len(data) // 2],
+        "cut_in_the_header": lambda data: data[:20],
+        "garbled_header_length": lambda data: b"\xff" * 8 + data[8:],
+        "garbled_header_json": lambda data: data[:8] + b"{not json" + data[17:],
+        "zero_bytes": lambda data: b"",
+    }.items(),
+    ids=lambda item: item[0],
+)
+def test_damaged_safetensors_fail_to_load(saved_model, damage):
+    folder, _ = saved_model
+    path = folder / "model.safetensors"
+    path.write_bytes(damage[1](path.read_bytes()))
+    for loader in (CeiTForImageClassification, AutoModelForImageClassification, CeiTModel):
+        with pytest.raises(OSError, match=rf"Cannot read the weights of '{re.escape(str(folder))}'; the file is damaged"):
+            loader.from_pretrained(folder)
+
+
+def test_damaged_config_fails_to_load(saved_model):
+    folder, _ = saved_model
+    config = folder / "config.json"
+    config.write_text(config.read_text()[:100])
+    with pytest.raises(OSError, match="not a valid JSON file"):
+        CeiTForImageClassification.from_pretrained(folder)
+
+
+KEY = "ceit.encoder.layers.0.attention.qkv.weight"
+
+
+def test_strict_false_is_transformers_behaviour(saved_model):
+    """What transformers 5.24 does by itself (hence CeiT's strict loading), and what `strict=False` opts back into: a
+    missing weight is randomly initialised, an unknown one ignored, both reported in the loading info only."""
+    folder, model = saved_model
+    rewrite_weights(folder, lambda w: {k: v for k, v in w.items() if k != KEY} | {"ceit.extra": torch.zeros(1)})
+    loaded, info = CeiTForImageClassification.from_pretrained(folder, strict=False, output_loading_info=True)
+    assert info["missing_keys"] == {KEY} and info["unexpected_keys"] == {"ceit.extra"}
+    assert not torch.equal(loaded.state_dict()[KEY], model.state_dict()[KEY])
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda w: {k: v for k, v in w.items() if k != KEY}, rf"1 missing from the checkpoint: \['{KEY}'\]"),
+        (lambda w: w | {"ceit.encoder.layers.0.extra.weight": torch.zeros(3)},
+         r"1 not in the model: \['ceit.encoder.layers.0.extra.weight'\]"),
+        (lambda w: w | {KEY: torch.zeros(4, 4)}, rf"1 of another shape: \['{KEY} \(checkpoint \(4, 4\), model \(96, 32\)\)'\]"),
+        (lambda w: {k: v for k, v in w.items() if "lca" not in k}, r"\d+ missing from the checkpoint: \[.*lca.* \.\.\."),
+    ],
+    ids=["missing", "unexpected", "mismatched", "many_missing"],
+)
+def test_checkpoints_that_do_not_fit_raise_naming_the_keys(saved_model, change, message):
+    folder, _ = saved_model
+    weights = change(load_file(folder / "model.safetensors"))
+    rewrite_weights(folder, change)
+    prefix = f"The checkpoint '{re.escape(str(folder))}' does not fit CeiTForImageClassification: "
+    for kwargs in ({}, {"ignore_mismatched_sizes": True}, {"output_loading_info": True}):
+        with pytest.raises(ValueError, match=prefix + message):
+            CeiTForImageClassification.from_pretrained(folder, **kwargs)
+    with pytest.raises(ValueError, match="does not fit CeiTForImageClassification"):
+        AutoModelForImageClassification.from_pretrained(folder)
+    with pytest.raises(ValueError, match="strict=False loads it anyway"):
+        CeiTForImageClassification.from_pretrained(None, config=CeiTConfig.from_pretrained(folder), state_dict=weights)
+
+
+def test_classifier_of_another_size_needs_ignore_mismatched_sizes(saved_model):
+    folder, model = saved_model
+    with pytest.raises(ValueError, match=r"2 of another shape: \['classifier.bias.*ignore_mismatched_sizes=True gives"):
+        CeiTForImageClassification.from_pretrained(folder, num_labels=3)
+    tuned, info = CeiTForImageClassification.from_pretrained(
+        folder, num_labels=3, ignore_mismatched_sizes=True, output_loading_info=True
+    )
+    assert tuned.classifier.out_features == 3 and {key for key, *_ in info["mismatched_keys"]} == {
+        "classifier.weight", "classifier.bias"}
+    # ignore_mismatched_sizes covers the classifier only: a backbone weight of another size still fails
+    rewrite_weights(folder, lambda w: w | {KEY: torch.zeros(4, 4)})
+    with pytest.raises(ValueError, match=KEY):
+        CeiTForImageClassification.from_pretrained(folder, num_labels=3, ignore_mismatched_sizes=True)
+
+
+def test_heads_may_be_dropped_or_added(saved_model, tmp_path):
+    folder, model = saved_model
+    x = torch.randn(2, 3, 32, 32)
+    headless = CeiTForImageClassification.from_pretrained(folder, num_labels=0)  # classifier keys unused
+    with torch.no_grad():
+        assert torch.equal(headless(x).logits, model.ceit(x).pooler_output)
+    base_folder = tmp_path / "base"
+    model.ceit.save_pretrained(base_folder)
+    with_head = CeiTForImageClassification.from_pretrained(base_folder)  # a new classifier on a backbone checkpoint
+    assert torch.equal(with_head.ceit.embeddings.position_embeddings, model.ceit.embeddings.position_embeddings)
+
+
+def test_every_torch_load_is_weights_only():
+    """Unpickling can run arbitrary code: every `torch.load` of the project's code passes `weights_only=True`."""
+    calls = []
+    for path in sorted([*(ROOT / "ceit_hf").rglob("*.py"), *(ROOT / "scripts").rglob("*.py")]):
+        source = path.read_text()
+        tree = ast.parse(source, str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module == "torch":
+                assert "load" not in {alias.name for alias in node.names}, f"{path}: import torch.load under a name"
+            if isinstance(node, ast.Call) and ast.unparse(node.func) in ("torch.load", "torch.serialization.load"):
+                keywords = {k.arg: k.value for k in node.keywords}
+                safe = isinstance(keywords.get("weights_only"), ast.Constant) and keywords["weights_only"].value is True
+                calls.append((path.relative_to(ROOT), node.lineno, safe))
+        # a text search as well, for calls the AST walk might not recognise (aliases, getattr)
+        assert source.count("torch.load(") == sum(1 for p, *_ in calls if p == path.relative_to(ROOT)), path
+    assert calls, "expected the converter's torch.load"
+    assert all(safe for *_, safe in calls), [c for c in calls if not c[2]]
+
+
+# --- interrupted training ------------------------------------------------------------------------------------------
+
+SHORT = [
+    "--max_train_samples", "96", "--max_eval_samples", "32", "--per_device_train_batch_size", "8",
+    "--config_overrides", "num_encoder_blocks=1", "--disable_tqdm", "true", "--report_to", "none",
+    "--eval_strategy", "no", "--save_strategy", "steps", "--save_steps", "4", "--max_steps", "12",
+]
+
+
+def max_difference(a: Path, b: Path) -> float:
+    first, second = load_file(a), load_file(b)
+    assert first.keys() == second.keys()
+    return max((first[k].double() - second[k].double()).abs().max().item() for k in first)
+
+
+def test_training_killed_while_saving_resumes_to_the_same_weights(tmp_path):
+    """SIGKILL as checkpoint-8 starts being written (so it is most likely incomplete), then `--resume_from_checkpoint
+    auto`: the newest complete checkpoint is picked and the run ends with the weights of an uninterrupted run."""
+    killed = tmp_path / "killed"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    with open(tmp_path / "killed.log", "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "scripts/train.py", "--output_dir", str(killed), *SHORT],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 300
+            while not (killed / "checkpoint-8").exists():
+                assert process.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "the run never reached step 8"
+                time.sleep(0.01)
+            process.send_signal(signal.SIGKILL)
+        finally:
+            process.kill()
+            process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert not (killed / "model.safetensors").exists() and not (killed / "checkpoint-12").exists()
+    assert checkpoint_problems(killed / "checkpoint-4") == []
+
+    _, _, _, args = parse_args(["--output_dir", str(killed), *SHORT, "--resume_from_checkpoint", "auto"])
+    expected = "checkpoint-8" if not checkpoint_problems(killed / "checkpoint-8") else "checkpoint-4"
+    assert args.resume_from_checkpoint == str(killed / expected)
+    main(["--output_dir", str(killed), *SHORT, "--resume_from_checkpoint", "auto"])
+    main(["--output_dir", str(tmp_path / "uninterrupted"), *SHORT])
+    assert max_difference(killed / "model.safetensors", tmp_path / "uninterrupted" / "model.safetensors") <= 1e-6
+    state = json.loads((killed / "trainer_state.json").read_text())
+    assert state["global_step"] == 12
+
+
+def make_checkpoint(folder: Path, step: int, ema: bool = False) -> Path:
+    """A checkpoint folder with what `checkpoint_problems` looks at: trainer state, weights and (optionally) EMA."""
+    path = folder / f"checkpoint-{step}"
+    path.mkdir(parents=True)
+    (path / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    save_file({"w": torch.zeros(64)}, path / "model.safetensors")
+    if ema:
+        save_file({"w": torch.zeros(64)}, path / "ema.safetensors")
+    return path
+
+
+def test_resume_skips_incomplete_checkpoints(tmp_path):
+    out = tmp_path / "run"
+    complete = make_checkpoint(out, 4, ema=True)
+    no_ema = make_checkpoint(out, 8)
+    cut_state = make_checkpoint(out, 12, ema=True)
+    (cut_state / "trainer_state.json").write_text('{"global_st')
+    cut_weights = make_checkpoint(out, 16, ema=True)
+    (cut_weights / "model.safetensors").write_bytes((cut_weights / "model.safetensors").read_bytes()[:100])
+    no_state = make_checkpoint(out, 20, ema=True)
+    (no_state / "trainer_state.json").unlink()
+    (out / "checkpoint-24").mkdir()  # created, nothing written yet
+    (out / "checkpoint-old").mkdir()
+
+    assert resolve_resume_checkpoint("auto", str(out), ema=True) == str(complete)
+    assert resolve_resume_checkpoint("latest", str(out), ema=True) == str(complete)
+    assert resolve_resume_checkpoint("auto", str(out), ema=False) == str(no_ema)
+    assert resolve_resume_checkpoint(str(complete), str(out), ema=True) == str(complete)
+    assert resolve_resume_checkpoint(None, str(out)) is None
+    for path, problem in [
+        (no_ema, "ema.safetensors .* is missing"),
+        (cut_state, "trainer_state.json .* is missing or incomplete"),
+        (cut_weights, "model.safetensors is damaged or truncated"),
+        (no_state, "trainer_state.json"),
+        (out / "checkpoint-24", "model weights are missing"),
+        (out / "nothing-here", "no such folder"),
+    ]:
+        with pytest.raises(SystemExit, match=rf"is not a complete checkpoint: .*{problem}.*--resume_from_checkpoint auto"):
+            resolve_resume_checkpoint(str(path), str(out), ema=True)
+
+    # through the command line: --model_ema_decay makes the EMA file part of a complete checkpoint
+    _, _, _, args = parse_args(["--output_dir", str(out), "--resume_from_checkpoint", "auto", "--model_ema_decay", "0.9"])
+    assert args.resume_from_checkpoint == str(complete)
+    _, _, _, args = parse_args(["--output_dir", str(out), "--resume_from_checkpoint", "auto"])
+    assert args.resume_from_checkpoint == str(no_ema)
+    empty = tmp_path / "empty"
+    assert resolve_resume_checkpoint("auto", str(empty)) is None  # nothing to resume: start from scratch
+    with pytest.raises(SystemExit, match="no complete checkpoint"):
+        resolve_resume_checkpoint("latest", str(empty))
+
+
+# --- unwritable or full output locations ---------------------------------------------------------------------------
+
+
+def read_only_folder(tmp_path: Path) -> Path:
+    """A folder this process cannot create files in: a read-only directory, or for root (whom permissions do not
+    stop) a location in sysfs."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    if os.geteuid() != 0:
+        return folder / "run"
+    if Path("/sys/kernel").is_dir():
+        return Path("/sys/kernel/ceit-hf-test-run")
+    pytest.skip("running as root without sysfs: no read-only location to test")
+
+
+@pytest.mark.parametrize("where", ["read_only", "existing_file", "under_a_file"])
+def test_unwritable_output_dir_fails_before_training(tmp_path, where, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file")
+    output_dir = {"read_only": lambda: read_only_folder(tmp_path), "existing_file": lambda: blocker,
+                  "under_a_file": lambda: blocker / "run"}[where]()
+    monkeypatch.setattr("ceit_hf.training.load_image_datasets", _no_training)
+    with pytest.raises(SystemExit, match=rf"error: cannot write to --output_dir '{re.escape(str(output_dir))}': "):
+        main(["--output_dir", str(output_dir), *SHORT])
+
+
+def _no_training(*args, **kwargs):
+    raise AssertionError("the job went on past the output folder check")
+
+
+def test_full_output_location_fails_before_training(tmp_path, monkeypatch):
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("ceit_hf.training.os.fsync", no_space)
+    monkeypatch.setattr("ceit_hf.training.load_image_datasets", _no_training)
+    with pytest.raises(SystemExit, match="cannot write to --output_dir .*: No space left on device"):
+        main(["--output_dir", str(tmp_path / "run"), *SHORT])
+    assert not any((tmp_path / "run").iterdir())  # the probe file is gone
+
+
+def test_full_filesystem_fails_before_training(tmp_path, monkeypatch):
+    """The same on a real, 256 KiB filesystem (tmpfs; needs the right to mount, skipped without it)."""
+    if shutil.which("mount") is None or shutil.which("umount") is None:
+        pytest.skip("no mount command")
+    mount_point = tmp_path / "tiny"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        (mount_point / "filler").write_bytes(b"x" * 200 * 1024)
+        monkeypatch.setattr("ceit_hf.training.load_image_datasets", _no_training)
+        with pytest.raises(SystemExit, match="cannot write to --output_dir .*: No space left on device"):
+            main(["--output_dir", str(mount_point / "run"), *SHORT])
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True)
+
+
+# --- labels the model cannot represent -----------------------------------------------------------------------------
+
+
+def test_fine_tuning_on_more_classes_needs_a_new_classifier(tmp_path):
+    base = tmp_path / "five-classes"
+    config = small_config(32, {i: str(i) for i in range(5)}, num_encoder_blocks=1)
+    CeiTForImageClassification(config).save_pretrained(base)
+    fine_tune = ["--model_name_or_path", str(base), "--output_dir", str(tmp_path / "out"), *SHORT[:6], "--max_steps", "1"]
+    # the bundled digits have 10 classes
+    with pytest.raises(ValueError, match=r"classifier.bias \(checkpoint \(5,\), model \(10,\)\).*ignore_mismatched_sizes"):
+        main(fine_tune)
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_validation_labels_outside_the_training_classes_are_refused(tmp_path):
+    import datasets
+
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for split, labels in (("train", [0, 1, 2, 3, 4] * 4), ("validation", [0, 1, 7, 9])):
+        images = [Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for _ in labels]
+        dataset = datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
+        dataset.to_parquet(data / f"{split}.parquet")
+    with pytest.raises(ValueError, match=r"The validation split has labels \[7, 9\] outside the model's 5 classes"):
+        main(["--dataset_name", str(data), "--output_dir", str(tmp_path / "out"), *SHORT])
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+# --- numerics across the presets (one block each) ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_preset_numerics(preset):
+    torch.manual_seed(0)
+    config = CeiTConfig.from_preset(preset, num_encoder_blocks=1)
+    model = CeiTForImageClassification(config).eval()
+    side = config.image_hw[0]
+    x = torch.randn(3, 3, side, side)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    extremes = {
+        "zeros": torch.zeros(2, 3, side, side),
+        "+1e4": torch.full((2, 3, side, side), 1e4),
+        "-1e4": torch.full((2, 3, side, side), -1e4),
+        "+-1e4": torch.randn(2, 3, side, side).sign() * 1e4,
+        # normalised pixels lie within about +-3; fp32 LayerNorm variances overflow beyond about 1e19
+        "1e12": torch.randn(2, 3, side, side) * 1e12,
+    }
+    with torch.no_grad():
+        logits = model(x).logits
+        assert torch.isfinite(logits).all()
+        for name, extreme in extremes.items():
+            assert torch.isfinite(model(extreme).logits).all(), name
+        # eval: deterministic, and each image's logits independent of the rest of the batch
+        assert torch.equal(model(x).logits, logits)
+        single = torch.cat([model(x[i : i + 1]).logits for i in range(len(x))])
+        assert (single - logits).abs().max() < 1e-4
+        # eval leaves every BatchNorm statistic (stem and LeFF) as it was
+        assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+        assert any(isinstance(m, CeiTTokenBatchNorm) for m in model.modules())
+
+        bf16 = model.to(torch.bfloat16)
+        low = bf16(x).logits
+        assert low.dtype == torch.bfloat16 and torch.isfinite(low).all()
+        assert torch.isfinite(bf16(extremes["+-1e4"]).logits).all()  # agreement with fp32: tests/test_export.py
