@@ -160,15 +160,6 @@ def fold_batch_norm(layer: nn.Module, norm: nn.Module) -> tuple[torch.Tensor, to
     when `norm` is not a BatchNorm in eval mode (training uses batch statistics, which cannot be folded)."""
     if not isinstance(norm, nn.modules.batchnorm._BatchNorm) or norm.training or norm.running_var is None:
         return None
-    # Without autograd the folded tensors are kept and reused until a parameter or statistic changes (in-place
-    # updates bump a tensor's version; .to()/.half() give new storage).
-    cacheable = not torch.is_grad_enabled() and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
-    if cacheable:
-        sources = [t for t in (layer.weight, layer.bias, norm.weight, norm.bias, norm.running_mean, norm.running_var) if t is not None]
-        key = tuple((t.data_ptr(), t._version, t.dtype) for t in sources) + (norm.eps,)
-        cached = norm.__dict__.get("_folded")
-        if cached is not None and cached[0] == key:
-            return cached[1]
     # A BatchNorm with fixed statistics is an affine map: y = scale * (Wx + b - mean) + beta. Computed in float32,
     # the state_dict stays unfused, so training, saving and loading are unaffected.
     scale = norm.weight.float() * torch.rsqrt(norm.running_var.float() + norm.eps)
@@ -176,10 +167,9 @@ def fold_batch_norm(layer: nn.Module, norm: nn.Module) -> tuple[torch.Tensor, to
     bias = norm.bias.float() - norm.running_mean.float() * scale
     if layer.bias is not None:
         bias = bias + layer.bias.float() * scale
-    folded = weight.to(layer.weight.dtype), bias.to(layer.weight.dtype)
-    if cacheable:
-        norm.__dict__["_folded"] = (key, folded)
-    return folded
+    # Recomputed on every call (a few kFLOPs): a cache would go stale, since fused optimizers and BatchNorm's own
+    # statistics updates change these tensors without bumping their version counters.
+    return weight.to(layer.weight.dtype), bias.to(layer.weight.dtype)
 
 
 def layer_with_batch_norm(layer: nn.Module, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -513,29 +513,13 @@ def batch_mixer(num_labels: int, mixup_alpha: float = 0.0, cutmix_alpha: float =
     return v2.RandomChoice(mixers) if len(mixers) > 1 else mixers[0]
 
 
-def drop_folded_batch_norm(model) -> None:
-    """Forgets the eval-mode BatchNorm folds that `modeling_ceit.fold_batch_norm` caches on each BatchNorm.
-
-    That cache is keyed on the tensors' storage and version counters, but neither the fused AdamW step (Trainer's
-    default optimizer) nor BatchNorm's running-statistics update bumps a version counter, so after training steps
-    an evaluation would reuse the folds of the previous evaluation (stale weights and statistics). Dropping them
-    before every evaluation makes the next forward fold the current values."""
-    for module in model.modules():
-        module.__dict__.pop("_folded", None)
-
-
 class CeiTTrainer(Trainer):
     """`Trainer` that mixes training batches (Mixup/CutMix) right before the step, so evaluation and prediction
-    batches keep their labels. The mixing draws from torch's global RNG, which Trainer checkpoints and restores.
-    Every evaluation or prediction starts from the current weights (`drop_folded_batch_norm`)."""
+    batches keep their labels. The mixing draws from torch's global RNG, which Trainer checkpoints and restores."""
 
     def __init__(self, *args, batch_mix=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.batch_mix = batch_mix
-
-    def evaluation_loop(self, *args, **kwargs):
-        drop_folded_batch_norm(self.model)
-        return super().evaluation_loop(*args, **kwargs)
 
     def training_step(self, model, inputs, *args, **kwargs):
         if self.batch_mix is not None and len(inputs["labels"]) > 1:
