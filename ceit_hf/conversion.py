@@ -191,7 +191,7 @@ def official_to_model(state_dict: dict[str, torch.Tensor], config: CeiTConfig | 
     Every key must map, every model weight must be present and every shape must match; anything else raises
     `CheckpointConversionError` naming the keys, so that no weight is ever left at its random initialisation.
     """
-    from .modeling_ceit import CeiTForImageClassification
+    from .modeling_ceit import CeiTForImageClassification, describe_key_problems
 
     config = config or infer_config(state_dict)
     converted = convert_official_state_dict(state_dict)
@@ -204,13 +204,9 @@ def official_to_model(state_dict: dict[str, torch.Tensor], config: CeiTConfig | 
         for k in sorted(set(converted) & set(expected))
         if converted[k].shape != expected[k].shape
     ]
-    problems = []
-    if missing:
-        problems.append(f"missing from the checkpoint: {missing[:8]}{' ...' if len(missing) > 8 else ''}")
-    if unexpected:
-        problems.append(f"not in the model: {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
-    if mis_shaped:
-        problems.append(f"shape mismatches: {mis_shaped[:8]}{' ...' if len(mis_shaped) > 8 else ''}")
+    problems = describe_key_problems(
+        {"missing from the checkpoint": missing, "not in the model": unexpected, "shape mismatches": mis_shaped}
+    )
     if problems:
         raise CheckpointConversionError("The checkpoint does not fit the CeiT configuration; " + "; ".join(problems))
     model.load_state_dict(converted, strict=True)

@@ -630,9 +630,7 @@ class CeiTPreTrainedModel(PreTrainedModel):
                 ),
                 "not loaded": list(info["error_msgs"]),
             }
-            found = [
-                f"{len(keys)} {kind}: {keys[:8]}{' ...' * (len(keys) > 8)}" for kind, keys in problems.items() if keys
-            ]
+            found = describe_key_problems(problems)
             if found:
                 new_head = any(key.startswith("classifier.") for key in problems["of another shape"])
                 rehead = "ignore_mismatched_sizes=True gives it a new classifier; " if new_head else ""
@@ -641,6 +639,12 @@ class CeiTPreTrainedModel(PreTrainedModel):
                     "strict=False loads it anyway (missing weights randomly initialised, unknown ones ignored)."
                 )
         return (model, info) if return_info else model
+
+
+def describe_key_problems(problems: dict[str, list[str]]) -> list[str]:
+    """'N <kind>: [first keys] ...' for each non-empty list of state_dict keys, e.g. {"missing from the checkpoint":
+    [...]}: how checkpoints that do not fit a model are reported (here and by the official-checkpoint converter)."""
+    return [f"{len(keys)} {kind}: {keys[:8]}{' ...' * (len(keys) > 8)}" for kind, keys in problems.items() if keys]
 
 
 def _torch_default_init(layer: nn.Module):
