@@ -1,10 +1,10 @@
 """CeiT (Convolution-enhanced image Transformer) for Hugging Face transformers.
 
-Importing the package registers `model_type="ceit"` with the transformers Auto classes.
+Importing the package registers `model_type="ceit"` with the transformers Auto classes, and marks the classes for
+Hub remote code (`save_pretrained` copies their code files and writes `auto_map`).
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
-from transformers import AutoImageProcessor
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
 
 from .configuration_ceit import PRESETS, CeiTConfig
 from .image_processing_ceit import CeiTImageProcessor, CeiTImageProcessorPil
@@ -16,7 +16,8 @@ from .modeling_ceit import (
     CeiTPreTrainedModel,
 )
 
-__version__ = "0.1.0"
+
+__version__ = "0.2.0"
 
 AutoConfig.register(CeiTConfig.model_type, CeiTConfig, exist_ok=True)
 AutoModel.register(CeiTConfig, CeiTModel, exist_ok=True)
@@ -26,14 +27,19 @@ AutoImageProcessor.register(
     image_processor_classes={"torchvision": CeiTImageProcessor, "pil": CeiTImageProcessorPil},
     exist_ok=True,
 )
+CeiTConfig.register_for_auto_class()
+CeiTModel.register_for_auto_class("AutoModel")
+CeiTForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+CeiTImageProcessor.register_for_auto_class()
+CeiTImageProcessorPil.register_for_auto_class()
 
 __all__ = [
     "PRESETS",
     "CeiTConfig",
     "CeiTForImageClassification",
+    "CeiTImageClassifierOutput",
     "CeiTImageProcessor",
     "CeiTImageProcessorPil",
-    "CeiTImageClassifierOutput",
     "CeiTModel",
     "CeiTModelOutput",
     "CeiTPreTrainedModel",

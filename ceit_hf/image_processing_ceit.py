@@ -1,14 +1,8 @@
 # Copyright 2026 The ceit_hf authors. Licensed under the Apache License, Version 2.0.
-"""Image processors for CeiT.
-
-Both processors reproduce the evaluation transform of the official CeiT code: resize the shorter side to
-`int(256 / 224 * crop)` pixels with bicubic resampling, center crop to `crop x crop`, scale to [0, 1] and
-normalize with the ImageNet mean and standard deviation. `CeiTImageProcessor` runs on transformers' torchvision
-backend (batched, optionally on an accelerator), `CeiTImageProcessorPil` on its PIL backend (resizing with Pillow,
-like the official pipeline).
-
-This file is self-contained (it imports only numpy, torch and transformers) so that it also works as Hub remote
-code.
+"""Image processors for CeiT: the official evaluation transform (shorter side to `int(256 / 224 * crop)`, bicubic;
+center crop; rescale; ImageNet normalisation) on transformers' torchvision backend (`CeiTImageProcessor`) and its PIL
+backend (`CeiTImageProcessorPil`, Pillow resizing like the official pipeline). Hub remote code: imports only numpy,
+torch and transformers.
 """
 
 from __future__ import annotations
@@ -31,13 +25,8 @@ from transformers.image_utils import (
 from transformers.processing_utils import ImagesKwargs, Unpack
 from transformers.utils import is_torch_tensor, logging
 
-from .configuration_ceit import IMAGE_PROCESSOR_AUTO_MAP, save_remote_code
-
 
 logger = logging.get_logger(__name__)
-
-# The official evaluation transform resizes the shorter side to `int(RESIZE_RATIO * crop)` before center cropping.
-RESIZE_RATIO = 256 / 224
 
 EXPECTED_INPUT = (
     "a PIL.Image.Image; a numpy array or torch tensor of shape (height, width), (height, width, channels) or "
@@ -46,23 +35,18 @@ EXPECTED_INPUT = (
 )
 
 
-def resize_size_for_crop(crop_size) -> dict[str, int]:
-    """
-    The resize `size` that goes with a center crop in the official CeiT evaluation transform.
-
-    Args:
-        crop_size (`int`, `tuple[int, int]` or `dict[str, int]`):
-            The center-crop size: an int for a square crop, a `(height, width)` pair or a `{"height", "width"}` dict.
-
-    Returns:
-        `dict[str, int]`: `{"shortest_edge": int(256 / 224 * side)}`, where `side` is the longer side of the crop
-        (the crop side itself for the usual square crops: 256 for 224, 438 for 384), so that the crop always fits
-        in the resized image.
-    """
-    crop_size = get_size_dict(crop_size, param_name="crop_size")
-    if "height" not in crop_size or "width" not in crop_size:
-        raise ValueError(f"crop_size must give a height and a width, got {crop_size}.")
-    return {"shortest_edge": int(RESIZE_RATIO * max(crop_size["height"], crop_size["width"]))}
+def _sizes_from_user(kwargs: dict) -> dict:
+    """The official pairing of resize and crop sizes: a `crop_size` given alone resizes the shorter side to
+    `int(256 / 224 * crop)`; a `size` given alone is also the output size (crop to it)."""
+    size, crop_size = kwargs.get("size"), kwargs.get("crop_size")
+    if crop_size is not None and size is None:
+        crop = get_size_dict(crop_size, param_name="crop_size")
+        kwargs["size"] = {"shortest_edge": int(256 / 224 * max(crop["height"], crop["width"]))}
+    elif size is not None and crop_size is None:
+        size = get_size_dict(size, default_to_square=False)
+        side = size.get("shortest_edge")
+        kwargs["crop_size"] = {"height": side, "width": side} if side else {"height": size["height"], "width": size["width"]}
+    return kwargs
 
 
 def _describe(obj) -> str:
@@ -204,31 +188,19 @@ class CeiTImageProcessingMixin:
     do_convert_rgb = True
 
     def __init__(self, **kwargs: Unpack[ImagesKwargs]):
-        if kwargs.get("size") is None:
-            kwargs["size"] = resize_size_for_crop(kwargs.get("crop_size") or self.crop_size)
-        super().__init__(**kwargs)
+        super().__init__(**_sizes_from_user(kwargs))
 
     def to_dict(self):
         output = super().to_dict()
-        # Hub remote code: one entry per backend, so that `backend="pil"` also works without ceit_hf installed.
-        output["auto_map"] = {"AutoImageProcessor": dict(IMAGE_PROCESSOR_AUTO_MAP)}
+        if self._auto_class is not None:
+            # `register_for_auto_class` writes one class; one entry per backend keeps `backend="pil"` working.
+            output["auto_map"] = {"AutoImageProcessor": dict(_AUTO_MAP)}
         return output
 
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        """Saves `preprocessor_config.json` next to the CeiT code files (for `trust_remote_code=True`)."""
-        os.makedirs(save_directory, exist_ok=True)
-        save_remote_code(save_directory)
-        return super().save_pretrained(save_directory, *args, **kwargs)
-
     def preprocess(self, images, *args, **kwargs: Unpack[ImagesKwargs]):
-        """
-        Preprocess an image or a batch of images into `pixel_values` of shape `(batch_size, 3, crop_height,
-        crop_width)`. Accepts the keyword arguments of `ImagesKwargs`; a `crop_size` given without `size` brings
-        its own resize size, `int(256 / 224 * crop)`, as it does at construction.
-        """
-        if kwargs.get("crop_size") is not None and kwargs.get("size") is None:
-            kwargs["size"] = resize_size_for_crop(kwargs["crop_size"])
-        return super().preprocess(images, *args, **kwargs)
+        """Preprocess images into `pixel_values` `(batch_size, 3, crop_height, crop_width)`; a `size` or `crop_size`
+        given alone brings its partner as at construction."""
+        return super().preprocess(images, *args, **_sizes_from_user(kwargs))
 
     def _prepare_images_structure(self, images, expected_ndims: int = 3) -> list:
         """
@@ -368,4 +340,9 @@ class CeiTImageProcessorPil(CeiTImageProcessingMixin, PilBackend):
         return super().resize(image, size, resample=resample, **kwargs)
 
 
-__all__ = ["CeiTImageProcessor", "CeiTImageProcessorPil", "resize_size_for_crop"]
+_AUTO_MAP = {
+    "torchvision": "image_processing_ceit.CeiTImageProcessor",
+    "pil": "image_processing_ceit.CeiTImageProcessorPil",
+}
+
+__all__ = ["CeiTImageProcessor", "CeiTImageProcessorPil"]
