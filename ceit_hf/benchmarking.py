@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import platform
 import statistics
 import threading
@@ -27,17 +28,32 @@ from .modeling_ceit import CeiTForImageClassification
 SIZES = {"tiny": ("ceit_tiny_patch16_224", 192, 3), "small": ("ceit_small_patch16_224", 384, 6)}
 
 
+def deit_config_for(ceit_config, extra_blocks: int = 0) -> DeiTConfig:
+    """A `DeiTConfig` sized like a CeiT: same width, heads, MLP ratio, LayerNorm eps, dropouts, initializer, classes
+    and token grid (patch = image size / CeiT's grid), and CeiT's encoder blocks + `extra_blocks`."""
+    height, width = ceit_config.image_hw
+    rows, cols = ceit_config.token_grid_size(height, width)
+    if height % rows or width % cols or height // rows != width // cols:
+        raise ValueError(
+            f"CeiT's {rows}x{cols} token grid on {height}x{width} images has no square DeiT patch size that matches it."
+        )
+    return DeiTConfig(
+        image_size=height if height == width else [height, width], patch_size=height // rows,
+        num_channels=ceit_config.in_channels, hidden_size=ceit_config.d_model,
+        num_hidden_layers=ceit_config.num_encoder_blocks + extra_blocks,
+        num_attention_heads=ceit_config.encoder_num_heads,
+        intermediate_size=ceit_config.d_model * ceit_config.leff_expand_ratio, hidden_act="gelu",
+        hidden_dropout_prob=ceit_config.encoder_dropout,
+        attention_probs_dropout_prob=ceit_config.encoder_attention_dropout, layer_norm_eps=ceit_config.layer_norm_eps,
+        initializer_range=ceit_config.initializer_range, qkv_bias=ceit_config.qkv_bias,
+        id2label=dict(ceit_config.id2label), label2id=dict(ceit_config.label2id),
+    )
+
+
 def build_pair(size: str) -> dict[str, torch.nn.Module]:
     """CeiT-`size` (official preset) and a DeiT of the same width/depth/heads, MLP ratio 4, 224 pixels, 1000 classes."""
-    preset, width, heads = SIZES[size]
-    deit = DeiTConfig(
-        hidden_size=width, num_hidden_layers=12, num_attention_heads=heads, intermediate_size=4 * width,
-        image_size=224, patch_size=16, num_labels=1000,
-    )
-    return {
-        f"ceit_{size}": CeiTForImageClassification(CeiTConfig.from_preset(preset)),
-        f"deit_{size}": DeiTForImageClassification(deit),
-    }
+    ceit = CeiTConfig.from_preset(SIZES[size][0])
+    return {f"ceit_{size}": CeiTForImageClassification(ceit), f"deit_{size}": DeiTForImageClassification(deit_config_for(ceit))}
 
 
 def _malloc_in_use():
@@ -205,16 +221,29 @@ def run_benchmark(
     return results
 
 
-def machine_description(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
-    name = platform.processor() or platform.machine()
+def machine_info() -> dict:
+    """The CPU (model name from /proc/cpuinfo where there is one), GPU, threads and library versions."""
+    import transformers
+
+    cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as cpuinfo:
-            name = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
+            cpu = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{name}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    return {
+        "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "device": "cuda: " + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def machine_description(device: torch.device) -> str:
+    info = machine_info()
+    if device.type == "cuda":
+        return f"{info['device'].removeprefix('cuda: ')}, torch {info['torch']}"
+    return f"{info['cpu']}, {info['torch_threads']} threads, torch {info['torch']}"
 
 
 def format_table(results: dict) -> str:

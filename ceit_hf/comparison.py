@@ -31,7 +31,6 @@ import gc
 import json
 import logging
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -40,16 +39,15 @@ from pathlib import Path
 
 import torch
 
+from .benchmarking import deit_config_for as _deit_config_for
+from .benchmarking import machine_info
 from .training import (
-    DIGITS_IMAGE_SIZE,
     build_model,
     check_output_dir,
     describe_setup,
-    image_processor_for,
-    infer_image_size,
-    label_names,
-    load_image_datasets,
     parse_args,
+    prepare_job,
+    set_torch_threads,
     setup_logging,
     train_and_evaluate,
 )
@@ -91,33 +89,9 @@ def count_parameters(model) -> int:
 
 
 def deit_config_for(ceit_config):
-    """A `DeiTConfig` matched to a CeiT config: same width, heads, MLP ratio, LayerNorm eps, dropouts, initializer
-    and token grid (patch = image size / CeiT's grid), and CeiT's encoder blocks + 1 (for the LCA block)."""
-    from transformers import DeiTConfig
-
-    height, width = ceit_config.image_hw
-    rows, cols = ceit_config.token_grid_size(height, width)
-    if height % rows or width % cols or height // rows != width // cols:
-        raise ValueError(
-            f"CeiT's {rows}x{cols} token grid on {height}x{width} images has no square DeiT patch size that matches it."
-        )
-    return DeiTConfig(
-        image_size=height if height == width else [height, width],
-        patch_size=height // rows,
-        num_channels=ceit_config.in_channels,
-        hidden_size=ceit_config.d_model,
-        num_hidden_layers=ceit_config.num_encoder_blocks + 1,
-        num_attention_heads=ceit_config.encoder_num_heads,
-        intermediate_size=ceit_config.d_model * ceit_config.leff_expand_ratio,
-        hidden_act="gelu",
-        hidden_dropout_prob=ceit_config.encoder_dropout,
-        attention_probs_dropout_prob=ceit_config.encoder_attention_dropout,
-        layer_norm_eps=ceit_config.layer_norm_eps,
-        initializer_range=ceit_config.initializer_range,
-        qkv_bias=ceit_config.qkv_bias,
-        id2label=dict(ceit_config.id2label),
-        label2id=dict(ceit_config.label2id),
-    )
+    """The comparison's DeiT: CeiT's width, heads, MLP ratio, LayerNorm eps, dropouts and token grid, and CeiT's
+    encoder blocks + 1 (for the LCA block)."""
+    return _deit_config_for(ceit_config, extra_blocks=1)
 
 
 def build_deit(ceit_config):
@@ -324,39 +298,12 @@ def run_argv(training: list[str], output_dir: Path, seed: int, epochs: int) -> l
     ]
 
 
-def machine_info() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import transformers
-
-    return {
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "device": "cuda: " + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "platform": platform.platform(),
-    }
-
-
 def run_comparison(argv: list[str] | None = None) -> dict:
     """Trains both models for every seed, writes `comparison.json` and `comparison.png`, returns the result."""
     argv = list(sys.argv[1:] if argv is None else argv)
     options, training = split_args(argv)
     threads = options.torch_threads
-    if threads is None:
-        threads = 0 if torch.cuda.is_available() else 1
-    previous = torch.get_num_threads()
-    if threads > 0:
-        torch.set_num_threads(threads)
+    previous = set_torch_threads((0 if torch.cuda.is_available() else 1) if threads is None else threads)
     try:
         return _run(options, training, argv)
     finally:
@@ -375,26 +322,16 @@ def _run(options: argparse.Namespace, training: list[str], argv: list[str]) -> d
         run_argv(training, output_dir / "runs", options.seeds[0], options.epochs)
     )
     setup_logging(training_args)
-    if not logger.handlers:
-        logger.handlers = list(logging.getLogger("ceit_hf.training").handlers)
-        logger.propagate = False
-    logger.setLevel(logging.INFO)
     logger.info(describe_setup(training_args))
     if recipe_args.drop_path:
         raise SystemExit(
             "error: --drop_path must be 0 (--recipe deit sets 0.1): transformers' DeiT has no stochastic depth, so the "
             "two models would not train with the same recipe."
         )
-    raw = load_image_datasets(data_args, model_args, DATA_SEED)
-    labels = label_names(raw["train"], data_args.label_column_name)
-    bundled = data_args.dataset_name is None and data_args.train_dir is None
-    image_size = model_args.image_size or (
-        DIGITS_IMAGE_SIZE if bundled else infer_image_size(raw["train"], data_args.image_column_name)
-    )
-    reference = build_model(model_args, recipe_args, labels, image_size)
+    # the same data, labels, image size and preprocessing for both models
+    raw, labels, image_size, reference, processor = prepare_job(model_args, data_args, recipe_args, DATA_SEED)
     ceit_config = reference.config
     deit_config = deit_config_for(ceit_config)
-    processor = image_processor_for(model_args, reference)  # the same preprocessing for both models
     params = {"ceit": count_parameters(reference), "deit": count_parameters(build_deit(ceit_config))}
     gap = params["deit"] / params["ceit"] - 1
     logger.info("CeiT %s parameters, DeiT %s parameters (%+.1f%%)", f"{params['ceit']:,}", f"{params['deit']:,}", 100 * gap)
@@ -452,7 +389,7 @@ def _run(options: argparse.Namespace, training: list[str], argv: list[str]) -> d
     }
     result["budget"] = recipe
     result["data"] = {
-        "name": "sklearn digits (8x8 scans upscaled to 32x32)" if bundled else str(data_args.dataset_name or data_args.train_dir),
+        "name": "sklearn digits (8x8 scans upscaled to 32x32)" if data_args.bundled else str(data_args.dataset_name or data_args.train_dir),
         "train_examples": len(raw["train"]),
         "validation_examples": len(raw["validation"]),
         "num_labels": len(labels),

@@ -13,11 +13,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from transformers import AutoImageProcessor, AutoModelForImageClassification
+from transformers import AutoModelForImageClassification
 
-from .image_processing_ceit import CeiTImageProcessor
 from .metrics import TopKAccuracy
-from .training import DataArguments, ModelArguments, label_names, load_image_datasets
+from .training.data import check_image_folder
+from .training import DataArguments, ModelArguments, label_names, load_image_datasets, load_image_processor
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,8 +48,7 @@ def load_split(args):
     import datasets
 
     if args.validation_dir is not None:
-        if not Path(args.validation_dir).is_dir():
-            raise SystemExit(f"error: --validation_dir {args.validation_dir!r} is not a folder.")
+        check_image_folder(args.validation_dir, "--validation_dir")
         return datasets.load_dataset("imagefolder", data_dir=args.validation_dir, split="train")
     if args.dataset_name is not None:
         raw = datasets.load_dataset(args.dataset_name, args.dataset_config_name)
@@ -78,11 +77,7 @@ def evaluate_model(args) -> dict:
     model = AutoModelForImageClassification.from_pretrained(
         args.model, trust_remote_code=args.trust_remote_code, dtype=getattr(torch, args.dtype)
     ).to(args.device).eval()
-    try:
-        processor = AutoImageProcessor.from_pretrained(args.image_processor or args.model, trust_remote_code=args.trust_remote_code)
-    except (OSError, ValueError):
-        height, width = model.config.image_hw if hasattr(model.config, "image_hw") else (224, 224)
-        processor = CeiTImageProcessor(crop_size={"height": height, "width": width})
+    processor = load_image_processor(args.image_processor or args.model, model, trust_remote_code=args.trust_remote_code)
     dataset = load_split(args)
     if args.max_eval_samples is not None:
         dataset = dataset.select(range(min(args.max_eval_samples, len(dataset))))

@@ -1,7 +1,8 @@
 # Copyright 2026 The ceit_hf authors. Licensed under the Apache License, Version 2.0.
 """Publish a converted or fine-tuned CeiT model folder on the Hugging Face Hub.
 
-`push_model_folder` checks the folder (config, safetensors weights, no pickles, model card), then calls
+`push_model_folder` checks the folder (config, safetensors weights, model card), skips Trainer checkpoints and
+pickles (`SKIP_PATTERNS`), then calls
 `HfApi.create_repo(..., exist_ok=True)` and `HfApi.upload_folder`. Authentication is huggingface_hub's own: the
 `token` argument, else `HF_TOKEN`, else the token saved by `hf auth login`. The endpoint is the `endpoint`
 argument, else `HF_ENDPOINT` (read when the function runs), else huggingface_hub's default.
@@ -13,8 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import struct
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +31,9 @@ PREPROCESSOR_NAME = "preprocessor_config.json"
 # Extensions of files written with Python's pickle (torch.save, Trainer's training_args.bin, ...). Loading a pickle
 # can run arbitrary code, so they are never published.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+# What a training output folder holds that a model repository must not: Trainer's checkpoints (optimizer state,
+# RNG states) and pickles such as `training_args.bin`. Skipped by `upload_folder(ignore_patterns=...)`.
+SKIP_PATTERNS = ["checkpoint-*", *(f"*{suffix}" for suffix in PICKLE_SUFFIXES)]
 DEFAULT_COMMIT_MESSAGE = "Upload CeiT model with ceit_hf"
 
 
@@ -55,6 +57,7 @@ class FolderCheck:
 
     folder: Path
     files: list[FileToUpload]
+    skipped: list[FileToUpload] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -88,33 +91,28 @@ def format_file_list(files: list[FileToUpload]) -> str:
     return "\n".join(lines)
 
 
-def list_folder_files(folder: str | os.PathLike) -> list[FileToUpload]:
-    """The files `HfApi.upload_folder` sends for `folder` (same walk and default ignore patterns: `.git/`,
-    `.cache/huggingface/`), sorted, with their sizes."""
+def list_folder_files(folder: str | os.PathLike) -> tuple[list[FileToUpload], list[FileToUpload]]:
+    """(the files `HfApi.upload_folder` sends for `folder` with `ignore_patterns=SKIP_PATTERNS`, the files those
+    patterns skip), sorted, with their sizes; `.git/` and `.cache/huggingface/` are left out of both as upload_folder
+    always does."""
     folder = Path(folder).expanduser().resolve()
-    relpaths = {
-        path.relative_to(folder).as_posix(): path for path in sorted(folder.glob("**/*")) if path.is_file()
-    }
-    kept = filter_repo_objects(list(relpaths), ignore_patterns=list(DEFAULT_IGNORE_PATTERNS))
-    return [FileToUpload(rel, relpaths[rel].stat().st_size) for rel in kept]
+    paths = {path.relative_to(folder).as_posix(): path for path in sorted(folder.glob("**/*")) if path.is_file()}
+    listed = list(filter_repo_objects(list(paths), ignore_patterns=list(DEFAULT_IGNORE_PATTERNS)))
+    kept = set(filter_repo_objects(listed, ignore_patterns=SKIP_PATTERNS))
+    sized = lambda names: [FileToUpload(name, paths[name].stat().st_size) for name in names]  # noqa: E731
+    return sized([n for n in listed if n in kept]), sized([n for n in listed if n not in kept])
 
 
-def _check_safetensors(path: Path) -> str | None:
-    """None if `path` starts with a readable safetensors header, else what is wrong with it."""
+def safetensors_problem(path: str | os.PathLike) -> str | None:
+    """None if `path` is a readable safetensors file (its header parses and its tensors fit in the file), else what
+    safetensors says is wrong (truncated, damaged, a Git LFS pointer, ...)."""
+    from safetensors import safe_open
+
     try:
-        with path.open("rb") as handle:
-            prefix = handle.read(8)
-            if len(prefix) < 8:
-                return "too short to be a safetensors file"
-            (header_size,) = struct.unpack("<Q", prefix)
-            if header_size > path.stat().st_size - 8:
-                return "its header length is larger than the file (truncated, or a Git LFS pointer?)"
-            header = json.loads(handle.read(header_size))
-    except (OSError, ValueError) as error:
-        return f"its header cannot be read ({error})"
-    if not isinstance(header, dict):
-        return "its header is not a JSON object"
-    return None
+        with safe_open(str(path), framework="numpy"):
+            return None
+    except Exception as error:  # safetensors raises its own SafetensorError, and OSError for unreadable files
+        return str(error) or type(error).__name__
 
 
 def _auto_map_modules(auto_map: dict) -> set[str]:
@@ -132,7 +130,8 @@ def check_model_folder(model_dir: str | os.PathLike) -> FolderCheck:
     """Check that `model_dir` can be published as a transformers model.
 
     Raises `ModelFolderError` when the folder is missing, has no (valid) `config.json`, has no safetensors weights
-    (`model.safetensors`, or `model.safetensors.index.json` with all its shards), or holds pickled files. Problems
+    (`model.safetensors`, or `model.safetensors.index.json` with all its shards). Trainer checkpoints and pickles
+    are listed in `FolderCheck.skipped` and never uploaded. Problems
     that do not block the upload (no model card, no image processor, no remote-code mapping) are returned in
     `FolderCheck.warnings`.
     """
@@ -141,20 +140,10 @@ def check_model_folder(model_dir: str | os.PathLike) -> FolderCheck:
         raise ModelFolderError(f"Model folder {str(folder)!r} does not exist.")
     if not folder.is_dir():
         raise ModelFolderError(f"{str(folder)!r} is not a folder: pass the directory written by save_pretrained.")
-    files = list_folder_files(folder)
+    files, skipped = list_folder_files(folder)
     names = {f.path_in_repo for f in files}
     problems: list[str] = []
     notes: list[str] = []
-
-    pickles = sorted(name for name in names if name.lower().endswith(PICKLE_SUFFIXES))
-    if pickles:
-        problems.append(
-            "it contains pickled file(s), which this tool does not publish: "
-            + ", ".join(pickles)
-            + ". Pickles can run arbitrary code when loaded. Save the weights as safetensors "
-            "(`model.save_pretrained(folder)`, the default in transformers) and delete or move these files out of "
-            "the folder (Trainer's `training_args.bin` and checkpoint folders with `optimizer.pt` included)"
-        )
 
     config = None
     if CONFIG_NAME not in names:
@@ -189,10 +178,11 @@ def check_model_folder(model_dir: str | os.PathLike) -> FolderCheck:
         weight_files = []
         problems.append(
             f"it has no safetensors weights ({SAFE_WEIGHTS_NAME}, or a sharded checkpoint with "
-            f"{SAFE_WEIGHTS_INDEX_NAME})"
+            f"{SAFE_WEIGHTS_INDEX_NAME}; pickled files such as pytorch_model.bin are never uploaded: save the model "
+            "with `save_pretrained`, which writes safetensors)"
         )
     for name in weight_files:
-        error = _check_safetensors(folder / name)
+        error = safetensors_problem(folder / name)
         if error:
             problems.append(f"{name} is not a valid safetensors file: {error}")
 
@@ -219,19 +209,7 @@ def check_model_folder(model_dir: str | os.PathLike) -> FolderCheck:
             missing_code = sorted(_auto_map_modules(auto_map) - names)
             if missing_code:
                 notes.append(f"auto_map in {CONFIG_NAME} refers to code files missing from the folder: {missing_code}")
-    return FolderCheck(folder=folder.resolve(), files=files, warnings=notes)
-
-
-def export_model_folder(source: str | os.PathLike, target: str | os.PathLike) -> Path:
-    """Copies what a model repository needs from a training output folder (its top-level files: config, weights,
-    image processor, model card, code, results) into `target`, leaving out checkpoint folders and pickles such as
-    Trainer's `training_args.bin`."""
-    source, target = Path(source), Path(target)
-    target.mkdir(parents=True, exist_ok=True)
-    for path in sorted(source.iterdir()):
-        if path.is_file() and path.suffix not in PICKLE_SUFFIXES and not path.name.startswith("."):
-            shutil.copy2(path, target / path.name)
-    return target
+    return FolderCheck(folder=folder.resolve(), files=files, skipped=skipped, warnings=notes)
 
 
 def resolve_endpoint(endpoint: str | None = None) -> str:
@@ -268,6 +246,9 @@ def push_model_folder(
         url = f"{endpoint}/{repo_id}" + (f"/tree/{branch}" if branch else "")
         log(f"Dry run: files of {check.folder} that would be uploaded to {target}:")
         log(format_file_list(check.files))
+        if check.skipped:
+            log(f"Skipped (Trainer checkpoints and pickles, {', '.join(SKIP_PATTERNS)}):")
+            log(format_file_list(check.skipped))
         log(f"Nothing was uploaded. Model repository would be: {url}")
         return PushResult(repo_id, f"{endpoint}/{repo_id}", check.files, dry_run=True, revision=branch)
 
@@ -289,6 +270,7 @@ def push_model_folder(
         repo_type="model",
         revision=branch,
         commit_message=commit_message or DEFAULT_COMMIT_MESSAGE,
+        ignore_patterns=SKIP_PATTERNS,
     )
     url = str(repo_url) + (f"/tree/{branch}" if branch else "")
     log(f"Committed {commit.oid}: {commit.commit_url}")
@@ -305,7 +287,7 @@ __all__ = [
     "PushError",
     "PushResult",
     "check_model_folder",
-    "export_model_folder",
+    "safetensors_problem",
     "format_file_list",
     "list_folder_files",
     "push_model_folder",

@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 # Copyright 2026 The ceit_hf authors. Licensed under the Apache License, Version 2.0.
-"""Write `model_cards/<variant>.md` for the five official CeiT variants and `model_cards/template.md`.
+"""Write `model_cards/<variant>.md` for the five official CeiT variants.
 
-The text comes from `ceit_hf.model_card` (the single source of truth); never edit the generated files by hand.
+The text comes from the template `ceit_hf/cards/ceit.md` through `ceit_hf.model_card`; never edit the generated files
+by hand.
 
     python scripts/make_model_cards.py            # (re)write the files
     python scripts/make_model_cards.py --check    # exit 1 if a file is missing or differs

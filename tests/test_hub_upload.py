@@ -359,13 +359,15 @@ def test_folder_without_config_is_refused(tmp_path):
         check_model_folder(folder)
 
 
-@pytest.mark.parametrize("name", ["pytorch_model.bin", "model.pt", "training_args.bin"])
-def test_pickled_files_are_refused(tmp_path, name):
-    folder, _ = _model_folder(tmp_path)
+@pytest.mark.parametrize("name", ["pytorch_model.bin", "model.pt", "training_args.bin", "checkpoint-4/optimizer.pt",
+                                  "checkpoint-4/model.safetensors"])
+def test_pickles_and_checkpoints_are_skipped(tmp_path, name):
+    folder, files = _model_folder(tmp_path)
+    (folder / name).parent.mkdir(exist_ok=True)
     torch.save({"weight": torch.zeros(2)}, folder / name)
-    with pytest.raises(ModelFolderError, match="pickled") as error:
-        check_model_folder(folder)
-    assert name in str(error.value) and "safetensors" in str(error.value)
+    check = check_model_folder(folder)
+    assert [f.path_in_repo for f in check.skipped] == [name]
+    assert {f.path_in_repo for f in check.files} == set(files)
 
 
 def test_pickled_weights_without_safetensors_are_refused(tmp_path):
@@ -375,7 +377,7 @@ def test_pickled_weights_without_safetensors_are_refused(tmp_path):
     with pytest.raises(ModelFolderError) as error:
         check_model_folder(folder)
     message = str(error.value)
-    assert "pytorch_model.bin" in message and "no safetensors weights" in message
+    assert "pytorch_model.bin are never uploaded" in message and "no safetensors weights" in message
 
 
 def test_missing_folder_and_bad_weights_are_refused(tmp_path):
@@ -458,7 +460,17 @@ def test_cli_dry_run_and_refusal_in_process(tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert all(name in out for name in files) and "Nothing was uploaded." in out
 
-    torch.save({"weight": torch.zeros(2)}, folder / "pytorch_model.bin")
+    # what scripts/train.py writes besides the model: listed as skipped, not uploaded
+    (folder / "checkpoint-2").mkdir()
+    torch.save({"state": 1}, folder / "checkpoint-2" / "optimizer.pt")
+    torch.save({"args": 1}, folder / "training_args.bin")
+    assert cli.main(["--model_dir", str(folder), "--repo_id", "ceit-test/cli", "--dry_run"]) == 0
+    out = capsys.readouterr().out
+    listed, skipped = out.split("Skipped")
+    assert "training_args.bin" not in listed and "optimizer.pt" not in listed
+    assert "checkpoint-2/optimizer.pt" in skipped and "training_args.bin" in skipped
+
+    (folder / "model.safetensors").unlink()
     assert cli.main(["--model_dir", str(folder), "--repo_id", "ceit-test/cli", "--dry_run"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "pytorch_model.bin" in err and "pickled" in err
+    assert err.startswith("error: ") and "no safetensors weights" in err

@@ -12,16 +12,7 @@ import torch
 from huggingface_hub import ModelCard
 
 from ceit_hf import PRESETS, CeiTConfig, CeiTForImageClassification
-from ceit_hf.model_card import (
-    DERIVED_FIELDS,
-    TEMPLATE_FIELDS,
-    VARIANTS,
-    generated_cards,
-    render_template,
-    template_placeholders,
-    template_text,
-    variant_card,
-)
+from ceit_hf.model_card import VARIANTS, generated_cards, training_card, variant_card
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -43,22 +34,6 @@ PARAMETERS = {
     "ceit_small_patch16_384": 24_350_760,
 }
 
-FIELDS = {
-    "model_name": "ceit-tiny-cifar10",
-    "repo_id": "someone/ceit-tiny-cifar10",
-    "base_model": "ceit-hf/ceit_tiny_patch16_224",
-    "preset": "ceit_tiny_patch16_224",
-    "dataset": "uoft-cs/cifar10",
-    "eval_split": "test",
-    "num_labels": 10,
-    "eval_top1": 97.314,  # rendered rounded to 2 decimals
-    "eval_top5": 99.9,
-    "image_size": 224,
-    "hyperparameters": {"learning_rate": 5e-5, "num_train_epochs": 3, "per_device_train_batch_size": 64},
-    "command": ["python", "scripts/train.py", "--dataset_name", "uoft-cs/cifar10", "--output_dir", "out dir"],
-}
-
-
 def _python_blocks(text: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
 
@@ -69,7 +44,7 @@ def _metrics(card: ModelCard) -> dict[str, float]:
 
 def test_variants_match_presets():
     assert set(VARIANTS) == set(PRESETS) == set(REPORTED)
-    assert {f"{name}.md" for name in PRESETS} | {"template.md"} == set(generated_cards())
+    assert {f"{name}.md" for name in PRESETS} == set(generated_cards())
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -128,7 +103,6 @@ def test_committed_files_equal_generated():
         path = CARDS_DIR / file_name
         assert path.is_file(), f"{path} is missing: run scripts/make_model_cards.py"
         assert path.read_text(encoding="utf-8") == text, f"{path} is stale: run scripts/make_model_cards.py"
-    assert (CARDS_DIR / "template.md").read_text(encoding="utf-8") == template_text()
 
 
 def _load_script():
@@ -161,71 +135,43 @@ def test_variant_card_rejects_unknown_names():
         variant_card("ceit_huge_patch16_224")
 
 
-# ------------------------------------------------------------------------------------------------ template
+# ------------------------------------------------------------------------------------------- trained models
 
 
-def test_template_placeholders_are_the_documented_fields():
-    assert template_placeholders() == set(TEMPLATE_FIELDS) | set(DERIVED_FIELDS)
+def _trained(tmp_path, num_labels=10, **fields):
+    from ceit_hf.training import small_config
 
-
-def test_template_renders_with_all_fields():
-    text = render_template(**FIELDS)
-    assert "{{" not in text and "}}" not in text
-    card = ModelCard(text)
-    data = card.data
-    assert data.library_name == "transformers"
-    assert data.pipeline_tag == "image-classification"
-    assert data.license == "apache-2.0"
-    assert data.tags == ["ceit", "vision", "image-classification", "custom_code"]
-    assert data.datasets == ["uoft-cs/cifar10"]
-    assert data.model_name == "ceit-tiny-cifar10"
-    assert _metrics(card) == {"accuracy": 97.31, "top_5_accuracy": 99.9}
-    assert {result.dataset_split for result in data.eval_results} == {"test"}
-    body = card.text
-    assert "# ceit-tiny-cifar10" in body
-    assert "`ceit-hf/ceit_tiny_patch16_224`" in body and "preset `ceit_tiny_patch16_224`" in body
-    assert "| `test` | 97.31 | 99.9 |" in body
-    assert "| `learning_rate` | 5e-05 |" in body and "| `num_train_epochs` | 3 |" in body
-    assert "python scripts/train.py --dataset_name uoft-cs/cifar10 --output_dir 'out dir'" in body
-    assert "predict 10 classes" in body
-    assert "| input size | 224x224 pixels |" in body
-    assert "resize the shorter side to 256 pixels" in body and "center-crop 224x224" in body
-    for block in _python_blocks(body):
-        compile(block, "fine-tuned card", "exec")
-    assert '"someone/ceit-tiny-cifar10"' in body
-
-
-def test_template_renders_other_sizes_and_text_fields():
-    fields = dict(
-        FIELDS,
-        image_size=384,
-        hyperparameters="learning rate 1e-4, 10 epochs",
-        command="python train.py",
-        dataset='weird: "name" # with YAML characters',
+    model = CeiTForImageClassification(small_config(32, {i: f"c{i}" for i in range(num_labels)}, num_encoder_blocks=1))
+    values = dict(
+        model_name="run", repo_id=None, model=model, base_model=None, preset=None, dataset=None,
+        data_description=str(tmp_path / "images" / "train"), metrics={"eval_accuracy": 0.97314, "eval_top5_accuracy": 1.0},
+        hyperparameters={"learning_rate": 1e-3, "epochs": 3}, command="python scripts/train.py --output_dir 'out dir'",
     )
-    card = ModelCard(render_template(**fields))
-    assert card.data.datasets == ['weird: "name" # with YAML characters']
-    assert "resize the shorter side to 438 pixels" in card.text and "center-crop 384x384" in card.text
-    assert "learning rate 1e-4, 10 epochs" in card.text
+    card = training_card(**{**values, **fields})
+    return ModelCard(str(card)), model
 
 
-def test_template_missing_fields_are_named():
-    fields = dict(FIELDS)
-    del fields["eval_top5"], fields["command"]
-    with pytest.raises(ValueError, match="missing field\\(s\\): eval_top5, command"):
-        render_template(**fields)
-    with pytest.raises(ValueError) as error:
-        render_template()
-    for name in TEMPLATE_FIELDS:
-        assert name in str(error.value)
+def test_from_scratch_card_on_local_images(tmp_path):
+    card, model = _trained(tmp_path)
+    data, body = card.data, card.text
+    assert data.library_name == "transformers" and data.pipeline_tag == "image-classification"
+    assert data.datasets is None and data.base_model is None  # a local folder is no Hub dataset or model
+    assert _metrics(card) == {"accuracy": 97.31, "top_5_accuracy": 100.0}
+    assert "trained from scratch" in body and "fine-tuned" not in body
+    assert f"`{tmp_path / 'images' / 'train'}`" in body and "predict 10 classes" in body
+    assert "| validation | 97.31 | 100.0 |" in body and f"({model.num_parameters():,} parameters)" in body
+    assert "| `learning_rate` | 0.001 |" in body and "python scripts/train.py --output_dir 'out dir'" in body
+    assert "| input size | 32x32 pixels |" in body and "{{" not in body and "{%" not in body
+    for block in _python_blocks(body):
+        compile(block, "trained card", "exec")
+    assert '"your-name/run"' in body
 
 
-def test_template_unknown_and_invalid_fields_are_named():
-    with pytest.raises(ValueError, match="unknown field\\(s\\): learning_rate"):
-        render_template(**FIELDS, learning_rate=1e-3)
-    with pytest.raises(ValueError, match="eval_top1 must be an accuracy in percent"):
-        render_template(**dict(FIELDS, eval_top1=0.97 * 1000))
-    with pytest.raises(ValueError, match="num_labels"):
-        render_template(**dict(FIELDS, num_labels=0))
-    with pytest.raises(ValueError, match="repo_id"):
-        render_template(**dict(FIELDS, repo_id='bad "id"'))
+def test_fine_tuned_card_on_a_hub_dataset_with_few_classes(tmp_path):
+    card, _ = _trained(tmp_path, num_labels=3, base_model="ceit-hf/ceit_tiny_patch16_224", dataset="uoft-cs/cifar10",
+                       data_description="uoft-cs/cifar10", repo_id="me/ceit-c3",
+                       metrics={"eval_accuracy": 0.5, "eval_top5_accuracy": 1.0})
+    assert card.data.datasets == ["uoft-cs/cifar10"] and card.data.base_model == "ceit-hf/ceit_tiny_patch16_224"
+    assert _metrics(card) == {"accuracy": 50.0}  # top-5 of 3 classes is always 100%: not reported
+    assert "fine-tuned from `ceit-hf/ceit_tiny_patch16_224`" in card.text and "top-5" not in card.text
+    assert "| validation | 50.0 |" in card.text and '"me/ceit-c3"' in card.text

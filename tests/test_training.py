@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +50,7 @@ def max_difference(a: Path, b: Path) -> float:
     return max((first[k].double() - second[k].double()).abs().max().item() for k in first)
 
 
+@pytest.mark.slow
 def test_main_job_trains_digits_to_95_percent(tmp_path):
     """The README's main job, exactly as a new user runs it: no flag but --output_dir."""
     out = tmp_path / "digits"
@@ -68,7 +70,8 @@ def test_main_job_trains_digits_to_95_percent(tmp_path):
     processor = AutoImageProcessor.from_pretrained(out)
     assert model.config.id2label[7] == "7" and processor.crop_size == {"height": 32, "width": 32}
     card = (out / "README.md").read_text()
-    assert f"| `validation` | {round(100 * results['eval_accuracy'], 2)} |" in card and "sklearn-digits" in card
+    assert f"| validation | {round(100 * results['eval_accuracy'], 2)} |" in card and "sklearn-digits" in card
+    assert "trained from scratch" in card and "\ndatasets:" not in card  # the digits are no Hub dataset
     validation = digits_dataset()["validation"]
     classifier = pipeline("image-classification", model=str(out))
     images = [validation[i]["image"].convert("RGB") for i in range(20)]
@@ -94,6 +97,7 @@ def test_resume_is_exact_with_the_whole_recipe(tmp_path):
     assert max_difference(tmp_path / "a" / "checkpoint-4" / "model.safetensors", tmp_path / "a" / "model.safetensors") > 1e-4
 
 
+@pytest.mark.slow
 def test_two_process_data_parallel_on_cpu(tmp_path):
     out = tmp_path / "ddp"
     result = run_script(
@@ -109,19 +113,26 @@ def test_two_process_data_parallel_on_cpu(tmp_path):
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 4
 
 
-def test_own_image_folders_get_a_small_model_sized_to_the_images(tmp_path):
+def digit_folders(root: Path, size: int = 48, train: int = 60, val: int = 20) -> Path:
+    """The first digits as PNG files in `root/train/digit_K/` and `root/val/digit_K/` (imagefolder layout)."""
     digits = digits_dataset()
-    for split, data in (("train", digits["train"].select(range(60))), ("val", digits["validation"].select(range(20)))):
+    for split, data in (("train", digits["train"].select(range(train))), ("val", digits["validation"].select(range(val)))):
         for i, example in enumerate(data):
-            folder = tmp_path / split / f"digit_{example['label']}"
+            folder = root / split / f"digit_{example['label']}"
             folder.mkdir(parents=True, exist_ok=True)
-            example["image"].resize((48, 48)).convert("RGB").save(folder / f"{i}.png")
+            example["image"].resize((size, size)).convert("RGB").save(folder / f"{i}.png")
+    return root
+
+
+def test_own_image_folders_get_a_small_model_sized_to_the_images(tmp_path):
+    digit_folders(tmp_path)
     out = tmp_path / "out"
     metrics = main([
         "--train_dir", str(tmp_path / "train"), "--validation_dir", str(tmp_path / "val"), "--output_dir", str(out),
         "--num_train_epochs", "1", "--per_device_train_batch_size", "16", "--disable_tqdm", "true",
+        "--torch_threads", "1",
     ])
-    assert "eval_accuracy" in metrics
+    assert "eval_accuracy" in metrics and torch.get_num_threads() == 1
     config = json.loads((out / "config.json").read_text())
     assert config["image_size"] == 48 and config["d_model"] == 64
     assert set(config["id2label"].values()) == {f"digit_{d}" for d in range(10)}
@@ -130,14 +141,71 @@ def test_own_image_folders_get_a_small_model_sized_to_the_images(tmp_path):
 def test_fine_tuning_a_saved_model_with_new_labels(tmp_path):
     base = tmp_path / "base"
     main(["--output_dir", str(base), "--max_steps", "2", "--eval_strategy", "no", "--save_strategy", "no", *SHORT])
+    # the same kind of images with the labels renamed ("7" -> "digit_7"): a different id2label of the same size
+    digit_folders(tmp_path / "data", size=32)
     tuned = tmp_path / "tuned"
-    # train on the same images with the labels renamed: a different id2label of the same size
     metrics = main([
-        "--model_name_or_path", str(base), "--output_dir", str(tuned), "--max_steps", "2", "--eval_strategy", "no",
-        "--save_strategy", "no", "--max_train_samples", "32", "--max_eval_samples", "16", "--disable_tqdm", "true",
+        "--model_name_or_path", str(base), "--train_dir", str(tmp_path / "data" / "train"), "--validation_dir",
+        str(tmp_path / "data" / "val"), "--output_dir", str(tuned), "--max_steps", "2", "--eval_strategy", "no",
+        "--save_strategy", "no", "--disable_tqdm", "true", "--report_to", "none",
     ])
-    assert metrics["eval_accuracy"] >= 0.0
-    assert max_difference(base / "model.safetensors", tuned / "model.safetensors") > 0
+    assert 0.0 <= metrics["eval_accuracy"] <= 1.0
+    base_labels = json.loads((base / "config.json").read_text())["id2label"]
+    tuned_labels = json.loads((tuned / "config.json").read_text())["id2label"]
+    assert base_labels["7"] == "7" and tuned_labels["7"] == "digit_7"
+    # it started from the saved weights: 2 small steps move them a little, far less than a fresh initialisation is away
+    fresh = tmp_path / "fresh"
+    CeiTForImageClassification(CeiTForImageClassification.config_class.from_pretrained(base)).save_pretrained(fresh)
+    def mean_change(a: Path, b: Path) -> float:  # over the learned weights (not BatchNorm's statistics)
+        first, second = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+        learned = [k for k in first if first[k].is_floating_point() and "running_" not in k]
+        return float(np.mean([(first[k] - second[k]).abs().mean() for k in learned]))
+
+    assert 0 < mean_change(base, tuned) < mean_change(base, fresh) / 3
+    card = (tuned / "README.md").read_text()
+    assert f"fine-tuned from `{base}`" in card and "\nbase_model:" not in card  # a local folder is no Hub id
+
+
+@pytest.mark.parametrize(
+    "layout, message",
+    [
+        ("missing", "does not exist: expected one sub-folder of images per class"),
+        ("empty", "is empty: expected one sub-folder of images per class"),
+        ("flat", r"has no class sub-folders \(2 files directly in it\)"),
+        ("class_without_images", "the class folder 'dog' holds no images"),
+        ("unreadable", r"2 file\(s\) are not readable images: cat/broken.png, dog/empty.jpg"),
+    ],
+)
+def test_bad_image_folders_fail_with_one_line(tmp_path, layout, message):
+    root = tmp_path / "train"
+    good = Image.new("RGB", (8, 8))
+    if layout != "missing":
+        root.mkdir()
+    if layout == "flat":
+        good.save(root / "a.png"), good.save(root / "b.png")
+    if layout in ("class_without_images", "unreadable"):
+        (root / "cat").mkdir(), (root / "dog").mkdir()
+        good.save(root / "cat" / "ok.png")
+        (root / "dog" / "notes.txt").write_text("no image")
+    if layout == "unreadable":
+        good.save(root / "dog" / "ok.png")
+        (root / "cat" / "broken.png").write_bytes(b"\x89PNG garbage")
+        (root / "dog" / "empty.jpg").write_bytes(b"")
+    with pytest.raises(SystemExit, match=f"error: --train_dir '{re.escape(str(root))}'.*{message}"):
+        main(["--train_dir", str(root), "--output_dir", str(tmp_path / "out"), *SHORT])
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_bad_data_is_one_line_without_a_traceback_and_help_lists_every_flag(tmp_path):
+    result = run_script([sys.executable, "scripts/train.py", "--train_dir", str(tmp_path / "nope"), "--output_dir",
+                         str(tmp_path / "out")], timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: --train_dir '{tmp_path / 'nope'}' does not exist")
+    result = run_script([sys.executable, "scripts/train.py", "--help"], timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for flag in ("--output_dir", "--train_dir", "--recipe", "--mixup_alpha", "--torch_threads", "--sync_batchnorm",
+                 "--learning_rate", "--resume_from_checkpoint", "--push_to_hub"):
+        assert f"\n  {flag} " in result.stdout, flag
 
 
 @pytest.mark.parametrize(
@@ -185,6 +253,11 @@ def test_main_job_defaults_and_user_flags(tmp_path):
     assert args.num_train_epochs == 2 and args.eval_strategy.value == "no"
     with pytest.raises(SystemExit, match="--output_dir is required"):
         parse_args([])
+    # a flag given with the value of the dataclass default still overrides the job's default
+    _, _, recipe, args = parse_args(["--output_dir", str(tmp_path), "--hflip", "0.5", "--save_strategy", "no"])
+    assert recipe.hflip == 0.5 and args.save_strategy.value == "no" and args.eval_strategy.value == "epoch"
+    _, _, recipe, args = parse_args(["--output_dir", str(tmp_path), "--train_dir", str(tmp_path)])
+    assert args.num_train_epochs == 10 and recipe.hflip == 0.5  # own images: the small model's defaults
     with pytest.raises(SystemExit, match="--hub_model_id"):
         parse_args(["--output_dir", str(tmp_path), "--push_to_hub", "true"])
     with pytest.raises(SystemExit, match="unknown --preset"):
@@ -209,7 +282,7 @@ def test_config_overrides_parse_python_literals():
     assert parse_config_overrides("num_encoder_blocks=6, dropout=0.1,ln_order=post,layer_scale=None,qkv_bias=True") == {
         "num_encoder_blocks": 6, "dropout": 0.1, "ln_order": "post", "layer_scale": None, "qkv_bias": True,
     }
-    with pytest.raises(ValueError, match="key=value"):
+    with pytest.raises(SystemExit, match="error: --config_overrides item 'num_encoder_blocks' is not of the form key=value"):
         parse_config_overrides("num_encoder_blocks")
 
 
@@ -218,8 +291,13 @@ def test_soft_target_loss():
     labels = torch.tensor([0, 3, 1, 4])
     one_hot = torch.nn.functional.one_hot(labels, 5).float()
     loss = soft_target_loss(0.1)
-    assert torch.allclose(loss({"logits": logits}, one_hot), torch.nn.functional.cross_entropy(logits, labels, label_smoothing=0.1))
-    assert torch.allclose(loss({"logits": logits}, labels), torch.nn.functional.cross_entropy(logits, labels, label_smoothing=0.1))
+    # written out: targets smoothed towards uniform, then cross-entropy against the log-softmax
+    smoothed = one_hot * 0.9 + 0.1 / 5
+    expected = -(smoothed * logits.log_softmax(-1)).sum(-1).mean()
+    assert torch.allclose(loss({"logits": logits}, one_hot), expected)
+    assert torch.allclose(loss({"logits": logits}, labels), expected)
+    mixed = 0.3 * one_hot + 0.7 * one_hot.roll(1, 0)  # Mixup's soft targets
+    assert torch.allclose(loss({"logits": logits}, mixed), -((mixed * 0.9 + 0.02) * logits.log_softmax(-1)).sum(-1).mean())
 
 
 def test_seeded_augmentation_depends_only_on_seed_epoch_and_index():

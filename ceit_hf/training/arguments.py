@@ -1,0 +1,251 @@
+# Copyright 2026 The ceit_hf authors. Licensed under the Apache License, Version 2.0.
+"""The command line of `scripts/train.py`: transformers' `TrainingArguments` plus the model, data and recipe flags of
+transformers' `examples/pytorch/image-classification/run_image_classification.py`, `--preset`/`--config_overrides` to
+train from scratch, and the DeiT recipe's flags.
+
+The job's defaults depend on the kind of run (the bundled digits, own images with the small model, `--recipe deit`).
+They are given to the parser with argparse's `set_defaults`, so a flag on the command line always wins. Only light
+modules are imported here, so `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import HfArgumentParser, TrainingArguments
+from transformers.trainer_utils import sort_checkpoints
+
+from ..configuration_ceit import PRESETS
+
+
+logger = logging.getLogger("ceit_hf.training")
+
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "A pretrained model to fine-tune: a Hub id or a local folder."}
+    )
+    preset: str | None = field(
+        default=None, metadata={"help": f"Train this official architecture from scratch: one of {sorted(PRESETS)}."}
+    )
+    config_overrides: str | None = field(
+        default=None,
+        metadata={"help": "Config options for training from scratch, 'k=v,k=v' (e.g. 'num_encoder_blocks=6,dropout=0.1')."},
+    )
+    image_size: int | None = field(
+        default=None, metadata={"help": "Training/eval crop size when training from scratch (default: from the data)."}
+    )
+    image_processor_name: str | None = field(default=None, metadata={"help": "Image processor to use instead of the model's."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Where to cache downloaded models and datasets."})
+    model_revision: str = field(default="main", metadata={"help": "Model revision (branch, tag or commit)."})
+    token: str | None = field(default=None, metadata={"help": "Hub token (default: the logged-in one)."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow remote code of datasets/models."})
+    ignore_mismatched_sizes: bool = field(
+        default=False, metadata={"help": "Re-initialise the classifier when the number of labels differs."}
+    )
+
+
+@dataclass
+class DataArguments:
+    dataset_name: str | None = field(default=None, metadata={"help": "A dataset on the Hub (or a local dataset folder)."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "The dataset's configuration."})
+    train_dir: str | None = field(default=None, metadata={"help": "Training images, one sub-folder per class."})
+    validation_dir: str | None = field(default=None, metadata={"help": "Validation images, one sub-folder per class."})
+    train_val_split: float = field(
+        default=0.15, metadata={"help": "Held-out fraction of the training data when there is no validation split."}
+    )
+    image_column_name: str = field(default="image", metadata={"help": "The dataset column holding the images."})
+    label_column_name: str = field(default="label", metadata={"help": "The dataset column holding the labels."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Keep this many training examples."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep this many evaluation examples."})
+
+    @property
+    def bundled(self) -> bool:
+        """No data given: the main job's bundled digits."""
+        return self.dataset_name is None and self.train_dir is None
+
+
+@dataclass
+class RecipeArguments:
+    recipe: str = field(
+        default="none", metadata={"help": "'deit': the official CeiT/DeiT ImageNet recipe for every recipe flag left out."}
+    )
+    rand_augment_ops: int = field(default=0, metadata={"help": "RandAugment operations per image (0: off)."})
+    rand_augment_magnitude: int = field(default=9, metadata={"help": "RandAugment magnitude (of 30 levels)."})
+    color_jitter: float = field(default=0.0, metadata={"help": "ColorJitter strength for brightness/contrast/saturation."})
+    hflip: float = field(default=0.5, metadata={"help": "Horizontal flip probability (0 for the digits)."})
+    crop_min_scale: float = field(
+        default=0.08, metadata={"help": "RandomResizedCrop's smallest crop, as a fraction of the image area."}
+    )
+    random_erasing: float = field(default=0.0, metadata={"help": "RandomErasing probability (per image)."})
+    mixup_alpha: float = field(default=0.0, metadata={"help": "Mixup alpha (0: off)."})
+    cutmix_alpha: float = field(default=0.0, metadata={"help": "CutMix alpha (0: off). With Mixup, each batch picks one."})
+    drop_path: float | None = field(default=None, metadata={"help": "Stochastic depth: largest drop-path rate."})
+    model_ema_decay: float | None = field(default=None, metadata={"help": "Keep an EMA of the weights with this decay."})
+    sync_batchnorm: bool = field(
+        default=False, metadata={"help": "Convert BatchNorm to SyncBatchNorm (multi-GPU runs with small per-GPU batches)."}
+    )
+    torch_threads: int | None = field(
+        default=None,
+        metadata={"help": "torch's intra-op CPU threads per process (default: torch's choice; on a shared or small CPU "
+                  "1 is often several times faster for these small models)."},
+    )
+
+
+# The official recipe (DeiT's, used for CeiT). The learning rate scales with the global batch: 5e-4 * batch / 512.
+DEIT_RECIPE = {
+    "rand_augment_ops": 2,
+    "rand_augment_magnitude": 9,
+    "color_jitter": 0.4,
+    "random_erasing": 0.25,
+    "mixup_alpha": 0.8,
+    "cutmix_alpha": 1.0,
+    "drop_path": 0.1,
+    "model_ema_decay": 0.99996,
+    "label_smoothing_factor": 0.1,
+    "weight_decay": 0.05,
+    "adam_epsilon": 1e-8,
+    "lr_scheduler_type": "cosine_with_min_lr",
+    "lr_scheduler_kwargs": {"min_lr": 1e-5},
+    "num_train_epochs": 300,
+    "warmup_steps": 5 / 300,
+    "per_device_train_batch_size": 256,
+}
+DEIT_BASE_LR = 5e-4
+
+# Every run: the image column is transformed on the fly (so it must not be dropped); evaluate and save every epoch.
+RUN_DEFAULTS = {
+    "remove_unused_columns": False,
+    "eval_strategy": "epoch",
+    "save_strategy": "epoch",
+    "save_total_limit": 2,
+    "logging_steps": 10,
+}
+# Training from scratch with the small default model (the main job, or own images without model flags).
+SMALL_MODEL_DEFAULTS = {
+    "learning_rate": 1e-3,
+    "weight_decay": 0.05,
+    "warmup_steps": 0.1,
+    "lr_scheduler_type": "cosine",
+    "per_device_train_batch_size": 32,
+    "per_device_eval_batch_size": 128,
+    "num_train_epochs": 10,
+}
+DIGITS_DEFAULTS = {**SMALL_MODEL_DEFAULTS, "num_train_epochs": 20, "hflip": 0.0, "crop_min_scale": 0.5}
+
+ARGUMENT_CLASSES = (ModelArguments, DataArguments, RecipeArguments, TrainingArguments)
+
+
+def given_flags(argv: list[str]) -> dict:
+    """The flags `argv` gives and their parsed values (argparse itself: every default suppressed)."""
+    probe = HfArgumentParser(ARGUMENT_CLASSES, add_help=False)
+    for action in probe._actions:  # not set_defaults: argparse would parse a SUPPRESS default given that way
+        action.default = argparse.SUPPRESS
+    return vars(probe.parse_known_args(argv)[0])
+
+
+def job_defaults(given: dict) -> dict:
+    """The defaults of the run that the given flags describe (see the module docstring)."""
+    import torch
+
+    defaults = dict(RUN_DEFAULTS, dataloader_pin_memory=torch.cuda.is_available())  # pinning needs an accelerator
+    from_scratch = not {"model_name_or_path", "preset", "config_overrides"} & set(given)
+    if "dataset_name" not in given and "train_dir" not in given:
+        defaults.update(DIGITS_DEFAULTS)
+    elif from_scratch:
+        defaults.update(SMALL_MODEL_DEFAULTS)
+    if given.get("recipe") == "deit":
+        defaults.update(DEIT_RECIPE)
+    return defaults
+
+
+def parse_args(argv: list[str] | None = None):
+    """(model, data, recipe, training) arguments of the command line, with the job's defaults for what it leaves out."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    given = given_flags(argv)
+    parser = HfArgumentParser(ARGUMENT_CLASSES, description="Train or fine-tune CeiT with transformers' Trainer.")
+    parser.set_defaults(**job_defaults(given))
+    model_args, data_args, recipe_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    if "output_dir" not in given:
+        raise SystemExit("error: --output_dir is required (the folder the trained model is written to).")
+    if recipe_args.recipe not in ("none", "deit"):
+        raise SystemExit(f"error: --recipe must be 'deit' or 'none', got {recipe_args.recipe!r}.")
+    if model_args.preset is not None and model_args.preset not in PRESETS:
+        raise SystemExit(f"error: unknown --preset {model_args.preset!r}; expected one of {sorted(PRESETS)}.")
+    if model_args.model_name_or_path and (model_args.preset or model_args.config_overrides):
+        raise SystemExit("error: --model_name_or_path fine-tunes a model; --preset/--config_overrides build a new one.")
+    if training_args.push_to_hub and not training_args.hub_model_id:
+        raise SystemExit("error: --push_to_hub needs --hub_model_id NAMESPACE/NAME.")
+    if recipe_args.recipe == "deit" and "learning_rate" not in given:  # needs the world size: not a plain default
+        global_batch = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+        training_args.learning_rate = DEIT_BASE_LR * global_batch * training_args.world_size / 512
+    training_args.resume_from_checkpoint = resolve_resume_checkpoint(
+        training_args.resume_from_checkpoint, training_args.output_dir, ema=bool(recipe_args.model_ema_decay)
+    )
+    return model_args, data_args, recipe_args, training_args
+
+
+# ------------------------------------------------------------------------------------------------------- resume
+
+EMA_FILE = "ema.safetensors"
+
+
+def checkpoint_problems(folder, ema: bool = False) -> list[str]:
+    """What keeps `folder` from being a complete Trainer checkpoint (nothing when it is one).
+
+    Trainer writes a checkpoint file by file into the final `checkpoint-N` folder, the weights first and
+    `trainer_state.json` last (then the EMA): a run killed while saving leaves a folder without its trainer state
+    (or EMA), or with truncated weights."""
+    from ..hub import safetensors_problem
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return ["no such folder"]
+    problems = []
+    try:
+        json.loads((folder / "trainer_state.json").read_text())["global_step"]
+    except (OSError, ValueError, KeyError, TypeError):
+        problems.append("trainer_state.json (written last) is missing or incomplete")
+    weights = folder / "model.safetensors"
+    if weights.is_file():
+        if problem := safetensors_problem(weights):
+            problems.append(f"model.safetensors is damaged or truncated ({problem})")
+    elif not any((folder / name).is_file() for name in ("model.safetensors.index.json", "pytorch_model.bin")):
+        problems.append("the model weights are missing")
+    if ema and not (folder / EMA_FILE).is_file():
+        problems.append(f"{EMA_FILE} (the EMA of the weights, written after the trainer state) is missing")
+    return problems
+
+
+def resolve_resume_checkpoint(value: str | None, output_dir: str, ema: bool = False) -> str | None:
+    """The checkpoint `--resume_from_checkpoint` names, checked to be complete (see `checkpoint_problems`).
+
+    `auto` picks the newest complete `checkpoint-N` of `output_dir` (transformers' `sort_checkpoints` order, as
+    its `get_last_checkpoint`, skipping incomplete ones) and starts afresh when there is none; `latest` fails then."""
+    if value is None:
+        return None
+    if value in ("auto", "latest"):
+        found = sort_checkpoints(output_dir) if Path(output_dir).is_dir() else []
+        for path in reversed(found):
+            problems = checkpoint_problems(path, ema)
+            if not problems:
+                logger.info("Resuming from %s, the newest complete checkpoint in %s", path, output_dir)
+                return str(path)
+            logger.warning("Skipping the incomplete checkpoint %s: %s.", path, "; ".join(problems))
+        if value == "latest":
+            raise SystemExit(f"error: --resume_from_checkpoint latest: no complete checkpoint in {output_dir!r}.")
+        return None
+    problems = checkpoint_problems(value, ema)
+    if problems:
+        raise SystemExit(
+            f"error: --resume_from_checkpoint {value!r} is not a complete checkpoint: {'; '.join(problems)}. "
+            "`--resume_from_checkpoint auto` resumes from the newest complete checkpoint in --output_dir."
+        )
+    return value

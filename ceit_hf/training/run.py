@@ -1,0 +1,341 @@
+# Copyright 2026 The ceit_hf authors. Licensed under the Apache License, Version 2.0.
+"""The training job (`scripts/train.py`): parse, load and check the data, build the model, train and evaluate with
+`Trainer` (Mixup/CutMix, soft-target loss, EMA), save, write the model card, push."""
+
+from __future__ import annotations
+
+import ast
+import errno
+import logging
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from .arguments import DataArguments, ModelArguments, RecipeArguments, parse_args
+from .callbacks import EpochCallback, ModelEMACallback
+from .data import (
+    SeededAugmentation,
+    batch_mixer,
+    check_labels,
+    choose_image_size,
+    eval_transform,
+    label_names,
+    load_image_datasets,
+    train_transform,
+    with_transform,
+)
+
+
+logger = logging.getLogger("ceit_hf.training")
+# Less free space than this in --output_dir fails the run before training (the main job's checkpoints take ~8 MiB).
+MIN_FREE_BYTES = 16 * 1024 * 1024
+
+
+# ------------------------------------------------------------------------------------------------------ model
+
+
+def small_config(image_size: int, id2label: dict[int, str], **overrides):
+    """The small CeiT the main job trains from scratch: the official architecture at width 64 with 4 blocks and
+    a 4x4 (images <= 64 px) or wider token grid."""
+    from ..configuration_ceit import CeiTConfig
+
+    settings = dict(image_size=image_size, d_model=64, encoder_num_heads=2, lca_encoder_num_heads=2,
+                    num_encoder_blocks=4, i2t_out_channels=32, patch_size=2 if image_size <= 64 else 4, id2label=id2label)
+    return CeiTConfig.from_preset("ceit_tiny_patch16_224", **{**settings, **overrides})
+
+
+def parse_config_overrides(text: str | None) -> dict:
+    """'k=v,k=v' -> {k: python value}; values are Python literals where they parse (1e-3, True, None), else text."""
+    overrides = {}
+    for item in filter(None, (part.strip() for part in (text or "").split(","))):
+        if "=" not in item:
+            raise SystemExit(f"error: --config_overrides item {item!r} is not of the form key=value.")
+        key, value = (s.strip() for s in item.split("=", 1))
+        try:
+            overrides[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            overrides[key] = value
+    return overrides
+
+
+def build_model(model_args: ModelArguments, recipe_args: RecipeArguments, labels: list[str], image_size: int | None):
+    """A new CeiT (`--preset`, else the small one, with `--config_overrides` as config keywords) or the pretrained
+    `--model_name_or_path` with a classifier for `labels`."""
+    from transformers import AutoConfig, AutoModelForImageClassification
+
+    from ..configuration_ceit import CeiTConfig
+    from ..modeling_ceit import CeiTForImageClassification
+
+    id2label = dict(enumerate(labels))
+    overrides = parse_config_overrides(model_args.config_overrides)
+    if recipe_args.drop_path:
+        overrides.update(stochastic_depth=True, stochastic_depth_mp=recipe_args.drop_path)
+    if model_args.model_name_or_path:
+        hub = dict(cache_dir=model_args.cache_dir, revision=model_args.model_revision, token=model_args.token,
+                   trust_remote_code=model_args.trust_remote_code)
+        config = AutoConfig.from_pretrained(model_args.model_name_or_path, num_labels=len(labels), id2label=id2label,
+                                            label2id={v: k for k, v in id2label.items()}, **hub, **overrides)
+        return AutoModelForImageClassification.from_pretrained(
+            model_args.model_name_or_path, config=config, ignore_mismatched_sizes=model_args.ignore_mismatched_sizes, **hub
+        )
+    try:
+        if model_args.preset:
+            if image_size is not None:
+                overrides.setdefault("image_size", image_size)
+            config = CeiTConfig.from_preset(model_args.preset, id2label=id2label, **overrides)
+        else:
+            config = small_config(image_size, id2label, **overrides)
+    except (TypeError, ValueError) as error:
+        raise SystemExit(f"error: cannot build the model from --preset/--config_overrides: {error}") from None
+    return CeiTForImageClassification(config)
+
+
+def load_image_processor(source: str | None, model, **hub_kwargs):
+    """The image processor saved at `source` when there is one, else the CeiT evaluation transform at the model's
+    input size (a DeiT's `image_size` included)."""
+    from transformers import AutoImageProcessor
+
+    from ..image_processing_ceit import CeiTImageProcessor
+
+    if source:
+        try:
+            return AutoImageProcessor.from_pretrained(source, **hub_kwargs)
+        except (OSError, ValueError) as error:
+            logger.warning("No image processor in %s (%s); using the CeiT default.", source, error)
+    config = model.config
+    height, width = getattr(config, "image_hw", None) or (config.image_size, config.image_size)
+    return CeiTImageProcessor(crop_size={"height": height, "width": width})
+
+
+def image_processor_for(model_args: ModelArguments, model):
+    return load_image_processor(
+        model_args.image_processor_name or model_args.model_name_or_path, model, cache_dir=model_args.cache_dir,
+        token=model_args.token, trust_remote_code=model_args.trust_remote_code,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- trainer
+
+
+def _trainer_class():
+    from transformers import Trainer
+
+    class CeiTTrainer(Trainer):
+        """`Trainer` that mixes training batches (Mixup/CutMix) right before the step, so evaluation batches keep
+        their labels. The mixing draws from torch's global RNG, which Trainer checkpoints and restores."""
+
+        def __init__(self, *args, batch_mix=None, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.batch_mix = batch_mix
+
+        def training_step(self, model, inputs, *args, **kwargs):
+            if self.batch_mix is not None and len(inputs["labels"]) > 1:
+                inputs = dict(inputs)
+                inputs["pixel_values"], inputs["labels"] = self.batch_mix(inputs["pixel_values"], inputs["labels"])
+            return super().training_step(model, inputs, *args, **kwargs)
+
+    return CeiTTrainer
+
+
+def soft_target_loss(smoothing: float):
+    """Trainer's `compute_loss_func`: `F.cross_entropy` takes class indices or (mixed) probabilities, and applies
+    label smoothing to both."""
+    import torch.nn.functional as F
+
+    def loss(outputs, labels, num_items_in_batch=None):
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+        return F.cross_entropy(logits.float(), labels, label_smoothing=smoothing)
+
+    return loss
+
+
+def compute_metrics_fn(num_labels: int):
+    from ..metrics import TopKAccuracy
+
+    metric = TopKAccuracy(top_k=(5,) if num_labels >= 5 else ())
+
+    def compute(eval_pred):
+        logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
+        return metric.compute(predictions=logits, references=eval_pred.label_ids)
+
+    return compute
+
+
+def train_and_evaluate(model, raw, processor, labels: list[str], data_args: DataArguments,
+                       recipe_args: RecipeArguments, training_args):
+    """The job once the model is built: checks the labels, applies the recipe's transforms (seeded training
+    augmentation, `processor`'s evaluation transform) to the `train`/`validation` splits of `raw`, trains `model`
+    (any image classifier of transformers: `main` passes a CeiT, `ceit_hf.comparison` also a DeiT), saves it to
+    `training_args.output_dir`, evaluates it (and its EMA) and writes the metrics. Returns the trainer (its
+    `state.log_history` holds the per-epoch evaluations) and the final metrics. Pushing is left to the caller."""
+    import torch
+    from transformers import default_data_collator
+
+    for split in ("train", "validation"):
+        check_labels(raw[split], data_args.label_column_name, model.config.num_labels, split)
+    if recipe_args.sync_batchnorm:
+        if not torch.cuda.is_available():
+            raise SystemExit("error: --sync_batchnorm needs CUDA devices (SyncBatchNorm has no CPU implementation).")
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    logger.info(
+        "Model: %s, %s parameters, image size %s, %d classes; %d training / %d validation images",
+        type(model).__name__, f"{sum(p.numel() for p in model.parameters()):,}",
+        (processor.crop_size["height"], processor.crop_size["width"]), len(labels), len(raw["train"]),
+        len(raw["validation"]),
+    )
+    columns = (data_args.image_column_name, data_args.label_column_name)
+    augmentation = SeededAugmentation(train_transform(processor, recipe_args), seed=training_args.seed)
+    train_set = with_transform(raw["train"], *columns, augmentation)
+    eval_set = with_transform(raw["validation"], *columns, eval_transform(processor))
+    callbacks = [EpochCallback(augmentation)]
+    ema = None
+    if recipe_args.model_ema_decay:
+        ema = ModelEMACallback(recipe_args.model_ema_decay, resume_from=training_args.resume_from_checkpoint)
+        callbacks.append(ema)
+    smoothing = training_args.label_smoothing_factor
+    mixing = recipe_args.mixup_alpha > 0 or recipe_args.cutmix_alpha > 0
+    common = dict(args=training_args, eval_dataset=eval_set, data_collator=default_data_collator,
+                  compute_metrics=compute_metrics_fn(len(labels)))
+    CeiTTrainer = _trainer_class()
+    trainer = CeiTTrainer(
+        model=model, train_dataset=train_set, processing_class=processor, callbacks=callbacks,
+        compute_loss_func=soft_target_loss(smoothing) if (mixing or smoothing) else None,
+        batch_mix=batch_mixer(len(labels), recipe_args.mixup_alpha, recipe_args.cutmix_alpha), **common,
+    )
+    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model()
+    trainer.log_metrics("train", train_result.metrics)
+    trainer.save_metrics("train", train_result.metrics)
+    trainer.save_state()
+    metrics = trainer.evaluate()
+    if ema is not None:
+        metrics.update(CeiTTrainer(model=ema.model, **common).evaluate(metric_key_prefix="eval_ema"))
+        if trainer.is_world_process_zero():
+            ema.model.save_pretrained(Path(training_args.output_dir) / "ema")
+            processor.save_pretrained(Path(training_args.output_dir) / "ema")
+    trainer.log_metrics("eval", metrics)
+    trainer.save_metrics("eval", metrics)
+    return trainer, metrics
+
+
+# -------------------------------------------------------------------------------------------------------- run
+
+
+def check_output_dir(output_dir: str):
+    """Fails before any training when the output folder cannot be created, holds no new file (read-only, not a
+    folder) or has less than `MIN_FREE_BYTES` free. Cheap: an empty temporary file and a `statvfs`."""
+    path = Path(output_dir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+        free = shutil.disk_usage(path).free
+    except OSError as error:
+        raise SystemExit(f"error: cannot write to --output_dir {output_dir!r}: {error.strerror or error}.") from None
+    if free < MIN_FREE_BYTES:
+        raise SystemExit(
+            f"error: cannot write to --output_dir {output_dir!r}: {os.strerror(errno.ENOSPC)} ({free // 1024} KiB "
+            f"free, expected at least {MIN_FREE_BYTES // 2**20} MiB)."
+        )
+
+
+def set_torch_threads(threads: int | None) -> int:
+    """Sets torch's intra-op threads when `threads` is positive; returns the previous count."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    return previous
+
+
+def setup_logging(args):
+    """INFO logs of `ceit_hf` on every process (rank-tagged by the setup line), transformers' own at the level
+    Trainer chooses for this process."""
+    import transformers
+
+    root = logging.getLogger("ceit_hf")
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+        root.propagate = False
+    root.setLevel(logging.INFO)
+    transformers.utils.logging.set_verbosity(args.get_process_log_level())
+
+
+def describe_setup(args) -> str:
+    import torch
+
+    precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+    return (
+        f"Distributed setup: world size {args.world_size}, process rank {args.process_index}, "
+        f"device {args.device}, parallel mode {args.parallel_mode.value}, precision {precision}, "
+        f"per-device batch {args.per_device_train_batch_size}, gradient accumulation "
+        f"{args.gradient_accumulation_steps}, torch threads {torch.get_num_threads()}"
+    )
+
+
+def write_model_card(output_dir, model, model_args, data_args, training_args, metrics, argv):
+    from ..model_card import training_card
+
+    scheduler = training_args.lr_scheduler_type
+    card = training_card(
+        model_name=Path(output_dir).resolve().name,
+        repo_id=training_args.hub_model_id,
+        model=model,
+        base_model=model_args.model_name_or_path,
+        preset=model_args.preset,
+        dataset=data_args.dataset_name,
+        data_description=data_args.train_dir or data_args.dataset_name or "sklearn-digits (bundled with scikit-learn)",
+        metrics=metrics,
+        hyperparameters={
+            "learning_rate": training_args.learning_rate,
+            "epochs": training_args.num_train_epochs,
+            "per_device_train_batch_size": training_args.per_device_train_batch_size,
+            "world_size": training_args.world_size,
+            "weight_decay": training_args.weight_decay,
+            "lr_scheduler": str(getattr(scheduler, "value", scheduler)),
+            "seed": training_args.seed,
+        },
+        command=shlex.join(["python", "scripts/train.py", *argv]),
+    )
+    card.save(Path(output_dir) / "README.md")
+
+
+def prepare_job(model_args, data_args, recipe_args, data_seed: int):
+    """(the data splits, the class names, the image size, the model, its image processor) of a run."""
+    raw = load_image_datasets(data_args, model_args, data_seed)
+    labels = label_names(raw["train"], data_args.label_column_name)
+    image_size = choose_image_size(model_args, data_args, raw["train"])
+    model = build_model(model_args, recipe_args, labels, image_size)
+    return raw, labels, image_size, model, image_processor_for(model_args, model)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """The training job: parse, load data, build the model, train with Trainer, evaluate, save, card, push."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    model_args, data_args, recipe_args, training_args = parse_args(argv)
+    setup_logging(training_args)
+    if training_args.process_index == 0:
+        check_output_dir(training_args.output_dir)
+    set_torch_threads(recipe_args.torch_threads)
+    logger.info(describe_setup(training_args))
+
+    from transformers import set_seed
+
+    set_seed(training_args.seed)
+    raw, labels, _, model, processor = prepare_job(model_args, data_args, recipe_args, data_seed=training_args.seed)
+    # Trainer would push every checkpoint (with its pickled optimizer state); the final model is pushed below.
+    push_requested, training_args.push_to_hub = training_args.push_to_hub, False
+    trainer, metrics = train_and_evaluate(model, raw, processor, labels, data_args, recipe_args, training_args)
+    if trainer.is_world_process_zero():
+        write_model_card(training_args.output_dir, trainer.model, model_args, data_args, training_args, metrics, argv)
+        if push_requested:
+            from ..hub import push_model_folder
+
+            push_model_folder(training_args.output_dir, training_args.hub_model_id, token=training_args.hub_token,
+                              private=bool(training_args.hub_private_repo), revision=training_args.hub_revision)
+    return metrics
