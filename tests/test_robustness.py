@@ -37,7 +37,6 @@ from ceit_hf import (
     CeiTImageProcessorPil,
     CeiTModel,
 )
-from ceit_hf.modeling_ceit import CeiTTokenBatchNorm
 from ceit_hf.training import checkpoint_problems, main, parse_args, resolve_resume_checkpoint, small_config
 from transformers import AutoModelForImageClassification
 
@@ -47,39 +46,6 @@ from conftest import tiny_config
 ROOT = Path(__file__).resolve().parents[1]
 PROCESSORS = [CeiTImageProcessor, CeiTImageProcessorPil]
 
-
-# --- model inputs (beyond tests/test_modeling.py::test_bad_inputs_raise_clear_errors) ------------------------------
-
-BAD_MODEL_INPUTS = {
-    "channels-last batch": (lambda: torch.randn(2, 32, 32, 3), {}, "has 32 channels but the model expects 3"),
-    "RGBA batch": (lambda: torch.randn(2, 4, 32, 32), {}, "has 4 channels but the model expects 3"),
-    "2-D tensor": (lambda: torch.randn(32, 32), {}, r"shape \(batch_size, 3, height, width\), got \(32, 32\)"),
-    "int64 pixels": (lambda: torch.randint(0, 255, (2, 3, 32, 32)), {}, "floating-point .* got dtype torch.int64"),
-    "bool pixels": (lambda: torch.zeros(2, 3, 32, 32, dtype=torch.bool), {}, "floating-point"),
-    "complex pixels": (lambda: torch.zeros(2, 3, 32, 32, dtype=torch.complex64), {}, "floating-point"),
-    "numpy array": (lambda: np.zeros((2, 3, 32, 32), np.float32), {}, "must be a tensor of shape .* got ndarray"),
-    "non-square": (lambda: torch.randn(2, 3, 32, 48), {}, r"\(32x48\) doesn't match the model \(32x32\)"),
-    "smaller": (lambda: torch.randn(2, 3, 16, 16), {}, r"\(16x16\) doesn't match .* interpolate_pos_encoding=True"),
-    "empty batch, other size": (lambda: torch.randn(0, 3, 48, 48), {"interpolate_pos_encoding": True}, "empty batch"),
-    "1x1 with interpolation": (lambda: torch.randn(2, 3, 1, 1), {"interpolate_pos_encoding": True}, "does not tile"),
-    "0x0 with interpolation": (lambda: torch.randn(2, 3, 0, 0), {"interpolate_pos_encoding": True}, "does not tile"),
-}
-
-
-@pytest.mark.parametrize("name", list(BAD_MODEL_INPUTS))
-@pytest.mark.parametrize("cls", [CeiTForImageClassification, CeiTModel])
-def test_bad_model_inputs_raise_clear_value_errors(cls, name):
-    make, kwargs, message = BAD_MODEL_INPUTS[name]
-    model = cls(tiny_config()).eval()
-    with pytest.raises(ValueError, match=message):
-        model(make(), **kwargs)
-
-
-def test_channel_count_is_checked_for_other_channel_counts():
-    model = CeiTForImageClassification(tiny_config(in_channels=1)).eval()
-    with pytest.raises(ValueError, match="has 3 channels but the model expects 1"):
-        model(torch.randn(2, 3, 32, 32))
-    assert model(torch.randn(2, 1, 32, 32)).logits.shape == (2, 5)
 
 
 # --- image files ---------------------------------------------------------------------------------------------------
@@ -200,115 +166,6 @@ def test_sixteen_bit_and_transparent_files_keep_their_picture(cls, image_files):
     # the transparent left half is white, the opaque right half is the photo
     torch.testing.assert_close(rgba[0, :, :, :90], white.view(3, 1, 1).expand(3, 224, 90), atol=1e-4, rtol=0)
     assert not torch.allclose(rgba[0, :, :, -90:], white.view(3, 1, 1).expand(3, 224, 90), atol=0.1)
-
-
-# --- damaged and mismatched checkpoints ----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def saved_model(tmp_path) -> tuple[Path, CeiTForImageClassification]:
-    model = CeiTForImageClassification(tiny_config(num_encoder_blocks=1)).eval()
-    folder = tmp_path / "model"
-    model.save_pretrained(folder)
-    return folder, model
-
-
-def rewrite_weights(folder: Path, change) -> None:
-    weights = load_file(folder / "model.safetensors")
-    save_file(change(weights), folder / "model.safetensors", metadata={"format": "pt"})
-
-
-@pytest.mark.parametrize(
-    "damage",
-    {
-        "truncated": lambda data: data[: len(data) // 2],
-        "cut_in_the_header": lambda data: data[:20],
-        "garbled_header_length": lambda data: b"\xff" * 8 + data[8:],
-        "garbled_header_json": lambda data: data[:8] + b"{not json" + data[17:],
-        "zero_bytes": lambda data: b"",
-    }.items(),
-    ids=lambda item: item[0],
-)
-def test_damaged_safetensors_fail_to_load(saved_model, damage):
-    folder, _ = saved_model
-    path = folder / "model.safetensors"
-    path.write_bytes(damage[1](path.read_bytes()))
-    for loader in (CeiTForImageClassification, AutoModelForImageClassification, CeiTModel):
-        with pytest.raises(OSError, match=rf"Cannot read the weights of '{re.escape(str(folder))}'; the file is damaged"):
-            loader.from_pretrained(folder)
-
-
-def test_damaged_config_fails_to_load(saved_model):
-    folder, _ = saved_model
-    config = folder / "config.json"
-    config.write_text(config.read_text()[:100])
-    with pytest.raises(OSError, match="not a valid JSON file"):
-        CeiTForImageClassification.from_pretrained(folder)
-
-
-KEY = "ceit.encoder.layers.0.attention.qkv.weight"
-
-
-def test_strict_false_is_transformers_behaviour(saved_model):
-    """What transformers 5.24 does by itself (hence CeiT's strict loading), and what `strict=False` opts back into: a
-    missing weight is randomly initialised, an unknown one ignored, both reported in the loading info only."""
-    folder, model = saved_model
-    rewrite_weights(folder, lambda w: {k: v for k, v in w.items() if k != KEY} | {"ceit.extra": torch.zeros(1)})
-    loaded, info = CeiTForImageClassification.from_pretrained(folder, strict=False, output_loading_info=True)
-    assert info["missing_keys"] == {KEY} and info["unexpected_keys"] == {"ceit.extra"}
-    assert not torch.equal(loaded.state_dict()[KEY], model.state_dict()[KEY])
-
-
-@pytest.mark.parametrize(
-    "change, message",
-    [
-        (lambda w: {k: v for k, v in w.items() if k != KEY}, rf"1 missing from the checkpoint: \['{KEY}'\]"),
-        (lambda w: w | {"ceit.encoder.layers.0.extra.weight": torch.zeros(3)},
-         r"1 not in the model: \['ceit.encoder.layers.0.extra.weight'\]"),
-        (lambda w: w | {KEY: torch.zeros(4, 4)}, rf"1 of another shape: \['{KEY} \(checkpoint \(4, 4\), model \(96, 32\)\)'\]"),
-        (lambda w: {k: v for k, v in w.items() if "lca" not in k}, r"\d+ missing from the checkpoint: \[.*lca.* \.\.\."),
-    ],
-    ids=["missing", "unexpected", "mismatched", "many_missing"],
-)
-def test_checkpoints_that_do_not_fit_raise_naming_the_keys(saved_model, change, message):
-    folder, _ = saved_model
-    weights = change(load_file(folder / "model.safetensors"))
-    rewrite_weights(folder, change)
-    prefix = f"The checkpoint '{re.escape(str(folder))}' does not fit CeiTForImageClassification: "
-    for kwargs in ({}, {"ignore_mismatched_sizes": True}, {"output_loading_info": True}):
-        with pytest.raises(ValueError, match=prefix + message):
-            CeiTForImageClassification.from_pretrained(folder, **kwargs)
-    with pytest.raises(ValueError, match="does not fit CeiTForImageClassification"):
-        AutoModelForImageClassification.from_pretrained(folder)
-    with pytest.raises(ValueError, match="strict=False loads it anyway"):
-        CeiTForImageClassification.from_pretrained(None, config=CeiTConfig.from_pretrained(folder), state_dict=weights)
-
-
-def test_classifier_of_another_size_needs_ignore_mismatched_sizes(saved_model):
-    folder, model = saved_model
-    with pytest.raises(ValueError, match=r"2 of another shape: \['classifier.bias.*ignore_mismatched_sizes=True gives"):
-        CeiTForImageClassification.from_pretrained(folder, num_labels=3)
-    tuned, info = CeiTForImageClassification.from_pretrained(
-        folder, num_labels=3, ignore_mismatched_sizes=True, output_loading_info=True
-    )
-    assert tuned.classifier.out_features == 3 and {key for key, *_ in info["mismatched_keys"]} == {
-        "classifier.weight", "classifier.bias"}
-    # ignore_mismatched_sizes covers the classifier only: a backbone weight of another size still fails
-    rewrite_weights(folder, lambda w: w | {KEY: torch.zeros(4, 4)})
-    with pytest.raises(ValueError, match=KEY):
-        CeiTForImageClassification.from_pretrained(folder, num_labels=3, ignore_mismatched_sizes=True)
-
-
-def test_heads_may_be_dropped_or_added(saved_model, tmp_path):
-    folder, model = saved_model
-    x = torch.randn(2, 3, 32, 32)
-    headless = CeiTForImageClassification.from_pretrained(folder, num_labels=0)  # classifier keys unused
-    with torch.no_grad():
-        assert torch.equal(headless(x).logits, model.ceit(x).pooler_output)
-    base_folder = tmp_path / "base"
-    model.ceit.save_pretrained(base_folder)
-    with_head = CeiTForImageClassification.from_pretrained(base_folder)  # a new classifier on a backbone checkpoint
-    assert torch.equal(with_head.ceit.embeddings.position_embeddings, model.ceit.embeddings.position_embeddings)
 
 
 def test_every_torch_load_is_weights_only():
@@ -452,7 +309,7 @@ def test_unwritable_output_dir_fails_before_training(tmp_path, where, monkeypatc
     blocker.write_text("a file")
     output_dir = {"read_only": lambda: read_only_folder(tmp_path), "existing_file": lambda: blocker,
                   "under_a_file": lambda: blocker / "run"}[where]()
-    monkeypatch.setattr("ceit_hf.training.load_image_datasets", _no_training)
+    monkeypatch.setattr("ceit_hf.training.run.load_image_datasets", _no_training)
     with pytest.raises(SystemExit, match=rf"error: cannot write to --output_dir '{re.escape(str(output_dir))}': "):
         main(["--output_dir", str(output_dir), *SHORT])
 
@@ -462,14 +319,11 @@ def _no_training(*args, **kwargs):
 
 
 def test_full_output_location_fails_before_training(tmp_path, monkeypatch):
-    def no_space(fd):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    monkeypatch.setattr("ceit_hf.training.os.fsync", no_space)
-    monkeypatch.setattr("ceit_hf.training.load_image_datasets", _no_training)
+    monkeypatch.setattr("ceit_hf.training.run.shutil.disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9, 0))
+    monkeypatch.setattr("ceit_hf.training.run.load_image_datasets", _no_training)
     with pytest.raises(SystemExit, match="cannot write to --output_dir .*: No space left on device"):
         main(["--output_dir", str(tmp_path / "run"), *SHORT])
-    assert not any((tmp_path / "run").iterdir())  # the probe file is gone
+    assert not any((tmp_path / "run").iterdir())  # the check leaves nothing behind
 
 
 def test_full_filesystem_fails_before_training(tmp_path, monkeypatch):
@@ -484,7 +338,7 @@ def test_full_filesystem_fails_before_training(tmp_path, monkeypatch):
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     try:
         (mount_point / "filler").write_bytes(b"x" * 200 * 1024)
-        monkeypatch.setattr("ceit_hf.training.load_image_datasets", _no_training)
+        monkeypatch.setattr("ceit_hf.training.run.load_image_datasets", _no_training)
         with pytest.raises(SystemExit, match="cannot write to --output_dir .*: No space left on device"):
             main(["--output_dir", str(mount_point / "run"), *SHORT])
     finally:
@@ -521,39 +375,3 @@ def test_validation_labels_outside_the_training_classes_are_refused(tmp_path):
     assert not (tmp_path / "out" / "model.safetensors").exists()
 
 
-# --- numerics across the presets (one block each) ------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("preset", sorted(PRESETS))
-def test_preset_numerics(preset):
-    torch.manual_seed(0)
-    config = CeiTConfig.from_preset(preset, num_encoder_blocks=1)
-    model = CeiTForImageClassification(config).eval()
-    side = config.image_hw[0]
-    x = torch.randn(3, 3, side, side)
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    extremes = {
-        "zeros": torch.zeros(2, 3, side, side),
-        "+1e4": torch.full((2, 3, side, side), 1e4),
-        "-1e4": torch.full((2, 3, side, side), -1e4),
-        "+-1e4": torch.randn(2, 3, side, side).sign() * 1e4,
-        # normalised pixels lie within about +-3; fp32 LayerNorm variances overflow beyond about 1e19
-        "1e12": torch.randn(2, 3, side, side) * 1e12,
-    }
-    with torch.no_grad():
-        logits = model(x).logits
-        assert torch.isfinite(logits).all()
-        for name, extreme in extremes.items():
-            assert torch.isfinite(model(extreme).logits).all(), name
-        # eval: deterministic, and each image's logits independent of the rest of the batch
-        assert torch.equal(model(x).logits, logits)
-        single = torch.cat([model(x[i : i + 1]).logits for i in range(len(x))])
-        assert (single - logits).abs().max() < 1e-4
-        # eval leaves every BatchNorm statistic (stem and LeFF) as it was
-        assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
-        assert any(isinstance(m, CeiTTokenBatchNorm) for m in model.modules())
-
-        bf16 = model.to(torch.bfloat16)
-        low = bf16(x).logits
-        assert low.dtype == torch.bfloat16 and torch.isfinite(low).all()
-        assert torch.isfinite(bf16(extremes["+-1e4"]).logits).all()  # agreement with fp32: tests/test_export.py
