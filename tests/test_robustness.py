@@ -113,15 +113,12 @@ def test_files_that_are_no_image_are_refused(cls, name, image_files):
 
 
 @pytest.mark.parametrize("cls", PROCESSORS)
-def test_a_garbled_jpeg_decodes_to_a_finite_image_or_is_refused(cls, image_files):
-    # JPEG has no checksums: libjpeg decodes corrupted entropy-coded data to (wrong) pixels, as every viewer does.
-    for image in (str(image_files["garbled.jpg"]), Image.open(image_files["garbled.jpg"])):
-        try:
-            out = pixels(cls(), image)
-        except ValueError as error:
-            assert "damaged" in str(error)
-        else:
-            assert out.shape == (1, 3, 224, 224) and torch.isfinite(out).all()
+def test_a_garbled_jpeg_is_refused(cls, image_files):
+    # 256 bytes of the entropy-coded data overwritten: Pillow's decoder reports the file as broken
+    with pytest.raises(ValueError, match=r"the file '.*garbled.jpg' is damaged"):
+        pixels(cls(), str(image_files["garbled.jpg"]))
+    with pytest.raises(ValueError, match="cannot be decoded, its file is damaged or truncated"):
+        pixels(cls(), Image.open(image_files["garbled.jpg"]))
 
 
 def test_a_garbled_png_path_does_not_crash_the_process(image_files, tmp_path):
