@@ -138,7 +138,9 @@ SMALL_MODEL_DEFAULTS = {
     "per_device_eval_batch_size": 128,
     "num_train_epochs": 10,
 }
-DIGITS_DEFAULTS = {**SMALL_MODEL_DEFAULTS, "num_train_epochs": 20, "hflip": 0.0, "crop_min_scale": 0.5}
+# One torch thread: the 280k-parameter model gains little from more, and on a busy 2-core machine two threads made the
+# main job many times slower (thread contention).
+DIGITS_DEFAULTS = {**SMALL_MODEL_DEFAULTS, "num_train_epochs": 20, "hflip": 0.0, "crop_min_scale": 0.5, "torch_threads": 1}
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, RecipeArguments, TrainingArguments)
 
