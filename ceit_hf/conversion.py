@@ -185,13 +185,19 @@ def load_official_checkpoint(path: str | os.PathLike, use_ema: bool = False) -> 
     return state_dict
 
 
+def describe_key_problems(problems: dict[str, list[str]]) -> list[str]:
+    """'N <kind>: [first keys] ...' for each non-empty list of state_dict keys, e.g. {"missing from the checkpoint":
+    [...]}."""
+    return [f"{len(keys)} {kind}: {keys[:8]}{' ...' * (len(keys) > 8)}" for kind, keys in problems.items() if keys]
+
+
 def official_to_model(state_dict: dict[str, torch.Tensor], config: CeiTConfig | None = None):
     """A `CeiTForImageClassification` holding the weights of an official state_dict.
 
     Every key must map, every model weight must be present and every shape must match; anything else raises
     `CheckpointConversionError` naming the keys, so that no weight is ever left at its random initialisation.
     """
-    from .modeling_ceit import CeiTForImageClassification, describe_key_problems
+    from .modeling_ceit import CeiTForImageClassification
 
     config = config or infer_config(state_dict)
     converted = convert_official_state_dict(state_dict)

@@ -441,17 +441,21 @@ class CeiTPreTrainedModel(PreTrainedModel):
     _can_compile_fullgraph = True
     _can_record_outputs = {"hidden_states": CeiTLayer, "attentions": CeiTSelfAttention}
 
+    # Linear layers that stand for official convolutions (LeFF's 1x1 convolutions, the "linear" patch projection),
+    # which the official code leaves at PyTorch's default convolution initialisation.
+    _convolution_layers = ("leff.expand", "leff.pointwise", "leff.reduce", "patch_embeddings.projection")
+
     def _init_weights(self, module: nn.Module):
         """The official initialisation: truncated normal (std `initializer_range`) for the transformer's Linear
-        layers, PyTorch's defaults for convolutions (LeFF's Linear layers and the "linear" patch projection stand for
-        convolutions), LayerNorm and BatchNorm 1/0, zero layer-position embeddings."""
+        layers, PyTorch's defaults for convolutions and the Linear layers standing for them, LayerNorm and BatchNorm
+        1/0, zero layer-position embeddings."""
         std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
+        if isinstance(module, nn.Conv2d) or module in self._convolution_modules():
+            _torch_default_init(module)
+        elif isinstance(module, nn.Linear):
             init.trunc_normal_(module.weight, std=std)
             if module.bias is not None:
                 init.zeros_(module.bias)
-        elif isinstance(module, nn.Conv2d):
-            _torch_default_init(module)
         elif isinstance(module, (nn.LayerNorm, nn.modules.batchnorm._BatchNorm)):
             init.ones_(module.weight)
             init.zeros_(module.bias)
@@ -466,13 +470,9 @@ class CeiTPreTrainedModel(PreTrainedModel):
             init.zeros_(module.layer_position_embeddings)
         elif isinstance(module, CeiTLayerScale):
             init.constant_(module.lambda1, module.init_value)
-        # Modules are initialised children first, so these override the Linear rule above.
-        if isinstance(module, CeiTLeFF):
-            for layer in (module.expand, module.pointwise, module.reduce):
-                if isinstance(layer, nn.Linear):
-                    _torch_default_init(layer)
-        elif isinstance(module, CeiTPatchEmbeddings) and isinstance(module.projection, nn.Linear):
-            _torch_default_init(module.projection)
+
+    def _convolution_modules(self) -> list[nn.Module]:
+        return [module for name, module in self.named_modules() if name.endswith(self._convolution_layers)]
 
     def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func: Callable = checkpoint, **kwargs):
         super()._set_gradient_checkpointing(enable, gradient_checkpointing_func, **kwargs)

@@ -1,5 +1,14 @@
+"""CeiT model tests, in the layout of transformers' `tests/models/vit/test_modeling_vit.py`: `CeiTModelTest` over
+`CeiTModelTester` covers what transformers' common model tests check (run locally against transformers'
+`ModelTesterMixin`, see the README), followed by CeiT's own: every option, the official model, outputs, sizes."""
+
+import copy
+import inspect
 import itertools
+import json
 import math
+import tempfile
+import unittest
 
 import pytest
 import torch
@@ -7,12 +16,143 @@ import torch.nn.functional as F
 
 from ceit_hf import CeiTConfig, CeiTForImageClassification, CeiTModel
 from ceit_hf.conversion import convert_official_state_dict, infer_config
-from ceit_hf.modeling_ceit import CeiTTokenBatchNorm
 from transformers import AutoModel, AutoModelForImageClassification
 from transformers.modeling_outputs import ImageClassifierOutput
 
+from ceit_tester import CeiTModelTester
 from conftest import tiny_config
 from official_reference import official_forward, random_official_state_dict
+
+
+class CeiTModelTest(unittest.TestCase):
+    """What transformers' `ModelTesterMixin` checks, for CeiT's two model classes."""
+
+    all_model_classes = (CeiTModel, CeiTForImageClassification)
+
+    def setUp(self):
+        torch.manual_seed(0)
+        self.model_tester = CeiTModelTester(self)
+
+    def test_config(self):
+        config = self.model_tester.get_config()
+        for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_channels"):
+            self.assertTrue(hasattr(config, name))
+        with tempfile.TemporaryDirectory() as folder:
+            config.save_pretrained(folder)
+            self.assertEqual(CeiTConfig.from_pretrained(folder).to_dict(), config.to_dict())
+        self.assertEqual(CeiTConfig.from_dict(json.loads(config.to_json_string())).to_dict(), config.to_dict())
+        config.num_labels = 3
+        self.assertEqual(len(config.id2label), 3)
+
+    def test_model(self):
+        self.model_tester.create_and_check_model(*self.model_tester.prepare_config_and_inputs())
+
+    def test_for_image_classification(self):
+        self.model_tester.create_and_check_for_image_classification(*self.model_tester.prepare_config_and_inputs())
+
+    def test_forward_signature(self):
+        for model_class in self.all_model_classes:
+            arguments = list(inspect.signature(model_class.forward).parameters)
+            self.assertEqual(arguments[:2], ["self", "pixel_values"])
+
+    def test_model_get_set_embeddings(self):
+        for model_class in self.all_model_classes:
+            self.assertIsInstance(model_class(self.model_tester.get_config()).get_input_embeddings(), torch.nn.Module)
+
+    def test_save_load_and_determinism(self):
+        config, inputs = self.model_tester.prepare_config_and_inputs_for_common()
+        for model_class in self.all_model_classes:
+            model = model_class(config).eval()
+            with torch.no_grad():
+                first, second = model(**inputs)[0], model(**inputs)[0]
+            self.assertTrue(torch.equal(first, second))
+            with tempfile.TemporaryDirectory() as folder:
+                model.save_pretrained(folder)
+                loaded = model_class.from_pretrained(folder).eval()
+            with torch.no_grad():
+                self.assertTrue(torch.equal(loaded(**inputs)[0], first))
+
+    def test_model_outputs_equivalence(self):
+        config, inputs = self.model_tester.prepare_config_and_inputs_for_common()
+        config._attn_implementation = "eager"
+        for model_class in self.all_model_classes:
+            model = model_class(config).eval()
+            with torch.no_grad():
+                as_dict = model(**inputs, output_hidden_states=True, output_attentions=True)
+                as_tuple = model(**inputs, output_hidden_states=True, output_attentions=True, return_dict=False)
+            self.assertIsInstance(as_tuple, tuple)
+            for expected, got in zip(as_dict.to_tuple(), as_tuple):
+                flat = (lambda t: t if isinstance(t, tuple) else (t,))
+                for a, b in zip(flat(expected), flat(got)):
+                    self.assertTrue(torch.equal(a, b))
+
+    def test_hidden_states_output(self):
+        config, inputs = self.model_tester.prepare_config_and_inputs_for_common()
+        tester = self.model_tester
+        for model_class in self.all_model_classes:
+            model = model_class(config).eval()
+            for request in ({"output_hidden_states": True}, {}):
+                cfg = copy.deepcopy(config)
+                if not request:
+                    cfg.output_hidden_states = True  # the config flag asks as well
+                model = model_class(cfg).eval()
+                hidden = model(**inputs, **request).hidden_states
+                self.assertEqual(len(hidden), tester.num_hidden_layers + 1)
+                self.assertEqual(hidden[0].shape, (tester.batch_size, tester.seq_length, tester.hidden_size))
+            self.assertIsNone(model_class(config).eval()(**inputs).hidden_states)
+            # an index selects one hidden state
+            selected = model_class(config).eval()(**inputs, output_hidden_states=-1).hidden_states
+            self.assertEqual(sum(h is not None for h in selected), 1)
+
+    def test_attention_outputs(self):
+        config, inputs = self.model_tester.prepare_config_and_inputs_for_common()
+        tester = self.model_tester
+        config._attn_implementation = "eager"
+        for model_class in self.all_model_classes:
+            model = model_class(config).eval()
+            out = model(**inputs, output_attentions=True)
+            self.assertEqual(len(out.attentions), tester.num_hidden_layers)
+            shape = (tester.batch_size, tester.num_attention_heads, tester.seq_length, tester.seq_length)
+            self.assertEqual(out.attentions[0].shape, shape)
+            self.assertEqual(out.lca_attentions.shape, (tester.batch_size, tester.num_attention_heads, 1, tester.num_hidden_layers))
+            self.assertIsNone(model(**inputs).attentions)
+
+    def test_training_and_gradient_checkpointing(self):
+        config, pixel_values, labels = self.model_tester.prepare_config_and_inputs()
+        for kwargs in (None, {"use_reentrant": True}, {"use_reentrant": False}):
+            model = CeiTForImageClassification(config).train()
+            if kwargs is not None:
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            model(pixel_values, labels=labels).loss.backward()
+            self.assertTrue(all(p.grad is not None for p in model.parameters()))
+
+    def test_retain_grad_hidden_states_attentions(self):
+        config, inputs = self.model_tester.prepare_config_and_inputs_for_common()
+        config._attn_implementation = "eager"
+        model = CeiTModel(config).train()
+        out = model(**inputs, output_hidden_states=True, output_attentions=True)
+        out.hidden_states[0].retain_grad()
+        out.attentions[0].retain_grad()
+        out.pooler_output.sum().backward()
+        self.assertIsNotNone(out.hidden_states[0].grad)
+        self.assertIsNotNone(out.attentions[0].grad)
+
+    def test_initialization(self):
+        config = self.model_tester.get_config()
+        for model_class in self.all_model_classes:
+            for name, param in model_class(config).named_parameters():
+                self.assertTrue(torch.isfinite(param).all(), name)
+                if name.endswith(("norm.weight", "norm1.weight", "norm2.weight", "layernorm.weight")):
+                    self.assertTrue(torch.equal(param, torch.ones_like(param)), name)
+
+    def test_attention_implementations_agree(self):
+        config, inputs = self.model_tester.prepare_config_and_inputs_for_common()
+        model = CeiTForImageClassification(config).eval()
+        with torch.no_grad():
+            reference = model(**inputs).logits
+            for implementation in ("eager", "flex_attention"):
+                model.set_attn_implementation(implementation)
+                self.assertLess((model(**inputs).logits - reference).abs().max().item(), 1e-5, implementation)
 
 
 def pixels(batch=2, size=32, channels=3, width=None):
@@ -91,7 +231,7 @@ def test_option_structure():
     model = CeiTModel(tiny_config(qkv_bias=False, lca_encoder_qkv_bias=True, leff_batch_norm=False))
     assert model.encoder.layers[0].attention.qkv.bias is None
     assert model.lca.attention.qkv.bias is not None
-    assert not any(isinstance(m, CeiTTokenBatchNorm) for m in model.modules())
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.encoder.modules())
     model = CeiTModel(tiny_config(lca_layer_position_embedding=False, patch_norm=False))
     assert model.lca.layer_position_embeddings is None
     assert isinstance(model.embeddings.patch_embeddings.norm, torch.nn.Identity)
@@ -115,7 +255,7 @@ def test_post_norm_order_puts_layernorm_after_the_residual():
     model = CeiTModel(tiny_config(ln_order="post")).eval()
     layer = model.encoder.layers[0]
     x = torch.randn(2, 17, 32)
-    out, _ = layer(x, grid_size=(4, 4))
+    out = layer(x, (4, 4))
     # Post-norm output is LayerNorm output: zero mean, unit variance per token (LayerNorm weight 1, bias 0).
     assert out.mean(-1).abs().max() < 1e-5
     assert (out.var(-1, unbiased=False) - 1).abs().max() < 1e-3
@@ -179,6 +319,7 @@ def test_initialisation_follows_the_official_scheme():
 def test_output_shapes_and_counts():
     config = tiny_config(num_encoder_blocks=3)
     model = CeiTModel(config).eval()
+    model.set_attn_implementation("eager")  # attention probabilities exist on the eager path only
     out = model(pixels(batch=3), output_attentions=True, output_hidden_states=True)
     assert out.last_hidden_state.shape == (3, 17, 32)
     assert out.pooler_output.shape == (3, 32)
@@ -192,13 +333,12 @@ def test_output_shapes_and_counts():
 
 
 def test_classifier_output_and_tuple_equivalence():
-    model = CeiTForImageClassification(tiny_config()).eval()
+    model = CeiTForImageClassification(tiny_config(attn_implementation="eager")).eval()
     x = pixels()
     out = model(x, labels=torch.tensor([0, 1]), output_attentions=True, output_hidden_states=True)
     assert isinstance(out, ImageClassifierOutput)
     assert out.lca_attentions is not None and len(out.attentions) == 2 and len(out.hidden_states) == 3
     as_tuple = model(x, labels=torch.tensor([0, 1]), return_dict=False)
-    # (the first call took the eager path for its attention weights, the second sdpa)
     assert torch.allclose(as_tuple[0], out.loss, atol=1e-6) and torch.allclose(as_tuple[1], out.logits, atol=1e-6)
     # The classifier sees the pooled LCA token.
     base = model.ceit(x)
@@ -358,18 +498,17 @@ def test_gradient_checkpointing_changes_nothing(use_reentrant):
     assert tracked.item() == 1
 
 
-# --- bad inputs ---------------------------------------------------------------------------------------------------
+# --- bad inputs (more in tests/test_loading.py) ------------------------------------------------------------------
 
 @pytest.mark.parametrize(
     "value, message",
     [
         (torch.randn(3, 32, 32), r"shape \(batch_size, 3, height, width\)"),
-        (torch.randn(1, 1, 3, 32, 32), r"shape \(batch_size, 3, height, width\)"),
-        (torch.randn(2, 1, 32, 32), "has 1 channels but the model expects 3"),
-        (torch.randint(0, 255, (2, 3, 32, 32), dtype=torch.uint8), "floating-point"),
-        (torch.randn(0, 3, 32, 32), "empty batch"),
+        (torch.randn(2, 1, 32, 32), r"non-empty; got shape \(2, 1, 32, 32\)"),
+        (torch.randint(0, 255, (2, 3, 32, 32), dtype=torch.uint8), "float tensor"),
+        (torch.randn(0, 3, 32, 32), "non-empty"),
         (None, "pixel_values"),
-        ([[0.0]], "tensor of shape"),
+        ([[0.0]], "float tensor of shape"),
     ],
 )
 def test_bad_inputs_raise_clear_errors(value, message):
@@ -378,11 +517,21 @@ def test_bad_inputs_raise_clear_errors(value, message):
         model(value)
 
 
-def test_half_precision_input_is_cast_to_the_model_dtype():
+@pytest.mark.parametrize("keyword", ["head_mask", "bool_masked_pos", "output_hiden_states", "attention_mask"])
+def test_unknown_forward_keywords_raise_type_error(keyword):
+    for model in (CeiTForImageClassification(tiny_config()), CeiTModel(tiny_config())):
+        with pytest.raises(TypeError, match=keyword):
+            model(pixels(), **{keyword: True})
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_input_of_another_float_dtype_is_cast_to_the_model_dtype(dtype):
     model = CeiTForImageClassification(tiny_config()).eval()
-    x = pixels()
+    x = pixels().to(dtype)
     with torch.no_grad():
-        assert torch.allclose(model(x.double()).logits, model(x).logits, atol=1e-6)
+        logits = model(x).logits
+        assert logits.dtype == torch.float32
+        assert torch.equal(logits, model(x.float()).logits)
 
 
 def test_input_embeddings_are_the_patch_embeddings():
@@ -390,9 +539,7 @@ def test_input_embeddings_are_the_patch_embeddings():
     assert model.get_input_embeddings() is model.embeddings.patch_embeddings
 
 
-def test_sync_batchnorm_conversion_keeps_weights_and_layout():
-    from ceit_hf.modeling_ceit import CeiTTokenSyncBatchNorm, convert_sync_batchnorm
-
+def test_torch_sync_batchnorm_conversion_keeps_weights_and_function():
     model = CeiTForImageClassification(tiny_config()).train()
     model(pixels(batch=4))  # non-trivial running statistics
     model.eval()
@@ -400,10 +547,9 @@ def test_sync_batchnorm_conversion_keeps_weights_and_layout():
     with torch.no_grad():
         before = model(x).logits
     keys = set(model.state_dict())
-    convert_sync_batchnorm(model)
-    assert isinstance(model.ceit.encoder.layers[0].leff.expand_norm, CeiTTokenSyncBatchNorm)
+    model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    assert isinstance(model.ceit.encoder.layers[0].leff.expand_norm, torch.nn.SyncBatchNorm)
     assert isinstance(model.ceit.embeddings.image_to_tokens.norm, torch.nn.SyncBatchNorm)
-    assert not any(type(m) in (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d) for m in model.modules())
     assert set(model.state_dict()) == keys
     with torch.no_grad():
-        assert torch.allclose(model(x).logits, before, atol=1e-6)
+        assert torch.equal(model(x).logits, before)

@@ -1,0 +1,190 @@
+"""Bad model inputs, damaged and mismatched checkpoints, and numerics across the presets.
+
+Loading follows transformers' contract: weights missing from a checkpoint are initialised and listed in the load
+report, unknown ones are reported, mismatched shapes raise `RuntimeError` unless `ignore_mismatched_sizes=True`,
+damaged files raise. Strict key checking is the official-checkpoint converter's job (tests/test_conversion.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from ceit_hf import PRESETS, CeiTConfig, CeiTForImageClassification, CeiTModel
+from transformers import AutoModelForImageClassification
+
+from conftest import tiny_config
+
+
+# --- model inputs ---------------------------------------------------------------------------------------------------
+
+BAD_MODEL_INPUTS = {
+    "channels-last batch": (lambda: torch.randn(2, 32, 32, 3), {}, r"non-empty; got shape \(2, 32, 32, 3\)"),
+    "RGBA batch": (lambda: torch.randn(2, 4, 32, 32), {}, r"shape \(batch_size, 3, height, width\), non-empty"),
+    "2-D tensor": (lambda: torch.randn(32, 32), {}, r"shape \(batch_size, 3, height, width\) .* got \(32, 32\)"),
+    "int64 pixels": (lambda: torch.randint(0, 255, (2, 3, 32, 32)), {}, "a float tensor .* got .* torch.int64"),
+    "bool pixels": (lambda: torch.zeros(2, 3, 32, 32, dtype=torch.bool), {}, "a float tensor .* torch.bool"),
+    "complex pixels": (lambda: torch.zeros(2, 3, 32, 32, dtype=torch.complex64), {}, "a float tensor"),
+    "numpy array": (lambda: np.zeros((2, 3, 32, 32), np.float32), {}, "must be a float tensor of shape"),
+    "non-square": (lambda: torch.randn(2, 3, 32, 48), {}, r"\(32x48\) doesn't match the model \(32x32\)"),
+    "smaller": (lambda: torch.randn(2, 3, 16, 16), {}, r"\(16x16\) doesn't match .* interpolate_pos_encoding=True"),
+    "empty batch, other size": (lambda: torch.randn(0, 3, 48, 48), {"interpolate_pos_encoding": True}, "non-empty"),
+    "1x1 with interpolation": (lambda: torch.randn(2, 3, 1, 1), {"interpolate_pos_encoding": True}, "does not tile"),
+    "0x0 with interpolation": (lambda: torch.randn(2, 3, 0, 0), {"interpolate_pos_encoding": True}, "does not tile"),
+    "None": (lambda: None, {}, "specify pixel_values"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_MODEL_INPUTS))
+@pytest.mark.parametrize("cls", [CeiTForImageClassification, CeiTModel])
+def test_bad_model_inputs_raise_clear_value_errors(cls, name):
+    make, kwargs, message = BAD_MODEL_INPUTS[name]
+    model = cls(tiny_config()).eval()
+    with pytest.raises(ValueError, match=message):
+        model(make(), **kwargs)
+
+
+def test_channel_count_is_checked_for_other_channel_counts():
+    model = CeiTForImageClassification(tiny_config(in_channels=1)).eval()
+    with pytest.raises(ValueError, match=r"shape \(batch_size, 1, height, width\), non-empty; got shape \(2, 3, 32, 32\)"):
+        model(torch.randn(2, 3, 32, 32))
+    assert model(torch.randn(2, 1, 32, 32)).logits.shape == (2, 5)
+
+
+# --- damaged and mismatched checkpoints ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def saved_model(tmp_path) -> tuple[Path, CeiTForImageClassification]:
+    model = CeiTForImageClassification(tiny_config(num_encoder_blocks=1)).eval()
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    return folder, model
+
+
+def rewrite_weights(folder: Path, change) -> None:
+    weights = load_file(folder / "model.safetensors")
+    save_file(change(weights), folder / "model.safetensors", metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize(
+    "damage",
+    {
+        "truncated": lambda data: data[: len(data) // 2],
+        "cut_in_the_header": lambda data: data[:20],
+        "garbled_header_length": lambda data: b"\xff" * 8 + data[8:],
+        "garbled_header_json": lambda data: data[:8] + b"{not json" + data[17:],
+        "zero_bytes": lambda data: b"",
+    }.items(),
+    ids=lambda item: item[0],
+)
+def test_damaged_safetensors_fail_to_load(saved_model, damage):
+    folder, _ = saved_model
+    path = folder / "model.safetensors"
+    path.write_bytes(damage[1](path.read_bytes()))
+    # safetensors' own error (SafetensorError): the load stops, no model with random weights comes back
+    for loader in (CeiTForImageClassification, AutoModelForImageClassification, CeiTModel):
+        with pytest.raises(Exception, match="Error while deserializing header"):
+            loader.from_pretrained(folder)
+
+
+def test_damaged_config_fails_to_load(saved_model):
+    folder, _ = saved_model
+    config = folder / "config.json"
+    config.write_text(config.read_text()[:100])
+    with pytest.raises(OSError, match="not a valid JSON file"):
+        CeiTForImageClassification.from_pretrained(folder)
+
+
+KEY = "ceit.encoder.layers.0.attention.qkv.weight"
+
+
+def test_missing_and_unexpected_weights_are_initialised_and_reported(saved_model):
+    """transformers' contract: a weight missing from the checkpoint is initialised (as `_init_weights` does) and
+    listed in the loading info, an unknown one ignored and listed."""
+    folder, model = saved_model
+    rewrite_weights(folder, lambda w: {k: v for k, v in w.items() if k != KEY} | {"ceit.extra": torch.zeros(1)})
+    loaded, info = CeiTForImageClassification.from_pretrained(folder, output_loading_info=True)
+    assert info["missing_keys"] == {KEY} and info["unexpected_keys"] == {"ceit.extra"}
+    weight = loaded.state_dict()[KEY]
+    assert not torch.equal(weight, model.state_dict()[KEY]) and 0.015 < weight.std().item() < 0.025  # trunc-normal 0.02
+    others = {k: v for k, v in loaded.state_dict().items() if k != KEY}
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in others.items())
+
+
+def test_mismatched_shapes_raise_unless_ignored(saved_model):
+    folder, model = saved_model
+    rewrite_weights(folder, lambda w: w | {KEY: torch.zeros(4, 4)})
+    for loader in (CeiTForImageClassification, AutoModelForImageClassification):
+        with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):
+            loader.from_pretrained(folder)
+    loaded, info = CeiTForImageClassification.from_pretrained(folder, ignore_mismatched_sizes=True, output_loading_info=True)
+    assert {key for key, *_ in info["mismatched_keys"]} == {KEY}
+    assert loaded.state_dict()[KEY].shape == (96, 32)
+
+
+def test_classifier_of_another_size_needs_ignore_mismatched_sizes(saved_model):
+    folder, model = saved_model
+    with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):
+        CeiTForImageClassification.from_pretrained(folder, num_labels=3)
+    tuned, info = CeiTForImageClassification.from_pretrained(
+        folder, num_labels=3, ignore_mismatched_sizes=True, output_loading_info=True
+    )
+    assert tuned.classifier.out_features == 3 and {key for key, *_ in info["mismatched_keys"]} == {
+        "classifier.weight", "classifier.bias"}
+    assert torch.equal(tuned.ceit.embeddings.position_embeddings, model.ceit.embeddings.position_embeddings)
+
+
+def test_heads_may_be_dropped_or_added(saved_model, tmp_path):
+    folder, model = saved_model
+    x = torch.randn(2, 3, 32, 32)
+    headless = CeiTForImageClassification.from_pretrained(folder, num_labels=0)  # classifier keys unused
+    with torch.no_grad():
+        assert torch.equal(headless(x).logits, model.ceit(x).pooler_output)
+    base_folder = tmp_path / "base"
+    model.ceit.save_pretrained(base_folder)
+    with_head = CeiTForImageClassification.from_pretrained(base_folder)  # a new classifier on a backbone checkpoint
+    assert torch.equal(with_head.ceit.embeddings.position_embeddings, model.ceit.embeddings.position_embeddings)
+
+
+
+# --- numerics across the presets (one block each) ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_preset_numerics(preset):
+    torch.manual_seed(0)
+    config = CeiTConfig.from_preset(preset, num_encoder_blocks=1)
+    model = CeiTForImageClassification(config).eval()
+    side = config.image_hw[0]
+    x = torch.randn(3, 3, side, side)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    extremes = {
+        "zeros": torch.zeros(2, 3, side, side),
+        "+1e4": torch.full((2, 3, side, side), 1e4),
+        "-1e4": torch.full((2, 3, side, side), -1e4),
+        "+-1e4": torch.randn(2, 3, side, side).sign() * 1e4,
+        # normalised pixels lie within about +-3; fp32 LayerNorm variances overflow beyond about 1e19
+        "1e12": torch.randn(2, 3, side, side) * 1e12,
+    }
+    with torch.no_grad():
+        logits = model(x).logits
+        assert torch.isfinite(logits).all()
+        for name, extreme in extremes.items():
+            assert torch.isfinite(model(extreme).logits).all(), name
+        # eval: deterministic, and each image's logits independent of the rest of the batch
+        assert torch.equal(model(x).logits, logits)
+        single = torch.cat([model(x[i : i + 1]).logits for i in range(len(x))])
+        assert (single - logits).abs().max() < 1e-4
+        # eval leaves every BatchNorm statistic (stem and LeFF) as it was
+        assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+        assert any(isinstance(m, torch.nn.BatchNorm1d) for m in model.modules())
+
+        bf16 = model.to(torch.bfloat16)
+        low = bf16(x).logits
+        assert low.dtype == torch.bfloat16 and torch.isfinite(low).all()
+        assert torch.isfinite(bf16(extremes["+-1e4"]).logits).all()  # agreement with fp32: tests/test_export.py
