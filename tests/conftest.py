@@ -18,6 +18,19 @@ settings.register_profile("long", max_examples=2000, print_blob=True, **_PROFILE
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+# Hub remote code: what a saved folder carries (tests/test_remote_code.py, tests/test_conversion.py).
+CODE_FILES = ("configuration_ceit.py", "modeling_ceit.py", "image_processing_ceit.py")
+IMAGE_PROCESSOR_MAP = {
+    "torchvision": "image_processing_ceit.CeiTImageProcessor",
+    "pil": "image_processing_ceit.CeiTImageProcessorPil",
+}
+MODEL_AUTO_MAP = {
+    "AutoConfig": "configuration_ceit.CeiTConfig",
+    "AutoModel": "modeling_ceit.CeiTModel",
+    "AutoModelForImageClassification": "modeling_ceit.CeiTForImageClassification",
+}
+
+
 TINY = dict(
     image_size=32,
     d_model=32,

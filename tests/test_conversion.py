@@ -28,7 +28,6 @@ import torch
 from safetensors.torch import load_file
 
 from ceit_hf import PRESETS, CeiTForImageClassification, CeiTImageProcessor
-from ceit_hf.configuration_ceit import AUTO_MAP, REMOTE_CODE_FILES
 from ceit_hf.conversion import (
     CheckpointConversionError,
     convert_checkpoint,
@@ -41,6 +40,7 @@ from ceit_hf.conversion import (
 from ceit_hf.model_card import VARIANTS, variant_card
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
+from conftest import CODE_FILES, IMAGE_PROCESSOR_MAP, MODEL_AUTO_MAP
 from official_reference import official_forward, random_official_state_dict
 from test_hub_upload import FakeHub, _cli_env
 
@@ -171,13 +171,13 @@ def test_cli_converts_official_checkpoint(cli_runs, name):
     folder = run.output_dir
 
     names = {path.name for path in folder.iterdir()}
-    assert {"config.json", "model.safetensors", "preprocessor_config.json", *REMOTE_CODE_FILES} <= names
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", *CODE_FILES} <= names
     assert not [n for n in names if n.endswith((".bin", ".pt", ".pth", ".pkl"))]
     assert _leftovers(folder.parent) == []
-    for code_file in REMOTE_CODE_FILES:
+    for code_file in CODE_FILES:
         assert (folder / code_file).read_bytes() == (REPO_ROOT / "ceit_hf" / code_file).read_bytes()
     config_json = json.loads((folder / "config.json").read_text())
-    assert config_json["auto_map"] == AUTO_MAP
+    assert config_json["auto_map"] == MODEL_AUTO_MAP
 
     model = AutoModelForImageClassification.from_pretrained(folder)
     assert type(model) is CeiTForImageClassification and not model.training
@@ -201,7 +201,7 @@ def test_cli_converts_official_checkpoint(cli_runs, name):
     assert processor.crop_size == {"height": run.image_size, "width": run.image_size}
     assert processor.size == {"shortest_edge": {224: 256, 384: 438}[run.image_size]}
     preprocessor_json = json.loads((folder / "preprocessor_config.json").read_text())
-    assert preprocessor_json["auto_map"] == {"AutoImageProcessor": AUTO_MAP["AutoImageProcessor"]}
+    assert preprocessor_json["auto_map"] == {"AutoImageProcessor": IMAGE_PROCESSOR_MAP}
 
     if name == "bare_full_depth":  # a full-depth official variant gets its model card
         assert preset_name(model.config) == "ceit_tiny_patch16_224"
