@@ -300,7 +300,7 @@ class CeiTConfig(PreTrainedConfig):
         boolean = (lambda v: isinstance(v, bool), "expected True or False")
         positive = (lambda v: _number(v) and v > 0, "expected a positive number")
         scale = (lambda v: v is None or (_number(v) and v >= 0), "expected None (off) or a number >= 0 (the initial scale)")
-        ln_order = (lambda v: v in LN_ORDERS, f"expected one of {list(LN_ORDERS)}")
+        ln_order = (lambda v: isinstance(v, str) and v in LN_ORDERS, f"expected one of {list(LN_ORDERS)}")
         rules = {
             "image_size": (
                 lambda v: (_int(v) and v > 0) or (isinstance(v, list) and len(v) == 2 and all(_int(s) and s > 0 for s in v)),
@@ -333,7 +333,7 @@ class CeiTConfig(PreTrainedConfig):
             "stochastic_depth_mp": optional_probability,
             "ln_order": ln_order,
             "lca_encoder_ln_order": ln_order,
-            "patchify_technique": (lambda v: v in PATCHIFY_TECHNIQUES, f"expected one of {list(PATCHIFY_TECHNIQUES)}"),
+            "patchify_technique": (lambda v: isinstance(v, str) and v in PATCHIFY_TECHNIQUES, f"expected one of {list(PATCHIFY_TECHNIQUES)}"),
         }
         for field, (valid, expected) in rules.items():
             if not valid(getattr(self, field)):

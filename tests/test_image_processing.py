@@ -87,6 +87,24 @@ def test_resize_size_follows_the_crop_size(cls):
 
 
 @pytest.mark.parametrize("cls", PROCESSORS)
+@pytest.mark.parametrize(
+    "kwargs, shape",
+    [
+        ({"size": 32}, (32, 32)),
+        ({"size": {"shortest_edge": 48}}, (48, 48)),
+        ({"size": {"height": 32, "width": 40}}, (32, 40)),
+        ({"crop_size": 64}, (64, 64)),
+        ({"size": 100, "crop_size": 64}, (64, 64)),
+        ({}, (224, 224)),
+    ],
+)
+def test_a_size_given_alone_decides_the_output_size(cls, photo, kwargs, shape):
+    """`size` given without `crop_size` is the output size (no silent 224 crop), at construction and call time."""
+    assert pixels(cls(**kwargs), photo).shape[-2:] == shape
+    assert pixels(cls(), photo, **kwargs).shape[-2:] == shape
+
+
+@pytest.mark.parametrize("cls", PROCESSORS)
 def test_crop_size_at_call_time_brings_its_resize_size(cls, photo):
     expected = pixels(cls(crop_size=384), photo)
     assert torch.equal(pixels(cls(), photo, crop_size={"height": 384, "width": 384}), expected)
@@ -186,11 +204,14 @@ def test_arrays_and_tensors_match_the_pil_input(cls, photo):
 
 
 @pytest.mark.parametrize("cls", PROCESSORS)
-def test_already_scaled_floats_warn(cls, photo, caplog):
+def test_already_scaled_floats_warn(cls, photo):
+    from transformers.testing_utils import CaptureLogger
+
     image_processing_ceit.logger.warning_once.cache_clear()
-    with caplog.at_level("WARNING", logger=image_processing_ceit.logger.name):
+    # (a handler on the logger itself: other tests may turn transformers' log propagation off)
+    with CaptureLogger(image_processing_ceit.logger) as captured:
         pixels(cls(), np.asarray(photo, dtype=np.float32) / 255)
-    assert "do_rescale=False" in caplog.text
+    assert "do_rescale=False" in captured.out
 
 
 @pytest.mark.parametrize("cls", PROCESSORS)

@@ -351,7 +351,9 @@ def test_fine_tuning_on_more_classes_needs_a_new_classifier(tmp_path):
     CeiTForImageClassification(config).save_pretrained(base)
     fine_tune = ["--model_name_or_path", str(base), "--output_dir", str(tmp_path / "out"), *SHORT[:6], "--max_steps", "1"]
     # the bundled digits have 10 classes
-    with pytest.raises(ValueError, match=r"classifier.bias \(checkpoint \(5,\), model \(10,\)\).*ignore_mismatched_sizes"):
+    # transformers' contract: a classifier of another size raises unless ignore_mismatched_sizes (it names the keys
+    # in its load report)
+    with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):
         main(fine_tune)
     assert not (tmp_path / "out" / "model.safetensors").exists()
 
