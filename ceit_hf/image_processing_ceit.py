@@ -266,49 +266,20 @@ class CeiTImageProcessingMixin:
 
 class CeiTImageProcessor(CeiTImageProcessingMixin, TorchvisionBackend):
     r"""
-    CeiT image processor on transformers' torchvision backend: processes batches of tensors, on an accelerator when
-    `device` is given.
+    CeiT image processor on transformers' torchvision backend (batched, on an accelerator when `device` is given).
 
-    The defaults reproduce the official CeiT evaluation transform: resize the shorter side to 256 pixels (bicubic,
-    keeping the aspect ratio), center crop 224x224, rescale by 1/255 and normalize with the ImageNet default mean
-    and standard deviation. Unless `size` is given, the resize size follows from `crop_size` in the same way, so
-    `CeiTImageProcessor(crop_size={"height": 384, "width": 384})` resizes to `int(256 / 224 * 384) = 438`.
-
-    Accepts a PIL image of any mode, a numpy array or torch tensor of shape `(height, width)`,
-    `(height, width, channels)` or `(channels, height, width)`, a path or URL, a 4-D batch, or a list of any of
-    these; every image comes out as 3-channel RGB. Anything else raises a `ValueError` that names what it got.
-
-    Args:
-        do_resize (`bool`, *optional*, defaults to `True`):
-            Whether to resize the shorter side of the image to `size["shortest_edge"]`.
-        size (`dict[str, int]`, *optional*, defaults to `{"shortest_edge": int(256 / 224 * crop_size)}`):
-            Size after resizing. `{"shortest_edge": n}` keeps the aspect ratio; `{"height": h, "width": w}` does not.
-        resample (`PILImageResampling`, *optional*, defaults to `PILImageResampling.BICUBIC`):
-            Resampling filter of the resize.
-        do_center_crop (`bool`, *optional*, defaults to `True`):
-            Whether to center crop the resized image to `crop_size`.
-        crop_size (`dict[str, int]`, *optional*, defaults to `{"height": 224, "width": 224}`):
-            Size of the center crop, which is the model's input size.
-        do_rescale (`bool`, *optional*, defaults to `True`):
-            Whether to multiply pixel values by `rescale_factor`.
-        rescale_factor (`float`, *optional*, defaults to `1 / 255`):
-            Scale factor of the rescale.
-        do_normalize (`bool`, *optional*, defaults to `True`):
-            Whether to normalize the image with `image_mean` and `image_std`.
-        image_mean (`float` or `list[float]`, *optional*, defaults to `IMAGENET_DEFAULT_MEAN`):
-            Per-channel mean subtracted when normalizing.
-        image_std (`float` or `list[float]`, *optional*, defaults to `IMAGENET_DEFAULT_STD`):
-            Per-channel standard deviation divided by when normalizing.
-        do_convert_rgb (`bool`, *optional*, defaults to `True`):
-            Whether to convert images to RGB.
+    The defaults are the official evaluation transform: shorter side to 256 pixels (bicubic), center crop 224x224,
+    rescale by 1/255, ImageNet mean/std. It takes transformers' usual image-processor arguments (`do_resize`,
+    `size`, `resample`, `do_center_crop`, `crop_size`, `do_rescale`, `rescale_factor`, `do_normalize`,
+    `image_mean`, `image_std`, `do_convert_rgb`) at construction or call time. A `crop_size` given alone brings
+    the official resize, `int(256 / 224 * crop)` (438 for 384); a `size` given alone is also the output size.
 
     Example:
 
     ```python
     >>> from PIL import Image
     >>> from ceit_hf import CeiTImageProcessor
-    >>> processor = CeiTImageProcessor()
-    >>> processor(Image.new("RGB", (640, 480)), return_tensors="pt")["pixel_values"].shape
+    >>> CeiTImageProcessor()(Image.new("RGB", (640, 480)), return_tensors="pt")["pixel_values"].shape
     torch.Size([1, 3, 224, 224])
     ```
     """

@@ -1,4 +1,5 @@
 import ast
+import json
 import re
 from pathlib import Path
 
@@ -216,3 +217,44 @@ def test_validation_also_runs_on_save(tmp_path):
     config.ln_order = "middle"
     with pytest.raises(ValueError, match="ln_order"):
         config.save_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "build, typo, suggestion",
+    [
+        (lambda: CeiTConfig(num_encoder_block=3), "num_encoder_block", "num_encoder_blocks"),
+        (lambda: CeiTConfig(num_clases=5), "num_clases", "num_classes"),
+        (lambda: CeiTConfig(hiden_size=64), "hiden_size", "hidden_size"),
+        (lambda: CeiTConfig(leff_depthwise_kernal=5), "leff_depthwise_kernal", "leff_depthwise_kernel"),
+        (lambda: CeiTConfig(output_hiden_states=True), "output_hiden_states", "output_hidden_states"),
+        (lambda: CeiTConfig.from_preset("ceit_tiny_patch16_224", num_clases=5), "num_clases", "num_classes"),
+    ],
+)
+def test_a_typo_of_an_option_is_refused_with_a_suggestion(build, typo, suggestion):
+    with pytest.raises(ValueError, match=rf"unknown option '{typo}'; did you mean '{suggestion}'\?"):
+        build()
+
+
+def test_unknown_preset_suggests_the_closest():
+    with pytest.raises(ValueError, match="Did you mean 'ceit_tiny_patch16_224'"):
+        CeiTConfig.from_preset("ceit_tiny_patch16_244")
+
+
+def test_keys_transformers_writes_still_load(tmp_path):
+    """A config.json as transformers writes it (architectures, dtype, transformers_version, auto_map, ...) and keys
+    far from any option (user metadata) load as before."""
+    config = CeiTConfig(d_model=64, encoder_num_heads=2, id2label={0: "a", 1: "b"})
+    config.architectures = ["CeiTForImageClassification"]
+    config.save_pretrained(tmp_path)
+    data = json.loads((tmp_path / "config.json").read_text())
+    data.update(torch_dtype="float32", my_dataset_note="digits", _name_or_path="x", use_cache=False)
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    loaded = CeiTConfig.from_pretrained(tmp_path)
+    assert loaded.d_model == 64 and loaded.my_dataset_note == "digits" and loaded.num_labels == 2
+
+
+def test_lca_heads_follow_the_encoder_heads_unless_given():
+    assert CeiTConfig(hidden_size=64, num_attention_heads=2).lca_encoder_num_heads == 2
+    assert CeiTConfig(d_model=64, encoder_num_heads=2, lca_encoder_num_heads=4).lca_encoder_num_heads == 4
+    assert CeiTConfig.from_preset("ceit_small_patch16_224").lca_encoder_num_heads == 6
+    assert CeiTConfig.from_preset("ceit_small_patch16_224", encoder_num_heads=8).lca_encoder_num_heads == 8

@@ -188,3 +188,21 @@ def test_preset_numerics(preset):
         low = bf16(x).logits
         assert low.dtype == torch.bfloat16 and torch.isfinite(low).all()
         assert torch.isfinite(bf16(extremes["+-1e4"]).logits).all()  # agreement with fp32: tests/test_export.py
+
+
+# --- checkpoints saved by ceit_hf 0.1.0 (the version with BatchNorm folding in the forward) -----------------------
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "ceit_0_1_0"
+
+
+@pytest.mark.parametrize("name", ["official", "seed_api"])
+def test_checkpoints_saved_by_version_0_1_0_load_to_the_same_logits(name):
+    """Folders written by ceit_hf 0.1.0 (tests/fixtures, with the logits that version computed) load without missing
+    or unexpected keys and give the same logits: the plain modules kept every state_dict key and shape."""
+    folder = FIXTURES / name
+    expected = torch.load(folder / "expected.pt", weights_only=True)
+    model, info = CeiTForImageClassification.from_pretrained(folder, output_loading_info=True)
+    assert not any(info[kind] for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"))
+    with torch.no_grad():
+        logits = model.eval()(expected["pixel_values"]).logits
+    assert (logits - expected["logits"]).abs().max() < 1e-5

@@ -333,3 +333,14 @@ def test_push_to_hub_uploads_the_model_not_the_checkpoints(tmp_path, monkeypatch
     assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md", "modeling_ceit.py"} <= set(files)
     assert not any(name.endswith((".bin", ".pt", ".pth")) or name.startswith("checkpoint-") for name in files)
     assert files["model.safetensors"] == (tmp_path / "run" / "model.safetensors").read_bytes()
+
+
+def test_a_typo_in_config_overrides_is_refused_with_a_suggestion():
+    from ceit_hf.training.arguments import ModelArguments, RecipeArguments
+    from ceit_hf.training.run import build_model
+
+    for flag, suggestion in (("num_encoder_block=3", "num_encoder_blocks"), ("num_clases=5", "num_classes")):
+        with pytest.raises(SystemExit, match=f"did you mean '{suggestion}'"):
+            build_model(ModelArguments(config_overrides=flag), RecipeArguments(), ["a", "b"], 32)
+    model = build_model(ModelArguments(config_overrides="num_encoder_blocks=1"), RecipeArguments(), ["a", "b"], 32)
+    assert model.config.num_encoder_blocks == 1
