@@ -8,6 +8,7 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelFor
 
 from .configuration_ceit import PRESETS, CeiTConfig
 from .image_processing_ceit import CeiTImageProcessor, CeiTImageProcessorPil
+from .inference import optimize_for_inference
 from .modeling_ceit import (
     CeiTForImageClassification,
     CeiTImageClassifierOutput,
@@ -43,4 +44,5 @@ __all__ = [
     "CeiTModel",
     "CeiTModelOutput",
     "CeiTPreTrainedModel",
+    "optimize_for_inference",
 ]

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from transformers import AutoModelForImageClassification
 
+from .inference import optimize_if_ceit
 from .metrics import TopKAccuracy
 from .training.data import check_image_folder
 from .training import DataArguments, ModelArguments, label_names, load_image_datasets, load_image_processor
@@ -40,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image_processor", help="image processor to use instead of the model's (default: the "
                         "model's own, else the CeiT evaluation transform at the model's image size)")
     parser.add_argument("--trust_remote_code", action="store_true")
+    parser.add_argument("--no_optimize", action="store_true",
+                        help="run the plain model instead of ceit_hf.optimize_for_inference (same logits, slower)")
     parser.add_argument("--output_json", help="write the results here (they are also printed)")
     return parser
 
@@ -77,6 +80,9 @@ def evaluate_model(args) -> dict:
     model = AutoModelForImageClassification.from_pretrained(
         args.model, trust_remote_code=args.trust_remote_code, dtype=getattr(torch, args.dtype)
     ).to(args.device).eval()
+    plain = model
+    if not args.no_optimize:
+        model = optimize_if_ceit(model)
     processor = load_image_processor(args.image_processor or args.model, model, trust_remote_code=args.trust_remote_code)
     dataset = load_split(args)
     if args.max_eval_samples is not None:
@@ -110,6 +116,7 @@ def evaluate_model(args) -> dict:
         device=str(args.device),
         dtype=args.dtype,
         batch_size=args.batch_size,
+        optimized_for_inference=model is not plain,
     )
     return results
 

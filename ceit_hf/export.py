@@ -11,6 +11,8 @@ import torch
 
 from transformers import AutoModelForImageClassification
 
+from .inference import optimize_if_ceit
+
 
 class _LogitsOnly(torch.nn.Module):
     """`pixel_values -> logits`: the graph an inference runtime needs, with plain tensor input and output."""
@@ -35,6 +37,7 @@ def export_onnx(
     `logits`). With `check`, runs the file in ONNX Runtime at batch 1 and 3 and raises `ValueError` if the logits
     differ from PyTorch's by more than `atol`; returns the largest difference seen."""
     model = AutoModelForImageClassification.from_pretrained(model_dir, trust_remote_code=trust_remote_code).eval()
+    model = optimize_if_ceit(model)  # BatchNorm folded, the classification-only last block
     config = model.config
     height, width = config.image_hw if hasattr(config, "image_hw") else (config.image_size, config.image_size)
     example = torch.randn(2, config.num_channels, height, width)

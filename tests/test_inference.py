@@ -1,0 +1,139 @@
+"""`optimize_for_inference`: the same logits as the plain model (fp32, 1e-5), the original untouched, eval-only,
+the fused CPU kernels and their fallback, torch.compile and torch.export."""
+
+import copy
+
+import pytest
+import torch
+
+from ceit_hf import CeiTConfig, CeiTForImageClassification, CeiTModel, inference, optimize_for_inference
+
+from conftest import tiny_config
+
+
+CONFIGS = {
+    "official": lambda: CeiTConfig.from_preset("ceit_tiny_patch16_224", num_encoder_blocks=3, image_size=32, patch_size=2),
+    "seed_api": lambda: tiny_config(),  # post-norm, separable LeFF with final GELU, linear patchify, MLP-free head
+    "pre_norm_layer_scale": lambda: tiny_config(
+        ln_order="pre", lca_encoder_ln_order="pre", layer_scale=0.1, lca_encoder_layer_scale=0.1, qkv_bias=True,
+        leff_depthwise_separable=False, patchify_technique="conv", classifier_mlp_d=16, i2t_conv_bias=True,
+    ),
+    "no_batch_norm": lambda: tiny_config(leff_batch_norm=False, leff_final_activation=False),
+}
+
+
+def trained_statistics(model, batch=8):
+    """BatchNorm statistics and weights away from their initial values, so that folding is not trivial."""
+    model.train()
+    size = model.config.image_hw[0]
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(batch, 3, size, size) * 2 + 0.5)
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight") or "_norm." in name:
+                param.mul_(1.5).add_(0.1)
+    return model.eval()
+
+
+@pytest.fixture(params=sorted(CONFIGS))
+def model(request):
+    torch.manual_seed(0)
+    return trained_statistics(CeiTForImageClassification(CONFIGS[request.param]()))
+
+
+@pytest.mark.parametrize("fused_kernels, channels_last", [(True, True), (False, False)])
+def test_same_logits_and_pooled_output(model, fused_kernels, channels_last):
+    x = torch.randn(4, 3, 32, 32)
+    optimized = optimize_for_inference(model, fused_kernels=fused_kernels, channels_last=channels_last)
+    with torch.no_grad():
+        assert (optimized(x).logits - model(x).logits).abs().max() < 1e-5
+        base = optimize_for_inference(model.ceit)
+        assert (base(x).pooler_output - model.ceit(x).pooler_output).abs().max() < 1e-5
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in optimized.modules())
+
+
+def test_the_fallback_without_the_fused_kernel_is_exact(model, monkeypatch):
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        fused = optimize_for_inference(model)(x).logits
+        monkeypatch.setattr(inference, "_fused_conv_available", lambda: False)
+        fallback = optimize_for_inference(model)(x).logits
+        monkeypatch.undo()
+        plain = model(x).logits
+    assert (fallback - plain).abs().max() < 1e-5 and (fused - fallback).abs().max() < 1e-5
+
+
+def test_the_original_is_untouched_and_still_trains(model):
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    optimized = optimize_for_inference(model)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    model.train()
+    model(torch.randn(2, 3, 32, 32), labels=torch.tensor([0, 1])).loss.backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if "layers.2.leff" not in n and "layers.1.leff" not in n)
+    assert not any(p.requires_grad for p in optimized.parameters())
+
+
+def test_eval_only(model):
+    optimized = optimize_for_inference(model)
+    with pytest.raises(RuntimeError, match="eval-only"):
+        optimized.train()
+    optimized.eval()  # allowed
+    with pytest.raises(ValueError, match="already optimized"):
+        optimize_for_inference(optimized)
+
+
+def test_refuses_unmerged_peft_adapters(model):
+    peft = pytest.importorskip("peft")
+    lora = peft.get_peft_model(copy.deepcopy(model), peft.LoraConfig(r=2, target_modules=["qkv"]))
+    with pytest.raises(ValueError, match="merge_and_unload"):
+        optimize_for_inference(lora.base_model.model)
+    merged = lora.merge_and_unload()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert (optimize_for_inference(merged)(x).logits - merged(x).logits).abs().max() < 1e-5
+
+
+def test_class_token_only_last_block_keeps_the_logits_and_drops_patch_tokens(model):
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        full = optimize_for_inference(model, class_token_only=False)(x)
+        short = optimize_for_inference(model)(x)
+    assert full.logits.shape == short.logits.shape and (full.logits - short.logits).abs().max() < 1e-5
+    base = optimize_for_inference(model.ceit)
+    assert base(x).last_hidden_state.shape[1] == 1
+
+
+def test_torch_compile_fullgraph():
+    model = trained_statistics(CeiTForImageClassification(CONFIGS["official"]()))
+    optimized = optimize_for_inference(model)
+    compiled = torch.compile(optimized, fullgraph=True, backend="eager")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert (compiled(x).logits - model(x).logits).abs().max() < 1e-5
+
+
+def test_torch_export_with_dynamic_batch():
+    model = trained_statistics(CeiTForImageClassification(CONFIGS["official"]()))
+    optimized = optimize_for_inference(model)
+    batch = torch.export.Dim("batch", min=1, max=64)
+    program = torch.export.export(optimized, (torch.randn(2, 3, 32, 32),), dynamic_shapes=({0: batch},))
+    x = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        assert (program.module()(x).logits - model(x).logits).abs().max() < 1e-5
+    assert "mkldnn" not in str(program.graph)
+
+
+def test_evaluate_uses_it_with_the_same_results(tmp_path):
+    from ceit_hf import CeiTImageProcessor
+    from ceit_hf.evaluation import main
+
+    config = CONFIGS["official"]()
+    config.id2label = {i: str(i) for i in range(10)}  # the bundled digits
+    config.label2id = {str(i): i for i in range(10)}
+    torch.manual_seed(0)
+    trained_statistics(CeiTForImageClassification(config)).save_pretrained(tmp_path)
+    CeiTImageProcessor(crop_size=32).save_pretrained(tmp_path)
+    common = ["--model", str(tmp_path), "--max_eval_samples", "24", "--batch_size", "8"]
+    optimized, plain = main(common), main([*common, "--no_optimize"])
+    assert optimized["optimized_for_inference"] and not plain["optimized_for_inference"]
+    assert optimized["eval_accuracy"] == plain["eval_accuracy"] and optimized["num_images"] == 24
