@@ -553,3 +553,30 @@ def test_torch_sync_batchnorm_conversion_keeps_weights_and_function():
     assert set(model.state_dict()) == keys
     with torch.no_grad():
         assert torch.equal(model(x).logits, before)
+
+
+@pytest.mark.parametrize("layer_checkpointing", [None, {"use_reentrant": True}, {"use_reentrant": False}])
+def test_leff_recomputation_changes_no_result(layer_checkpointing):
+    """`leff_recompute_activations` (the default) stores less and computes the same loss, gradients and BatchNorm
+    statistics (updated once), with and without whole-layer activation checkpointing on top."""
+    config = tiny_config(stochastic_depth=True, stochastic_depth_mp=0.2, leff_depthwise_separable=False)
+    assert config.leff_recompute_activations
+    stored = CeiTForImageClassification(tiny_config(**{**config.to_diff_dict(), "leff_recompute_activations": False}))
+    recomputed = CeiTForImageClassification(config)
+    recomputed.load_state_dict(stored.state_dict())
+    if layer_checkpointing is not None:
+        recomputed.activation_checkpointing_enable(activation_checkpointing_kwargs=layer_checkpointing)
+    x, labels = pixels(batch=4), torch.tensor([0, 1, 2, 3])
+    calls = []
+    recomputed.ceit.encoder.layers[0].leff.depthwise.register_forward_hook(lambda *args: calls.append(1))
+    for model in (stored.train(), recomputed.train()):
+        torch.manual_seed(7)
+        model(x, labels=labels).loss.backward()
+    assert len(calls) >= 2  # hooks fire, on the forward and again on the recomputation
+    stored_params = dict(stored.named_parameters())
+    for name, param in recomputed.named_parameters():
+        assert torch.allclose(param.grad, stored_params[name].grad, atol=1e-6), name
+    stored_buffers = dict(stored.named_buffers())
+    for name, buffer in recomputed.named_buffers():
+        assert torch.allclose(buffer.float(), stored_buffers[name].float(), atol=1e-6), name
+    assert recomputed.ceit.encoder.layers[0].leff.expand_norm.num_batches_tracked.item() == 1
