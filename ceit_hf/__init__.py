@@ -4,12 +4,13 @@ Importing the package registers `model_type="ceit"` with the transformers Auto c
 Hub remote code (`save_pretrained` copies their code files and writes `auto_map`).
 """
 
-from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
+from transformers import AutoBackbone, AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
 
 from .configuration_ceit import PRESETS, CeiTConfig
 from .image_processing_ceit import CeiTImageProcessor, CeiTImageProcessorPil
 from .inference import optimize_for_inference
 from .modeling_ceit import (
+    CeiTBackbone,
     CeiTForImageClassification,
     CeiTImageClassifierOutput,
     CeiTModel,
@@ -23,6 +24,7 @@ __version__ = "0.2.0"
 AutoConfig.register(CeiTConfig.model_type, CeiTConfig, exist_ok=True)
 AutoModel.register(CeiTConfig, CeiTModel, exist_ok=True)
 AutoModelForImageClassification.register(CeiTConfig, CeiTForImageClassification, exist_ok=True)
+AutoBackbone.register(CeiTConfig, CeiTBackbone, exist_ok=True)
 AutoImageProcessor.register(
     CeiTConfig,
     image_processor_classes={"torchvision": CeiTImageProcessor, "pil": CeiTImageProcessorPil},
@@ -31,11 +33,13 @@ AutoImageProcessor.register(
 CeiTConfig.register_for_auto_class()
 CeiTModel.register_for_auto_class("AutoModel")
 CeiTForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+CeiTBackbone.register_for_auto_class("AutoBackbone")
 CeiTImageProcessor.register_for_auto_class()
 CeiTImageProcessorPil.register_for_auto_class()
 
 __all__ = [
     "PRESETS",
+    "CeiTBackbone",
     "CeiTConfig",
     "CeiTForImageClassification",
     "CeiTImageClassifierOutput",

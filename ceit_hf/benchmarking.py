@@ -1,9 +1,10 @@
-# Copyright 2026 The ceit_hf authors. Licensed under the Apache License, Version 2.0.
 """CeiT vs transformers' DeiT of the same width, depth and heads, measured side by side in one process.
 
-Each round measures every (model, measurement) once, models alternating, so slow drifts of the machine
-(thermal, other load) hit both alike; the reported figure is the median over rounds. The engine of
-`scripts/benchmark.py`.
+Variants: the plain CeiT (eager), `optimize_for_inference` (eager and `torch.compile`d), DeiT (eager and compiled).
+Each round measures every (variant, measurement) once, variants alternating, so slow drifts of the machine (thermal,
+other load) hit all alike; the reported figure is the median over rounds. Achieved GFLOP/s (matrix multiplications,
+convolutions and attention, counted by `torch.utils.flop_counter`) are set against a matrix-multiply roof measured
+in the same run. The engine of `scripts/benchmark.py`.
 """
 
 from __future__ import annotations
@@ -18,14 +19,18 @@ import time
 from dataclasses import dataclass
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from transformers import DeiTConfig, DeiTForImageClassification
 
 from .configuration_ceit import CeiTConfig
+from .inference import optimize_for_inference
 from .modeling_ceit import CeiTForImageClassification
 
 
 SIZES = {"tiny": ("ceit_tiny_patch16_224", 192, 3), "small": ("ceit_small_patch16_224", 384, 6)}
+INFERENCE_VARIANTS = ("ceit", "ceit_optimized", "ceit_optimized_compiled", "deit", "deit_compiled")
+TRAINING_VARIANTS = ("ceit", "deit")
 
 
 def deit_config_for(ceit_config, extra_blocks: int = 0) -> DeiTConfig:
@@ -54,6 +59,41 @@ def build_pair(size: str) -> dict[str, torch.nn.Module]:
     """CeiT-`size` (official preset) and a DeiT of the same width/depth/heads, MLP ratio 4, 224 pixels, 1000 classes."""
     ceit = CeiTConfig.from_preset(SIZES[size][0])
     return {f"ceit_{size}": CeiTForImageClassification(ceit), f"deit_{size}": DeiTForImageClassification(deit_config_for(ceit))}
+
+
+def build_variants(size: str, device: torch.device, compile: bool = True) -> dict[str, torch.nn.Module]:
+    """The plain CeiT, its inference form (and compiled), DeiT (and compiled), on `device`, keyed by variant name."""
+    models = build_pair(size)
+    ceit, deit = models[f"ceit_{size}"].to(device), models[f"deit_{size}"].to(device)
+    variants = {"ceit": ceit, "ceit_optimized": optimize_for_inference(ceit.eval()), "deit": deit}
+    if compile:
+        variants["ceit_optimized_compiled"] = torch.compile(variants["ceit_optimized"])
+        variants["deit_compiled"] = torch.compile(deit)
+    return variants
+
+
+def matmul_roof(device: torch.device, dtype: torch.dtype, size: int = 2048, seconds: float = 1.0) -> float:
+    """GFLOP/s of a large square matrix multiplication: the machine's practical limit for this dtype."""
+    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
+    a @ b
+    _sync(device)
+    calls, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        calls += 1
+    _sync(device)
+    return 2 * size**3 * calls / (time.perf_counter() - start) / 1e9
+
+
+def flops_per_image(model: torch.nn.Module, m: "Measurement", device: torch.device) -> float:
+    """Forward FLOPs of one image counted by torch's FLOP counter (matrix multiplications, convolutions, attention);
+    a training step counts 3x (the backward pass costs about twice the forward: torch's counter misprices the
+    backward of grouped convolutions)."""
+    step = _step_fn(model, None, Measurement(m.name, 2, False, m.dtype), device)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    return counter.get_total_flops() / 2 * (3 if m.train else 1)
 
 
 def _malloc_in_use():
@@ -144,9 +184,10 @@ def _step_fn(model, optimizer, m: "Measurement", device: torch.device):
         if m.train:
             with _autocast(device, m.dtype):
                 loss = model(pixel_values=pixels, labels=labels).loss
-            optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            if optimizer is not None:
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
         else:
             with torch.inference_mode(), _autocast(device, m.dtype):
                 model(pixel_values=pixels)
@@ -184,40 +225,54 @@ def run_benchmark(
     device: str = "cpu",
     dtypes=("float32",),
     min_seconds: float = 1.0,
+    compile: bool = True,
     log=print,
 ) -> dict:
     device = torch.device(device)
     dtypes = [getattr(torch, d) for d in dtypes]
-    results = {"machine": machine_description(device), "rounds": rounds, "models": {}}
+    results = {
+        "machine": machine_description(device), "machine_info": machine_info(), "rounds": rounds, "models": {},
+        "matmul_roof_gflops": {str(d)[6:]: matmul_roof(device, d) for d in dtypes},
+    }
     for size in sizes:
-        models = {name: model.to(device) for name, model in build_pair(size).items()}
-        optimizers = {name: torch.optim.AdamW(model.parameters(), lr=1e-4) for name, model in models.items()}
+        variants = build_variants(size, device, compile=compile)
+        optimizers = {name: torch.optim.AdamW(variants[name].parameters(), lr=1e-4) for name in TRAINING_VARIANTS}
         measurements = [Measurement(f"infer_bs{b}_{str(d)[6:]}", b, False, d) for d in dtypes for b in batch_sizes]
         measurements += [Measurement(f"train_bs{train_batch_size}_{str(d)[6:]}", train_batch_size, True, d) for d in dtypes]
-        # iterations per measurement: enough for `min_seconds`, judged from one call of the slower model
+        runs = [(name, m) for m in measurements for name in (TRAINING_VARIANTS if m.train else variants) if name in variants]
+        # iterations per measurement: enough for `min_seconds`, judged from one call of the slowest variant (the first
+        # call of a compiled variant compiles it, outside any timing)
         iterations = {}
         for m in measurements:
-            slowest = min(time_once(models[n], optimizers[n], m, device, 1) for n in models)
+            names = [name for name, each in runs if each is m]
+            slowest = min(time_once(variants[n], optimizers.get(n), m, device, 1) for n in names)
             iterations[m.name] = max(1, round(min_seconds * slowest / m.batch_size))
-        samples = {name: {m.name: [] for m in measurements} for name in models}
+        samples = {name: {} for name in variants}
         for r in range(rounds):
-            for m in measurements:
-                for name in models:
-                    samples[name][m.name].append(time_once(models[name], optimizers[name], m, device, iterations[m.name]))
+            for name, m in runs:
+                seconds = time_once(variants[name], optimizers.get(name), m, device, iterations[m.name])
+                samples[name].setdefault(m.name, []).append(seconds)
             log(f"[{size}] round {r + 1}/{rounds} done")
-        memory = {name: {m.name: peak_memory(models[name], optimizers[name], m, device) for m in measurements} for name in models}
-        for name, model in models.items():
-            results["models"][name] = {
+        for name, model in variants.items():
+            measured = [m for n, m in runs if n == name]
+            speed = {m.name: statistics.median(samples[name][m.name]) for m in measured}
+            # counted on the eager module: the FLOP counter does not see inside compiled graphs
+            flops = {m.name: flops_per_image(variants[name.removesuffix("_compiled")], m, device) for m in measured}
+            results["models"][f"{name}_{size}"] = {
                 "parameters": sum(p.numel() for p in model.parameters()),
-                "images_per_second": {k: statistics.median(v) for k, v in samples[name].items()},
+                "images_per_second": speed,
                 "all_rounds": samples[name],
-                "peak_memory_mib": {k: v / 2**20 for k, v in memory[name].items()},
+                "gflops_per_image": {k: v / 1e9 for k, v in flops.items()},
+                "achieved_gflops": {k: speed[k] * flops[k] / 1e9 for k in speed},
+                "peak_memory_mib": {m.name: peak_memory(variants[name], optimizers.get(name), m, device) / 2**20
+                                    for m in measured},
             }
-        ceit, deit = results["models"][f"ceit_{size}"], results["models"][f"deit_{size}"]
+        deit = results["models"][f"deit_{size}"]["images_per_second"]
         results.setdefault("ratios", {})[size] = {
-            k: ceit["images_per_second"][k] / deit["images_per_second"][k] for k in ceit["images_per_second"]
+            name: {k: v / deit[k] for k, v in results["models"][f"{name}_{size}"]["images_per_second"].items()}
+            for name in variants
         }
-        del models, optimizers
+        del variants, optimizers
     return results
 
 
@@ -247,19 +302,29 @@ def machine_description(device: torch.device) -> str:
 
 
 def format_table(results: dict) -> str:
+    """The results as a Markdown table: images/s, the ratio to eager DeiT of the same size, the share of the
+    matrix-multiply roof each variant achieves, peak memory."""
+    roofs = results["matmul_roof_gflops"]
     lines = [
-        f"Machine: {results['machine']}; median of {results['rounds']} alternating rounds; images/s (higher is better)",
+        f"Machine: {results['machine']}; median of {results['rounds']} alternating rounds; matrix-multiply roof: "
+        + ", ".join(f"{v:.0f} GFLOP/s ({k})" for k, v in roofs.items()),
         "",
-        "| model | measurement | CeiT img/s | DeiT img/s | CeiT/DeiT | CeiT peak MiB | DeiT peak MiB |",
-        "|---|---|---|---|---|---|---|",
+        "| size | measurement | variant | img/s | vs DeiT eager | GFLOP/img | % of roof | peak MiB |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for size, ratios in results["ratios"].items():
-        ceit, deit = results["models"][f"ceit_{size}"], results["models"][f"deit_{size}"]
-        for key, ratio in ratios.items():
-            lines.append(
-                f"| {size} | {key} | {ceit['images_per_second'][key]:.1f} | {deit['images_per_second'][key]:.1f} | "
-                f"{ratio:.2f}x | {ceit['peak_memory_mib'][key]:.0f} | {deit['peak_memory_mib'][key]:.0f} |"
-            )
+        keys = list(results["models"][f"deit_{size}"]["images_per_second"])
+        for key in keys:
+            for name in ratios:
+                model = results["models"][f"{name}_{size}"]
+                if key not in model["images_per_second"]:
+                    continue
+                roof = roofs[key.rsplit("_", 1)[1]]
+                lines.append(
+                    f"| {size} | {key} | {name} | {model['images_per_second'][key]:.1f} | {ratios[name][key]:.2f}x | "
+                    f"{model['gflops_per_image'][key]:.2f} | {100 * model['achieved_gflops'][key] / roof:.0f}% | "
+                    f"{model['peak_memory_mib'][key]:.0f} |"
+                )
     return "\n".join(lines)
 
 

@@ -9,6 +9,7 @@ from numbers import Integral, Real
 from typing import Any
 
 from transformers import GenerationConfig, PreTrainedConfig
+from transformers.backbone_utils import BackboneConfigMixin
 
 
 # What every official variant shares (coeusguo/ceit `ceit_model.py`): a padded 7x7/2 convolution without bias,
@@ -47,6 +48,7 @@ _TRANSFORMERS_KEYS = {
     "output_attentions", "attn_implementation", "experts_implementation", "per_layer_config", "base_model_tp_plan",
     "base_model_pp_plan", "_attn_implementation_internal", "_experts_implementation_internal", "tie_word_embeddings",
     "use_cache", "is_decoder", "add_cross_attention", "tie_encoder_decoder", "pruned_heads", "torchscript",
+    "out_features", "out_indices", "stage_names",
     # other models' epsilon names, which transformers' test tooling sets on every config
     "rms_norm_eps", "post_norm_eps", "norm_eps", "norm_epsilon", "layer_norm_epsilon", "batch_norm_eps",
 }
@@ -71,7 +73,7 @@ def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
-class CeiTConfig(PreTrainedConfig):
+class CeiTConfig(BackboneConfigMixin, PreTrainedConfig):
     r"""
     Configuration of a CeiT model (Convolution-enhanced image Transformer, Yuan et al., ICCV 2021, arXiv:2103.11816).
 
@@ -129,6 +131,10 @@ class CeiTConfig(PreTrainedConfig):
         leff_final_activation: GELU after LeFF's last BatchNorm, as in the paper's equations (official code: none).
         lca_layer_position_embedding: learned embedding added to the class tokens before the LCA (`pos_layer_embed`).
         initializer_range: std of the truncated-normal initialisation.
+        out_features, out_indices: the stages [`CeiTBackbone`] returns, among `stage_names` ("stem": the I2T map;
+            "stage1" ... "stageN": each block's patch tokens as a map); default the last.
+        apply_layernorm: [`CeiTBackbone`] puts its stage maps through a LayerNorm (as DINOv2's backbone).
+        reshape_hidden_states: [`CeiTBackbone`] returns stages as `(batch, d_model, h, w)` maps, else as tokens.
         leff_recompute_activations: in training, recompute LeFF's BatchNorm/GELU/depthwise activations in the
             backward pass instead of storing them: CeiT-T's training memory 1.4x DeiT-T's instead of 2.4x, and on
             CPU a faster step (less memory traffic; docs/performance.md). Changes no result.
@@ -185,6 +191,10 @@ class CeiTConfig(PreTrainedConfig):
     lca_layer_position_embedding: bool = True
     initializer_range: float = 0.02
     leff_recompute_activations: bool = True
+    _out_features: list[str] | None = None
+    _out_indices: list[int] | None = None
+    apply_layernorm: bool = True
+    reshape_hidden_states: bool = True
 
     def __post_init__(self, **kwargs):
         self._refuse_typos(kwargs)
@@ -213,6 +223,11 @@ class CeiTConfig(PreTrainedConfig):
         if self.i2t_max_pool_padding is None and _int(self.i2t_max_pool_kernel_size):
             self.i2t_max_pool_padding = self.i2t_max_pool_kernel_size // 2
         self._check_options()
+        self.stage_names = ["stem"] + [f"stage{index}" for index in range(1, self.num_encoder_blocks + 1)]
+        kwargs.pop("stage_names", None)  # always derived from the depth
+        self.set_output_features_output_indices(
+            out_indices=kwargs.pop("out_indices", None), out_features=kwargs.pop("out_features", None)
+        )
         super().__post_init__(**kwargs)
 
     @classmethod
@@ -327,7 +342,7 @@ class CeiTConfig(PreTrainedConfig):
             **dict.fromkeys(
                 ("leff_depthwise_separable", "lca_encoder_qkv_bias", "stochastic_depth", "qkv_bias", "i2t_conv_bias",
                  "patch_norm", "leff_batch_norm", "leff_final_activation", "lca_layer_position_embedding",
-                 "leff_recompute_activations"),
+                 "leff_recompute_activations", "apply_layernorm", "reshape_hidden_states"),
                 boolean,
             ),
             "classifier_mlp_d": (lambda v: v is None or (_int(v) and v > 0), "expected a positive int, or None for one Linear"),

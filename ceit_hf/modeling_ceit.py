@@ -22,7 +22,8 @@ from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
+from transformers.backbone_utils import BackboneMixin, filter_output_hidden_states
+from transformers.modeling_outputs import BackboneOutput, BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import torch_int
 from transformers.utils.generic import can_return_tuple
@@ -265,11 +266,15 @@ class CeiTEmbeddings(nn.Module):
             )
         return self.config.token_grid_size(height, width)
 
+    def tokens(self, features: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
+        """Patch tokens of the I2T feature map, with the class token and the position embeddings."""
+        tokens = self.patch_embeddings(features)
+        tokens = torch.cat((self.cls_token.expand(tokens.shape[0], -1, -1), tokens), dim=1)
+        return self.dropout(tokens + self.interpolate_pos_encoding(grid_size))
+
     def forward(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False):
         grid_size = self.check_pixel_values(pixel_values, interpolate_pos_encoding)
-        tokens = self.patch_embeddings(self.image_to_tokens(pixel_values))
-        tokens = torch.cat((self.cls_token.expand(tokens.shape[0], -1, -1), tokens), dim=1)
-        return self.dropout(tokens + self.interpolate_pos_encoding(grid_size)), grid_size
+        return self.tokens(self.image_to_tokens(pixel_values), grid_size), grid_size
 
 
 class CeiTLeFF(nn.Module):
@@ -508,6 +513,7 @@ class CeiTPreTrainedModel(PreTrainedModel):
                 **(getattr(self.config, "auto_map", None) or {}),
                 "AutoModel": f"{CeiTModel.__module__.split('.')[-1]}.CeiTModel",
                 "AutoModelForImageClassification": f"{CeiTModel.__module__.split('.')[-1]}.CeiTForImageClassification",
+                "AutoBackbone": f"{CeiTModel.__module__.split('.')[-1]}.CeiTBackbone",
             }
         return super().save_pretrained(save_directory, *args, **kwargs)
 
@@ -630,4 +636,63 @@ class CeiTForImageClassification(CeiTPreTrainedModel):
         )
 
 
-__all__ = ["CeiTForImageClassification", "CeiTModel", "CeiTPreTrainedModel"]
+class CeiTBackbone(BackboneMixin, CeiTPreTrainedModel):
+    """CeiT as a backbone for dense prediction (`AutoBackbone`, `backbone_config=CeiTConfig(...)` of UperNet, DPT,
+    ...): the stages are the Image-to-Tokens map ("stem", `(batch, i2t_out_channels, H/4, W/4)` with the default
+    stem) and each block's patch tokens as a map ("stage1" ... "stageN", `(batch, d_model, h, w)`, class token
+    dropped), through a shared LayerNorm when `config.apply_layernorm`. Loads the backbone weights of a
+    classification checkpoint; the LCA and classifier are not part of it."""
+
+    has_attentions = False
+    _keys_to_ignore_on_load_unexpected = [r"^(ceit\.)?lca\.", r"^classifier\."]
+    _keys_to_ignore_on_load_missing = [r"^layernorm\."]
+
+    def __init__(self, config: CeiTConfig):
+        super().__init__(config)
+        self.num_features = [config.i2t_out_channels] + [config.d_model] * config.num_encoder_blocks
+        self.embeddings = CeiTEmbeddings(config)
+        self.encoder = CeiTEncoder(config)
+        self.layernorm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embeddings.patch_embeddings
+
+    @can_return_tuple
+    @filter_output_hidden_states
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        output_hidden_states: bool | None = None,
+    ) -> BackboneOutput:
+        r"""
+        interpolate_pos_encoding (`bool`, *optional*, defaults to `True`):
+            Accept any input size whose stem output tiles into patches (dense prediction heads feed crops of any
+            size); `False` holds the input to `config.image_size`.
+        """
+        if pixel_values is None:
+            raise ValueError("You have to specify pixel_values.")
+        embeddings = self.embeddings
+        grid_size = embeddings.check_pixel_values(pixel_values, interpolate_pos_encoding is not False)
+        stem = embeddings.image_to_tokens(pixel_values.to(embeddings.cls_token.dtype))
+        hidden_states = [embeddings.tokens(stem, grid_size)]
+        for layer in self.encoder.layers:
+            hidden_states.append(layer(hidden_states[-1], grid_size))
+        feature_maps = []
+        for stage, hidden_state in zip(self.stage_names, hidden_states):
+            if stage not in self.out_features:
+                continue
+            if stage == "stem":
+                feature_maps.append(stem)
+                continue
+            tokens = hidden_state[:, 1:]
+            if self.config.apply_layernorm:
+                tokens = self.layernorm(tokens)
+            if self.config.reshape_hidden_states:
+                tokens = tokens.transpose(1, 2).reshape(tokens.shape[0], -1, *grid_size)
+            feature_maps.append(tokens)
+        return BackboneOutput(feature_maps=tuple(feature_maps), hidden_states=tuple(hidden_states))
+
+
+__all__ = ["CeiTBackbone", "CeiTForImageClassification", "CeiTModel", "CeiTPreTrainedModel"]

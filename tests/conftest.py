@@ -28,6 +28,7 @@ MODEL_AUTO_MAP = {
     "AutoConfig": "configuration_ceit.CeiTConfig",
     "AutoModel": "modeling_ceit.CeiTModel",
     "AutoModelForImageClassification": "modeling_ceit.CeiTForImageClassification",
+    "AutoBackbone": "modeling_ceit.CeiTBackbone",
 }
 
 

@@ -50,6 +50,23 @@ class ModelArguments:
     ignore_mismatched_sizes: bool = field(
         default=False, metadata={"help": "Re-initialise the classifier when the number of labels differs."}
     )
+    lora_rank: int | None = field(
+        default=None,
+        metadata={"help": "Fine-tune --model_name_or_path with PEFT LoRA adapters of this rank (the classifier is "
+                  "trained in full); needs `pip install -e '.[peft]'`. The output folder then holds the adapter."},
+    )
+    lora_alpha: float | None = field(default=None, metadata={"help": "LoRA scaling alpha (default: 2 x rank)."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA adapters' input."})
+    lora_target_modules: str = field(
+        default="qkv,proj,expand,pointwise,reduce",
+        metadata={"help": "Comma-separated module names that get adapters (default: the attention and LeFF Linear "
+                  "layers of every block and of the LCA)."},
+    )
+    merge_lora: bool = field(
+        default=False,
+        metadata={"help": "Also write the adapters merged into the model to OUTPUT_DIR/merged: a plain CeiT folder "
+                  "that loads with from_pretrained."},
+    )
 
 
 @dataclass
@@ -183,6 +200,10 @@ def parse_args(argv: list[str] | None = None):
         raise SystemExit(f"error: unknown --preset {model_args.preset!r}; expected one of {sorted(PRESETS)}.")
     if model_args.model_name_or_path and (model_args.preset or model_args.config_overrides):
         raise SystemExit("error: --model_name_or_path fine-tunes a model; --preset/--config_overrides build a new one.")
+    if model_args.lora_rank is not None and (model_args.lora_rank <= 0 or not model_args.model_name_or_path):
+        raise SystemExit("error: --lora_rank R (R > 0) fine-tunes a pretrained model: give --model_name_or_path too.")
+    if model_args.merge_lora and model_args.lora_rank is None:
+        raise SystemExit("error: --merge_lora merges LoRA adapters: give --lora_rank too.")
     if training_args.push_to_hub and not training_args.hub_model_id:
         raise SystemExit("error: --push_to_hub needs --hub_model_id NAMESPACE/NAME.")
     if recipe_args.recipe == "deit" and "learning_rate" not in given:  # needs the world size: not a plain default

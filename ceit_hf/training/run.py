@@ -93,6 +93,48 @@ def build_model(model_args: ModelArguments, recipe_args: RecipeArguments, labels
     return CeiTForImageClassification(config)
 
 
+def add_lora_adapters(model, model_args: ModelArguments):
+    """`model` as a PEFT model with LoRA adapters on `--lora_target_modules` and the classifier trained in full."""
+    import torch
+
+    try:
+        import peft
+    except ImportError:
+        raise SystemExit("error: --lora_rank needs peft: pip install -e '.[peft]'.") from None
+    targets = [name.strip() for name in model_args.lora_target_modules.split(",") if name.strip()]
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    unknown = [name for name in targets if name not in names]
+    if unknown:
+        raise SystemExit(f"error: --lora_target_modules {unknown} name no module of the model (e.g. qkv, proj, expand).")
+    # a name the configuration leaves as Identity (LeFF's `pointwise` without leff_depthwise_separable) has no weights
+    layers = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))}
+    targets = [name for name in targets if name in layers]
+    config = peft.LoraConfig(
+        r=model_args.lora_rank, lora_alpha=model_args.lora_alpha or 2 * model_args.lora_rank,
+        lora_dropout=model_args.lora_dropout, target_modules=targets, modules_to_save=["classifier"],
+    )
+    # The pretrained BatchNorm statistics stay as they are (momentum 0; batches still normalise with their own
+    # statistics in training): the adapter file then holds everything that changed.
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.momentum = 0.0
+    model = peft.get_peft_model(model, config)
+    trainable, total = model.get_nb_trainable_parameters()
+    logger.info("LoRA rank %d on %s: %s of %s parameters trainable", config.r, targets, f"{trainable:,}", f"{total:,}")
+    return model
+
+
+def save_merged_lora(model, processor, output_dir) -> Path:
+    """The adapters merged into a copy of the model, saved (with the processor) to OUTPUT_DIR/merged."""
+    import copy
+
+    merged = copy.deepcopy(model).merge_and_unload()
+    folder = Path(output_dir) / "merged"
+    merged.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
 def load_image_processor(source: str | None, model, **hub_kwargs):
     """The image processor saved at `source` when there is one, else the CeiT evaluation transform at the model's
     input size (a DeiT's `image_size` included)."""
@@ -311,7 +353,10 @@ def prepare_job(model_args, data_args, recipe_args, data_seed: int):
     labels = label_names(raw["train"], data_args.label_column_name)
     image_size = choose_image_size(model_args, data_args, raw["train"])
     model = build_model(model_args, recipe_args, labels, image_size)
-    return raw, labels, image_size, model, image_processor_for(model_args, model)
+    processor = image_processor_for(model_args, model)
+    if model_args.lora_rank:
+        model = add_lora_adapters(model, model_args)
+    return raw, labels, image_size, model, processor
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -331,6 +376,8 @@ def main(argv: list[str] | None = None) -> dict:
     # Trainer would push every checkpoint (with its pickled optimizer state); the final model is pushed below.
     push_requested, training_args.push_to_hub = training_args.push_to_hub, False
     trainer, metrics = train_and_evaluate(model, raw, processor, labels, data_args, recipe_args, training_args)
+    if trainer.is_world_process_zero() and model_args.merge_lora:
+        logger.info("LoRA adapters merged into %s", save_merged_lora(trainer.model, processor, training_args.output_dir))
     if trainer.is_world_process_zero():
         write_model_card(training_args.output_dir, trainer.model, model_args, data_args, training_args, metrics, argv)
         if push_requested:
