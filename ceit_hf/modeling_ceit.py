@@ -307,9 +307,10 @@ class CeiTLeFF(nn.Module):
     def forward(self, hidden_states: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
         class_token, tokens = hidden_states[:, :1], hidden_states[:, 1:]
         x = self.expand(tokens)
-        if self.recompute_activations and self.training and torch.is_grad_enabled():
+        if self.recompute_activations and self.training and torch.is_grad_enabled() and not torch.compiler.is_compiling():
             # Keep only the stage's input and output; its BatchNorm/GELU/depthwise activations are recomputed in
-            # the backward pass (BatchNorm statistics still updated once).
+            # the backward pass (BatchNorm statistics still updated once). Compiled, the compiler's partitioner
+            # chooses what to recompute itself.
             x = _checkpoint_updating_statistics_once(_checkpoint, self, self.local_enhancement, x, grid_size)
         else:
             x = self.local_enhancement(x, grid_size)
@@ -437,6 +438,9 @@ def _checkpoint_updating_statistics_once(checkpoint_function: Callable, layer: n
     """`checkpoint_function(function, *args)` for a layer with BatchNorms. Activation checkpointing runs the layer a second
     time in the backward pass; that replay must normalise with the batch statistics again (it does: it calls the
     same modules, synchronised ones included) but must not update the running statistics a second time."""
+    if torch.compiler.is_compiling():
+        # Compiled, the recomputation is part of the traced graph, where the statistics' update is not replayed.
+        return checkpoint_function(function, *args)
     calls = 0
 
     def run(*inputs):

@@ -89,3 +89,21 @@ def test_half_precision_inference_matches_fp32(dtype):
     for out in (autocast, half):
         assert torch.isfinite(out).all()
         assert (out - reference).abs().max() <= HALF_TOLERANCE[dtype] * scale
+
+
+def test_compiled_training_with_activation_checkpointing_updates_batch_norm_once():
+    """Compiled (fullgraph), the recomputation is part of the traced graph: same loss, gradients and statistics."""
+    config = tiny_config(leff_depthwise_separable=False)
+    reference = CeiTForImageClassification(config).train()
+    model = CeiTForImageClassification(config).train()
+    model.load_state_dict(reference.state_dict())
+    model.activation_checkpointing_enable()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    x, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    compiled(x, labels=labels).loss.backward()
+    reference(x, labels=labels).loss.backward()
+    norm, reference_norm = model.ceit.encoder.layers[0].leff.expand_norm, reference.ceit.encoder.layers[0].leff.expand_norm
+    assert norm.num_batches_tracked.item() == 1
+    assert torch.allclose(norm.running_mean, reference_norm.running_mean, atol=1e-6)
+    for p, q in zip(model.parameters(), reference.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-5)
