@@ -52,6 +52,13 @@ def _refuse_training(self: nn.Module, mode: bool = True) -> nn.Module:
     return nn.Module.train(self, False)
 
 
+def _refuse_saving(self, *args, **kwargs):
+    raise RuntimeError(
+        "This model comes from ceit_hf.optimize_for_inference: its BatchNorms are folded and its last block replaced, "
+        "so its weights do not fit a CeiT checkpoint. Save the original model; optimize again after loading it."
+    )
+
+
 class _EvalOnly(nn.Module):
     train = _refuse_training
 
@@ -188,6 +195,7 @@ def optimize_for_inference(
                 conv.to(memory_format=torch.channels_last)
     optimized.requires_grad_(False)
     optimized.train = _refuse_training.__get__(optimized)  # the whole model refuses train(), not just its parts
+    optimized.save_pretrained = optimized.push_to_hub = _refuse_saving.__get__(optimized)
     return optimized
 
 

@@ -78,6 +78,8 @@ def test_eval_only(model):
     with pytest.raises(RuntimeError, match="eval-only"):
         optimized.train()
     optimized.eval()  # allowed
+    with pytest.raises(RuntimeError, match="Save the original model"):
+        optimized.save_pretrained("never-written")
     with pytest.raises(ValueError, match="already optimized"):
         optimize_for_inference(optimized)
 
