@@ -126,11 +126,16 @@ def _auto_map_modules(auto_map: dict) -> set[str]:
     return modules
 
 
+ADAPTER_CONFIG_NAME = "adapter_config.json"
+ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
+
+
 def check_model_folder(model_dir: str | os.PathLike) -> FolderCheck:
     """Check that `model_dir` can be published as a transformers model.
 
     Raises `ModelFolderError` when the folder is missing, has no (valid) `config.json`, has no safetensors weights
-    (`model.safetensors`, or `model.safetensors.index.json` with all its shards). Trainer checkpoints and pickles
+    (`model.safetensors`, or `model.safetensors.index.json` with all its shards). A PEFT adapter folder
+    (`adapter_config.json` + `adapter_model.safetensors`, as `train.py --lora_rank` writes) is accepted as it is. Trainer checkpoints and pickles
     are listed in `FolderCheck.skipped` and never uploaded. Problems
     that do not block the upload (no model card, no image processor, no remote-code mapping) are returned in
     `FolderCheck.warnings`.
@@ -146,7 +151,12 @@ def check_model_folder(model_dir: str | os.PathLike) -> FolderCheck:
     notes: list[str] = []
 
     config = None
-    if CONFIG_NAME not in names:
+    # A PEFT adapter folder (train.py --lora_rank): adapter_config.json + adapter_model.safetensors, no model config.
+    adapter = ADAPTER_CONFIG_NAME in names
+    if adapter:
+        if ADAPTER_WEIGHTS_NAME not in names:
+            problems.append(f"it has {ADAPTER_CONFIG_NAME} but no {ADAPTER_WEIGHTS_NAME} (the adapter weights)")
+    elif CONFIG_NAME not in names:
         problems.append(f"it has no {CONFIG_NAME} (save the model with `save_pretrained` first)")
     else:
         try:
@@ -158,7 +168,9 @@ def check_model_folder(model_dir: str | os.PathLike) -> FolderCheck:
                 problems.append(f"its {CONFIG_NAME} is not a JSON object")
                 config = None
 
-    if SAFE_WEIGHTS_NAME in names:
+    if adapter:
+        weight_files = [ADAPTER_WEIGHTS_NAME] if ADAPTER_WEIGHTS_NAME in names else []
+    elif SAFE_WEIGHTS_NAME in names:
         weight_files = [SAFE_WEIGHTS_NAME]
     elif SAFE_WEIGHTS_INDEX_NAME in names:
         weight_files = []

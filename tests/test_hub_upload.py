@@ -474,3 +474,15 @@ def test_cli_dry_run_and_refusal_in_process(tmp_path, capsys, monkeypatch):
     assert cli.main(["--model_dir", str(folder), "--repo_id", "ceit-test/cli", "--dry_run"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "no safetensors weights" in err
+
+
+def test_a_peft_adapter_folder_is_accepted(tmp_path):
+    """`train.py --lora_rank` writes an adapter (adapter_config.json + adapter_model.safetensors), no config.json."""
+    (tmp_path / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 4}')
+    with pytest.raises(ModelFolderError, match="has adapter_config.json but no adapter_model.safetensors"):
+        check_model_folder(tmp_path)
+    save_file({"lora_A.weight": torch.zeros(4, 8)}, tmp_path / "adapter_model.safetensors")
+    (tmp_path / "training_args.bin").write_bytes(b"pickle")
+    check = check_model_folder(tmp_path)
+    assert {f.path_in_repo for f in check.files} == {"adapter_config.json", "adapter_model.safetensors"}
+    assert [f.path_in_repo for f in check.skipped] == ["training_args.bin"]
