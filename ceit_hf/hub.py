@@ -135,8 +135,8 @@ def check_model_folder(model_dir: str | os.PathLike) -> FolderCheck:
 
     Raises `ModelFolderError` when the folder is missing, has no (valid) `config.json`, has no safetensors weights
     (`model.safetensors`, or `model.safetensors.index.json` with all its shards). A PEFT adapter folder
-    (`adapter_config.json` + `adapter_model.safetensors`, as `train.py --lora_rank` writes) is accepted as it is. Trainer checkpoints and pickles
-    are listed in `FolderCheck.skipped` and never uploaded. Problems
+    (`adapter_config.json` + `adapter_model.safetensors`, as `train.py --lora_rank` writes) is accepted as it is.
+    Trainer checkpoints and pickles are listed in `FolderCheck.skipped` and never uploaded. Problems
     that do not block the upload (no model card, no image processor, no remote-code mapping) are returned in
     `FolderCheck.warnings`.
     """

@@ -513,11 +513,12 @@ class CeiTPreTrainedModel(PreTrainedModel):
     def save_pretrained(self, save_directory, *args, **kwargs):
         # `register_for_auto_class` maps only the saving class; a CeiT folder also loads as its base model.
         if self.is_remote_code():
+            module = __name__.rsplit(".", 1)[-1]  # modeling_ceit, also when loaded as remote code
             self.config.auto_map = {
                 **(getattr(self.config, "auto_map", None) or {}),
-                "AutoModel": f"{CeiTModel.__module__.split('.')[-1]}.CeiTModel",
-                "AutoModelForImageClassification": f"{CeiTModel.__module__.split('.')[-1]}.CeiTForImageClassification",
-                "AutoBackbone": f"{CeiTModel.__module__.split('.')[-1]}.CeiTBackbone",
+                "AutoModel": f"{module}.CeiTModel",
+                "AutoModelForImageClassification": f"{module}.CeiTForImageClassification",
+                "AutoBackbone": f"{module}.CeiTBackbone",
             }
         return super().save_pretrained(save_directory, *args, **kwargs)
 

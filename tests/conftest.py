@@ -50,6 +50,15 @@ def tiny_config(**overrides) -> CeiTConfig:
     return CeiTConfig(**{**TINY, **overrides})
 
 
+def assert_same_training_results(model, reference, atol: float = 1e-6) -> None:
+    """After a backward pass each: `model`'s gradients and buffers (BatchNorm statistics) equal `reference`'s."""
+    reference_params, reference_buffers = dict(reference.named_parameters()), dict(reference.named_buffers())
+    for name, param in model.named_parameters():
+        assert torch.allclose(param.grad, reference_params[name].grad, atol=atol), name
+    for name, buffer in model.named_buffers():
+        assert torch.allclose(buffer.float(), reference_buffers[name].float(), atol=atol), name
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

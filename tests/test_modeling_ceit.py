@@ -20,7 +20,7 @@ from transformers import AutoModel, AutoModelForImageClassification
 from transformers.modeling_outputs import ImageClassifierOutput
 
 from ceit_tester import CeiTModelTester
-from conftest import tiny_config
+from conftest import assert_same_training_results, tiny_config
 from official_reference import official_forward, random_official_state_dict
 
 
@@ -488,12 +488,7 @@ def test_gradient_checkpointing_changes_nothing(use_reentrant):
         loss.backward()
         losses.append(loss)
     assert torch.allclose(losses[0], losses[1], atol=1e-6)
-    ref_grads = dict(reference.named_parameters())
-    for name, param in checkpointed.named_parameters():
-        assert torch.allclose(param.grad, ref_grads[name].grad, atol=1e-6), name
-    ref_buffers = dict(reference.named_buffers())
-    for name, buffer in checkpointed.named_buffers():
-        assert torch.allclose(buffer.float(), ref_buffers[name].float(), atol=1e-6), name
+    assert_same_training_results(checkpointed, reference)
     tracked = checkpointed.ceit.encoder.layers[0].leff.expand_norm.num_batches_tracked
     assert tracked.item() == 1
 
@@ -573,10 +568,5 @@ def test_leff_recomputation_changes_no_result(layer_checkpointing):
         torch.manual_seed(7)
         model(x, labels=labels).loss.backward()
     assert len(calls) >= 2  # hooks fire, on the forward and again on the recomputation
-    stored_params = dict(stored.named_parameters())
-    for name, param in recomputed.named_parameters():
-        assert torch.allclose(param.grad, stored_params[name].grad, atol=1e-6), name
-    stored_buffers = dict(stored.named_buffers())
-    for name, buffer in recomputed.named_buffers():
-        assert torch.allclose(buffer.float(), stored_buffers[name].float(), atol=1e-6), name
+    assert_same_training_results(recomputed, stored)
     assert recomputed.ceit.encoder.layers[0].leff.expand_norm.num_batches_tracked.item() == 1
