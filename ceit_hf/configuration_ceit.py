@@ -8,7 +8,7 @@ import math
 from numbers import Integral, Real
 from typing import Any
 
-from transformers import GenerationConfig, PreTrainedConfig
+from transformers import PreTrainedConfig
 from transformers.backbone_utils import BackboneConfigMixin
 
 
@@ -41,18 +41,6 @@ ALIASES = {
 }
 LN_ORDERS = ("pre", "post")
 PATCHIFY_TECHNIQUES = ("linear", "conv")
-
-# Keys transformers reads from keyword arguments or writes to config.json that are not dataclass fields.
-_TRANSFORMERS_KEYS = {
-    "model_type", "auto_map", "num_labels", "torch_dtype", "name_or_path", "_name_or_path", "_commit_hash",
-    "output_attentions", "attn_implementation", "experts_implementation", "per_layer_config", "base_model_tp_plan",
-    "base_model_pp_plan", "_attn_implementation_internal", "_experts_implementation_internal", "tie_word_embeddings",
-    "use_cache", "is_decoder", "add_cross_attention", "tie_encoder_decoder", "pruned_heads", "torchscript",
-    "out_features", "out_indices", "stage_names",
-    # other models' epsilon names, which transformers' test tooling sets on every config
-    "rms_norm_eps", "post_norm_eps", "norm_eps", "norm_epsilon", "layer_norm_epsilon", "batch_norm_eps",
-}
-
 
 def _int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
@@ -135,9 +123,6 @@ class CeiTConfig(BackboneConfigMixin, PreTrainedConfig):
             "stage1" ... "stageN": each block's patch tokens as a map); default the last.
         apply_layernorm: [`CeiTBackbone`] puts its stage maps through a LayerNorm (as DINOv2's backbone).
         reshape_hidden_states: [`CeiTBackbone`] returns stages as `(batch, d_model, h, w)` maps, else as tokens.
-        leff_recompute_activations: in training, recompute LeFF's BatchNorm/GELU/depthwise activations in the
-            backward pass instead of storing them: CeiT-T's training memory 1.4x DeiT-T's instead of 2.4x, and on
-            CPU a faster step (less memory traffic; docs/performance.md). Changes no result.
 
     A pre-norm LCA is followed by a final LayerNorm; a post-norm one already ends in one.
     """
@@ -190,13 +175,14 @@ class CeiTConfig(BackboneConfigMixin, PreTrainedConfig):
     leff_final_activation: bool = True
     lca_layer_position_embedding: bool = True
     initializer_range: float = 0.02
-    leff_recompute_activations: bool = True
     _out_features: list[str] | None = None
     _out_indices: list[int] | None = None
     apply_layernorm: bool = True
     reshape_hidden_states: bool = True
 
     def __post_init__(self, **kwargs):
+        # ceit_hf <= 0.2 saved this runtime switch in config.json; it is now `CeiTPreTrainedModel.set_leff_recompute`.
+        kwargs.pop("leff_recompute_activations", None)
         self._refuse_typos(kwargs)
         for alias, field in ALIASES.items():  # aliases arrive as extra keywords
             if alias in kwargs and field != "num_labels":
@@ -230,16 +216,15 @@ class CeiTConfig(BackboneConfigMixin, PreTrainedConfig):
         )
         super().__post_init__(**kwargs)
 
-    @classmethod
-    def _known_keys(cls) -> set[str]:
-        return {*cls.__dataclass_fields__, *ALIASES, *_TRANSFORMERS_KEYS, *GenerationConfig._get_default_generation_params()}
-
     def _refuse_typos(self, kwargs: dict[str, Any]) -> None:
-        # transformers keeps unknown keywords as attributes (configs may carry metadata), so a typo of an option would
-        # silently build the default model; a keyword close to a known name is taken for one.
-        known = self._known_keys()
+        # transformers keeps unknown keywords as attributes (configs may carry metadata), so a typo of a CeiT option
+        # would silently build the default model. A keyword close to an option (CeiT's or transformers' own) that
+        # the config classes (PreTrainedConfig, BackboneConfigMixin) do not define otherwise is taken for a typo.
+        options = {*self.__dataclass_fields__, *ALIASES}
         for key in kwargs:
-            close = [] if key in known else difflib.get_close_matches(key, known, n=1, cutoff=0.85)
+            if key in options or hasattr(type(self), key):
+                continue
+            close = difflib.get_close_matches(key, options, n=1, cutoff=0.85)
             if close:
                 raise ValueError(f"CeiTConfig got an unknown option {key!r}; did you mean {close[0]!r}?")
 
@@ -342,7 +327,7 @@ class CeiTConfig(BackboneConfigMixin, PreTrainedConfig):
             **dict.fromkeys(
                 ("leff_depthwise_separable", "lca_encoder_qkv_bias", "stochastic_depth", "qkv_bias", "i2t_conv_bias",
                  "patch_norm", "leff_batch_norm", "leff_final_activation", "lca_layer_position_embedding",
-                 "leff_recompute_activations", "apply_layernorm", "reshape_hidden_states"),
+                 "apply_layernorm", "reshape_hidden_states"),
                 boolean,
             ),
             "classifier_mlp_d": (lambda v: v is None or (_int(v) and v > 0), "expected a positive int, or None for one Linear"),

@@ -168,17 +168,21 @@ def optimize_for_inference(
     class_token_only: bool = True,
     fused_kernels: bool = True,
     channels_last: bool = True,
+    dtype: torch.dtype | None = None,
 ):
     """
     A copy of `model` for inference that computes the same logits and pooled output (within 1e-5 in fp32): every
     BatchNorm folded into the layer before it, the last block computing only its class token (`class_token_only`),
     fused CPU kernels (`fused_kernels`) and channels-last convolutions (`channels_last`). `model` is left untouched.
+    The folding runs in fp32 whatever the model's dtype (a BatchNorm's `1/sqrt(var + eps)` in bf16 loses digits
+    the plain model keeps); the copy is then cast to `dtype` (default: the model's).
 
     The copy is eval-only, has no gradients, and works under `torch.compile(fullgraph=True)`, `torch.export` and
     ONNX export. Do not use it for training, with unmerged PEFT adapters, or with hooks on the folded layers.
     """
     _check_plain(model)
-    optimized = copy.deepcopy(model).eval()
+    dtype = dtype or model.dtype
+    optimized = copy.deepcopy(model).eval().float()
     base = optimized.ceit if isinstance(optimized, CeiTForImageClassification) else optimized
     stem = base.embeddings.image_to_tokens
     stem.conv, stem.norm = _fold(stem.conv, stem.norm), nn.Identity()
@@ -193,17 +197,17 @@ def optimize_for_inference(
         for conv in (stem.conv, base.embeddings.patch_embeddings.projection):
             if isinstance(conv, nn.Conv2d):
                 conv.to(memory_format=torch.channels_last)
-    optimized.requires_grad_(False)
+    optimized.to(dtype).requires_grad_(False)
     optimized.train = _refuse_training.__get__(optimized)  # the whole model refuses train(), not just its parts
     optimized.save_pretrained = optimized.push_to_hub = _refuse_saving.__get__(optimized)
     return optimized
 
 
-def optimize_if_ceit(model: nn.Module) -> nn.Module:
+def optimize_if_ceit(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
     """`optimize_for_inference(model)` for an installed CeiT in eval mode, any other model unchanged (evaluation and
     export scripts take any image classifier, e.g. a DeiT or a CeiT loaded as remote code)."""
     if isinstance(model, (CeiTForImageClassification, CeiTModel)) and not model.training:
-        return optimize_for_inference(model)
+        return optimize_for_inference(model, dtype=dtype)
     return model
 
 

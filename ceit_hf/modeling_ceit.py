@@ -86,6 +86,14 @@ class CeiTLayerScale(nn.Module):
         return x * self.lambda1
 
 
+def _pointwise_convolution(in_features: int, out_features: int) -> nn.Linear:
+    """A Linear layer standing for one of the official 1x1 (or patch) convolutions: the same function on the token
+    layout, marked so that `_init_weights` gives it PyTorch's convolution initialisation, as the official code does."""
+    layer = nn.Linear(in_features, out_features)
+    layer.official_convolution = True
+    return layer
+
+
 def _layer_scale(dim: int, init_value: float | None) -> nn.Module:
     return nn.Identity() if init_value is None else CeiTLayerScale(dim, init_value)
 
@@ -209,17 +217,19 @@ class CeiTPatchEmbeddings(nn.Module):
         super().__init__()
         p, channels = config.patch_size, config.i2t_out_channels
         self.patch_size = p
-        if config.patchify_technique == "conv":
+        # The branch follows the configuration, not the projection's type: PEFT or quantization may wrap it.
+        self.unfold_patches = config.patchify_technique != "conv"
+        if not self.unfold_patches:
             self.projection = nn.Conv2d(channels, config.d_model, kernel_size=p, stride=p)
         else:
-            self.projection = nn.Linear(channels * p * p, config.d_model)
+            self.projection = _pointwise_convolution(channels * p * p, config.d_model)
         self.norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps) if config.patch_norm else nn.Identity()
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.projection, nn.Conv2d):
-            tokens = self.projection(features).flatten(2).transpose(1, 2)
-        else:
+        if self.unfold_patches:
             tokens = self.projection(F.unfold(features, self.patch_size, stride=self.patch_size).transpose(1, 2))
+        else:
+            tokens = self.projection(features).flatten(2).transpose(1, 2)
         return self.norm(tokens)
 
 
@@ -289,28 +299,37 @@ class CeiTLeFF(nn.Module):
         super().__init__()
         dim, hidden = config.d_model, config.leff_expand_ratio * config.d_model
         batch_norm = nn.BatchNorm1d if config.leff_batch_norm else (lambda channels: nn.Identity())
-        self.expand = nn.Linear(dim, hidden)
+        self.expand = _pointwise_convolution(dim, hidden)
         self.expand_norm = batch_norm(hidden)
         self.depthwise = nn.Conv2d(
             hidden, hidden, config.leff_depthwise_kernel, stride=config.leff_depthwise_stride,
             padding=config.leff_depthwise_padding, groups=hidden,
         )
-        self.pointwise = nn.Linear(hidden, hidden) if config.leff_depthwise_separable else nn.Identity()
+        self.pointwise = _pointwise_convolution(hidden, hidden) if config.leff_depthwise_separable else nn.Identity()
         self.depthwise_norm = batch_norm(hidden)
         self.act = nn.GELU()
         self.dropout = nn.Dropout(config.encoder_dropout)
-        self.reduce = nn.Linear(hidden, dim)
+        self.reduce = _pointwise_convolution(hidden, dim)
         self.reduce_norm = batch_norm(dim)
         self.final_act = nn.GELU() if config.leff_final_activation else nn.Identity()
-        self.recompute_activations = config.leff_recompute_activations
+        # Runtime switches, not configuration (`CeiTPreTrainedModel.set_leff_recompute`, activation checkpointing).
+        self.recompute_activations: bool | None = None  # None: on CPU tensors, where it was measured faster
+        self.layer_checkpointed = False
+
+    def recomputes(self, x: torch.Tensor) -> bool:
+        """Whether this training step recomputes the local enhancement in the backward pass instead of storing it.
+        Not inside a checkpointed layer (its replay recomputes everything once already), nor compiled (the
+        compiler's partitioner chooses what to recompute itself)."""
+        if not (self.training and torch.is_grad_enabled()) or self.layer_checkpointed or torch.compiler.is_compiling():
+            return False
+        return x.device.type == "cpu" if self.recompute_activations is None else self.recompute_activations
 
     def forward(self, hidden_states: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
         class_token, tokens = hidden_states[:, :1], hidden_states[:, 1:]
         x = self.expand(tokens)
-        if self.recompute_activations and self.training and torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        if self.recomputes(x):
             # Keep only the stage's input and output; its BatchNorm/GELU/depthwise activations are recomputed in
-            # the backward pass (BatchNorm statistics still updated once). Compiled, the compiler's partitioner
-            # chooses what to recompute itself.
+            # the backward pass (BatchNorm statistics still updated once).
             x = _checkpoint_updating_statistics_once(_checkpoint, self, self.local_enhancement, x, grid_size)
         else:
             x = self.local_enhancement(x, grid_size)
@@ -469,38 +488,26 @@ class CeiTPreTrainedModel(PreTrainedModel):
     _can_compile_fullgraph = True
     _can_record_outputs = {"hidden_states": CeiTLayer, "attentions": CeiTSelfAttention}
 
-    # Linear layers that stand for official convolutions (LeFF's 1x1 convolutions, the "linear" patch projection),
-    # which the official code leaves at PyTorch's default convolution initialisation.
-    _convolution_layers = ("leff.expand", "leff.pointwise", "leff.reduce", "patch_embeddings.projection")
+    _input_embed_layer = "patch_embeddings"
 
     def _init_weights(self, module: nn.Module):
         """The official initialisation: truncated normal (std `initializer_range`) for the transformer's Linear
-        layers, PyTorch's defaults for convolutions and the Linear layers standing for them, LayerNorm and BatchNorm
-        1/0, zero layer-position embeddings."""
-        std = self.config.initializer_range
-        if isinstance(module, nn.Conv2d) or module in self._convolution_modules():
+        layers, PyTorch's defaults for convolutions and the Linear layers standing for them, zero layer-position
+        embeddings; norms (BatchNorm statistics included) as transformers initialises them."""
+        super()._init_weights(module)
+        if isinstance(module, nn.Conv2d) or getattr(module, "official_convolution", False):
             _torch_default_init(module)
         elif isinstance(module, nn.Linear):
-            init.trunc_normal_(module.weight, std=std)
+            init.trunc_normal_(module.weight, std=self.config.initializer_range)
             if module.bias is not None:
                 init.zeros_(module.bias)
-        elif isinstance(module, (nn.LayerNorm, nn.modules.batchnorm._BatchNorm)):
-            init.ones_(module.weight)
-            init.zeros_(module.bias)
-            if getattr(module, "running_mean", None) is not None:
-                init.zeros_(module.running_mean)
-                init.ones_(module.running_var)
-                init.zeros_(module.num_batches_tracked)
         elif isinstance(module, CeiTEmbeddings):
-            init.trunc_normal_(module.cls_token, std=std)
-            init.trunc_normal_(module.position_embeddings, std=std)
+            init.trunc_normal_(module.cls_token, std=self.config.initializer_range)
+            init.trunc_normal_(module.position_embeddings, std=self.config.initializer_range)
         elif isinstance(module, CeiTLayerClassAttention) and module.layer_position_embeddings is not None:
             init.zeros_(module.layer_position_embeddings)
         elif isinstance(module, CeiTLayerScale):
             init.constant_(module.lambda1, module.init_value)
-
-    def _convolution_modules(self) -> list[nn.Module]:
-        return [module for name, module in self.named_modules() if name.endswith(self._convolution_layers)]
 
     def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func: Callable = checkpoint, **kwargs):
         super()._set_gradient_checkpointing(enable, gradient_checkpointing_func, **kwargs)
@@ -509,6 +516,21 @@ class CeiTPreTrainedModel(PreTrainedModel):
                 layer._gradient_checkpointing_func = partial(
                     _checkpoint_updating_statistics_once, gradient_checkpointing_func, layer
                 )
+                for leff in layer.modules():
+                    if isinstance(leff, CeiTLeFF):
+                        leff.layer_checkpointed = bool(layer.gradient_checkpointing)
+
+    def set_leff_recompute(self, enabled: bool | str = "auto"):
+        """Recompute LeFF's BatchNorm/GELU/depthwise activations in the backward pass of training instead of storing
+        them (`True`), store them (`False`), or `"auto"`: recompute on CPU, where it made the step faster and CeiT-T's
+        training memory 1.4x DeiT-T's instead of 2.4x (docs/performance.md), store on accelerators. A runtime switch
+        like activation checkpointing: not saved with the model, and changes no result. Inside a layer that
+        activation checkpointing already replays, LeFF is not recomputed a second time."""
+        if enabled not in (True, False, "auto"):
+            raise ValueError(f"set_leff_recompute takes True, False or 'auto', got {enabled!r}.")
+        for module in self.modules():
+            if isinstance(module, CeiTLeFF):
+                module.recompute_activations = None if enabled == "auto" else enabled
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         # `register_for_auto_class` maps only the saving class; a CeiT folder also loads as its base model.
@@ -542,9 +564,6 @@ class CeiTModel(CeiTPreTrainedModel):
         pre_norm = config.lca_encoder_ln_order == "pre"
         self.layernorm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps) if pre_norm else nn.Identity()
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.embeddings.patch_embeddings
 
     # (no `merge_with_config_defaults`: it adds cache keywords, which CeiT's forward does not take)
     @capture_outputs(tie_last_hidden_states=False)
@@ -659,9 +678,6 @@ class CeiTBackbone(BackboneMixin, CeiTPreTrainedModel):
         self.encoder = CeiTEncoder(config)
         self.layernorm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.embeddings.patch_embeddings
 
     @can_return_tuple
     @filter_output_hidden_states

@@ -84,6 +84,41 @@ def test_lora_on_attention_lca_and_leff_changes_merges_and_trains(model, x):
     assert {name for name in changed if "lora_" in name} and any("lca" in name for name in changed)
 
 
+def every_adaptable_layer(model) -> list[str]:
+    """The names of every Linear and every ungrouped Conv2d (the stem and, with "conv" patchify, the patch
+    projection): what a user's LoRA config may target."""
+    return [name for name, m in model.named_modules()
+            if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.groups == 1)]
+
+
+def test_lora_on_every_linear_and_convolution_applies_trains_and_merges(model, x):
+    """Modules choose their computation from the configuration, not from their submodules' types: LoRA wrappers on
+    every layer (stem convolution and patch projection included, both patchify techniques) change the eval logits,
+    merge back within 1e-4, and every adapter but the dead last-block LeFF's gets a gradient."""
+    peft = pytest.importorskip("peft")
+    targets = every_adaptable_layer(model)
+    assert "ceit.embeddings.image_to_tokens.conv" in targets and "ceit.embeddings.patch_embeddings.projection" in targets
+    with torch.no_grad():
+        base = model(x).logits
+    for single in ("ceit.embeddings.image_to_tokens.conv", "ceit.embeddings.patch_embeddings.projection"):
+        adapted = peft.get_peft_model(copy.deepcopy(model), peft.LoraConfig(
+            r=2, target_modules=[single], init_lora_weights=False)).eval()
+        with torch.no_grad():
+            assert (adapted(x).logits - base).abs().max() > 1e-4, single
+    lora = peft.get_peft_model(copy.deepcopy(model), peft.LoraConfig(
+        r=2, target_modules=targets, init_lora_weights=False)).eval()
+    assert sum(isinstance(m, peft.tuners.lora.LoraLayer) for m in lora.modules()) == len(targets)
+    with torch.no_grad():
+        adapted = lora(x).logits
+        assert (adapted - base).abs().max() > 1e-3
+        assert (copy.deepcopy(lora).merge_and_unload()(x).logits - adapted).abs().max() < 1e-4
+    lora.train()(x, labels=torch.tensor([0, 1])).loss.backward()
+    last_leff = f"encoder.layers.{model.config.num_encoder_blocks - 1}.leff."
+    silent = [name for name, p in lora.named_parameters()
+              if "lora_" in name and last_leff not in name and not p.grad.abs().sum() > 0]
+    assert not silent
+
+
 def test_forward_hooks_fire_on_every_leaf_in_eval(model, x):
     leaves = {name: m for name, m in model.named_modules() if not list(m.children())}
     fired = set()

@@ -139,3 +139,44 @@ def test_evaluate_uses_it_with_the_same_results(tmp_path):
     optimized, plain = main(common), main([*common, "--no_optimize"])
     assert optimized["optimized_for_inference"] and not plain["optimized_for_inference"]
     assert optimized["eval_accuracy"] == plain["eval_accuracy"] and optimized["num_images"] == 24
+
+
+def test_low_precision_folds_in_fp32_then_casts():
+    """A bf16 model is folded from its weights in fp32, then cast: the folded stem equals torch's fold of the fp32
+    copies cast to bf16, and the logits stay within bf16 tolerance of the fp32 model's."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    torch.manual_seed(0)
+    reference = trained_statistics(CeiTForImageClassification(CONFIGS["official"]()))
+    half = copy.deepcopy(reference).to(torch.bfloat16)
+    optimized = optimize_for_inference(half)
+    stem = half.ceit.embeddings.image_to_tokens
+    expected = fuse_conv_bn_eval(copy.deepcopy(stem.conv).float(), copy.deepcopy(stem.norm).float())
+    folded = optimized.ceit.embeddings.image_to_tokens.conv
+    assert folded.weight.dtype == torch.bfloat16
+    assert torch.equal(folded.weight, expected.weight.to(torch.bfloat16))
+    assert torch.equal(folded.bias, expected.bias.to(torch.bfloat16))
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        out, ref = optimized(x.to(torch.bfloat16)).logits.float(), reference(x).logits
+    assert (out - ref).abs().max() <= 0.05 * ref.abs().max()
+    assert optimize_for_inference(reference, dtype=torch.bfloat16).ceit.encoder.layers[0].leff.expand.weight.dtype == (
+        torch.bfloat16
+    )
+
+
+def test_evaluate_in_bfloat16_matches_float32(tmp_path):
+    """`evaluate.py --dtype bfloat16`: the optimized model runs in bf16 and scores as the fp32 one on the digits."""
+    from ceit_hf import CeiTImageProcessor
+    from ceit_hf.evaluation import main
+
+    config = CONFIGS["official"]()
+    config.id2label = {i: str(i) for i in range(10)}
+    config.label2id = {str(i): i for i in range(10)}
+    torch.manual_seed(0)
+    trained_statistics(CeiTForImageClassification(config)).save_pretrained(tmp_path)
+    CeiTImageProcessor(crop_size=32).save_pretrained(tmp_path)
+    common = ["--model", str(tmp_path), "--max_eval_samples", "24", "--batch_size", "8"]
+    half, full = main([*common, "--dtype", "bfloat16"]), main(common)
+    assert half["dtype"] == "bfloat16" and half["optimized_for_inference"] and half["num_images"] == 24
+    assert abs(half["eval_accuracy"] - full["eval_accuracy"]) <= 2 / 24

@@ -552,21 +552,41 @@ def test_torch_sync_batchnorm_conversion_keeps_weights_and_function():
 
 @pytest.mark.parametrize("layer_checkpointing", [None, {"use_reentrant": True}, {"use_reentrant": False}])
 def test_leff_recomputation_changes_no_result(layer_checkpointing):
-    """`leff_recompute_activations` (the default) stores less and computes the same loss, gradients and BatchNorm
-    statistics (updated once), with and without whole-layer activation checkpointing on top."""
+    """LeFF recomputation computes the same loss, gradients and BatchNorm statistics (updated once) as storing the
+    activations, with and without whole-layer activation checkpointing on top; with both on, LeFF runs twice (the
+    forward and one replay), not three times."""
     config = tiny_config(stochastic_depth=True, stochastic_depth_mp=0.2, leff_depthwise_separable=False)
-    assert config.leff_recompute_activations
-    stored = CeiTForImageClassification(tiny_config(**{**config.to_diff_dict(), "leff_recompute_activations": False}))
-    recomputed = CeiTForImageClassification(config)
+    stored, recomputed = CeiTForImageClassification(config), CeiTForImageClassification(config)
     recomputed.load_state_dict(stored.state_dict())
+    stored.set_leff_recompute(False)
+    recomputed.set_leff_recompute(True)
     if layer_checkpointing is not None:
         recomputed.activation_checkpointing_enable(activation_checkpointing_kwargs=layer_checkpointing)
     x, labels = pixels(batch=4), torch.tensor([0, 1, 2, 3])
-    calls = []
-    recomputed.ceit.encoder.layers[0].leff.depthwise.register_forward_hook(lambda *args: calls.append(1))
-    for model in (stored.train(), recomputed.train()):
+    calls = {"stored": [], "recomputed": []}
+    for name, model in (("stored", stored), ("recomputed", recomputed)):
+        model.ceit.encoder.layers[0].leff.depthwise.register_forward_hook(lambda *args, n=name: calls[n].append(1))
         torch.manual_seed(7)
-        model(x, labels=labels).loss.backward()
-    assert len(calls) >= 2  # hooks fire, on the forward and again on the recomputation
+        model.train()(x, labels=labels).loss.backward()
+    assert (len(calls["stored"]), len(calls["recomputed"])) == (1, 2)
     assert_same_training_results(recomputed, stored)
     assert recomputed.ceit.encoder.layers[0].leff.expand_norm.num_batches_tracked.item() == 1
+
+
+def test_leff_recompute_is_a_runtime_switch(tmp_path):
+    """"auto" recomputes on CPU only; the switch is not saved, and configs saved with the old key still load."""
+    model = CeiTForImageClassification(tiny_config()).train()
+    leff = model.ceit.encoder.layers[0].leff
+    assert leff.recomputes(torch.zeros(1)) and not leff.recomputes(torch.zeros(1, device="meta"))
+    model.set_leff_recompute(False)
+    assert not leff.recomputes(torch.zeros(1))
+    with pytest.raises(ValueError, match="True, False or 'auto'"):
+        model.set_leff_recompute("yes")
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert not any("recompute" in key for key in saved)
+    saved["leff_recompute_activations"] = False  # written by ceit_hf 0.2
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    loaded = CeiTForImageClassification.from_pretrained(tmp_path)
+    assert loaded.ceit.encoder.layers[0].leff.recompute_activations is None
+    assert not hasattr(loaded.config, "leff_recompute_activations")

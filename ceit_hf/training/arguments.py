@@ -62,6 +62,12 @@ class ModelArguments:
         metadata={"help": "Comma-separated module names that get adapters (default: the attention and LeFF Linear "
                   "layers of every block and of the LCA)."},
     )
+    leff_recompute: str = field(
+        default="auto",
+        metadata={"help": "Recompute LeFF's BatchNorm/GELU/depthwise activations in the backward pass instead of "
+                  "storing them: 'on', 'off', or 'auto' (on for CPU training, where it is faster and uses less "
+                  "memory; off on GPUs). Never together with --activation_checkpointing inside the same block."},
+    )
     merge_lora: bool = field(
         default=False,
         metadata={"help": "Also write the adapters merged into the model to OUTPUT_DIR/merged: a plain CeiT folder "
@@ -82,6 +88,17 @@ class DataArguments:
     label_column_name: str = field(default="label", metadata={"help": "The dataset column holding the labels."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep this many training examples."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep this many evaluation examples."})
+    verify_images_limit: int = field(
+        default=20000,
+        metadata={"help": "Decode every image of a --train_dir/--validation_dir of at most this many images before "
+                  "training, and stop naming the files that fail; larger folders only have each file's header read "
+                  "(0: headers only)."},
+    )
+    bad_image_policy: str = field(
+        default="skip",
+        metadata={"help": "An image that fails to decode during training or evaluation: 'skip' (a warning names "
+                  "it and the next decodable example takes its place) or 'stop' (an error names it)."},
+    )
 
     @property
     def bundled(self) -> bool:
@@ -144,6 +161,9 @@ RUN_DEFAULTS = {
     "save_strategy": "epoch",
     "save_total_limit": 2,
     "logging_steps": 10,
+    # Every CeiT parameter is in the loss' autograd graph (the last block's LeFF gets zero gradients through the
+    # class token's concatenation), so DDP's search for unused parameters would only add a graph walk per step.
+    "ddp_find_unused_parameters": False,
 }
 # Training from scratch with the small default model (the main job, or own images without model flags).
 SMALL_MODEL_DEFAULTS = {
@@ -159,6 +179,8 @@ SMALL_MODEL_DEFAULTS = {
 # main job many times slower (thread contention).
 DIGITS_DEFAULTS = {**SMALL_MODEL_DEFAULTS, "num_train_epochs": 20, "hflip": 0.0, "crop_min_scale": 0.5, "torch_threads": 1}
 
+# --leff_recompute -> the argument of CeiTPreTrainedModel.set_leff_recompute
+LEFF_RECOMPUTE = {"on": True, "off": False, "auto": "auto"}
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, RecipeArguments, TrainingArguments)
 
 
@@ -182,6 +204,9 @@ def job_defaults(given: dict) -> dict:
         defaults.update(SMALL_MODEL_DEFAULTS)
     if given.get("recipe") == "deit":
         defaults.update(DEIT_RECIPE)
+    from .data import data_loader_defaults
+
+    defaults.update(data_loader_defaults(given))
     return defaults
 
 
@@ -194,6 +219,10 @@ def parse_args(argv: list[str] | None = None):
     model_args, data_args, recipe_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     if "output_dir" not in given:
         raise SystemExit("error: --output_dir is required (the folder the trained model is written to).")
+    if model_args.leff_recompute not in LEFF_RECOMPUTE:
+        raise SystemExit(
+            f"error: --leff_recompute must be one of {sorted(LEFF_RECOMPUTE)}, got {model_args.leff_recompute!r}."
+        )
     if recipe_args.recipe not in ("none", "deit"):
         raise SystemExit(f"error: --recipe must be 'deit' or 'none', got {recipe_args.recipe!r}.")
     if model_args.preset is not None and model_args.preset not in PRESETS:

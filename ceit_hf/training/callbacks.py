@@ -46,10 +46,22 @@ class ModelEMACallback(TrainerCallback):
 
 
 class EpochCallback(TrainerCallback):
-    """Tells a `data.SeededAugmentation` which epoch the training loop is in (also when resuming mid-epoch)."""
+    """Tells a `data.SeededAugmentation` which epoch the training loop is in (also when resuming mid-epoch). Its
+    epoch is in shared memory, so DataLoader workers (persistent ones too) see it: Trainer calls `on_epoch_begin`
+    before it starts iterating the epoch's data loader, which is when the workers start prefetching."""
 
     def __init__(self, augmentation):
         self.augmentation = augmentation
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         self.augmentation.epoch = math.floor(state.epoch or 0)
+
+
+class BatchNormStatisticsCallback(TrainerCallback):
+    """Under FSDP: the BatchNorm statistics averaged over the ranks after every optimizer step
+    (`ceit_hf.distributed.average_batch_norm_statistics`), so that evaluation and checkpoints see one set."""
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        from ..distributed import average_batch_norm_statistics
+
+        average_batch_norm_statistics(model)

@@ -14,9 +14,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .arguments import DataArguments, ModelArguments, RecipeArguments, parse_args
+from .arguments import LEFF_RECOMPUTE, DataArguments, ModelArguments, RecipeArguments, parse_args
 from .callbacks import EpochCallback, ModelEMACallback
 from .data import (
+    BadImageError,
     SeededAugmentation,
     batch_mixer,
     check_labels,
@@ -230,8 +231,8 @@ def train_and_evaluate(model, raw, processor, labels: list[str], data_args: Data
     )
     columns = (data_args.image_column_name, data_args.label_column_name)
     augmentation = SeededAugmentation(train_transform(processor, recipe_args), seed=training_args.seed)
-    train_set = with_transform(raw["train"], *columns, augmentation)
-    eval_set = with_transform(raw["validation"], *columns, eval_transform(processor))
+    train_set = with_transform(raw["train"], *columns, augmentation, data_args.bad_image_policy)
+    eval_set = with_transform(raw["validation"], *columns, eval_transform(processor), data_args.bad_image_policy)
     callbacks = [EpochCallback(augmentation)]
     ema = None
     if recipe_args.model_ema_decay:
@@ -247,7 +248,16 @@ def train_and_evaluate(model, raw, processor, labels: list[str], data_args: Data
         compute_loss_func=soft_target_loss(smoothing) if (mixing or smoothing) else None,
         batch_mix=batch_mixer(len(labels), recipe_args.mixup_alpha, recipe_args.cutmix_alpha), **common,
     )
+    logger.info(describe_setup(trainer))
+    prepare_distributed(trainer, recipe_args)
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    if training_args.world_size > 1 and not trainer.is_fsdp_enabled:
+        from ..distributed import replicas_agree
+
+        if replicas_agree(trainer.model):
+            logger.info("The trained weights are identical on all %d processes.", training_args.world_size)
+        else:
+            logger.warning("The trained weights differ between processes; the saved model is process 0's.")
     trainer.save_model()
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)
@@ -308,16 +318,75 @@ def setup_logging(args):
     transformers.utils.logging.set_verbosity(args.get_process_log_level())
 
 
-def describe_setup(args) -> str:
+def describe_setup(trainer) -> str:
+    """The run as accelerate set it up (Trainer's accelerator: an accelerate config can turn on bf16 or FSDP
+    without a flag of train.py)."""
     import torch
 
-    precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+    args, accelerator = trainer.args, trainer.accelerator
+    precision = {"no": "fp32"}.get(accelerator.mixed_precision, accelerator.mixed_precision)
+    if trainer.is_fsdp_enabled:
+        precision += " (FSDP2 mixed precision, BatchNorms in fp32)" if precision != "fp32" else ""
+    elif precision != "fp32":
+        precision += " autocast"
     return (
         f"Distributed setup: world size {args.world_size}, process rank {args.process_index}, "
-        f"device {args.device}, parallel mode {args.parallel_mode.value}, precision {precision}, "
+        f"device {args.device}, {accelerator.distributed_type.value}, precision {precision}, "
         f"per-device batch {args.per_device_train_batch_size}, gradient accumulation "
         f"{args.gradient_accumulation_steps}, torch threads {torch.get_num_threads()}"
     )
+
+
+def fsdp_requested(args) -> bool:
+    """Whether the run asks for FSDP: `--fsdp` or an accelerate config with `distributed_type: FSDP` (which
+    `accelerate launch` passes on as ACCELERATE_USE_FSDP)."""
+    from transformers.utils import strtobool
+
+    return bool(args.fsdp) or bool(strtobool(os.environ.get("ACCELERATE_USE_FSDP", "false")))
+
+
+def match_gradient_layout(model) -> None:
+    """Gives LeFF's depthwise weights `(C, 1, k, k)` the strides of their gradients. Their input is a channels-last
+    view, so the gradients come channels-last: the same memory order (a size-1 axis' stride is free), other strides,
+    which DDP compares with its bucket views at every step ("Grad strides do not match bucket view strides")."""
+    import torch
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d) and module.groups > 1 and module.weight.shape[1] == 1:
+            weight = module.weight.data
+            channels, _, height, width = weight.shape
+            # `contiguous(memory_format=channels_last)` would keep the tensor as it is: with one input channel per
+            # group both layouts count as contiguous, so the strides are set explicitly.
+            strides = (height * width, 1, width, 1)
+            module.weight.data = torch.empty_strided(weight.shape, strides, dtype=weight.dtype, device=weight.device)
+            module.weight.data.copy_(weight)
+
+
+def prepare_distributed(trainer, recipe_args) -> None:
+    """What a multi-process run needs before `trainer.train()`. Under FSDP: CeiT's own FSDP2 sharding (BatchNorms
+    in fp32 units, `ceit_hf.distributed`), BatchNorm statistics averaged over the ranks after each step; the EMA is
+    refused. FSDP asked for where accelerate cannot give it (CPU processes) is logged with what runs instead."""
+    from .callbacks import BatchNormStatisticsCallback
+
+    if trainer.is_fsdp_enabled:
+        if recipe_args.model_ema_decay:
+            raise SystemExit(
+                "error: --model_ema_decay is not supported under FSDP (the EMA would keep a full copy of the weights "
+                "on every GPU); train with DDP (configs/accelerate/multi_gpu.yaml) or leave out --model_ema_decay."
+            )
+        from ..distributed import shard_for_accelerator
+
+        shard_for_accelerator(trainer.model, trainer.accelerator)
+        trainer.add_callback(BatchNormStatisticsCallback())
+        return
+    if fsdp_requested(trainer.args):
+        logger.warning(
+            "FSDP was asked for, but accelerate runs FSDP only on GPUs and other accelerators: these %d %s "
+            "processes run %s (plain data parallel) instead.", trainer.args.world_size, trainer.args.device.type,
+            trainer.accelerator.distributed_type.value,
+        )
+    if trainer.args.world_size > 1:
+        match_gradient_layout(trainer.model)
 
 
 def write_model_card(output_dir, model, model_args, data_args, training_args, metrics, argv):
@@ -353,6 +422,8 @@ def prepare_job(model_args, data_args, recipe_args, data_seed: int):
     labels = label_names(raw["train"], data_args.label_column_name)
     image_size = choose_image_size(model_args, data_args, raw["train"])
     model = build_model(model_args, recipe_args, labels, image_size)
+    if hasattr(model, "set_leff_recompute"):  # a CeiT (train.py also fine-tunes other classifiers)
+        model.set_leff_recompute(LEFF_RECOMPUTE[model_args.leff_recompute])
     processor = image_processor_for(model_args, model)
     if model_args.lora_rank:
         model = add_lora_adapters(model, model_args)
@@ -367,7 +438,6 @@ def main(argv: list[str] | None = None) -> dict:
     if training_args.process_index == 0:
         check_output_dir(training_args.output_dir)
     set_torch_threads(recipe_args.torch_threads)
-    logger.info(describe_setup(training_args))
 
     from transformers import set_seed
 
@@ -375,7 +445,10 @@ def main(argv: list[str] | None = None) -> dict:
     raw, labels, _, model, processor = prepare_job(model_args, data_args, recipe_args, data_seed=training_args.seed)
     # Trainer would push every checkpoint (with its pickled optimizer state); the final model is pushed below.
     push_requested, training_args.push_to_hub = training_args.push_to_hub, False
-    trainer, metrics = train_and_evaluate(model, raw, processor, labels, data_args, recipe_args, training_args)
+    try:
+        trainer, metrics = train_and_evaluate(model, raw, processor, labels, data_args, recipe_args, training_args)
+    except BadImageError as error:  # --bad_image_policy stop: the file's name, no traceback
+        raise SystemExit(str(error)) from None
     if trainer.is_world_process_zero() and model_args.merge_lora:
         logger.info("LoRA adapters merged into %s", save_merged_lora(trainer.model, processor, training_args.output_dir))
     if trainer.is_world_process_zero():

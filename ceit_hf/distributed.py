@@ -1,0 +1,154 @@
+# Copyright 2026 The ceit_hf authors. Licensed under the Apache License, Version 2.0.
+"""CeiT under FSDP2 (`torch.distributed.fsdp.fully_shard`) with mixed precision.
+
+A bf16 `MixedPrecisionPolicy` over a whole CeiT block casts its BatchNorm weights to bf16 while their running
+statistics stay fp32, and the first forward fails (`expected scalar type BFloat16 but found Float`); BatchNorm's
+statistics are also the one place where bf16 loses real accuracy. `fully_shard_ceit` therefore makes every BatchNorm
+its own FSDP unit computing in fp32 (its output cast back to the compute dtype), and the blocks, the LCA and the root
+units of the requested policy. `scripts/train.py` applies it when accelerate runs FSDP (accelerate's own FSDP2
+preparation leaves a model that is already sharded as it is), and it works as well on a plain torch training loop.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _units(model: nn.Module) -> list[nn.Module]:
+    """The modules that become FSDP units of the compute policy, innermost first (the root comes last, separately)."""
+    from .modeling_ceit import CeiTEmbeddings, CeiTLayer
+
+    # The LCA stays in the root unit with the classifier: it runs last, and the root is gathered for the whole step.
+    return [m for m in model.modules() if isinstance(m, (CeiTEmbeddings, CeiTLayer))]
+
+
+def batch_norm_policy(mp_policy):
+    """The policy of a BatchNorm unit under `mp_policy`: fp32 parameters and inputs, output in the compute dtype."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    return MixedPrecisionPolicy(
+        param_dtype=torch.float32, reduce_dtype=torch.float32,
+        output_dtype=mp_policy.param_dtype, cast_forward_inputs=True,
+    )
+
+
+def fully_shard_ceit(
+    model: nn.Module, *, mesh=None, mp_policy=None, reshard_after_forward: bool = True, offload_policy=None,
+    ignored_params: set[nn.Parameter] | None = None,
+) -> nn.Module:
+    """Shards `model` (a CeiT, or any model holding CeiT blocks: a PEFT model, a UperNet over `CeiTBackbone`) in place
+    with FSDP2 and returns it.
+
+    Units: each BatchNorm (fp32, see the module docstring, when `mp_policy` computes in lower precision), the
+    `CeiTEmbeddings` and each `CeiTLayer`, then the root (the LCA, the classifier and what is left). `mp_policy` (default: none, fp32) is
+    torch's `MixedPrecisionPolicy` for everything but the BatchNorms, e.g.
+    `MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)`; `mesh`, `reshard_after_forward`,
+    `offload_policy` and `ignored_params` go to every `fully_shard` call as they are."""
+    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+
+    if isinstance(model, FSDPModule):
+        raise ValueError("The model is already sharded with FSDP2 (fully_shard); shard it once.")
+    mp_policy = mp_policy or MixedPrecisionPolicy()
+    common = dict(mesh=mesh, reshard_after_forward=reshard_after_forward)
+    if offload_policy is not None:
+        common["offload_policy"] = offload_policy
+    if ignored_params:
+        common["ignored_params"] = set(ignored_params)
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if mp_policy.param_dtype not in (None, torch.float32):  # in fp32 they shard with their block
+        for norm in norms:
+            fully_shard(norm, mp_policy=batch_norm_policy(mp_policy), **common)
+    for unit in _units(model):
+        fully_shard(unit, mp_policy=mp_policy, **common)
+    fully_shard(model, mp_policy=mp_policy, **common)
+    return model
+
+
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The whole (unsharded) state dict of an FSDP2 model, on rank 0's CPU (an empty dict on the other ranks; a
+    collective: call it on all). The BatchNorm statistics are rank 0's: FSDP does not synchronise buffers."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def save_pretrained_sharded(model, save_directory, is_main_process: bool = True, **kwargs) -> None:
+    """`save_pretrained` of an FSDP2-sharded CeiT: a collective that gathers the full weights, then the main process
+    writes a normal transformers folder (safetensors, config, code) that `from_pretrained` loads without FSDP."""
+    state_dict = full_state_dict(model)
+    if is_main_process and state_dict:
+        model.save_pretrained(save_directory, state_dict=state_dict, **kwargs)
+
+
+def average_batch_norm_statistics(model: nn.Module, group=None) -> None:
+    """Sets the running mean and variance of every BatchNorm of `model` to their mean over the ranks of `group`.
+
+    FSDP replicates buffers without synchronising them (DDP broadcasts rank 0's before each forward): each rank's
+    statistics follow its own batches, evaluation on each rank would normalise differently, and a checkpoint keeps
+    one rank's copy. Averaging after each optimizer step keeps them equal, from all ranks' batches, for a single
+    all-reduce of a few thousand numbers. A collective: call it on every rank."""
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_initialized():
+        return
+    buffers = [
+        buffer
+        for module in model.modules()
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats
+        for buffer in (module.running_mean, module.running_var)
+    ]
+    if not buffers:
+        return
+    with torch.no_grad():
+        flat = torch.cat([buffer.float().flatten() for buffer in buffers])
+        dist.all_reduce(flat, group=group)
+        flat /= dist.get_world_size(group)
+        for buffer, value in zip(buffers, flat.split([buffer.numel() for buffer in buffers])):
+            buffer.copy_(value.view_as(buffer))
+
+
+def shard_for_accelerator(model: nn.Module, accelerator) -> nn.Module:
+    """`fully_shard_ceit` with the settings of accelerate's FSDP2 plugin (mixed-precision policy, device mesh,
+    resharding, CPU offload), before `accelerator.prepare`: accelerate's own FSDP2 preparation returns a model that is
+    already sharded as it is (and maps the optimizer to its parameters), so the BatchNorms keep their fp32 units.
+    For `Trainer`, call it on `trainer.model` once the trainer exists (it creates the accelerator)."""
+    import torch.distributed as dist
+
+    plugin = accelerator.state.fsdp_plugin
+    if getattr(plugin, "fsdp_version", 1) != 2:
+        raise ValueError(
+            "CeiT trains under FSDP version 2 (fully_shard), which keeps its BatchNorms in fp32; set `fsdp_version: 2` "
+            "in the accelerate config (see configs/accelerate/fsdp.yaml)."
+        )
+    mesh = getattr(accelerator, "torch_device_mesh", None)
+    if mesh is not None and accelerator.parallelism_config is not None:
+        mesh = mesh[tuple(accelerator.parallelism_config.fsdp_dim_names)]
+    # With cpu_ram_efficient_loading, transformers may have loaded the pretrained weights on rank 0 only; accelerate
+    # would broadcast them in its preparation, which a pre-sharded model skips: broadcast them here instead.
+    full = model.state_dict() if plugin.cpu_ram_efficient_loading and dist.get_rank() == 0 else None
+    model = fully_shard_ceit(
+        model, mesh=mesh, mp_policy=plugin.mixed_precision_policy, reshard_after_forward=plugin.reshard_after_forward,
+        offload_policy=plugin.cpu_offload,
+    )
+    if plugin.cpu_ram_efficient_loading:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+        set_model_state_dict(model, full or {}, options=options)
+    return model
+
+
+def replicas_agree(model: nn.Module, group=None) -> bool:
+    """Whether every rank of `group` holds the same parameters (a collective). Data parallel training keeps them
+    equal by construction; a difference means a rank diverged (a non-deterministic op, a rank-dependent branch) and
+    the saved model is rank 0's alone. Compares each parameter's sum and sum of squares in float64."""
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_initialized():
+        return True
+    parameters = [p.detach().double() for p in model.parameters()]
+    fingerprint = torch.stack([torch.stack((p.sum(), p.square().sum())) for p in parameters]).flatten()
+    gathered = [torch.empty_like(fingerprint) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(gathered, fingerprint, group=group)
+    return all(torch.equal(gathered[0], other) for other in gathered[1:])

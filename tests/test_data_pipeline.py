@@ -1,0 +1,173 @@
+"""The training data pipeline: image files that fail to decode (checked up front, then skipped or stopped on during
+training) and DataLoader workers that see each epoch's augmentation seed."""
+
+import gc
+import logging
+import logging.handlers
+import re
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+
+from ceit_hf.training import EpochCallback, SeededAugmentation, main, parse_args
+from ceit_hf.training.data import default_num_workers, with_transform
+from transformers import Trainer, TrainingArguments, default_data_collator
+
+
+# Two steps of a one-block model on 16 images of 16x16 (all of them: 2 batches of 8), no evaluation or checkpoint
+# in between: the final evaluation still runs over the validation folder.
+TINY_RUN = [
+    "--max_steps", "2", "--per_device_train_batch_size", "8", "--eval_strategy", "no", "--save_strategy", "no",
+    "--config_overrides", "num_encoder_blocks=1", "--disable_tqdm", "true", "--report_to", "none",
+]
+EARLY, LATE = "a/0.png", "b/7.png"  # the first file of the first class, the last file of the last one
+
+
+def image_folder(root: Path, truncated: tuple[str, ...]) -> Path:
+    """Two classes of 8 noise PNGs each, `truncated` ones cut after 60 bytes (a valid header, no pixels)."""
+    rng = np.random.default_rng(0)
+    for name in (f"{label}/{i}.png" for label in "ab" for i in range(8)):
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(path)
+        if name in truncated:
+            path.write_bytes(path.read_bytes()[:60])
+    return root
+
+
+@pytest.mark.parametrize("bad", [EARLY, LATE])
+def test_a_truncated_image_is_named_before_training(tmp_path, bad):
+    folder = image_folder(tmp_path / "images", truncated=(bad,))
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as error:
+        main(["--train_dir", str(folder), "--output_dir", str(out), *TINY_RUN])
+    message = str(error.value.code)
+    assert message == f"error: --train_dir '{folder}': 1 file(s) are not readable images: {bad}."
+    assert not list(out.glob("checkpoint-*")) and not (out / "model.safetensors").exists()
+
+
+def test_skip_trains_on_without_the_files_that_fail_to_decode_and_names_them(tmp_path):
+    folder = image_folder(tmp_path / "images", truncated=(EARLY, LATE))
+    out = tmp_path / "out"
+    logger = logging.getLogger("ceit_hf")  # (it does not propagate to the root logger, where caplog listens)
+    records = logging.handlers.BufferingHandler(capacity=10_000)
+    logger.addHandler(records)
+    try:
+        metrics = main(["--train_dir", str(folder), "--validation_dir", str(folder), "--output_dir", str(out),
+                        "--verify_images_limit", "0", "--dataloader_num_workers", "0", *TINY_RUN])
+    finally:
+        logger.removeHandler(records)
+    assert np.isfinite(metrics["eval_loss"]) and (out / "model.safetensors").is_file()
+    warnings = [r.getMessage() for r in records.buffer if r.levelno == logging.WARNING]
+    skipped = [message for message in warnings if message.startswith("Skipping")]
+    # each bad file once in training (16 images in 2 steps of 8) and once in the evaluation, counted per transform
+    for bad in (EARLY, LATE):
+        assert sum(str(folder / bad) in message for message in skipped) == 2, skipped
+    assert any("2 skipped so far in this process" in message for message in skipped)
+    assert any(str(folder / EARLY) in message and "image size" in message for message in warnings)
+
+
+@pytest.mark.parametrize("workers", [0, 1])  # with 1, the error crosses from the DataLoader worker process
+def test_stop_fails_naming_the_file_that_fails_to_decode(tmp_path, workers, monkeypatch):
+    # The failed run's DataLoader iterator is in a reference cycle (the traceback's): the garbage collector frees it
+    # after its queues, and torch then waits its whole status-check interval (5 s) for the worker to stop.
+    monkeypatch.setattr(torch.utils.data._utils, "MP_STATUS_CHECK_INTERVAL", 0.1)
+    folder = image_folder(tmp_path / "images", truncated=(EARLY, LATE))
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as error:
+        main(["--train_dir", str(folder), "--output_dir", str(out), "--verify_images_limit", "0",
+              "--bad_image_policy", "stop", "--dataloader_num_workers", str(workers), *TINY_RUN])
+    message = str(error.value.code)
+    assert re.fullmatch(rf"error: cannot decode {re.escape(str(folder))}/({EARLY}|{LATE}) \(OSError: .*\)\.", message)
+    assert not (out / "model.safetensors").exists()
+    del error
+    gc.collect()  # with the shorter interval
+    with pytest.raises(SystemExit, match=r"error: --bad_image_policy must be one of \('skip', 'stop'\), got 'drop'"):
+        main(["--train_dir", str(folder), "--output_dir", str(out), "--bad_image_policy", "drop", *TINY_RUN])
+
+
+def test_data_loader_defaults(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    _, _, _, args = parse_args(["--output_dir", str(tmp_path), "--train_dir", str(tmp_path)])
+    assert args.dataloader_num_workers == default_num_workers() and 0 <= default_num_workers() <= 8
+    assert args.dataloader_persistent_workers == (default_num_workers() > 0)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    assert default_num_workers() == 8
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "16")  # 4 CPUs for each of 16 local processes: 3 workers each
+    assert default_num_workers() == 3
+    _, _, _, args = parse_args(["--output_dir", str(tmp_path), "--train_dir", str(tmp_path),
+                                "--dataloader_num_workers", "0"])
+    assert args.dataloader_num_workers == 0 and not args.dataloader_persistent_workers
+    _, _, _, args = parse_args(["--output_dir", str(tmp_path)])  # the bundled digits: in the training process
+    assert args.dataloader_num_workers == 0 and not args.dataloader_persistent_workers
+
+
+# ------------------------------------------------------------------------------------ augmentation in workers
+
+
+class Recorder(torch.nn.Module):
+    """A one-parameter model that keeps the training batches it receives."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(1))
+        self.batches = []
+
+    def forward(self, pixel_values, labels):
+        if self.training:
+            self.batches.append((labels.tolist(), pixel_values.clone()))
+        return {"loss": (self.scale * pixel_values).mean()}
+
+
+def noise_images(count: int = 6):
+    """`count` 8x8 images whose label is their row index; random erasing makes each augmentation distinct."""
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
+    images = [Image.new("RGB", (8, 8), (40 * i, 0, 0)) for i in range(count)]
+    data = datasets.Dataset.from_dict({"image": images, "label": list(range(count))}, features=features)
+    augmentation = SeededAugmentation(
+        v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.RandomErasing(p=1.0, value="random")]),
+        seed=0,
+    )
+    return data, augmentation
+
+
+def train_with_workers(output_dir: Path, epochs: int, resume_from: str | None = None, **kwargs) -> list:
+    """(labels, pixel values) of each training batch of a Trainer run with 2 persistent DataLoader workers."""
+    data, augmentation = noise_images()
+    args = TrainingArguments(
+        output_dir=str(output_dir), per_device_train_batch_size=3, num_train_epochs=epochs, use_cpu=True,
+        dataloader_num_workers=2, dataloader_persistent_workers=True, remove_unused_columns=False,
+        report_to="none", disable_tqdm=True, logging_strategy="no", **{"save_strategy": "no", **kwargs},
+    )
+    model = Recorder()
+    trainer = Trainer(model=model, args=args, train_dataset=with_transform(data, "image", "label", augmentation),
+                      data_collator=default_data_collator, callbacks=[EpochCallback(augmentation)])
+    trainer.train(resume_from_checkpoint=resume_from)
+    return model.batches
+
+
+def test_persistent_workers_augment_each_epoch_anew(tmp_path):
+    batches = train_with_workers(tmp_path, epochs=2)  # 6 images in batches of 3: 2 steps an epoch
+    data, augmentation = noise_images()
+    seen = []  # per epoch: example index -> the pixels the model received
+    for epoch, epoch_batches in enumerate((batches[:2], batches[2:])):
+        seen.append({label: pixels for labels, batch in epoch_batches for label, pixels in zip(labels, batch)})
+        assert sorted(seen[epoch]) == list(range(6))
+        augmentation.epoch = epoch
+        for index in range(6):  # what the workers gave is this epoch's augmentation of the example
+            assert torch.equal(seen[epoch][index], augmentation([data[index]["image"]], [index])[0]), (epoch, index)
+    assert all(not torch.equal(seen[0][index], seen[1][index]) for index in range(6))
+
+
+def test_a_resumed_run_receives_the_batches_of_the_uninterrupted_one(tmp_path):
+    # 3 epochs of 2 steps, a checkpoint after step 3 (mid-epoch 1), then a run resumed from it
+    full = train_with_workers(tmp_path / "a", epochs=3, save_strategy="steps", save_steps=3)
+    resumed = train_with_workers(tmp_path / "b", epochs=3, resume_from=str(tmp_path / "a" / "checkpoint-3"))
+    assert len(full) == 6 and len(resumed) == 3
+    for (labels, pixels), (resumed_labels, resumed_pixels) in zip(full[3:], resumed):
+        assert labels == resumed_labels and torch.equal(pixels, resumed_pixels)
