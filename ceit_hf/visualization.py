@@ -1,0 +1,226 @@
+# Copyright 2026 The ceit_hf authors. Licensed under the Apache License, Version 2.0.
+"""What a CeiT looks at: the class token's attention over the patch grid in each encoder block, its attention
+rollout through the blocks (Abnar & Zuidema 2020), and the LCA's weights over the class tokens of the blocks (which
+depths the prediction draws on), drawn over the input image in its original aspect ratio (docs/attention.md)."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers.image_transforms import get_resize_output_image_size, get_size_with_aspect_ratio
+from transformers.image_utils import ChannelDimension
+
+
+def _heads(attention: torch.Tensor, head: int | None, dim: int) -> torch.Tensor:
+    """Mean over the heads axis `dim`, or the one `head` (ValueError naming the valid range)."""
+    if head is None:
+        return attention.mean(dim)
+    count = attention.shape[dim]
+    if not 0 <= head < count:
+        raise ValueError(f"head {head} is out of range: this attention has {count} heads, 0..{count - 1}.")
+    return attention.select(dim, head)
+
+
+def class_token_maps(attentions, grid_size: tuple[int, int], head: int | None = None) -> torch.Tensor:
+    """The class token's attention over the patches in each block, `(..., blocks, rows, cols)`, from `attentions`
+    (`outputs.attentions`: one `(..., heads, 1 + N, 1 + N)` tensor per block, class token first), averaged over the
+    heads or of one `head`. The class token's row also gives weight to itself; the maps leave it out and are
+    renormalised over the N patches, so each sums to 1 (comparable across blocks)."""
+    rows = _heads(torch.stack(tuple(attentions), dim=-4), head, dim=-3)[..., 0, 1:]
+    rows = rows / rows.sum(-1, keepdim=True)
+    return rows.unflatten(-1, tuple(grid_size))
+
+
+def attention_rollout(attentions, grid_size: tuple[int, int]) -> torch.Tensor:
+    """Attention rollout (Abnar & Zuidema 2020, head fusion "mean"), `(..., rows, cols)`: each block's attention
+    averaged over heads, the residual path added as `A' = 0.5 A + 0.5 I` (rows renormalised), and the product
+    `A'_L ... A'_1` taken; the class token's row of it over the patches, renormalised over them to sum to 1."""
+    rollout = None
+    for attention in attentions:
+        mixed = 0.5 * attention.float().mean(-3) + 0.5 * torch.eye(attention.shape[-1], device=attention.device)
+        mixed = mixed / mixed.sum(-1, keepdim=True)
+        rollout = mixed if rollout is None else mixed @ rollout
+    row = rollout[..., 0, 1:]
+    return (row / row.sum(-1, keepdim=True)).unflatten(-1, tuple(grid_size))
+
+
+def lca_weights(lca_attentions: torch.Tensor, head: int | None = None) -> torch.Tensor:
+    """The LCA's attention of the last block's class token over the class tokens of all blocks, `(..., blocks)`
+    (sums to 1), from `outputs.lca_attentions` `(..., lca_heads, 1, blocks)`: mean over heads, or one `head`."""
+    return _heads(lca_attentions, head, dim=-3)[..., 0, :]
+
+
+@dataclass
+class AttentionMaps:
+    """What `attention_maps` returns for a batch: `blocks` `(batch, blocks, rows, cols)`, `rollout` `(batch, rows,
+    cols)`, `lca` `(batch, blocks)`, the `logits` and the token `grid_size`."""
+
+    blocks: torch.Tensor
+    rollout: torch.Tensor
+    lca: torch.Tensor
+    logits: torch.Tensor
+    grid_size: tuple[int, int]
+
+
+@contextmanager
+def eager_attention(model):
+    """Runs `model` in eval mode with eager attention, the only implementation that returns attention
+    probabilities, and puts back its attention implementation and training mode afterwards, also on error."""
+    previous, training = model.config._attn_implementation, model.training
+    try:
+        if previous != "eager":
+            model.set_attn_implementation("eager")
+        yield model.eval()
+    finally:
+        if model.config._attn_implementation != previous:
+            model.set_attn_implementation(previous)
+        model.train(training)
+
+
+def attention_maps(model, pixel_values: torch.Tensor, head: int | None = None) -> AttentionMaps:
+    """The per-block class-token maps (`head` or mean over heads), the rollout and the LCA weights of `model` (a
+    `CeiTForImageClassification` or `CeiTModel`) on `pixel_values`, of any size the model accepts."""
+    grid_size = model.config.token_grid_size(*pixel_values.shape[-2:])
+    with eager_attention(model), torch.no_grad():
+        # interpolate_pos_encoding=True accepts other input sizes and changes nothing at the trained one
+        outputs = model(pixel_values, interpolate_pos_encoding=True, output_attentions=True)
+    attentions = [attention.float().cpu() for attention in outputs.attentions]  # small; plotted on the CPU
+    return AttentionMaps(
+        blocks=class_token_maps(attentions, grid_size, head),
+        rollout=attention_rollout(attentions, grid_size),
+        lca=lca_weights(outputs.lca_attentions.float().cpu(), head),
+        logits=(outputs.logits if hasattr(outputs, "logits") else outputs.pooler_output).float().cpu(),
+        grid_size=grid_size,
+    )
+
+
+def token_grid_box(config, processor, image_hw: tuple[int, int]) -> tuple[float, float, float, float]:
+    """(left, top, right, bottom) in the original image's pixels of the region the token grid covers: the processor
+    resizes (shorter side to `size["shortest_edge"]`, or to `size` height x width) and center-crops; the stem
+    downsamples by conv stride x pool stride (4 by default), so the grid covers `rows * patch_size * 4` crop pixels
+    from its top-left corner: the whole crop when the crop tiles into patches."""
+    height, width = image_hw
+    resized = (height, width)
+    if processor.do_resize:
+        size = processor.size
+        if size.shortest_edge and size.longest_edge:  # the sizes the torchvision backend's `resize` computes
+            resized = get_size_with_aspect_ratio(image_hw, size.shortest_edge, size.longest_edge)
+        elif size.shortest_edge:
+            resized = get_resize_output_image_size(
+                np.broadcast_to(0.0, (1, height, width)), size.shortest_edge, default_to_square=False,
+                input_data_format=ChannelDimension.FIRST,
+            )
+        elif size.height and size.width:
+            resized = (size.height, size.width)
+        else:
+            raise ValueError(f"token_grid_box handles resizing to a shortest_edge or a height x width, not {size}.")
+    top = left = 0
+    crop_h, crop_w = resized
+    if processor.do_center_crop:
+        crop_h, crop_w = processor.crop_size.height, processor.crop_size.width
+        # the offsets of CeiTImageProcessor.center_crop (torchvision's CenterCrop rounding)
+        top, left = int(round((resized[0] - crop_h) / 2.0)), int(round((resized[1] - crop_w) / 2.0))
+    rows, cols = config.token_grid_size(crop_h, crop_w)
+    stride = config.i2t_conv_stride * config.i2t_max_pool_stride
+    cover_h, cover_w = min(crop_h, rows * config.patch_size * stride), min(crop_w, cols * config.patch_size * stride)
+    scale_y, scale_x = height / resized[0], width / resized[1]
+    return left * scale_x, top * scale_y, (left + cover_w) * scale_x, (top + cover_h) * scale_y
+
+
+def to_image_pixels(attention_map: torch.Tensor, box, image_hw: tuple[int, int]) -> torch.Tensor:
+    """A `(..., rows, cols)` map spread over the original image's pixels, `(..., height, width)`: each token's mass
+    shared among the pixels whose centres fall in its cell of `box` (`token_grid_box`), zero outside the box. The
+    total mass is kept when every cell holds at least one pixel centre."""
+    rows, cols = attention_map.shape[-2:]
+    left, top, right, bottom = box
+
+    def cells(pixels: int, start: float, stop: float, count: int) -> torch.Tensor:
+        """The cell (0..count-1, -1 outside) under each pixel centre along one side."""
+        index = torch.floor((torch.arange(pixels, dtype=torch.float64) + 0.5 - start) / (stop - start) * count).long()
+        return torch.where((index >= 0) & (index < count), index, -1)
+
+    row, col = cells(image_hw[0], top, bottom, rows), cells(image_hw[1], left, right, cols)
+    inside = (row[:, None] >= 0) & (col[None, :] >= 0)
+    cell = (row[:, None] * cols + col[None, :]).clamp(min=0)
+    pixels_per_cell = torch.bincount(cell[inside], minlength=rows * cols).clamp(min=1)
+    density = attention_map.flatten(-2) / pixels_per_cell
+    return density[..., cell] * inside
+
+
+def plot_attention(image, maps: AttentionMaps, box, title: str = "", index: int = 0):
+    """A matplotlib `Figure` of image `index` of `maps`: the input (token grid's region outlined), the rollout
+    over it, the LCA weights per block, and each block's class-token map over it; the image keeps its original
+    aspect ratio, each map is drawn over the region `box` it covers and the rest of the image is dimmed."""
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    pixels = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image)
+    height, width = pixels.shape[:2]
+    left, top, right, bottom = box
+    blocks = maps.blocks.shape[1]
+    cols = min(max(blocks, 4), 6)  # block maps per row
+    block_rows = -(-blocks // cols)
+    row_height = 12 / cols * height / width + 0.4  # a block panel's height, with its title
+    figure = Figure(figsize=(12, 3.8 * height / width + 0.8 + block_rows * row_height), layout="constrained")
+    top_row, block_grid = figure.subfigures(2, 1, height_ratios=(3.8 * height / width + 0.8, block_rows * row_height))
+    panels = top_row.subplots(1, 3)
+
+    def overlay(axes, attention_map, name):
+        axes.imshow(pixels, extent=(0, width, height, 0), interpolation="nearest")
+        # each map on its own scale, from 0 to its largest weight; opacity grows with the weight, so the image
+        # stays visible where the class token does not look
+        weight = (attention_map / attention_map.max()).numpy()
+        colours = colormaps["inferno"](weight)
+        colours[..., 3] = 0.15 + 0.7 * weight
+        axes.imshow(colours, extent=(left, right, bottom, top), interpolation="nearest")
+        rows, cols = weight.shape
+        axes.vlines(np.linspace(left, right, cols + 1), top, bottom, color="white", lw=0.4, alpha=0.5)
+        axes.hlines(np.linspace(top, bottom, rows + 1), left, right, color="white", lw=0.4, alpha=0.5)
+        # dim what the token grid does not cover (outside the processor's crop)
+        for x0, y0, x1, y1 in ((0, 0, width, top), (0, bottom, width, height), (0, top, left, bottom),
+                               (right, top, width, bottom)):
+            axes.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, color="black", alpha=0.55, lw=0))
+        axes.set(xlim=(0, width), ylim=(height, 0), xticks=[], yticks=[], title=name)
+
+    axes = panels[0]
+    axes.imshow(pixels, extent=(0, width, height, 0), interpolation="nearest")  # pixel edges at integers, as `box`
+    axes.add_patch(Rectangle((left, top), right - left, bottom - top, fill=False, color="cyan", lw=1.5))
+    axes.set(xticks=[], yticks=[], title=f"input {width}x{height} (token grid: cyan)")
+    overlay(panels[1], maps.rollout[index], "attention rollout")
+    axes = panels[2]
+    lca = maps.lca[index].numpy()
+    axes.bar(np.arange(1, blocks + 1), lca, color="tab:orange")
+    axes.set(xlabel="block", ylabel="LCA weight", title="LCA: weight of each block's class token",
+             xticks=np.arange(1, blocks + 1), ylim=(0, max(lca) * 1.15))
+    grid = block_grid.add_gridspec(block_rows, cols)
+    for block in range(blocks):
+        overlay(block_grid.add_subplot(grid[block // cols, block % cols]), maps.blocks[index, block],
+                f"block {block + 1}  (LCA {lca[block]:.2f})")
+    block_grid.suptitle("class token's attention in each block", fontsize="medium")
+    if title:
+        figure.suptitle(title)
+    return figure
+
+
+def attention_figure(model, processor, image, head: int | None = None):
+    """`(figure, maps)` for one PIL `image`: processed by `processor` (a `CeiTImageProcessor`), run through `model`
+    (`CeiTForImageClassification`), drawn by `plot_attention` with the predicted label in the title."""
+    pixel_values = processor(images=image, return_tensors="pt")["pixel_values"].to(model.device)
+    maps = attention_maps(model, pixel_values, head)
+    box = token_grid_box(model.config, processor, (image.height, image.width))
+    probabilities = maps.logits[0].softmax(-1)
+    label = int(probabilities.argmax())
+    name = model.config.id2label.get(label, str(label))
+    heads = "mean over heads" if head is None else f"head {head}"
+    title = f"predicted: {name} ({probabilities[label]:.0%}); class-token attention, {heads}"
+    return plot_attention(image, maps, box, title), maps
+
+
+__all__ = [
+    "AttentionMaps", "attention_figure", "attention_maps", "attention_rollout", "class_token_maps", "eager_attention",
+    "lca_weights", "plot_attention", "to_image_pixels", "token_grid_box",
+]
