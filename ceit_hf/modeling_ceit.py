@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
+from functools import partial, wraps
 
 import torch
 from torch import nn
@@ -25,9 +25,10 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.backbone_utils import BackboneMixin, filter_output_hidden_states
 from transformers.modeling_outputs import BackboneOutput, BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import torch_int
-from transformers.utils.generic import can_return_tuple
-from transformers.utils.output_capturing import capture_outputs
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs, auto_docstring, torch_int
+from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_ceit import CeiTConfig
 
@@ -43,18 +44,19 @@ class CeiTModelOutput(BaseModelOutputWithPooling):
         The embeddings and the output of each encoder block, each `(batch_size, 1 + num_patches, hidden_size)`.
     attentions (`tuple(torch.FloatTensor)`, *optional*):
         Attention probabilities of each encoder block (eager attention only).
-    lca_attentions (`torch.FloatTensor` of shape `(batch_size, lca_num_heads, 1, num_blocks)`, *optional*):
-        How the last block's class token attends to the class tokens of all blocks (eager attention only).
+    lca_attentions (`tuple(torch.FloatTensor)`, *optional*):
+        One tensor `(batch_size, lca_num_heads, 1, num_blocks)`: how the last block's class token attends to the
+        class tokens of all blocks (eager attention only).
     """
 
-    lca_attentions: torch.FloatTensor | None = None
+    lca_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
 class CeiTImageClassifierOutput(ImageClassifierOutput):
     r"""`ImageClassifierOutput` plus `lca_attentions`, as in [`CeiTModelOutput`]."""
 
-    lca_attentions: torch.FloatTensor | None = None
+    lca_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 class CeiTDropPath(nn.Module):
@@ -473,6 +475,22 @@ def _checkpoint_updating_statistics_once(checkpoint_function: Callable, layer: n
     return checkpoint_function(run, *args)
 
 
+_FORWARD_KEYWORDS = {*TransformersKwargs.__annotations__, "output_lca_attentions"}
+
+
+def _lca_attentions_with_attentions(forward: Callable) -> Callable:
+    """Records the LCA's attentions whenever the encoder's are asked for: transformers ties its own models' extra
+    attention outputs (cross-attentions, SAM's) to `output_attentions` inside `capture_outputs`, which knows no
+    other model's."""
+
+    @wraps(forward)
+    def wrapper(self, *args, **kwargs):
+        kwargs.setdefault("output_lca_attentions", kwargs.get("output_attentions", self.config.output_attentions))
+        return forward(self, *args, **kwargs)
+
+    return wrapper
+
+
 class CeiTPreTrainedModel(PreTrainedModel):
     config: CeiTConfig
     config_class = CeiTConfig
@@ -486,7 +504,11 @@ class CeiTPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
     _can_compile_fullgraph = True
-    _can_record_outputs = {"hidden_states": CeiTLayer, "attentions": CeiTSelfAttention}
+    _can_record_outputs = {
+        "hidden_states": CeiTLayer,
+        "attentions": CeiTSelfAttention,
+        "lca_attentions": OutputRecorder(CeiTClassAttention, index=1),
+    }
 
     _input_embed_layer = "patch_embeddings"
 
@@ -565,14 +587,15 @@ class CeiTModel(CeiTPreTrainedModel):
         self.layernorm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps) if pre_norm else nn.Identity()
         self.post_init()
 
-    # (no `merge_with_config_defaults`: it adds cache keywords, which CeiT's forward does not take)
+    @merge_with_config_defaults
+    @_lca_attentions_with_attentions
     @capture_outputs(tie_last_hidden_states=False)
+    @auto_docstring
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
         interpolate_pos_encoding: bool | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> CeiTModelOutput:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
@@ -580,25 +603,18 @@ class CeiTModel(CeiTPreTrainedModel):
         interpolate_pos_encoding (`bool`, *optional*):
             Resize the position embeddings to the input's token grid, for inputs of another size than
             `config.image_size` (any size whose stem output tiles into whole patches).
-        output_attentions (`bool`, *optional*):
-            Return the attention probabilities of every encoder block and of the LCA (eager attention only).
-        output_hidden_states (`bool`, *optional*):
-            Return the embeddings and the output of every encoder block.
         """
         if pixel_values is None:
             raise ValueError("You have to specify pixel_values.")
+        if unknown := set(kwargs) - _FORWARD_KEYWORDS:
+            # transformers passes unknown keywords on unread: a `head_mask` would be ignored without a word.
+            raise TypeError(f"CeiT's forward got unexpected keyword arguments {sorted(unknown)}.")
         if isinstance(pixel_values, torch.Tensor) and pixel_values.is_floating_point():
             pixel_values = pixel_values.to(self.embeddings.cls_token.dtype)
         embeddings, grid_size = self.embeddings(pixel_values, interpolate_pos_encoding=bool(interpolate_pos_encoding))
-        last_hidden_state, class_tokens = self.encoder(embeddings, grid_size)
-        pooled, lca_attentions = self.lca(class_tokens)
-        if output_attentions is None:
-            output_attentions = self.config.output_attentions
-        return CeiTModelOutput(
-            last_hidden_state=last_hidden_state,
-            pooler_output=self.layernorm(pooled),
-            lca_attentions=lca_attentions if output_attentions else None,
-        )
+        last_hidden_state, class_tokens = self.encoder(embeddings, grid_size, **kwargs)
+        pooled, _ = self.lca(class_tokens, **kwargs)
+        return CeiTModelOutput(last_hidden_state=last_hidden_state, pooler_output=self.layernorm(pooled))
 
 
 class CeiTMLPHead(nn.Module):
@@ -629,28 +645,27 @@ class CeiTForImageClassification(CeiTPreTrainedModel):
         self.post_init()
 
     @can_return_tuple
+    @auto_docstring
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         interpolate_pos_encoding: bool | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> CeiTImageClassifierOutput:
         r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+            Normalised pixels, e.g. from [`CeiTImageProcessor`].
         labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
             Class indices in `[0, config.num_labels)` for single-label classification, float targets
             `(batch_size, num_labels)` for multi-label, or floats for regression (`num_labels == 1`), as set by
             `config.problem_type`.
+        interpolate_pos_encoding (`bool`, *optional*):
+            Resize the position embeddings to the input's token grid (inputs of another size than `image_size`).
         """
-        outputs = self.ceit(
-            pixel_values,
-            interpolate_pos_encoding=interpolate_pos_encoding,
-            output_attentions=self.config.output_attentions if output_attentions is None else output_attentions,
-            output_hidden_states=self.config.output_hidden_states if output_hidden_states is None else output_hidden_states,
-        )
+        outputs = self.ceit(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs)
         logits = self.classifier(outputs.pooler_output)
-        loss = self.loss_function(labels, logits, self.config) if labels is not None else None
+        loss = self.loss_function(labels, logits, self.config, **kwargs) if labels is not None else None
         return CeiTImageClassifierOutput(
             loss=loss,
             logits=logits,
@@ -681,13 +696,16 @@ class CeiTBackbone(BackboneMixin, CeiTPreTrainedModel):
 
     @can_return_tuple
     @filter_output_hidden_states
+    @auto_docstring
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
         interpolate_pos_encoding: bool | None = None,
-        output_hidden_states: bool | None = None,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BackboneOutput:
         r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+            Normalised pixels, e.g. from [`CeiTImageProcessor`].
         interpolate_pos_encoding (`bool`, *optional*, defaults to `True`):
             Accept any input size whose stem output tiles into patches (dense prediction heads feed crops of any
             size); `False` holds the input to `config.image_size`.
@@ -699,7 +717,7 @@ class CeiTBackbone(BackboneMixin, CeiTPreTrainedModel):
         stem = embeddings.image_to_tokens(pixel_values.to(embeddings.cls_token.dtype))
         hidden_states = [embeddings.tokens(stem, grid_size)]
         for layer in self.encoder.layers:
-            hidden_states.append(layer(hidden_states[-1], grid_size))
+            hidden_states.append(layer(hidden_states[-1], grid_size, **kwargs))
         feature_maps = []
         for stage, hidden_state in zip(self.stage_names, hidden_states):
             if stage not in self.out_features:

@@ -49,7 +49,7 @@ def attention_rollout(attentions, grid_size: tuple[int, int]) -> torch.Tensor:
 
 def lca_weights(lca_attentions: torch.Tensor, head: int | None = None) -> torch.Tensor:
     """The LCA's attention of the last block's class token over the class tokens of all blocks, `(..., blocks)`
-    (sums to 1), from `outputs.lca_attentions` `(..., lca_heads, 1, blocks)`: mean over heads, or one `head`."""
+    (sums to 1), from `outputs.lca_attentions[0]` `(..., lca_heads, 1, blocks)`: mean over heads, or one `head`."""
     return _heads(lca_attentions, head, dim=-3)[..., 0, :]
 
 
@@ -88,10 +88,12 @@ def attention_maps(model, pixel_values: torch.Tensor, head: int | None = None) -
         # interpolate_pos_encoding=True accepts other input sizes and changes nothing at the trained one
         outputs = model(pixel_values, interpolate_pos_encoding=True, output_attentions=True)
     attentions = [attention.float().cpu() for attention in outputs.attentions]  # small; plotted on the CPU
+    lca = outputs.lca_attentions  # a one-tensor tuple; a tensor from the remote code of ceit_hf <= 0.2 folders
+    lca = lca[0] if isinstance(lca, tuple) else lca
     return AttentionMaps(
         blocks=class_token_maps(attentions, grid_size, head),
         rollout=attention_rollout(attentions, grid_size),
-        lca=lca_weights(outputs.lca_attentions.float().cpu(), head),
+        lca=lca_weights(lca.float().cpu(), head),
         logits=(outputs.logits if hasattr(outputs, "logits") else outputs.pooler_output).float().cpu(),
         grid_size=grid_size,
     )

@@ -114,7 +114,8 @@ class CeiTModelTest(unittest.TestCase):
             self.assertEqual(len(out.attentions), tester.num_hidden_layers)
             shape = (tester.batch_size, tester.num_attention_heads, tester.seq_length, tester.seq_length)
             self.assertEqual(out.attentions[0].shape, shape)
-            self.assertEqual(out.lca_attentions.shape, (tester.batch_size, tester.num_attention_heads, 1, tester.num_hidden_layers))
+            (lca,) = out.lca_attentions
+            self.assertEqual(lca.shape, (tester.batch_size, tester.num_attention_heads, 1, tester.num_hidden_layers))
             self.assertIsNone(model(**inputs).attentions)
 
     def test_training_and_gradient_checkpointing(self):
@@ -327,7 +328,8 @@ def test_output_shapes_and_counts():
     assert torch.equal(out.hidden_states[-1], out.last_hidden_state)
     assert len(out.attentions) == 3 and all(a.shape == (3, 2, 17, 17) for a in out.attentions)
     assert torch.allclose(out.attentions[0].sum(-1), torch.ones(3, 2, 17), atol=1e-5)
-    assert out.lca_attentions.shape == (3, 2, 1, 3)
+    (lca,) = out.lca_attentions  # recorded by OutputRecorder, a tuple like `attentions`
+    assert lca.shape == (3, 2, 1, 3) and torch.allclose(lca.sum(-1), torch.ones(3, 2, 1), atol=1e-5)
     plain = model(pixels(batch=3))
     assert plain.hidden_states is None and plain.attentions is None and plain.lca_attentions is None
 
@@ -337,7 +339,7 @@ def test_classifier_output_and_tuple_equivalence():
     x = pixels()
     out = model(x, labels=torch.tensor([0, 1]), output_attentions=True, output_hidden_states=True)
     assert isinstance(out, ImageClassifierOutput)
-    assert out.lca_attentions is not None and len(out.attentions) == 2 and len(out.hidden_states) == 3
+    assert len(out.lca_attentions) == 1 and len(out.attentions) == 2 and len(out.hidden_states) == 3
     as_tuple = model(x, labels=torch.tensor([0, 1]), return_dict=False)
     assert torch.allclose(as_tuple[0], out.loss, atol=1e-6) and torch.allclose(as_tuple[1], out.logits, atol=1e-6)
     # The classifier sees the pooled LCA token.
