@@ -10,6 +10,7 @@ from typing import Any
 
 from transformers import PreTrainedConfig
 from transformers.backbone_utils import BackboneConfigMixin
+from transformers.utils import auto_docstring
 
 
 # What every official variant shares (coeusguo/ceit `ceit_model.py`): a padded 7x7/2 convolution without bias,
@@ -17,16 +18,42 @@ from transformers.backbone_utils import BackboneConfigMixin
 # blocks with qkv bias; LeFF with BatchNorm and no GELU after its last BatchNorm; the LCA with a layer-position
 # embedding; a LayerNorm -> Linear head.
 _OFFICIAL = dict(
-    patch_size=4, num_encoder_blocks=12, classifier_mlp_d=None, i2t_out_channels=64, i2t_conv_kernel_size=7,
-    i2t_conv_stride=2, i2t_conv_padding=3, i2t_conv_bias=False, i2t_max_pool_kernel_size=3, i2t_max_pool_stride=2,
-    i2t_max_pool_padding=1, patch_norm=False, patchify_technique="conv", leff_expand_ratio=4, leff_depthwise_kernel=3,
-    leff_depthwise_stride=1, leff_depthwise_padding=1, leff_depthwise_separable=False, leff_batch_norm=True,
-    leff_final_activation=False, lca_encoder_expansion_ratio=4, lca_encoder_ln_order="pre", lca_encoder_qkv_bias=True,
-    lca_layer_position_embedding=True, ln_order="pre", qkv_bias=True, layer_norm_eps=1e-6, num_labels=1000,
+    patch_size=4,
+    num_encoder_blocks=12,
+    classifier_mlp_d=None,
+    i2t_out_channels=64,
+    i2t_conv_kernel_size=7,
+    i2t_conv_stride=2,
+    i2t_conv_padding=3,
+    i2t_conv_bias=False,
+    i2t_max_pool_kernel_size=3,
+    i2t_max_pool_stride=2,
+    i2t_max_pool_padding=1,
+    patch_norm=False,
+    patchify_technique="conv",
+    leff_expand_ratio=4,
+    leff_depthwise_kernel=3,
+    leff_depthwise_stride=1,
+    leff_depthwise_padding=1,
+    leff_depthwise_separable=False,
+    leff_batch_norm=True,
+    leff_final_activation=False,
+    lca_encoder_expansion_ratio=4,
+    lca_encoder_ln_order="pre",
+    lca_encoder_qkv_bias=True,
+    lca_layer_position_embedding=True,
+    ln_order="pre",
+    qkv_bias=True,
+    layer_norm_eps=1e-6,
+    num_labels=1000,
 )
 PRESETS: dict[str, dict[str, Any]] = {
     f"ceit_{name}_patch16_{size}": {**_OFFICIAL, "d_model": width, "encoder_num_heads": heads, "image_size": size}
-    for name, width, heads, sizes in (("tiny", 192, 3, (224, 384)), ("small", 384, 6, (224, 384)), ("base", 768, 12, (224,)))
+    for name, width, heads, sizes in (
+        ("tiny", 192, 3, (224, 384)),
+        ("small", 384, 6, (224, 384)),
+        ("base", 768, 12, (224,)),
+    )
     for size in sizes
 }
 
@@ -41,6 +68,7 @@ ALIASES = {
 }
 LN_ORDERS = ("pre", "post")
 PATCHIFY_TECHNIQUES = ("linear", "conv")
+
 
 def _int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
@@ -61,70 +89,115 @@ def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
+# auto_docstring writes transformers' Args section (and checks every option is in it); the intro is given because
+# its default one names the model from transformers' own module tree, which a Hub remote-code file is not part of.
+@auto_docstring(
+    custom_intro="""
+    Configuration of a CeiT model (Convolution-enhanced image Transformer, Yuan et al., ICCV 2021, arXiv:2103.11816).
+    Every keyword of the `cv.backbones.CeiT.model.CeiT` API is accepted with its name, meaning and default, so
+    `CeiTConfig()` is that API's default model (post-norm blocks, an MLP head); the official CeiT-T/S/B are presets:
+    `CeiTConfig.from_preset("ceit_tiny_patch16_224", num_classes=10)`. transformers' names are aliases (`hidden_size`,
+    `num_hidden_layers`, `num_attention_heads`, `num_channels`, `num_labels`). A keyword close to an option but none
+    raises `ValueError` ("did you mean"). A pre-norm LCA is followed by a final LayerNorm; a post-norm one ends in one.
+    """
+)
 class CeiTConfig(BackboneConfigMixin, PreTrainedConfig):
     r"""
-    Configuration of a CeiT model (Convolution-enhanced image Transformer, Yuan et al., ICCV 2021, arXiv:2103.11816).
-
-    Every keyword of the `cv.backbones.CeiT.model.CeiT` API is accepted with its name, meaning and default, so
-    `CeiTConfig()` is that API's default model (post-norm blocks, an MLP head). The official CeiT-T/S/B are presets:
-    `CeiTConfig.from_preset("ceit_tiny_patch16_224", num_classes=10)`. transformers' names are aliases:
-    `hidden_size`, `num_hidden_layers`, `num_attention_heads`, `num_channels`, and `num_labels` for `num_classes`.
-    A keyword that is neither an option nor a transformers key but close to one raises `ValueError` ("did you mean").
-
-    Seed API options (see the README for how each maps onto the paper):
-
-        image_size: input size (`int` or `[height, width]`) the position embeddings are made for.
-        d_model: token width D.
-        patch_size: patch side on the Image-to-Tokens map (4 there = 16 pixels: the official "patch16").
-        dropout: dropout on the embeddings and inside the MLP head.
-        encoder_num_heads: attention heads of the encoder blocks.
-        num_encoder_blocks: number of encoder blocks.
-        encoder_dropout: dropout on LeFF's hidden activations, before its last projection.
-        encoder_attention_dropout: dropout on the encoder attention probabilities.
-        encoder_projection_dropout: dropout after the encoder attention's output projection.
-        classifier_mlp_d: hidden width of the MLP head (Linear-Tanh-Dropout-Linear); `None`: one Linear (official).
-        i2t_out_channels: channels of the Image-to-Tokens stem (64 in the official models).
-        i2t_conv_kernel_size, i2t_conv_stride: the stem convolution.
-        i2t_max_pool_kernel_size, i2t_max_pool_stride: the stem max-pool.
-        leff_expand_ratio: LeFF hidden width = `leff_expand_ratio * d_model`.
-        leff_depthwise_kernel, leff_depthwise_stride, leff_depthwise_padding: LeFF's depthwise convolution, which
-            must keep the token grid (stride 1, `2 * padding == kernel - 1`).
-        leff_depthwise_separable: a pointwise layer after the depthwise convolution (depthwise-separable).
-        lca_encoder_expansion_ratio: MLP ratio of the LCA block.
-        lca_encoder_num_heads: attention heads of the LCA block; follows `encoder_num_heads` when not given.
-        lca_encoder_dropout: dropout on the LCA MLP's hidden activations.
-        lca_encoder_attention_dropout: dropout on the LCA attention probabilities.
-        lca_encoder_projection_dropout: dropout after the LCA attention's output projection.
-        lca_encoder_ln_order: "pre" (`x + f(LN(x))`) or "post" (`LN(x + f(x))`) in the LCA block.
-        lca_encoder_stodepth_prob: drop-path rate of the LCA residual branches.
-        lca_encoder_layer_scale: initial LayerScale of the LCA branches (CaiT); `None`: off.
-        lca_encoder_qkv_bias: bias of the LCA query/key/value projection.
-        patchify_technique: "linear" (unfold + Linear) or "conv" (strided convolution, the official layer).
-        stochastic_depth: drop-path on the encoder branches, rising linearly from 0 to `stochastic_depth_mp`.
-        stochastic_depth_mp: the largest drop-path rate, required in [0, 1) with `stochastic_depth=True`.
-        layer_scale: initial LayerScale of the encoder branches; `None`: off.
-        ln_order: "pre" or "post" LayerNorm order of the encoder blocks.
-        num_classes: number of labels (alias of `num_labels`); 0 gives no classifier.
-        in_channels: image channels.
-
-    Options beyond the seed API, needed by the official models:
-
-        qkv_bias: bias of the encoder query/key/value projection (official: True).
-        layer_norm_eps: epsilon of every LayerNorm.
-        i2t_conv_padding: stem convolution padding; `None`: `kernel // 2` (224 -> 112).
-        i2t_conv_bias: bias of the stem convolution (a BatchNorm follows it).
-        i2t_max_pool_padding: stem max-pool padding; `None`: `kernel // 2` (112 -> 56: a 14x14 grid at 224).
-        patch_norm: LayerNorm after the patch projection (in the seed API, not in the official model).
-        leff_batch_norm: BatchNorm after each LeFF layer.
-        leff_final_activation: GELU after LeFF's last BatchNorm, as in the paper's equations (official code: none).
-        lca_layer_position_embedding: learned embedding added to the class tokens before the LCA (`pos_layer_embed`).
-        initializer_range: std of the truncated-normal initialisation.
-        out_features, out_indices: the stages [`CeiTBackbone`] returns, among `stage_names` ("stem": the I2T map;
-            "stage1" ... "stageN": each block's patch tokens as a map); default the last.
-        apply_layernorm: [`CeiTBackbone`] puts its stage maps through a LayerNorm (as DINOv2's backbone).
-        reshape_hidden_states: [`CeiTBackbone`] returns stages as `(batch, d_model, h, w)` maps, else as tokens.
-
-    A pre-norm LCA is followed by a final LayerNorm; a post-norm one already ends in one.
+    image_size (`int` or `list[int]`, *optional*, defaults to 224):
+        Input size (or `[height, width]`) the position embeddings are made for.
+    d_model (`int`, *optional*, defaults to 768):
+        Token width D (alias `hidden_size`).
+    patch_size (`int`, *optional*, defaults to 4):
+        Patch side on the Image-to-Tokens map (4 there = 16 pixels: the official "patch16").
+    dropout (`float`, *optional*, defaults to 0.0):
+        Dropout on the embeddings and inside the MLP head.
+    encoder_num_heads (`int`, *optional*, defaults to 12):
+        Attention heads of the encoder blocks (alias `num_attention_heads`).
+    num_encoder_blocks (`int`, *optional*, defaults to 12):
+        Number of encoder blocks (alias `num_hidden_layers`).
+    encoder_dropout (`float`, *optional*, defaults to 0.0):
+        Dropout on LeFF's hidden activations, before its last projection.
+    encoder_attention_dropout (`float`, *optional*, defaults to 0.0):
+        Dropout on the encoder attention probabilities.
+    encoder_projection_dropout (`float`, *optional*, defaults to 0.0):
+        Dropout after the encoder attention's output projection.
+    classifier_mlp_d (`int`, *optional*, defaults to 2048):
+        Hidden width of the MLP head (Linear-Tanh-Dropout-Linear); `None`: one Linear (official).
+    i2t_out_channels (`int`, *optional*, defaults to 32):
+        Channels of the Image-to-Tokens stem (64 in the official models).
+    i2t_conv_kernel_size (`int`, *optional*, defaults to 7):
+        Kernel of the stem convolution.
+    i2t_conv_stride (`int`, *optional*, defaults to 2):
+        Stride of the stem convolution.
+    i2t_max_pool_kernel_size (`int`, *optional*, defaults to 3):
+        Kernel of the stem max-pool.
+    i2t_max_pool_stride (`int`, *optional*, defaults to 2):
+        Stride of the stem max-pool.
+    leff_expand_ratio (`int`, *optional*, defaults to 4):
+        LeFF hidden width = `leff_expand_ratio * d_model`.
+    leff_depthwise_kernel (`int`, *optional*, defaults to 3):
+        Kernel of LeFF's depthwise convolution.
+    leff_depthwise_stride (`int`, *optional*, defaults to 1):
+        Stride of LeFF's depthwise convolution (1: it keeps the token grid).
+    leff_depthwise_padding (`int`, *optional*, defaults to 1):
+        Padding of LeFF's depthwise convolution (`2 * padding == kernel - 1`).
+    leff_depthwise_separable (`bool`, *optional*, defaults to `True`):
+        A pointwise layer after the depthwise convolution (depthwise-separable).
+    lca_encoder_expansion_ratio (`int`, *optional*, defaults to 4):
+        MLP ratio of the LCA block.
+    lca_encoder_num_heads (`int`, *optional*):
+        Attention heads of the LCA block; follows `encoder_num_heads` when not given.
+    lca_encoder_dropout (`float`, *optional*, defaults to 0.0):
+        Dropout on the LCA MLP's hidden activations.
+    lca_encoder_attention_dropout (`float`, *optional*, defaults to 0.0):
+        Dropout on the LCA attention probabilities.
+    lca_encoder_projection_dropout (`float`, *optional*, defaults to 0.0):
+        Dropout after the LCA attention's output projection.
+    lca_encoder_ln_order (`str`, *optional*, defaults to `"post"`):
+        "pre" (`x + f(LN(x))`) or "post" (`LN(x + f(x))`) in the LCA block.
+    lca_encoder_stodepth_prob (`float`, *optional*, defaults to 0.0):
+        Drop-path rate of the LCA residual branches.
+    lca_encoder_layer_scale (`float`, *optional*):
+        Initial LayerScale of the LCA branches (CaiT); `None`: off.
+    lca_encoder_qkv_bias (`bool`, *optional*, defaults to `False`):
+        Bias of the LCA query/key/value projection.
+    patchify_technique (`str`, *optional*, defaults to `"linear"`):
+        "linear" (unfold + Linear) or "conv" (strided convolution, the official layer).
+    stochastic_depth (`bool`, *optional*, defaults to `False`):
+        Drop-path on the encoder branches, rising linearly from 0 to `stochastic_depth_mp`.
+    stochastic_depth_mp (`float`, *optional*):
+        The largest drop-path rate, required in [0, 1) with `stochastic_depth=True`.
+    layer_scale (`float`, *optional*):
+        Initial LayerScale of the encoder branches; `None`: off.
+    ln_order (`str`, *optional*, defaults to `"post"`):
+        "pre" or "post" LayerNorm order of the encoder blocks.
+    in_channels (`int`, *optional*, defaults to 3):
+        Image channels (alias `num_channels`).
+    qkv_bias (`bool`, *optional*, defaults to `False`):
+        Bias of the encoder query/key/value projection (official: `True`).
+    layer_norm_eps (`float`, *optional*, defaults to 1e-6):
+        Epsilon of every LayerNorm.
+    i2t_conv_padding (`int`, *optional*):
+        Stem convolution padding; `None`: `kernel // 2` (224 -> 112).
+    i2t_conv_bias (`bool`, *optional*, defaults to `False`):
+        Bias of the stem convolution (a BatchNorm follows it).
+    i2t_max_pool_padding (`int`, *optional*):
+        Stem max-pool padding; `None`: `kernel // 2` (112 -> 56: a 14x14 grid at 224).
+    patch_norm (`bool`, *optional*, defaults to `True`):
+        LayerNorm after the patch projection (in the seed API, not in the official model).
+    leff_batch_norm (`bool`, *optional*, defaults to `True`):
+        BatchNorm after each LeFF layer.
+    leff_final_activation (`bool`, *optional*, defaults to `True`):
+        GELU after LeFF's last BatchNorm, as in the paper's equations (official code: none).
+    lca_layer_position_embedding (`bool`, *optional*, defaults to `True`):
+        Learned embedding added to the class tokens before the LCA (`pos_layer_embed`).
+    initializer_range (`float`, *optional*, defaults to 0.02):
+        Std of the truncated-normal initialisation.
+    apply_layernorm (`bool`, *optional*, defaults to `True`):
+        [`CeiTBackbone`] puts its stage maps through a LayerNorm (as DINOv2's backbone).
+    reshape_hidden_states (`bool`, *optional*, defaults to `True`):
+        [`CeiTBackbone`] returns stages as `(batch, d_model, h, w)` maps, else as tokens. Its stages are "stem"
+        (the I2T map) and "stage1" ... "stageN" (each block's patch tokens), chosen by `out_features`/`out_indices`.
     """
 
     model_type = "ceit"
@@ -190,7 +263,9 @@ class CeiTConfig(BackboneConfigMixin, PreTrainedConfig):
         if "num_classes" in kwargs:
             num_classes = kwargs.pop("num_classes")
             if kwargs.setdefault("num_labels", num_classes) != num_classes:
-                raise ValueError(f"num_classes={num_classes!r} and num_labels={kwargs['num_labels']!r} disagree: give one.")
+                raise ValueError(
+                    f"num_classes={num_classes!r} and num_labels={kwargs['num_labels']!r} disagree: give one."
+                )
         if self.id2label is None:  # the seed API's default is 1000 classes, not transformers' 2
             kwargs["num_labels"] = _plain(kwargs.get("num_labels", 1000))
             if not _int(kwargs["num_labels"]) or kwargs["num_labels"] < 0:
@@ -241,6 +316,14 @@ class CeiTConfig(BackboneConfigMixin, PreTrainedConfig):
         return cls(**{**kwargs, **overrides})
 
     @property
+    def preset_name(self) -> str | None:
+        """The official variant whose architecture this is (labels aside), if any."""
+        matches = (
+            n for n, p in PRESETS.items() if all(getattr(self, k) == v for k, v in p.items() if k != "num_labels")
+        )
+        return next(matches, None)
+
+    @property
     def image_hw(self) -> tuple[int, int]:
         """`image_size` as (height, width)."""
         size = self.image_size
@@ -248,6 +331,7 @@ class CeiTConfig(BackboneConfigMixin, PreTrainedConfig):
 
     def stem_output_size(self, height: int, width: int) -> tuple[int, int]:
         """Spatial size of the Image-to-Tokens feature map for a `height x width` input."""
+
         def stem(size):
             size = _conv_out(size, self.i2t_conv_kernel_size, self.i2t_conv_stride, self.i2t_conv_padding)
             pool = (self.i2t_max_pool_kernel_size, self.i2t_max_pool_stride, self.i2t_max_pool_padding)
@@ -291,7 +375,9 @@ class CeiTConfig(BackboneConfigMixin, PreTrainedConfig):
     def _check_id2label(self):
         keys = list(self.id2label) if isinstance(self.id2label, dict) else None
         if keys is None or not all(_int(k) or (isinstance(k, str) and k.isascii() and k.isdigit()) for k in keys):
-            raise ValueError(f"CeiTConfig.id2label={str(self.id2label)[:80]} is invalid: expected {{class index: name}}.")
+            raise ValueError(
+                f"CeiTConfig.id2label={str(self.id2label)[:80]} is invalid: expected {{class index: name}}."
+            )
         if sorted(int(k) for k in keys) != list(range(len(keys))):
             raise ValueError(f"CeiTConfig.id2label is invalid: its class indices must be 0..{len(keys) - 1}.")
 
@@ -303,34 +389,70 @@ class CeiTConfig(BackboneConfigMixin, PreTrainedConfig):
         optional_probability = (lambda v: v is None or probability[0](v), "expected None or a probability in [0, 1)")
         boolean = (lambda v: isinstance(v, bool), "expected True or False")
         positive = (lambda v: _number(v) and v > 0, "expected a positive number")
-        scale = (lambda v: v is None or (_number(v) and v >= 0), "expected None (off) or a number >= 0 (the initial scale)")
+        scale = (
+            lambda v: v is None or (_number(v) and v >= 0),
+            "expected None (off) or a number >= 0 (the initial scale)",
+        )
         ln_order = (lambda v: isinstance(v, str) and v in LN_ORDERS, f"expected one of {list(LN_ORDERS)}")
         rules = {
             "image_size": (
-                lambda v: (_int(v) and v > 0) or (isinstance(v, list) and len(v) == 2 and all(_int(s) and s > 0 for s in v)),
+                lambda v: (_int(v) and v > 0)
+                or (isinstance(v, list) and len(v) == 2 and all(_int(s) and s > 0 for s in v)),
                 "expected a positive int or a [height, width] pair of positive ints",
             ),
             **dict.fromkeys(
-                ("d_model", "patch_size", "encoder_num_heads", "num_encoder_blocks", "i2t_out_channels",
-                 "i2t_conv_kernel_size", "i2t_conv_stride", "i2t_max_pool_kernel_size", "i2t_max_pool_stride",
-                 "leff_expand_ratio", "leff_depthwise_kernel", "lca_encoder_expansion_ratio", "lca_encoder_num_heads",
-                 "in_channels"),
+                (
+                    "d_model",
+                    "patch_size",
+                    "encoder_num_heads",
+                    "num_encoder_blocks",
+                    "i2t_out_channels",
+                    "i2t_conv_kernel_size",
+                    "i2t_conv_stride",
+                    "i2t_max_pool_kernel_size",
+                    "i2t_max_pool_stride",
+                    "leff_expand_ratio",
+                    "leff_depthwise_kernel",
+                    "lca_encoder_expansion_ratio",
+                    "lca_encoder_num_heads",
+                    "in_channels",
+                ),
                 positive_int,
             ),
             **dict.fromkeys(("leff_depthwise_padding", "i2t_conv_padding", "i2t_max_pool_padding"), non_negative_int),
             **dict.fromkeys(
-                ("dropout", "encoder_dropout", "encoder_attention_dropout", "encoder_projection_dropout",
-                 "lca_encoder_dropout", "lca_encoder_attention_dropout", "lca_encoder_projection_dropout",
-                 "lca_encoder_stodepth_prob"),
+                (
+                    "dropout",
+                    "encoder_dropout",
+                    "encoder_attention_dropout",
+                    "encoder_projection_dropout",
+                    "lca_encoder_dropout",
+                    "lca_encoder_attention_dropout",
+                    "lca_encoder_projection_dropout",
+                    "lca_encoder_stodepth_prob",
+                ),
                 probability,
             ),
             **dict.fromkeys(
-                ("leff_depthwise_separable", "lca_encoder_qkv_bias", "stochastic_depth", "qkv_bias", "i2t_conv_bias",
-                 "patch_norm", "leff_batch_norm", "leff_final_activation", "lca_layer_position_embedding",
-                 "apply_layernorm", "reshape_hidden_states"),
+                (
+                    "leff_depthwise_separable",
+                    "lca_encoder_qkv_bias",
+                    "stochastic_depth",
+                    "qkv_bias",
+                    "i2t_conv_bias",
+                    "patch_norm",
+                    "leff_batch_norm",
+                    "leff_final_activation",
+                    "lca_layer_position_embedding",
+                    "apply_layernorm",
+                    "reshape_hidden_states",
+                ),
                 boolean,
             ),
-            "classifier_mlp_d": (lambda v: v is None or (_int(v) and v > 0), "expected a positive int, or None for one Linear"),
+            "classifier_mlp_d": (
+                lambda v: v is None or (_int(v) and v > 0),
+                "expected a positive int, or None for one Linear",
+            ),
             "layer_scale": scale,
             "lca_encoder_layer_scale": scale,
             "layer_norm_eps": positive,
@@ -338,7 +460,10 @@ class CeiTConfig(BackboneConfigMixin, PreTrainedConfig):
             "stochastic_depth_mp": optional_probability,
             "ln_order": ln_order,
             "lca_encoder_ln_order": ln_order,
-            "patchify_technique": (lambda v: isinstance(v, str) and v in PATCHIFY_TECHNIQUES, f"expected one of {list(PATCHIFY_TECHNIQUES)}"),
+            "patchify_technique": (
+                lambda v: isinstance(v, str) and v in PATCHIFY_TECHNIQUES,
+                f"expected one of {list(PATCHIFY_TECHNIQUES)}",
+            ),
         }
         for field, (valid, expected) in rules.items():
             if not valid(getattr(self, field)):

@@ -226,14 +226,6 @@ def imagenet_id2label() -> dict[int, str]:
     return dict(enumerate(_IMAGENET_CATEGORIES))
 
 
-def preset_name(config: CeiTConfig) -> str | None:
-    """The official variant whose architecture `config` has (ignoring labels), if any."""
-    for name, preset in PRESETS.items():
-        if all(getattr(config, k) == v for k, v in preset.items() if k != "num_labels"):
-            return name
-    return None
-
-
 def convert_checkpoint(
     checkpoint: str | os.PathLike,
     output_dir: str | os.PathLike,
@@ -276,7 +268,7 @@ def convert_checkpoint(
     model = official_to_model(state_dict, config)
     size = config.image_hw
     processor = CeiTImageProcessor(crop_size={"height": size[0], "width": size[1]})
-    name = preset_name(config)
+    name = config.preset_name
     card = variant_card(name) if name is not None else None
 
     output_dir.parent.mkdir(parents=True, exist_ok=True)

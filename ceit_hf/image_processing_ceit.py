@@ -1,8 +1,7 @@
 # Copyright 2026 The ceit_hf authors. Licensed under the Apache License, Version 2.0.
 """Image processors for CeiT: the official evaluation transform (shorter side to `int(256 / 224 * crop)`, bicubic;
 center crop; rescale; ImageNet normalisation) on transformers' torchvision backend (`CeiTImageProcessor`) and its PIL
-backend (`CeiTImageProcessorPil`, Pillow resizing like the official pipeline). Hub remote code: imports only numpy,
-torch and transformers.
+backend (`CeiTImageProcessorPil`). Hub remote code: imports only numpy, torch and transformers.
 """
 
 from __future__ import annotations
@@ -11,7 +10,6 @@ import os
 
 import numpy as np
 import torch
-
 from transformers.image_processing_backends import PilBackend, TorchvisionBackend
 from transformers.image_processing_utils import get_size_dict
 from transformers.image_utils import (
@@ -36,8 +34,8 @@ EXPECTED_INPUT = (
 
 
 def _sizes_from_user(kwargs: dict) -> dict:
-    """The official pairing of resize and crop sizes: a `crop_size` given alone resizes the shorter side to
-    `int(256 / 224 * crop)`; a `size` given alone is also the output size (crop to it)."""
+    """The official pairing: a `crop_size` given alone resizes the shorter side to `int(256 / 224 * crop)`; a `size`
+    given alone is also the output size."""
     size, crop_size = kwargs.get("size"), kwargs.get("crop_size")
     if crop_size is not None and size is None:
         crop = get_size_dict(crop_size, param_name="crop_size")
@@ -45,69 +43,58 @@ def _sizes_from_user(kwargs: dict) -> dict:
     elif size is not None and crop_size is None:
         size = get_size_dict(size, default_to_square=False)
         side = size.get("shortest_edge")
-        kwargs["crop_size"] = {"height": side, "width": side} if side else {"height": size["height"], "width": size["width"]}
+        kwargs["crop_size"] = {"height": side or size["height"], "width": side or size["width"]}
     return kwargs
-
-
-def _describe(obj) -> str:
-    """A short description of `obj` for error messages."""
-    if isinstance(obj, np.ndarray) or is_torch_tensor(obj):
-        return f"a {type(obj).__module__}.{type(obj).__name__} of shape {tuple(obj.shape)} and dtype {obj.dtype}"
-    if is_pil_image(obj):
-        return f"a PIL image of mode {obj.mode} and size {obj.size}"
-    text = repr(obj)
-    text = text if len(text) <= 80 else text[:77] + "..."
-    return f"{type(obj).__name__} {text}"
 
 
 def _is_array(obj) -> bool:
     return isinstance(obj, np.ndarray) or is_torch_tensor(obj)
 
 
-def _infer_channel_format(shape: tuple[int, ...]) -> ChannelDimension | None:
-    """
-    The channel axis of a 3-D image shape, or `None` when neither end has 1, 3 or 4 entries.
+def _describe(obj) -> str:
+    if _is_array(obj):
+        return f"a {type(obj).__module__}.{type(obj).__name__} of shape {tuple(obj.shape)} and dtype {obj.dtype}"
+    if is_pil_image(obj):
+        return f"a PIL image of mode {obj.mode} and size {obj.size}"
+    text = repr(obj)
+    return f"{type(obj).__name__} {text if len(text) <= 80 else text[:77] + '...'}"
 
-    A 3- or 4-entry axis wins over a 1-entry one, so a one-pixel-high RGB image `(1, width, 3)` is read as
-    channels-last; when both ends qualify equally, channels come first (transformers' convention).
-    """
+
+def _channel_format(shape: tuple[int, ...]) -> ChannelDimension | None:
+    """The channel axis of a 3-D image: a 3- or 4-entry end wins over a 1-entry one (a one-pixel-high RGB image
+    `(1, width, 3)` is channels-last); when both qualify equally, channels come first (transformers' convention)."""
     first, last = shape[0], shape[-1]
     if first in (3, 4) or (first == 1 and last not in (3, 4)):
         return ChannelDimension.FIRST
-    if last in (1, 3, 4):
-        return ChannelDimension.LAST
-    return None
+    return ChannelDimension.LAST if last in (1, 3, 4) else None
 
 
 def _load_image(source: str):
-    """
-    The image at a path, http(s) URL or base64 string, as a fully decoded PIL image (a damaged or truncated file fails
-    here, with a `ValueError`). Files keep their mode, so transparency and 16-bit pixels are handled as for PIL inputs
-    (transformers' own loaders convert to RGB first, and its torchvision decoder crashes on some damaged PNGs).
-    """
-    from transformers.image_utils import PIL  # Pillow, as transformers imports it
+    """The image at a path, URL or base64 string, decoded in full with its mode kept (transformers' loaders convert
+    to RGB first, losing transparency and 16-bit pixels, and its torchvision decoder crashes on some damaged PNGs)."""
+    from transformers.image_utils import PIL
 
     is_file = os.path.isfile(source)
     try:
-        image = PIL.Image.open(source) if is_file else load_image(source)
-        image = PIL.ImageOps.exif_transpose(image)
+        image = PIL.ImageOps.exif_transpose(PIL.Image.open(source) if is_file else load_image(source))
         image.load()
     except Exception as error:
-        if is_file:
-            problem = f"the file {source!r} is damaged, truncated or not an image"
-        else:
-            problem = f"expected a path to an image file, an http(s) URL or a base64-encoded image, got {_describe(source)}"
+        problem = (
+            f"the file {source!r} is damaged, truncated or not an image"
+            if is_file
+            else f"expected a path to an image file, an http(s) URL or a base64-encoded image, got {_describe(source)}"
+        )
         raise ValueError(f"Could not load an image: {problem} ({type(error).__name__}: {error}).") from error
     return image
 
 
 def _check_image(image, position: str) -> None:
-    """Raise a `ValueError` naming `image` unless it is a PIL image or a 2-D/3-D array of pixel values."""
+    """A `ValueError` naming `image` unless it is a decodable PIL image or a 2-D/3-D array of pixel values."""
     if is_pil_image(image):
         if min(image.size) == 0:
             raise ValueError(f"{position} is empty: got {_describe(image)}. Expected {EXPECTED_INPUT}.")
         try:
-            image.load()  # images opened from files decode lazily: a damaged or truncated file fails here
+            image.load()  # a file opened lazily fails here when damaged or truncated
         except Exception as error:
             raise ValueError(
                 f"{position} cannot be decoded, its file is damaged or truncated: got {_describe(image)} "
@@ -131,7 +118,7 @@ def _check_image(image, position: str) -> None:
         )
     if min(image.shape) == 0:
         raise ValueError(f"{position} is empty: got {_describe(image)}. Expected {EXPECTED_INPUT}.")
-    if image.ndim == 3 and _infer_channel_format(tuple(image.shape)) is None:
+    if image.ndim == 3 and _channel_format(tuple(image.shape)) is None:
         raise ValueError(
             f"{position} has no channel axis of 1, 3 or 4 entries (grayscale, RGB or RGBA) at either end: got "
             f"{_describe(image)}. Expected {EXPECTED_INPUT}."
@@ -139,13 +126,10 @@ def _check_image(image, position: str) -> None:
 
 
 def _to_8bit_or_float(image):
-    """
-    Bring array pixels to a dtype both backends resize: uint8 and float32 pass through; 16-bit unsigned pixels
-    (16-bit PNG/TIFF data) are scaled to 8 bits; other integer and floating-point dtypes become float32 with their
-    values unchanged (so on the same 0-255 scale as uint8).
-    """
+    """uint8 and float32 pixels as they are, 16-bit ones scaled to 8 bits, other dtypes as float32 of equal value
+    (so on uint8's 0-255 scale): what both backends resize."""
     if isinstance(image, np.ndarray):
-        # torch.from_numpy needs native byte order and positive strides, and warns on read-only arrays.
+        # torch.from_numpy needs native byte order and positive strides, and warns on read-only arrays
         image = np.require(image, dtype=image.dtype.newbyteorder("="), requirements=("C_CONTIGUOUS", "WRITEABLE"))
         if image.dtype == np.uint16:
             return np.round(image / 257.0).astype(np.uint8)
@@ -156,23 +140,14 @@ def _to_8bit_or_float(image):
     return image if image.dtype in (torch.uint8, torch.float32) else image.to(torch.float32)
 
 
-def _looks_rescaled(image) -> bool:
-    """Whether `image` holds floating-point pixels within [0, 1], i.e. is probably scaled already."""
-    if is_torch_tensor(image):
-        return image.is_floating_point() and image.min() >= 0 and image.max() <= 1
-    return np.issubdtype(image.dtype, np.floating) and image.min() >= 0 and image.max() <= 1
-
-
 class CeiTImageProcessingMixin:
-    """
-    What the two CeiT image processors share: the official evaluation defaults, the resize size that follows from
-    the crop size, and input checking and conversion done the same way for both backends.
+    """What both CeiT processors add to their backend: the official defaults and resize/crop pairing, torchvision's
+    center-crop rounding (the official pipeline's), and inputs checked and converted alike.
 
-    Inputs are converted to RGB: grayscale images are repeated over three channels, images with transparency are
-    composited onto white, palette and CMYK images go through Pillow's conversion, and 16-bit images (Pillow modes
-    `I;16*`, uint16 arrays) are scaled to 8 bits. Integer and floating-point arrays are taken to hold values on the
-    0-255 scale, like uint8 ones; pass `do_rescale=False` for floating-point pixels already in [0, 1]. A path gives
-    the same pixels as the PIL image of its file; damaged or truncated files raise a `ValueError`.
+    Inputs become RGB (grayscale repeated, transparency composited onto white, palette/CMYK through Pillow, 16-bit
+    images scaled to 8 bits). Integer and floating-point arrays hold values on the 0-255 scale, like uint8 ones: pass
+    `do_rescale=False` for floats already in [0, 1]. A path gives the pixels of its file's PIL image; anything that
+    is not an image, and a damaged or truncated file, raises a `ValueError` naming it.
     """
 
     resample = PILImageResampling.BICUBIC
@@ -192,31 +167,26 @@ class CeiTImageProcessingMixin:
 
     def to_dict(self):
         output = super().to_dict()
-        if self._auto_class is not None:
-            # `register_for_auto_class` writes one class; one entry per backend keeps `backend="pil"` working.
+        if self._auto_class is not None:  # `register_for_auto_class` writes one class: keep `backend="pil"` working
             output["auto_map"] = {"AutoImageProcessor": dict(_AUTO_MAP)}
         return output
 
     def preprocess(self, images, *args, **kwargs: Unpack[ImagesKwargs]):
-        """Preprocess images into `pixel_values` `(batch_size, 3, crop_height, crop_width)`; a `size` or `crop_size`
-        given alone brings its partner as at construction."""
+        """`pixel_values` `(batch_size, 3, crop_height, crop_width)`; a `size` or `crop_size` given alone brings its
+        partner as at construction."""
         return super().preprocess(images, *args, **_sizes_from_user(kwargs))
 
     def _prepare_images_structure(self, images, expected_ndims: int = 3) -> list:
-        """
-        Flatten `images` (one image, a 4-D batch, or a possibly nested list of these) into a list of single images,
-        loading paths and URLs, and raise a `ValueError` saying what was received for anything that is not an image.
-        """
         if images is None:
             raise ValueError(f"No image was given (got None). Expected {EXPECTED_INPUT}.")
-        flat_images = self._flatten_images(images)
-        for index, image in enumerate(flat_images):
-            _check_image(image, "The input" if len(flat_images) == 1 else f"Input {index} of the batch")
-        return flat_images
+        flat = self._flatten_images(images)
+        for index, image in enumerate(flat):
+            _check_image(image, "The input" if len(flat) == 1 else f"Input {index} of the batch")
+        return flat
 
     def _flatten_images(self, images) -> list:
         if isinstance(images, (list, tuple)):
-            if len(images) == 0:
+            if not images:
                 raise ValueError(f"Got an empty {type(images).__name__} of images. Expected {EXPECTED_INPUT}.")
             return [image for item in images for image in self._flatten_images(item)]
         if isinstance(images, str):
@@ -228,33 +198,24 @@ class CeiTImageProcessingMixin:
         return [images]
 
     def center_crop(self, image, size, **kwargs):
-        """
-        Center crop channels-first `image` to `(size.height, size.width)` with the offsets of torchvision's
-        `CenterCrop` (used by the official pipeline), which rounds them to the nearest integer rather than down.
-        Images smaller than the crop are left to the backend, which pads them.
-        """
+        # torchvision's CenterCrop (the official pipeline) rounds the offsets to the nearest integer, not down;
+        # images smaller than the crop are left to the backend, which pads them.
         height, width = image.shape[-2:]
         if size.height > height or size.width > width:
             return super().center_crop(image, size, **kwargs)
-        top = int(round((height - size.height) / 2.0))
-        left = int(round((width - size.width) / 2.0))
+        top, left = int(round((height - size.height) / 2.0)), int(round((width - size.width) / 2.0))
         return image[..., top : top + size.height, left : left + size.width]
 
     def process_image(self, image, *args, input_data_format=None, do_rescale=None, **kwargs):
-        """
-        Convert one checked image to the backend's channels-first format (see the class docstring for how modes and
-        dtypes are handled).
-        """
         if is_pil_image(image) and image.mode.startswith("I;16"):
             image = np.asarray(image)
         if _is_array(image):
             image = _to_8bit_or_float(image)
             if image.ndim == 2:
-                image = image[None]
-                input_data_format = ChannelDimension.FIRST
-            elif input_data_format is None:
-                input_data_format = _infer_channel_format(tuple(image.shape))
-            if do_rescale and _looks_rescaled(image):
+                image, input_data_format = image[None], ChannelDimension.FIRST
+            input_data_format = input_data_format or _channel_format(tuple(image.shape))
+            floating = image.is_floating_point() if is_torch_tensor(image) else image.dtype == np.float32
+            if do_rescale and floating and image.min() >= 0 and image.max() <= 1:
                 logger.warning_once(
                     "Floating-point pixel values in [0, 1] are being rescaled by `rescale_factor` as if they were on "
                     "the 0-255 scale. If the images are already scaled to [0, 1], pass `do_rescale=False`."
@@ -267,14 +228,10 @@ class CeiTImageProcessingMixin:
 class CeiTImageProcessor(CeiTImageProcessingMixin, TorchvisionBackend):
     r"""
     CeiT image processor on transformers' torchvision backend (batched, on an accelerator when `device` is given).
-
     The defaults are the official evaluation transform: shorter side to 256 pixels (bicubic), center crop 224x224,
-    rescale by 1/255, ImageNet mean/std. It takes transformers' usual image-processor arguments (`do_resize`,
-    `size`, `resample`, `do_center_crop`, `crop_size`, `do_rescale`, `rescale_factor`, `do_normalize`,
-    `image_mean`, `image_std`, `do_convert_rgb`) at construction or call time. A `crop_size` given alone brings
-    the official resize, `int(256 / 224 * crop)` (438 for 384); a `size` given alone is also the output size.
-
-    Example:
+    rescale by 1/255, ImageNet mean/std; transformers' usual image-processor arguments apply at construction or call
+    time. A `crop_size` given alone brings the official resize, `int(256 / 224 * crop)` (438 for 384); a `size`
+    given alone is also the output size.
 
     ```python
     >>> from PIL import Image
@@ -288,24 +245,18 @@ class CeiTImageProcessor(CeiTImageProcessingMixin, TorchvisionBackend):
 class CeiTImageProcessorPil(CeiTImageProcessingMixin, PilBackend):
     r"""
     CeiT image processor on transformers' PIL backend: resizes with Pillow one image at a time, like the official
-    pipeline, and needs no torchvision.
-
-    It takes the same arguments and inputs as [`CeiTImageProcessor`] and gives the same outputs up to resampling
-    differences between Pillow and torchvision.
+    pipeline, and needs no torchvision. The same arguments, inputs and outputs as [`CeiTImageProcessor`], up to
+    resampling differences between Pillow and torchvision.
     """
 
     def process_image(self, image, *args, **kwargs):
-        """Convert one checked image to a channels-first numpy array."""
-        if is_torch_tensor(image):
-            # Tensors may live on an accelerator or require grad; this backend works on numpy arrays.
+        if is_torch_tensor(image):  # this backend works on numpy arrays
             image = image.detach().cpu().numpy()
         return super().process_image(image, *args, **kwargs)
 
     def resize(self, image: np.ndarray, size, resample=None, **kwargs) -> np.ndarray:
-        """
-        Resize with Pillow. Pillow resamples 8-bit data, so floating-point pixels on the 0-255 scale are rounded to
-        uint8 first (transformers already goes through uint8 for floating-point pixels in [0, 1]).
-        """
+        # Pillow resamples 8-bit data: floats on the 0-255 scale are rounded to uint8 first (transformers already
+        # goes through uint8 for floats in [0, 1]).
         if np.issubdtype(image.dtype, np.floating) and 1.0 < image.max() <= 255.0 and image.min() >= 0.0:
             image = np.round(image).astype(np.uint8)
         return super().resize(image, size, resample=resample, **kwargs)

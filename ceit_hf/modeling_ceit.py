@@ -18,16 +18,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
-
 from transformers import PreTrainedModel
 from transformers import initialization as init
-from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.backbone_utils import BackboneMixin, filter_output_hidden_states
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BackboneOutput, BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs, auto_docstring, torch_int
-from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
+from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_ceit import CeiTConfig
@@ -130,7 +129,9 @@ class CeiTAttention(nn.Module):
     """Multi-head attention with the official fused query/key/value projection (rows [q | k | v]). Queries come from
     the last `num_queries` tokens (all of them by default); the attention function is the configured one."""
 
-    def __init__(self, config: CeiTConfig, num_heads: int, qkv_bias: bool, attention_dropout: float, proj_dropout: float):
+    def __init__(
+        self, config: CeiTConfig, num_heads: int, qkv_bias: bool, attention_dropout: float, proj_dropout: float
+    ):
         super().__init__()
         self.config = config
         self.num_heads = num_heads
@@ -170,7 +171,10 @@ class CeiTSelfAttention(CeiTAttention):
 
     def __init__(self, config: CeiTConfig):
         super().__init__(
-            config, config.encoder_num_heads, config.qkv_bias, config.encoder_attention_dropout,
+            config,
+            config.encoder_num_heads,
+            config.qkv_bias,
+            config.encoder_attention_dropout,
             config.encoder_projection_dropout,
         )
 
@@ -181,7 +185,10 @@ class CeiTClassAttention(CeiTAttention):
 
     def __init__(self, config: CeiTConfig):
         super().__init__(
-            config, config.lca_encoder_num_heads, config.lca_encoder_qkv_bias, config.lca_encoder_attention_dropout,
+            config,
+            config.lca_encoder_num_heads,
+            config.lca_encoder_qkv_bias,
+            config.lca_encoder_attention_dropout,
             config.lca_encoder_projection_dropout,
         )
 
@@ -198,8 +205,12 @@ class CeiTImage2Tokens(nn.Module):
     def __init__(self, config: CeiTConfig):
         super().__init__()
         self.conv = nn.Conv2d(
-            config.in_channels, config.i2t_out_channels, kernel_size=config.i2t_conv_kernel_size,
-            stride=config.i2t_conv_stride, padding=config.i2t_conv_padding, bias=config.i2t_conv_bias,
+            config.in_channels,
+            config.i2t_out_channels,
+            kernel_size=config.i2t_conv_kernel_size,
+            stride=config.i2t_conv_stride,
+            padding=config.i2t_conv_padding,
+            bias=config.i2t_conv_bias,
         )
         self.norm = nn.BatchNorm2d(config.i2t_out_channels)
         self.pool = nn.MaxPool2d(
@@ -245,7 +256,9 @@ class CeiTEmbeddings(nn.Module):
         self.patch_embeddings = CeiTPatchEmbeddings(config)
         self.grid_size = config.token_grid_size(*config.image_hw)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.d_model))
-        self.position_embeddings = nn.Parameter(torch.zeros(1, self.grid_size[0] * self.grid_size[1] + 1, config.d_model))
+        self.position_embeddings = nn.Parameter(
+            torch.zeros(1, self.grid_size[0] * self.grid_size[1] + 1, config.d_model)
+        )
         self.dropout = nn.Dropout(config.dropout)
 
     def interpolate_pos_encoding(self, grid_size: tuple[int, int]) -> torch.Tensor:
@@ -257,7 +270,9 @@ class CeiTEmbeddings(nn.Module):
         class_pos, patch_pos = self.position_embeddings[:, :1], self.position_embeddings[:, 1:]
         patch_pos = patch_pos.reshape(1, *self.grid_size, dim).permute(0, 3, 1, 2)
         patch_pos = F.interpolate(
-            patch_pos.float(), size=(torch_int(grid_size[0]), torch_int(grid_size[1])), mode="bicubic",
+            patch_pos.float(),
+            size=(torch_int(grid_size[0]), torch_int(grid_size[1])),
+            mode="bicubic",
             align_corners=False,
         ).to(patch_pos.dtype)
         return torch.cat((class_pos, patch_pos.permute(0, 2, 3, 1).reshape(1, -1, dim)), dim=1)
@@ -265,9 +280,19 @@ class CeiTEmbeddings(nn.Module):
     def check_pixel_values(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool) -> tuple[int, int]:
         """The token grid of `pixel_values`; `ValueError` naming what is wrong with them, if anything."""
         expected = f"a float tensor of shape (batch_size, {self.config.in_channels}, height, width)"
-        if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4 or not pixel_values.is_floating_point():
-            got = f"{tuple(pixel_values.shape)} {pixel_values.dtype}" if isinstance(pixel_values, torch.Tensor) else pixel_values
-            raise ValueError(f"pixel_values must be {expected} (normalised pixels, e.g. from CeiTImageProcessor); got {got}.")
+        if (
+            not isinstance(pixel_values, torch.Tensor)
+            or pixel_values.ndim != 4
+            or not pixel_values.is_floating_point()
+        ):
+            got = (
+                f"{tuple(pixel_values.shape)} {pixel_values.dtype}"
+                if isinstance(pixel_values, torch.Tensor)
+                else pixel_values
+            )
+            raise ValueError(
+                f"pixel_values must be {expected} (normalised pixels, e.g. from CeiTImageProcessor); got {got}."
+            )
         batch, channels, height, width = pixel_values.shape
         if channels != self.config.in_channels or batch == 0:
             raise ValueError(f"pixel_values must be {expected}, non-empty; got shape {tuple(pixel_values.shape)}.")
@@ -304,8 +329,12 @@ class CeiTLeFF(nn.Module):
         self.expand = _pointwise_convolution(dim, hidden)
         self.expand_norm = batch_norm(hidden)
         self.depthwise = nn.Conv2d(
-            hidden, hidden, config.leff_depthwise_kernel, stride=config.leff_depthwise_stride,
-            padding=config.leff_depthwise_padding, groups=hidden,
+            hidden,
+            hidden,
+            config.leff_depthwise_kernel,
+            stride=config.leff_depthwise_stride,
+            padding=config.leff_depthwise_padding,
+            groups=hidden,
         )
         self.pointwise = _pointwise_convolution(hidden, hidden) if config.leff_depthwise_separable else nn.Identity()
         self.depthwise_norm = batch_norm(hidden)
@@ -395,7 +424,9 @@ class CeiTLayerClassAttention(nn.Module):
         dim = config.d_model
         self.pre_norm = config.lca_encoder_ln_order == "pre"
         self.layer_position_embeddings = (
-            nn.Parameter(torch.zeros(1, config.num_encoder_blocks, dim)) if config.lca_layer_position_embedding else None
+            nn.Parameter(torch.zeros(1, config.num_encoder_blocks, dim))
+            if config.lca_layer_position_embedding
+            else None
         )
         self.norm1 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
         self.attention = CeiTClassAttention(config)
@@ -531,7 +562,9 @@ class CeiTPreTrainedModel(PreTrainedModel):
         elif isinstance(module, CeiTLayerScale):
             init.constant_(module.lambda1, module.init_value)
 
-    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func: Callable = checkpoint, **kwargs):
+    def _set_gradient_checkpointing(
+        self, enable: bool = True, gradient_checkpointing_func: Callable = checkpoint, **kwargs
+    ):
         super()._set_gradient_checkpointing(enable, gradient_checkpointing_func, **kwargs)
         for layer in self.modules():
             if isinstance(layer, CeiTLayer):
@@ -587,7 +620,7 @@ class CeiTModel(CeiTPreTrainedModel):
         self.layernorm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps) if pre_norm else nn.Identity()
         self.post_init()
 
-    @merge_with_config_defaults
+    # (no `merge_with_config_defaults`: it injects cache/VLM keywords from the config, none of which CeiT reads)
     @_lca_attentions_with_attentions
     @capture_outputs(tie_last_hidden_states=False)
     @auto_docstring

@@ -13,7 +13,7 @@ import argparse
 import sys
 
 from ceit_hf.configuration_ceit import PRESETS
-from ceit_hf.conversion import CheckpointConversionError, convert_checkpoint, preset_name
+from ceit_hf.conversion import CheckpointConversionError, convert_checkpoint
 from ceit_hf.hub import ModelFolderError, PushError, push_model_folder
 
 
@@ -30,7 +30,7 @@ def main(argv=None):
     except (CheckpointConversionError, OSError) as error:  # OSError: no such file, cannot write the folder, ...
         parser.exit(2, f"error: {error}\n")
     params = sum(p.numel() for p in model.parameters())
-    print(f"Converted {args.checkpoint} ({preset_name(model.config) or 'custom CeiT'}, {params:,} parameters) "
+    print(f"Converted {args.checkpoint} ({model.config.preset_name or 'custom CeiT'}, {params:,} parameters) "
           f"-> {args.output_dir}")
     if args.push_to_hub:
         try:

@@ -37,7 +37,6 @@ from ceit_hf.conversion import (
     infer_config,
     load_official_checkpoint,
     official_to_model,
-    preset_name,
 )
 from ceit_hf.model_card import VARIANTS, variant_card
 from transformers import AutoImageProcessor, AutoModelForImageClassification
@@ -217,12 +216,12 @@ def test_cli_converts_official_checkpoint(cli_runs, name):
     assert preprocessor_json["auto_map"] == {"AutoImageProcessor": IMAGE_PROCESSOR_MAP}
 
     if name == "bare_full_depth":  # a full-depth official variant gets its model card
-        assert preset_name(model.config) == "ceit_tiny_patch16_224"
+        assert model.config.preset_name == "ceit_tiny_patch16_224"
         assert model.num_parameters() == OFFICIAL_PARAMETERS["ceit_tiny_patch16_224"]
         assert "(ceit_tiny_patch16_224, 6,356,904 parameters)" in run.stdout
         assert (folder / "README.md").read_text(encoding="utf-8") == variant_card("ceit_tiny_patch16_224")
     else:  # depth 2 is no official variant: no card claiming to be one
-        assert preset_name(model.config) is None and "README.md" not in names
+        assert model.config.preset_name is None and "README.md" not in names
 
 
 def test_cli_push_to_hub_uploads_the_converted_folder(cli_runs):
@@ -248,7 +247,7 @@ def test_convert_with_matching_preset_in_process(cli_runs, tmp_path):
     run = cli_runs["bare_full_depth"]
     checkpoint = cli_runs["root"] / "bare_full_depth.pth"
     model = convert_checkpoint(checkpoint, tmp_path / "out", preset="ceit_tiny_patch16_224")
-    assert preset_name(model.config) == "ceit_tiny_patch16_224"
+    assert model.config.preset_name == "ceit_tiny_patch16_224"
     pixel_values = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         torch.testing.assert_close(
@@ -469,7 +468,7 @@ def test_infer_config_and_parameter_count_of_official_variants(name):
         preset["d_model"], preset["encoder_num_heads"], preset["encoder_num_heads"])
     assert config.num_encoder_blocks == 12 and config.image_size == preset["image_size"]
     assert config.num_labels == 1000
-    assert preset_name(config) == name
+    assert config.preset_name == name
     assert (sd["pos_embed"].shape[1], config.image_size) in {(197, 224), (577, 384)}
 
     with torch.device("meta"):
