@@ -1,21 +1,31 @@
 """CeiT vs transformers' DeiT of the same width, depth and heads, measured side by side in one process.
 
-Variants: the plain CeiT (eager), `optimize_for_inference` (eager and `torch.compile`d), DeiT (eager and compiled).
-Each round measures every (variant, measurement) once, variants alternating, so slow drifts of the machine (thermal,
-other load) hit all alike; the reported figure is the median over rounds. Achieved GFLOP/s (matrix multiplications,
-convolutions and attention, counted by `torch.utils.flop_counter`) are set against a matrix-multiply roof measured
-in the same run. The engine of `scripts/benchmark.py`.
+Variants: for inference the plain CeiT (eager), `optimize_for_inference` (eager and `torch.compile`d) and DeiT (eager
+and compiled); for the training step (forward, backward, AdamW) CeiT and DeiT, each eager and compiled (the model
+`torch.compile`d, the optimizer step eager). Each round measures every (variant, measurement) once, variants
+alternating, so slow drifts of the machine (thermal, other load) hit all alike; the reported figure is the median
+over rounds. Achieved GFLOP/s (matrix multiplications, convolutions and attention, counted by
+`torch.utils.flop_counter`) are set against a matrix-multiply roof measured in the same run.
+
+`data_loader_throughput` measures the other side of a training run: how many images per second one data-loader
+worker process decodes and augments with the training pipeline of `ceit_hf.training.data` (the DeiT recipe).
+
+The engine of `scripts/benchmark.py`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
+import io
 import json
 import os
 import platform
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -30,7 +40,7 @@ from .modeling_ceit import CeiTForImageClassification
 
 SIZES = {"tiny": ("ceit_tiny_patch16_224", 192, 3), "small": ("ceit_small_patch16_224", 384, 6)}
 INFERENCE_VARIANTS = ("ceit", "ceit_optimized", "ceit_optimized_compiled", "deit", "deit_compiled")
-TRAINING_VARIANTS = ("ceit", "deit")
+TRAINING_VARIANTS = ("ceit", "ceit_compiled", "ceit_leff_recompute", "deit", "deit_compiled")
 
 
 def deit_config_for(ceit_config, extra_blocks: int = 0) -> DeiTConfig:
@@ -55,25 +65,39 @@ def deit_config_for(ceit_config, extra_blocks: int = 0) -> DeiTConfig:
     )
 
 
-def build_pair(size: str) -> dict[str, torch.nn.Module]:
-    """CeiT-`size` (official preset) and a DeiT of the same width/depth/heads, MLP ratio 4, 224 pixels, 1000 classes."""
-    ceit = CeiTConfig.from_preset(SIZES[size][0])
+def build_pair(size: str, **overrides) -> dict[str, torch.nn.Module]:
+    """CeiT-`size` (official preset, 224 pixels, 1000 classes, with config `overrides` on top, e.g. a smaller
+    `image_size` for a smoke run) and a DeiT of the same width/depth/heads, MLP ratio 4 and token grid."""
+    ceit = CeiTConfig.from_preset(SIZES[size][0], **overrides)
     return {f"ceit_{size}": CeiTForImageClassification(ceit), f"deit_{size}": DeiTForImageClassification(deit_config_for(ceit))}
 
 
-def build_variants(size: str, device: torch.device, compile: bool = True) -> dict[str, torch.nn.Module]:
-    """The plain CeiT, its inference form (and compiled), DeiT (and compiled), on `device`, keyed by variant name."""
-    models = build_pair(size)
+def build_variants(
+    size: str, device: torch.device, compile: bool = True, overrides: dict | None = None,
+    compile_backend: str = "inductor",
+) -> dict[str, torch.nn.Module]:
+    """The plain CeiT, its inference form (and compiled), DeiT (and compiled), on `device`, keyed by variant name.
+    `ceit_compiled` (the plain model compiled) is the training variant: the compiled inference form is
+    `ceit_optimized_compiled`. A compiled variant shares its parameters with the eager one. Off the CPU, also
+    `ceit_leff_recompute`, a copy with LeFF's activations recomputed in the backward pass: `set_leff_recompute`'s
+    "auto" does that on the CPU only, where it was measured faster, so the plain model there already is that one."""
+    models = build_pair(size, **(overrides or {}))
     ceit, deit = models[f"ceit_{size}"].to(device), models[f"deit_{size}"].to(device)
-    variants = {"ceit": ceit, "ceit_optimized": optimize_for_inference(ceit.eval()), "deit": deit}
-    if compile:
-        variants["ceit_optimized_compiled"] = torch.compile(variants["ceit_optimized"])
-        variants["deit_compiled"] = torch.compile(deit)
-    return variants
+    optimized = optimize_for_inference(ceit.eval())
+    variants = {"ceit": ceit, "ceit_compiled": ceit}
+    if device.type != "cpu":
+        variants["ceit_leff_recompute"] = copy.deepcopy(ceit)
+        variants["ceit_leff_recompute"].set_leff_recompute(True)
+    variants.update(ceit_optimized=optimized, ceit_optimized_compiled=optimized, deit=deit, deit_compiled=deit)
+    compiled = functools.partial(torch.compile, backend=compile_backend)
+    return {name: compiled(model) if name.endswith("_compiled") else model
+            for name, model in variants.items() if compile or not name.endswith("_compiled")}
 
 
-def matmul_roof(device: torch.device, dtype: torch.dtype, size: int = 2048, seconds: float = 1.0) -> float:
-    """GFLOP/s of a large square matrix multiplication: the machine's practical limit for this dtype."""
+def matmul_roof(device: torch.device, dtype: torch.dtype, size: int | None = None, seconds: float = 1.0) -> float:
+    """GFLOP/s of a large square matrix multiplication: the machine's practical limit for this dtype. The default
+    size is 2048 on a CPU and 8192 on a GPU (a 2048^3 product is too short to fill an H100/H200)."""
+    size = size or (8192 if device.type == "cuda" else 2048)
     a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
     a @ b
     _sync(device)
@@ -89,7 +113,7 @@ def flops_per_image(model: torch.nn.Module, m: "Measurement", device: torch.devi
     """Forward FLOPs of one image counted by torch's FLOP counter (matrix multiplications, convolutions, attention);
     a training step counts 3x (the backward pass costs about twice the forward: torch's counter misprices the
     backward of grouped convolutions)."""
-    step = _step_fn(model, None, Measurement(m.name, 2, False, m.dtype), device)
+    step = _step_fn(model, None, Measurement(m.name, 2, False, m.dtype, m.image_size, m.num_labels), device)
     counter = FlopCounterMode(display=False)
     with counter:
         step()
@@ -162,6 +186,8 @@ class Measurement:
     batch_size: int
     train: bool
     dtype: torch.dtype
+    image_size: tuple[int, int] = (224, 224)
+    num_labels: int = 1000
 
 
 def _sync(device: torch.device):
@@ -176,8 +202,8 @@ def _autocast(device: torch.device, dtype: torch.dtype):
 
 
 def _step_fn(model, optimizer, m: "Measurement", device: torch.device):
-    pixels = torch.randn(m.batch_size, 3, 224, 224, device=device)
-    labels = torch.randint(0, 1000, (m.batch_size,), device=device)
+    pixels = torch.randn(m.batch_size, 3, *m.image_size, device=device)
+    labels = torch.randint(0, m.num_labels, (m.batch_size,), device=device)
     model.train(m.train)
 
     def step():
@@ -227,26 +253,52 @@ def run_benchmark(
     min_seconds: float = 1.0,
     compile: bool = True,
     log=print,
+    overrides: dict | None = None,
+    compile_backend: str = "inductor",
+    roof_size: int | None = None,
+    roof_seconds: float = 1.0,
+    checkpoint: Callable[[dict], None] | None = None,
 ) -> dict:
+    """Every (variant, measurement) of each size in `sizes`, `rounds` alternating rounds (see the module docstring).
+    `overrides` go to both models' configuration (`build_pair`); `checkpoint`, when given, is called with the results
+    so far after each size (a caller that writes them keeps the finished sizes if a later one fails or is killed)."""
     device = torch.device(device)
     dtypes = [getattr(torch, d) for d in dtypes]
     results = {
         "machine": machine_description(device), "machine_info": machine_info(), "rounds": rounds, "models": {},
-        "matmul_roof_gflops": {str(d)[6:]: matmul_roof(device, d) for d in dtypes},
+        "matmul_roof_gflops": {str(d)[6:]: matmul_roof(device, d, roof_size, roof_seconds) for d in dtypes},
     }
+    if overrides:
+        results["config_overrides"] = dict(overrides)
     for size in sizes:
-        variants = build_variants(size, device, compile=compile)
-        optimizers = {name: torch.optim.AdamW(variants[name].parameters(), lr=1e-4) for name in TRAINING_VARIANTS}
-        measurements = [Measurement(f"infer_bs{b}_{str(d)[6:]}", b, False, d) for d in dtypes for b in batch_sizes]
-        measurements += [Measurement(f"train_bs{train_batch_size}_{str(d)[6:]}", train_batch_size, True, d) for d in dtypes]
-        runs = [(name, m) for m in measurements for name in (TRAINING_VARIANTS if m.train else variants) if name in variants]
+        variants = build_variants(size, device, compile=compile, overrides=overrides, compile_backend=compile_backend)
+        config = variants["ceit"].config
+        shape = dict(image_size=config.image_hw, num_labels=config.num_labels)
+        optimizers = {name: torch.optim.AdamW(variants[name].parameters(), lr=1e-4)
+                      for name in TRAINING_VARIANTS if name in variants}
+        measurements = [Measurement(f"infer_bs{b}_{str(d)[6:]}", b, False, d, **shape)
+                        for d in dtypes for b in batch_sizes]
+        measurements += [Measurement(f"train_bs{train_batch_size}_{str(d)[6:]}", train_batch_size, True, d, **shape)
+                         for d in dtypes]
+        runs = [(name, m) for m in measurements for name in (TRAINING_VARIANTS if m.train else INFERENCE_VARIANTS)
+                if name in variants]
         # iterations per measurement: enough for `min_seconds`, judged from one call of the slowest variant (the first
-        # call of a compiled variant compiles it, outside any timing)
+        # call of a compiled variant compiles it, outside any timing). A variant that fails there (a compiler error,
+        # say) is left out of the measurement and its error reported; the eager models must work.
         iterations = {}
         for m in measurements:
-            names = [name for name, each in runs if each is m]
-            slowest = min(time_once(variants[n], optimizers.get(n), m, device, 1) for n in names)
-            iterations[m.name] = max(1, round(min_seconds * slowest / m.batch_size))
+            speeds = []
+            for name in [name for name, each in runs if each is m]:
+                try:
+                    speeds.append(time_once(variants[name], optimizers.get(name), m, device, 1))
+                except Exception as error:
+                    if name in ("ceit", "deit"):
+                        raise
+                    message = f"{type(error).__name__}: {error}"[:1000]
+                    results.setdefault("errors", {})[f"{name}_{size}/{m.name}"] = message
+                    log(f"[{size}] {name} {m.name} failed, left out: {message}")
+                    runs.remove((name, m))
+            iterations[m.name] = max(1, round(min_seconds * min(speeds) / m.batch_size))
         samples = {name: {} for name in variants}
         for r in range(rounds):
             for name, m in runs:
@@ -255,6 +307,8 @@ def run_benchmark(
             log(f"[{size}] round {r + 1}/{rounds} done")
         for name, model in variants.items():
             measured = [m for n, m in runs if n == name]
+            if not measured:
+                continue
             speed = {m.name: statistics.median(samples[name][m.name]) for m in measured}
             # counted on the eager module: the FLOP counter does not see inside compiled graphs
             flops = {m.name: flops_per_image(variants[name.removesuffix("_compiled")], m, device) for m in measured}
@@ -270,10 +324,117 @@ def run_benchmark(
         deit = results["models"][f"deit_{size}"]["images_per_second"]
         results.setdefault("ratios", {})[size] = {
             name: {k: v / deit[k] for k, v in results["models"][f"{name}_{size}"]["images_per_second"].items()}
-            for name in variants
+            for name in variants if f"{name}_{size}" in results["models"]
         }
         del variants, optimizers
+        if checkpoint is not None:
+            checkpoint(results)
     return results
+
+
+# ------------------------------------------------------------------------------------------- data-loader throughput
+
+# ImageNet-1k's training images average about 400x350 pixels and 110 KB as JPEG; 500x375 is its most common size.
+IMAGENET_LIKE_SIZE = (500, 375)
+
+
+def synthetic_jpegs(count: int, size: tuple[int, int] = IMAGENET_LIKE_SIZE, quality: int = 93, seed: int = 0):
+    """`count` JPEG files (bytes) of `size` (width, height), encoded once in memory. Smooth random colour fields with
+    fine noise, about 105 KiB each at 500x375: they compress and decode like photographs (pure noise would be several
+    times the bytes and slower to decode, flat images far faster)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    width, height = size
+    files = []
+    for _ in range(count):
+        coarse = rng.integers(0, 256, (height // 12 + 2, width // 12 + 2, 3), dtype=np.uint8)
+        smooth = np.asarray(Image.fromarray(coarse).resize((width, height), Image.BICUBIC), dtype=np.float32)
+        pixels = np.clip(smooth + rng.normal(0.0, 12.0, smooth.shape), 0, 255).astype(np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="JPEG", quality=quality)
+        files.append(buffer.getvalue())
+    return files
+
+
+def training_pipeline_dataset(jpegs: list[bytes], image_size: int = 224, seed: int = 0):
+    """`jpegs` as the training job sees its data: a `datasets` image column decoded on access, and the DeiT recipe's
+    augmentation (`train_transform` with `DEIT_RECIPE`'s RandAugment 2/9, ColorJitter 0.4, RandomErasing 0.25 and a
+    bicubic RandomResizedCrop to `image_size`) applied through `SeededAugmentation` and `with_transform`. Mixup and
+    CutMix are left out: they run on the training process's batch, not in the loader."""
+    import dataclasses
+
+    import datasets
+
+    from .image_processing_ceit import CeiTImageProcessor
+    from .training.arguments import DEIT_RECIPE, RecipeArguments
+    from .training.data import SeededAugmentation, train_transform, with_transform
+
+    fields = {f.name for f in dataclasses.fields(RecipeArguments)}
+    recipe = RecipeArguments(**{k: v for k, v in DEIT_RECIPE.items() if k in fields})
+    processor = CeiTImageProcessor(crop_size={"height": image_size, "width": image_size})
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(num_classes=1000)})
+    dataset = datasets.Dataset.from_dict(
+        {"image": [{"bytes": data, "path": None} for data in jpegs], "label": [i % 1000 for i in range(len(jpegs))]},
+        features=features,
+    )
+    return with_transform(dataset, "image", "label", SeededAugmentation(train_transform(processor, recipe), seed))
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (the affinity mask where there is one, which a container may narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def loader_images_per_second(dataset, workers: int, batch_size: int, seconds: float) -> float:
+    """Images per second that a `DataLoader` with `workers` worker processes delivers from `dataset` (batches of
+    `batch_size`, random order with replacement, `default_data_collator` as Trainer uses). Timed after the first
+    3 x `workers` batches: the workers' start and the batches they prefetch meanwhile stay out of the figure."""
+    from torch.utils.data import DataLoader, RandomSampler
+    from transformers import default_data_collator
+
+    sampler = RandomSampler(dataset, replacement=True, num_samples=2**31 - 1)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                        collate_fn=default_data_collator, prefetch_factor=2 if workers else None)
+    batches = iter(loader)
+    try:
+        for _ in range(3 * max(workers, 1)):
+            next(batches)
+        images, start = 0, time.perf_counter()
+        while images == 0 or time.perf_counter() - start < seconds:
+            images += len(next(batches)["labels"])
+        return images / (time.perf_counter() - start)
+    finally:
+        del batches  # shuts the workers down
+
+
+def data_loader_throughput(
+    workers=(1, None), images: int = 64, batch_size: int = 32, seconds: float = 5.0, image_size: int = 224,
+    source_size: tuple[int, int] = IMAGENET_LIKE_SIZE, log=print,
+) -> dict:
+    """The training pipeline's throughput (decode + DeiT-recipe augmentation of synthetic ImageNet-like JPEGs) with
+    each worker count in `workers` (None: every available CPU), as images/s in all and per worker. A GPU training at
+    X images/s needs about X / `per_worker_images_per_second` workers (one CPU core each)."""
+    jpegs = synthetic_jpegs(images, source_size)
+    dataset = training_pipeline_dataset(jpegs, image_size)
+    counts = list(dict.fromkeys(w or available_cpus() for w in workers))
+    runs = {}
+    for count in counts:
+        rate = loader_images_per_second(dataset, count, batch_size, seconds)
+        runs[str(count)] = {"images_per_second": rate, "per_worker_images_per_second": rate / count}
+        log(f"[data loader] {count} worker(s): {rate:.0f} images/s, {rate / count:.0f} per worker")
+    return {
+        "source_size": list(source_size), "jpeg_kib_mean": sum(map(len, jpegs)) / len(jpegs) / 1024,
+        "image_size": image_size, "batch_size": batch_size, "distinct_images": len(jpegs), "cpus": available_cpus(),
+        "pipeline": "datasets Image decode + train_transform(DEIT_RECIPE) through SeededAugmentation",
+        "workers": runs,
+        # the lowest per-worker rate: with many workers they share memory bandwidth and caches
+        "per_worker_images_per_second": min(run["per_worker_images_per_second"] for run in runs.values()),
+    }
 
 
 def machine_info() -> dict:
@@ -302,17 +463,19 @@ def machine_description(device: torch.device) -> str:
 
 
 def format_table(results: dict) -> str:
-    """The results as a Markdown table: images/s, the ratio to eager DeiT of the same size, the share of the
-    matrix-multiply roof each variant achieves, peak memory."""
-    roofs = results["matmul_roof_gflops"]
-    lines = [
-        f"Machine: {results['machine']}; median of {results['rounds']} alternating rounds; matrix-multiply roof: "
-        + ", ".join(f"{v:.0f} GFLOP/s ({k})" for k, v in roofs.items()),
-        "",
-        "| size | measurement | variant | img/s | vs DeiT eager | GFLOP/img | % of roof | peak MiB |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for size, ratios in results["ratios"].items():
+    """The results as Markdown: per model, images/s, the ratio to eager DeiT of the same size, the share of the
+    matrix-multiply roof each variant achieves, peak memory; then the data-loader throughput, when measured."""
+    lines = []
+    if results.get("ratios"):
+        roofs = results["matmul_roof_gflops"]
+        lines += [
+            f"Machine: {results['machine']}; median of {results['rounds']} alternating rounds; matrix-multiply roof: "
+            + ", ".join(f"{v:.0f} GFLOP/s ({k})" for k, v in roofs.items()),
+            "",
+            "| size | measurement | variant | img/s | vs DeiT eager | GFLOP/img | % of roof | peak MiB |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+    for size, ratios in results.get("ratios", {}).items():
         keys = list(results["models"][f"deit_{size}"]["images_per_second"])
         for key in keys:
             for name in ratios:
@@ -325,7 +488,26 @@ def format_table(results: dict) -> str:
                     f"{model['gflops_per_image'][key]:.2f} | {100 * model['achieved_gflops'][key] / roof:.0f}% | "
                     f"{model['peak_memory_mib'][key]:.0f} |"
                 )
+    if "data_loader" in results:
+        lines += ([""] if lines else []) + format_data_loader(results["data_loader"])
     return "\n".join(lines)
+
+
+def format_data_loader(loader: dict) -> list[str]:
+    """The data-loader measurement as Markdown lines: a sentence and one table row per worker count."""
+    width, height = loader["source_size"]
+    lines = [
+        f"Data loader ({loader['pipeline']}): {width}x{height} JPEGs of {loader['jpeg_kib_mean']:.0f} KiB to "
+        f"{loader['image_size']}x{loader['image_size']}, batch {loader['batch_size']}, {loader['cpus']} CPUs; "
+        f"{loader['per_worker_images_per_second']:.0f} images/s per worker: a training at X images/s needs about "
+        f"X / {loader['per_worker_images_per_second']:.0f} workers.",
+        "",
+        "| workers | images/s | per worker |",
+        "|---|---|---|",
+    ]
+    for count, run in loader["workers"].items():
+        lines.append(f"| {count} | {run['images_per_second']:.0f} | {run['per_worker_images_per_second']:.0f} |")
+    return lines
 
 
 def write_json(results: dict, path: str):

@@ -1,17 +1,22 @@
 #!/usr/bin/env python
 """CeiT vs transformers' DeiT (same width/depth/heads), side by side in one process, alternating rounds: the plain
 CeiT, `optimize_for_inference` (eager and compiled) and DeiT (eager and compiled), inference at batch 1 and 32, the
-training step at batch 32, peak memory, and achieved GFLOP/s against a matrix-multiply roof measured in the run.
+training step (forward, backward, AdamW; eager and with the model compiled) at batch 32, peak memory, and achieved
+GFLOP/s against a matrix-multiply roof measured in the run. Before those, the data loader: images/s per worker of
+the training pipeline (JPEG decode + the DeiT recipe's augmentation) with 1 worker and with one per CPU.
 
     python scripts/benchmark.py                                   # CPU, fp32: CeiT-T/S vs DeiT-T/S
     python scripts/benchmark.py --device cuda --dtypes bfloat16 --batch_sizes 1 32 256 --train_batch_size 256
+    python scripts/benchmark.py --data_loader_only --data_loader_workers 1 16
 
-Prints a Markdown table and writes the JSON (--output_json) and the table (--output_markdown).
+Prints a Markdown table and writes the JSON (--output_json) and the table (--output_markdown), both rewritten
+after the data loader and after each size, so a killed run keeps what it finished.
 """
 
 import argparse
 
-from ceit_hf.benchmarking import format_table, run_benchmark, write_json
+from ceit_hf.benchmarking import data_loader_throughput, format_table, run_benchmark, write_json
+from ceit_hf.training import parse_config_overrides
 
 
 def main(argv=None):
@@ -24,19 +29,50 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtypes", nargs="+", default=["float32"], choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--no_compile", action="store_true", help="leave out the torch.compile variants")
+    parser.add_argument("--compile_backend", default="inductor",
+                        help="torch.compile backend of the compiled variants ('eager' only traces: smoke runs)")
+    parser.add_argument("--config_overrides", help="config keys for both models, 'k=v,...' (e.g. image_size=32)")
+    parser.add_argument("--roof_size", type=int, help="matrix size of the roof (default: 2048 on CPU, 8192 on GPU)")
+    parser.add_argument("--roof_seconds", type=float, default=1.0)
+    loader = parser.add_argument_group("data loader")
+    loader.add_argument("--data_loader_only", action="store_true", help="measure only the data loader")
+    loader.add_argument("--no_data_loader", action="store_true", help="leave the data loader out")
+    loader.add_argument("--data_loader_workers", nargs="+", type=int, help="worker counts (default: 1 and every CPU)")
+    loader.add_argument("--data_loader_seconds", type=float, default=5.0, help="time each worker count this long")
+    loader.add_argument("--data_loader_images", type=int, default=64, help="distinct synthetic JPEGs")
+    loader.add_argument("--data_loader_batch_size", type=int, default=32)
     parser.add_argument("--output_json", default="benchmark.json")
     parser.add_argument("--output_markdown", help="also write the table here (e.g. benchmarks/cpu_fp32.md)")
     args = parser.parse_args(argv)
-    results = run_benchmark(
-        sizes=args.sizes, batch_sizes=args.batch_sizes, train_batch_size=args.train_batch_size, rounds=args.rounds,
-        device=args.device, dtypes=args.dtypes, min_seconds=args.min_seconds, compile=not args.no_compile,
-    )
-    table = format_table(results)
-    print(table)
-    write_json(results, args.output_json)
-    if args.output_markdown:
-        with open(args.output_markdown, "w") as handle:
-            handle.write(table + "\n")
+    if args.data_loader_only and args.no_data_loader:
+        parser.error("--data_loader_only and --no_data_loader leave nothing to measure")
+
+    results = {}
+
+    def save(partial):
+        """The results so far, as JSON and table: rewritten after each part, so a killed run keeps what it finished."""
+        results.update(partial)
+        write_json(results, args.output_json)
+        if args.output_markdown:
+            with open(args.output_markdown, "w") as handle:
+                handle.write(format_table(results) + "\n")
+
+    # the data loader first: it is short and bounded (--data_loader_seconds per worker count), so a model
+    # measurement that runs out of time (compiling) does not take it along
+    if not args.no_data_loader:
+        save({"data_loader": data_loader_throughput(
+            workers=args.data_loader_workers or (1, None), images=args.data_loader_images,
+            batch_size=args.data_loader_batch_size, seconds=args.data_loader_seconds,
+        )})
+    if not args.data_loader_only:
+        run_benchmark(
+            sizes=args.sizes, batch_sizes=args.batch_sizes, train_batch_size=args.train_batch_size,
+            rounds=args.rounds, device=args.device, dtypes=args.dtypes, min_seconds=args.min_seconds,
+            compile=not args.no_compile, overrides=parse_config_overrides(args.config_overrides),
+            compile_backend=args.compile_backend, roof_size=args.roof_size, roof_seconds=args.roof_seconds,
+            checkpoint=save,
+        )
+    print(format_table(results))
     print(f"\nWritten to {args.output_json}" + (f" and {args.output_markdown}" if args.output_markdown else ""))
 
 

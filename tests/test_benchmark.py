@@ -2,11 +2,17 @@
 not in tests)."""
 
 import json
+import os
+import subprocess
+from pathlib import Path
 
-import torch
+import numpy as np
 
 from ceit_hf import benchmarking
 from ceit_hf.benchmarking import build_pair, format_table, run_benchmark, write_json
+
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_pair_has_the_same_width_depth_and_heads():
@@ -56,3 +62,161 @@ def test_ratio_is_speed_over_eager_deit_speed(monkeypatch):
     assert results["ratios"]["tiny"]["ceit"] == {"infer_bs1_float32": 0.4, "train_bs2_float32": 0.4}
     assert results["models"]["ceit_tiny"]["achieved_gflops"]["infer_bs1_float32"] == 4.0
     assert "| tiny | infer_bs1_float32 | ceit | 4.0 | 0.40x | 1.00 | 40% | 0 |" in format_table(results)
+
+
+def test_compiled_training_variants_are_measured_and_a_failing_one_is_left_out(monkeypatch):
+    """The compiled models are timed in training (ceit_compiled, deit_compiled) and inference (the compiled
+    optimized CeiT, deit_compiled); a compiled variant that fails is dropped with its error, the rest measured."""
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    from ceit_hf import CeiTForImageClassification
+
+    def fake_time_once(model, optimizer, m, device, iterations):
+        compiled_ceit = isinstance(model, OptimizedModule) and isinstance(model._orig_mod, CeiTForImageClassification)
+        if m.train and compiled_ceit:
+            raise RuntimeError("compiler crashed")
+        return 5.0
+
+    monkeypatch.setattr(benchmarking, "time_once", fake_time_once)
+    monkeypatch.setattr(benchmarking, "peak_memory", lambda *args: 1)
+    monkeypatch.setattr(benchmarking, "flops_per_image", lambda *args: 1e9)
+    monkeypatch.setattr(benchmarking, "matmul_roof", lambda *args: 10.0)
+    results = run_benchmark(sizes=("tiny",), batch_sizes=(1,), train_batch_size=2, rounds=1, min_seconds=0.0,
+                            compile=True, log=lambda _: None, overrides={"image_size": 32, "num_encoder_blocks": 1})
+    measured = {name: set(model["images_per_second"]) for name, model in results["models"].items()}
+    assert measured == {
+        "ceit_tiny": {"infer_bs1_float32", "train_bs2_float32"},
+        "ceit_optimized_tiny": {"infer_bs1_float32"}, "ceit_optimized_compiled_tiny": {"infer_bs1_float32"},
+        "deit_tiny": {"infer_bs1_float32", "train_bs2_float32"},
+        "deit_compiled_tiny": {"infer_bs1_float32", "train_bs2_float32"},
+    }
+    assert results["errors"] == {"ceit_compiled_tiny/train_bs2_float32": "RuntimeError: compiler crashed"}
+    assert "ceit_compiled" not in results["ratios"]["tiny"]
+    assert results["config_overrides"] == {"image_size": 32, "num_encoder_blocks": 1}
+
+
+# ------------------------------------------------------------------------------------------------ the GPU suite
+
+
+def fake_benchmark(ceit_train, deit_train, ceit_infer, deit_infer, per_worker=250.0, cpus=16):
+    """A benchmark JSON with the given images/s: (eager, compiled) pairs for training, eager/optimized/compiled
+    for CeiT inference and (eager, compiled) for DeiT inference; CeiT with LeFF recomputation trains at 0.8x the
+    eager CeiT in half its memory (2000 MiB; DeiT 1000)."""
+    train, infer = "train_bs256_bfloat16", "infer_bs256_bfloat16"
+    speeds = {
+        "ceit": {train: ceit_train[0], infer: ceit_infer[0]}, "ceit_compiled": {train: ceit_train[1]},
+        "ceit_leff_recompute": {train: 0.8 * ceit_train[0]},
+        "ceit_optimized": {infer: ceit_infer[1]}, "ceit_optimized_compiled": {infer: ceit_infer[2]},
+        "deit": {train: deit_train[0], infer: deit_infer[0]},
+        "deit_compiled": {train: deit_train[1], infer: deit_infer[1]},
+    }
+    memory = {"ceit": 2000.0, "ceit_leff_recompute": 1000.0, "deit": 1000.0}
+    models = {f"{name}_tiny": {"images_per_second": v, "peak_memory_mib": {train: memory.get(name, 1.0)}}
+              for name, v in speeds.items()}
+    return {"models": models, "data_loader": {"per_worker_images_per_second": per_worker, "cpus": cpus}}
+
+
+def test_targets_compare_the_fastest_ceit_with_the_fastest_deit():
+    from ceit_hf import gpu_report
+
+    benchmark = fake_benchmark(ceit_train=(900, 1000), deit_train=(1000, 1200), ceit_infer=(2000, 2500, 3300),
+                               deit_infer=(2800, 3000))
+    targets = gpu_report.targets(benchmark)
+    train, infer = targets["train_step_vs_deit_tiny"], targets["inference_vs_deit_tiny"]
+    assert train["measurement"] == "train_bs256_bfloat16"
+    assert train["best"] == {"ratio": 1000 / 1200, "ceit": "ceit_compiled", "deit": "deit_compiled"}
+    assert train["eager"]["ratio"] == 0.9 and train["compiled"]["ratio"] == 1000 / 1200
+    assert train["met"] is False  # 0.83x < 0.9x
+    assert infer["best"] == {"ratio": 1.1, "ceit": "ceit_optimized_compiled", "deit": "deit_compiled"}
+    assert infer["eager"]["ratio"] == 2500 / 2800 and infer["met"] is True
+
+
+def test_projection_of_the_paper_run():
+    from ceit_hf import gpu_report
+
+    p = gpu_report.projection(train_rate=4000.0, inference_rate=10000.0, per_worker=250.0, cpus_per_gpu=16)
+    train_seconds = 300 * 1_281_167 / 4000.0
+    eval_seconds = 300 * 50_000 / 10000.0
+    assert p["gpu_hours"] == (train_seconds + eval_seconds) / 3600
+    assert p["wall_hours"] == p["gpu_hours"] / 8
+    assert (p["per_gpu_batch"], p["steps"]) == (128, 375_342)
+    assert (p["workers_per_gpu"], p["data_loader_cores"]) == (16, 128)  # 4000 / 250
+    assert p["loader_keeps_up_here"] is True
+    assert gpu_report.projection(4001.0, None, 250.0, 16)["loader_keeps_up_here"] is False  # 17 workers > 16 CPUs
+
+
+def test_report_markdown_and_docs_block(tmp_path):
+    from ceit_hf import gpu_report
+
+    report = {
+        "gpu": "NVIDIA H200", "mode": "cuda", "started": "2026-12-01 12:00 UTC", "wall_seconds": 300.0,
+        "environment": {"packages": {"torch": "2.11.0", "transformers": "5.24.0"}, "cpus": 16},
+        "parts": {"tests": {"status": "passed", "rc": 0, "seconds": 50, "budget": 100, "description": "tests/gpu"},
+                  "train_fsdp": {"status": "timeout", "rc": -15, "seconds": 75, "budget": 75, "description": "fsdp"}},
+        "benchmark": fake_benchmark((900, 1000), (1000, 1100), (2000, 2500, 3300), (2800, 3000)),
+    }
+    report["targets"] = gpu_report.targets(report["benchmark"])
+    report["leff_recompute"] = gpu_report.leff_recompute(report["benchmark"])
+    report["projection"] = gpu_report.paper_projection(report)
+    assert report["projection"]["train_variant"] == "ceit_compiled"
+    text = gpu_report.markdown(report)
+    assert "| train_fsdp | timeout (rc -15) |" in text and "0.91x (ceit_compiled / deit_compiled) |" in text
+    assert "GPU-hours" in text and "workers (CPU cores) per GPU" in text
+    recompute = gpu_report.leff_recompute(report["benchmark"])
+    assert (recompute["speed_vs_storing"], recompute["memory_vs_storing"]) == (0.8, 0.5)
+    assert recompute["memory_vs_deit"] == {"recompute": 1.0, "store": 2.0}
+    docs = tmp_path / "gpu.md"
+    docs.write_text(f"# GPU\n\nintro\n\n{gpu_report.DOCS_BEGIN}\nold\n{gpu_report.DOCS_END}\n\nafter\n")
+    gpu_report.update_docs(report, "benchmarks/gpu_nvidia_h200.json", docs)
+    updated = docs.read_text()
+    assert "old" not in updated and updated.startswith("# GPU\n\nintro\n") and updated.endswith("\n\nafter\n")
+    row = "| train_step_vs_deit_tiny >= 0.9x (train_bs256_bfloat16) | 0.91x (ceit_compiled / deit_compiled) |"
+    assert row in updated
+    assert "LeFF recomputation on this GPU" in updated
+    assert "Parts that did not pass: train_fsdp" in updated
+
+
+def test_a_part_over_its_budget_is_killed_with_its_children(tmp_path):
+    from ceit_hf import gpu_report
+
+    pid_file = tmp_path / "child.pid"
+    part = gpu_report.Part("slow", "sleeps", 1, ["bash", "-c", f"sleep 60 & echo $! > {pid_file}; wait"])
+    result = gpu_report.run_process(part, tmp_path / "slow.log", 1.0, dict(os.environ))
+    assert result["status"] == "timeout" and result["seconds"] < 30
+    # the backgrounded grandchild went with the group: gone, or a zombie that nothing has reaped yet
+    try:
+        state = Path(f"/proc/{int(pid_file.read_text())}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        state = "gone"
+    assert state in ("gone", "Z")
+
+
+def test_gpu_check_cpu_mode_runs_every_part_and_writes_the_report(tmp_path):
+    """`bash scripts/gpu_check.sh --cpu`: the GPU suite's own code (tests/gpu, accelerate launch of train.py,
+    scripts/benchmark.py, the report) at tiny sizes on the CPU, so a device run does not find its mistakes."""
+    env = {k: v for k, v in os.environ.items() if k != "OUT"}
+    result = subprocess.run(
+        ["bash", "scripts/gpu_check.sh", "--cpu", "--output_dir", str(tmp_path / "out"), "--work_dir",
+         str(tmp_path / "work")], cwd=ROOT, env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["gpu_cpu.json", "gpu_cpu.log", "gpu_cpu.md"]
+    report = json.loads((tmp_path / "out" / "gpu_cpu.json").read_text())
+    assert report["mode"] == "cpu" and report["environment"]["packages"]["torch"]
+    assert {name: part["status"] for name, part in report["parts"].items()} == {
+        "tests": "passed", "train_bf16": "passed", "train_fsdp": "skipped", "benchmark": "passed"}
+    tests = report["tests"]
+    assert tests["failed"] == tests["error"] == 0 and tests["passed"] >= 6
+    assert any(c["outcome"] == "skipped" and "CUDA" in c["message"] for c in tests["cases"])  # flash attention
+    training = report["training"]["train_bf16"]
+    assert training["saved"] and training["global_step"] == 2 and "bf16" in training["setup"]
+    assert np.isfinite(training["metrics"]["eval_loss"])
+    benchmark = report["benchmark"]
+    assert benchmark["models"]["ceit_tiny"]["images_per_second"]["train_bs4_bfloat16"] > 0
+    assert set(benchmark["data_loader"]["workers"]) == {"1", str(report["environment"]["cpus"])}
+    assert report["targets"]["train_step_vs_deit_tiny"]["measurement"] == "train_bs4_bfloat16"
+    assert report["projection"]["gpu_hours"] > 0 and report["projection"]["workers_per_gpu"] >= 1
+    markdown = (tmp_path / "out" / "gpu_cpu.md").read_text()
+    assert "| tests | passed |" in markdown and "## Targets" in markdown and "| workers | images/s |" in markdown
+    assert "===== benchmark: passed" in (tmp_path / "out" / "gpu_cpu.log").read_text()
