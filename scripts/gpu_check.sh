@@ -4,7 +4,7 @@
 # CeiT-T through `accelerate launch` (plain and FSDP), and scripts/benchmark.py (CeiT-T/S vs DeiT-T/S in bf16 at
 # batch 256, eager and compiled; the data loader's images/s per worker). Writes benchmarks/gpu_<gpu>.{json,md,log}
 # (and the same three files to $OUT when it is set), rewritten after every part; a failed or timed-out part is
-# recorded and the next one runs. The runner is ceit_hf/gpu_report.py (its --help lists --parts, --budget, ...).
+# recorded and the next one runs. The runner is tests/gpu/suite.py (its --help lists --parts, --budget, ...).
 #
 # The device machine is offline, with torch 2.11 and transformers 5.17 but no datasets or evaluate. Beforehand, on a
 # machine with a registry (the wheels land in .whl/, ignored by git, about 14 MiB):
@@ -43,4 +43,4 @@ fi
 export PYTHONPATH="${site}${PWD}${PYTHONPATH:+:$PYTHONPATH}"
 
 # Standard library only, run by path: PYTHONSAFEPATH keeps ceit_hf/ itself off sys.path (Python >= 3.11).
-PYTHONSAFEPATH=1 exec "$PYTHON" ceit_hf/gpu_report.py run "$@"
+PYTHONSAFEPATH=1 exec "$PYTHON" tests/gpu/suite.py run "$@"

@@ -117,7 +117,7 @@ def fake_benchmark(ceit_train, deit_train, ceit_infer, deit_infer, per_worker=25
 
 
 def test_targets_compare_the_fastest_ceit_with_the_fastest_deit():
-    from ceit_hf import gpu_report
+    from gpu import suite as gpu_report
 
     benchmark = fake_benchmark(ceit_train=(900, 1000), deit_train=(1000, 1200), ceit_infer=(2000, 2500, 3300),
                                deit_infer=(2800, 3000))
@@ -132,7 +132,7 @@ def test_targets_compare_the_fastest_ceit_with_the_fastest_deit():
 
 
 def test_projection_of_the_paper_run():
-    from ceit_hf import gpu_report
+    from gpu import suite as gpu_report
 
     p = gpu_report.projection(train_rate=4000.0, inference_rate=10000.0, per_worker=250.0, cpus_per_gpu=16)
     train_seconds = 300 * 1_281_167 / 4000.0
@@ -146,7 +146,7 @@ def test_projection_of_the_paper_run():
 
 
 def test_report_markdown_and_docs_block(tmp_path):
-    from ceit_hf import gpu_report
+    from gpu import suite as gpu_report
 
     report = {
         "gpu": "NVIDIA H200", "mode": "cuda", "started": "2026-12-01 12:00 UTC", "wall_seconds": 300.0,
@@ -177,7 +177,7 @@ def test_report_markdown_and_docs_block(tmp_path):
 
 
 def test_a_part_over_its_budget_is_killed_with_its_children(tmp_path):
-    from ceit_hf import gpu_report
+    from gpu import suite as gpu_report
 
     pid_file = tmp_path / "child.pid"
     part = gpu_report.Part("slow", "sleeps", 1, ["bash", "-c", f"sleep 60 & echo $! > {pid_file}; wait"])

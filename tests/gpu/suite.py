@@ -11,11 +11,11 @@ projects the paper's 300-epoch ImageNet-1k CeiT-T run onto 8 such GPUs (GPU-hour
 
 `--cpu` runs the same parts at tiny sizes on the CPU (CI runs it: ~25 s).
 
-Standard library only, and run by path (`python3 ceit_hf/gpu_report.py`): importing the package would load torch
+Standard library only, and run by path (`python3 tests/gpu/suite.py`): importing the package would load torch
 and transformers (seconds) and a broken install of either would take the report down with it.
 
-    python3 ceit_hf/gpu_report.py run [--cpu] [--output_dir DIR] [--parts tests,benchmark] [--budget tests=120]
-    python3 ceit_hf/gpu_report.py docs benchmarks/gpu_nvidia_h200.json     # its results into docs/gpu.md
+    python3 tests/gpu/suite.py run [--cpu] [--output_dir DIR] [--parts tests,benchmark] [--budget tests=120]
+    python3 tests/gpu/suite.py docs benchmarks/gpu_nvidia_h200.json     # its results into docs/gpu.md
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from importlib import metadata
 from pathlib import Path
 
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs" / "gpu.md"
 DOCS_BEGIN, DOCS_END = "<!-- gpu-report: begin -->", "<!-- gpu-report: end -->"
 # The whole suite must end within 8 minutes of device time: the wheels' install takes about 15 s before this, and a
