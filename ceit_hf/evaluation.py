@@ -1,6 +1,6 @@
 # Copyright 2026 The ceit_hf authors. Licensed under the Apache License, Version 2.0.
-"""Evaluate an image classifier (a folder or a Hub repo) on a labelled dataset: top-1/top-5 accuracy and
-throughput. The engine of `scripts/evaluate.py`."""
+"""Evaluate an image classifier (a folder or a Hub repo, or a LoRA adapter of one) on a labelled dataset: top-1/top-5
+accuracy and throughput. The engine of `scripts/evaluate.py`."""
 
 from __future__ import annotations
 
@@ -13,11 +13,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from transformers import AutoModelForImageClassification
+from transformers import AutoConfig, AutoModelForImageClassification
+from transformers.utils import find_adapter_config_file
 
 from .inference import optimize_if_ceit
 from .metrics import TopKAccuracy
-from .training.data import check_image_folder
+from .training.data import BadImageError, check_image_folder, decode_image, undecoded
 from .training import DataArguments, ModelArguments, label_names, load_image_datasets, load_image_processor
 
 
@@ -26,7 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Top-1/top-5 accuracy and images/s of an image classifier on a labelled dataset. Without "
         "--dataset_name or --validation_dir, the bundled digits validation split of the main training job is used."
     )
-    parser.add_argument("--model", required=True, help="model folder or Hub repo id")
+    parser.add_argument("--model", required=True, help="model folder or Hub repo id, or a LoRA adapter folder "
+                        "(train.py --lora_rank), merged into its base model before evaluation")
+    parser.add_argument("--base_model", help="folder or Hub id of the base model of a LoRA adapter --model (default: "
+                        "base_model_name_or_path of its adapter_config.json)")
     data = parser.add_mutually_exclusive_group()
     data.add_argument("--dataset_name", help="dataset on the Hub")
     data.add_argument("--validation_dir", help="images in one sub-folder per class")
@@ -51,7 +55,7 @@ def load_split(args):
     import datasets
 
     if args.validation_dir is not None:
-        check_image_folder(args.validation_dir, "--validation_dir")
+        check_image_folder(args.validation_dir, "--validation_dir", decode_limit=DataArguments.verify_images_limit)
         return datasets.load_dataset("imagefolder", data_dir=args.validation_dir, split="train")
     if args.dataset_name is not None:
         raw = datasets.load_dataset(args.dataset_name, args.dataset_config_name)
@@ -76,25 +80,101 @@ def label_mapping(dataset, label_column: str, config) -> np.ndarray | None:
     return None
 
 
-def evaluate_model(args) -> dict:
+def adapter_labels(adapter: str) -> dict[int, str] | int | None:
+    """The labels a LoRA adapter was trained with: the `id2label` of the config.json saved with it or of its merged
+    model (`train.py --merge_lora` writes `merged/`), else the number of outputs of the classifier saved in the
+    adapter (`modules_to_save`), else None (the adapter keeps the base model's classifier)."""
+    from peft.utils import load_peft_weights
+
+    for config_file in (Path(adapter) / "config.json", Path(adapter) / "merged" / "config.json"):
+        if config_file.is_file():
+            id2label = json.loads(config_file.read_text(encoding="utf-8")).get("id2label")
+            if id2label:
+                return {int(k): v for k, v in id2label.items()}
+    weights = load_peft_weights(adapter, device="cpu")
+    sizes = [w.shape[0] for k, w in weights.items() if k.endswith(("classifier.weight", "classifier.out_proj.weight"))]
+    return sizes[-1] if sizes else None
+
+
+def load_lora_classifier(adapter: str, base_model: str | None = None, trust_remote_code: bool = False):
+    """The LoRA adapter `adapter` (a folder or Hub repo with adapter_config.json) merged into its base model (fp32,
+    eval mode): the base built with the adapter's labels and a new classifier, as `train.py --lora_rank` built it
+    before adding the adapters, then `PeftModel.from_pretrained(...).merge_and_unload()`. `base_model` overrides the
+    base named in adapter_config.json; a base that cannot be loaded exits with a one-line error naming it."""
+    try:
+        import peft
+    except ImportError:
+        raise SystemExit(f"error: {adapter} is a LoRA adapter, which needs peft: pip install -e '.[peft]'.") from None
+    from transformers.utils import logging as hf_logging
+
+    base = base_model or peft.PeftConfig.from_pretrained(adapter).base_model_name_or_path
+    try:
+        config = AutoConfig.from_pretrained(base, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise SystemExit(
+            f"error: {adapter} is a LoRA adapter of the base model {base!r}, which cannot be loaded ({reason}); "
+            "give the base model's folder or Hub id with --base_model."
+        ) from None
+    labels = adapter_labels(adapter)
+    if isinstance(labels, dict):
+        config.id2label, config.label2id = labels, {name: index for index, name in labels.items()}
+    elif labels is not None and labels != config.num_labels:
+        config.num_labels = labels  # LABEL_0, LABEL_1, ...
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "newly initialized classifier" would be wrong: the adapter brings it
+    try:
+        model = AutoModelForImageClassification.from_pretrained(
+            base, config=config, ignore_mismatched_sizes=True, trust_remote_code=trust_remote_code, dtype=torch.float32
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return peft.PeftModel.from_pretrained(model, adapter).merge_and_unload().eval()
+
+
+def load_model(args):
+    """(the model of `args.model` in fp32, eval mode; where its image processor is) for evaluate_model."""
+    if find_adapter_config_file(args.model) is not None:
+        model = load_lora_classifier(args.model, args.base_model, trust_remote_code=args.trust_remote_code)
+        local = Path(args.model).is_dir()
+        has_processor = not local or (Path(args.model) / "preprocessor_config.json").is_file()
+        return model, args.model if has_processor else (args.base_model or model.name_or_path)
+    if args.base_model:
+        raise SystemExit(f"error: --base_model is for LoRA adapters, but {args.model} has no adapter_config.json.")
     model = AutoModelForImageClassification.from_pretrained(
-        args.model, trust_remote_code=args.trust_remote_code, dtype=getattr(torch, args.dtype)
-    ).to(args.device).eval()
+        args.model, trust_remote_code=args.trust_remote_code, dtype=torch.float32
+    )
+    return model.eval(), args.model
+
+
+def evaluate_model(args) -> dict:
+    # Loaded in fp32 and cast after `optimize_for_inference`, which folds the BatchNorms in fp32.
+    dtype = getattr(torch, args.dtype)
+    model, processor_source = load_model(args)
+    model = model.to(args.device).eval()
     plain = model
     if not args.no_optimize:
-        model = optimize_if_ceit(model)
-    processor = load_image_processor(args.image_processor or args.model, model, trust_remote_code=args.trust_remote_code)
+        model = optimize_if_ceit(model, dtype=dtype)
+    model = model.to(dtype)
+    processor = load_image_processor(
+        args.image_processor or processor_source, model, trust_remote_code=args.trust_remote_code
+    )
     dataset = load_split(args)
     if args.max_eval_samples is not None:
         dataset = dataset.select(range(min(args.max_eval_samples, len(dataset))))
     mapping = label_mapping(dataset, args.label_column_name, model.config)
+    feature = dataset.features[args.image_column_name]
+    dataset = undecoded(dataset, args.image_column_name)  # decoded below, so that a file that fails is named
     metric = TopKAccuracy(top_k=(5,) if model.config.num_labels >= 5 else ())
     model_time, total = 0.0, 0
     start = time.perf_counter()
     with torch.inference_mode():
         for begin in tqdm(range(0, len(dataset), args.batch_size), desc="Evaluating", unit="batch"):
             batch = dataset[begin : begin + args.batch_size]
-            images = [image.convert("RGB") for image in batch[args.image_column_name]]
+            try:
+                images = [decode_image(value, feature).convert("RGB") for value in batch[args.image_column_name]]
+            except BadImageError as error:  # a score without some images would not be the data set's
+                raise SystemExit(str(error)) from None
             labels = np.asarray(batch[args.label_column_name])
             if mapping is not None:
                 labels = mapping[labels]
@@ -114,7 +194,7 @@ def evaluate_model(args) -> dict:
         images_per_second=total / elapsed,
         model_images_per_second=total / model_time if model_time else None,
         device=str(args.device),
-        dtype=args.dtype,
+        dtype=str(model.dtype).removeprefix("torch."),  # the dtype the model really ran in
         batch_size=args.batch_size,
         optimized_for_inference=model is not plain,
     )

@@ -1,6 +1,7 @@
 # Copyright 2026 The ceit_hf authors. Licensed under the Apache License, Version 2.0.
 """ONNX export of a CeiT (or any image classifier) folder with the torch ONNX exporter (dynamo), dynamic batch,
-checked against PyTorch with ONNX Runtime. The engine of `scripts/export_onnx.py`."""
+checked against PyTorch with ONNX Runtime. The engine of `scripts/export_onnx.py`. The file goes where Optimum lays
+out Hub repositories, `MODEL/onnx/model.onnx`, unless another path is given."""
 
 from __future__ import annotations
 
@@ -12,6 +13,16 @@ import torch
 from transformers import AutoModelForImageClassification
 
 from .inference import optimize_if_ceit
+
+
+ONNX_PATH_IN_REPO = "onnx/model.onnx"
+
+
+def default_onnx_path(model_dir: str) -> Path:
+    """`MODEL/onnx/model.onnx` for a local model folder; a Hub id has no folder to write into (ValueError)."""
+    if not Path(model_dir).is_dir():
+        raise ValueError(f"{model_dir!r} is no local model folder: give the .onnx file to write (--output).")
+    return Path(model_dir) / ONNX_PATH_IN_REPO
 
 
 class _LogitsOnly(torch.nn.Module):
@@ -27,15 +38,16 @@ class _LogitsOnly(torch.nn.Module):
 
 def export_onnx(
     model_dir: str,
-    output: str,
+    output: str | None = None,
     opset: int | None = None,
     check: bool = True,
     atol: float = 1e-4,
     trust_remote_code: bool = False,
 ) -> dict:
-    """Exports `model_dir` to `output` (input `pixel_values` (batch, C, H, W) with a dynamic batch, output
-    `logits`). With `check`, runs the file in ONNX Runtime at batch 1 and 3 and raises `ValueError` if the logits
-    differ from PyTorch's by more than `atol`; returns the largest difference seen."""
+    """Exports `model_dir` to `output` (default: `model_dir/onnx/model.onnx`; input `pixel_values` (batch, C, H, W)
+    with a dynamic batch, output `logits`). With `check`, runs the file in ONNX Runtime at batch 1 and 3 and raises
+    `ValueError` if the logits differ from PyTorch's by more than `atol`; returns the largest difference seen."""
+    output = str(output or default_onnx_path(model_dir))
     model = AutoModelForImageClassification.from_pretrained(model_dir, trust_remote_code=trust_remote_code).eval()
     model = optimize_if_ceit(model)  # BatchNorm folded, the classification-only last block
     config = model.config

@@ -4,11 +4,14 @@
 
 * `variant_card(name)`: the card of one of the five official variants; `model_cards/<variant>.md` are generated from it
   by `scripts/make_model_cards.py` (a test checks that they have not drifted);
-* `training_card(...)`: the card `scripts/train.py` writes next to a trained model.
+* `training_card(...)`: the card `scripts/train.py` writes next to a trained model (or LoRA adapter);
+* `adapter_card_for_upload(...)`: that card of a LoRA adapter as `scripts/push_to_hub.py` uploads it, naming the
+  base model by its Hub id when one is known.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +27,11 @@ EXAMPLE_IMAGE_URL = "http://images.cocodataset.org/val2017/000000039769.jpg"
 REPORTED_SOURCE_NAME = "Yuan et al., ICCV 2021 (arXiv:2103.11816) and the official repository README"
 CARD_TAGS = ["ceit", "vision", "image-classification", "custom_code"]
 HEADER_ORDER = ["library_name", "pipeline_tag", "license", "tags", "datasets"]  # first in every header
+PLACEHOLDER_NAMESPACE = "your-name"  # the usage code's repo id when the Hub repo is not known yet
+# The usage code of every card names its repository on this line (`repo_id = "namespace/name"`).
+REPO_ID_LINE = re.compile(r'^repo_id = "([^"\n]+)"$', re.MULTILINE)
+# Around the sentence of an adapter's card that names its base model, which the upload rewrites.
+BASE_NOTE_START, BASE_NOTE_END = "<!-- ceit_hf:base-model -->", "<!-- /ceit_hf:base-model -->"
 
 
 @dataclass(frozen=True)
@@ -111,25 +119,70 @@ def variant_card(name: str) -> str:
     return str(card)
 
 
+def card_repo_id(text: str) -> str | None:
+    """The Hub repository a ceit_hf card (README.md) says it is published as, None when it names none."""
+    match = REPO_ID_LINE.search(text)
+    if match is None or match.group(1).startswith(f"{PLACEHOLDER_NAMESPACE}/"):
+        return None
+    return match.group(1)
+
+
+def adapter_base_note(base_model: str | None, hub_id: str | None) -> str:
+    """The card's sentence naming the base model of a LoRA adapter: its Hub repo `hub_id`, else `base_model` as
+    adapter_config.json names it (a local folder where the adapter was trained)."""
+    if hub_id:
+        text = (f"Base model: [`{hub_id}`](https://huggingface.co/{hub_id}), named in `adapter_config.json`; the code "
+                "below downloads it.")
+    else:
+        text = (f"Base model: `{base_model}`, a local folder on the machine the adapter was trained on, not a Hub "
+                "repository. The adapter needs that model: load your copy of it as `base_id` in the code below, "
+                "or publish it and upload the adapter again with "
+                "`scripts/push_to_hub.py --base_model_id NAMESPACE/NAME`.")
+    return f"{BASE_NOTE_START}\n{text}\n{BASE_NOTE_END}"
+
+
+def adapter_card_for_upload(text: str, base_model: str | None, hub_id: str | None) -> str:
+    """The card (README.md text) of a LoRA adapter as uploaded: the base model sentence for `hub_id` (else for the
+    local `base_model`), the body's mentions of `base_model` replaced by `hub_id`, and `hub_id` as the `base_model`
+    metadata. A card without the sentence (written by hand) gets it before its first section."""
+    note = adapter_base_note(base_model, hub_id)
+    if BASE_NOTE_START in text and BASE_NOTE_END in text:
+        head, rest = text.split(BASE_NOTE_START, 1)
+        text = head + note + rest.split(BASE_NOTE_END, 1)[1]
+    elif "\n## " in text:
+        head, rest = text.split("\n## ", 1)
+        text = f"{head.rstrip()}\n\n{note}\n\n## {rest}"
+    else:
+        text = f"{text.rstrip()}\n\n{note}\n"
+    if not hub_id:
+        return text
+    card = ModelCard(text)
+    card.data.base_model = hub_id
+    if base_model and base_model != hub_id:
+        card.text = card.text.replace(f"`{base_model}`", f"`{hub_id}`")
+    return str(card)
+
+
 def training_card(*, model_name: str, repo_id: str | None, model, base_model: str | None, preset: str | None,
                   dataset: str | None, data_description: str, metrics: dict, hyperparameters: dict,
                   command: str) -> ModelCard:
     """The card of a model trained by `scripts/train.py`: trained from scratch (`base_model` None) or fine-tuned
     from `base_model`; `dataset` is the Hub dataset id (None for local data, which stays out of the metadata);
-    top-5 accuracy is reported only with at least 5 classes."""
-    from .conversion import preset_name
-
+    top-5 accuracy is reported only with at least 5 classes. For a PEFT model (`train.py --lora_rank`) it is the
+    card of the adapter: how to load it onto its base model, which it names."""
     config = model.config
     num_labels = config.num_labels
     top1 = round(100 * metrics["eval_accuracy"], 2)
     top5 = round(100 * metrics["eval_top5_accuracy"], 2) if num_labels >= 5 and "eval_top5_accuracy" in metrics else None
     hub_base = base_model if base_model and not Path(base_model).exists() else None  # a local folder is no Hub id
+    lora = next(iter(getattr(model, "peft_config", {}).values()), None)  # a PeftModel: the card of its adapter
     data = ModelCardData(
-        library_name="transformers", pipeline_tag="image-classification", license="apache-2.0", tags=CARD_TAGS,
+        library_name="peft" if lora else "transformers", pipeline_tag="image-classification", license="apache-2.0",
+        tags=CARD_TAGS + ["lora"] if lora else CARD_TAGS,
         datasets=[dataset] if dataset else None, base_model=hub_base, model_name=model_name,
         eval_results=_eval_results(top1, top5, dataset or "imagefolder", data_description),
     )
-    official = preset_name(config)
+    official = getattr(config, "preset_name", None)  # CeiTConfig.preset_name; None for other classifiers
     architecture = (f"the official `{official}`" if official else f"`{preset}` modified" if preset
                     else "the small CeiT of `ceit_hf.training.small_config`")
     height, width = config.image_hw
@@ -139,6 +192,8 @@ def training_card(*, model_name: str, repo_id: str | None, model, base_model: st
         num_labels=num_labels, architecture_name=architecture,
         num_parameters=f"{model.num_parameters():,}",
         top1=top1, top5=top5, hyperparameters=hyperparameters, command=command, **_preprocessing(height, width),
+        lora_rank=lora.r if lora else None, base_note=adapter_base_note(base_model, hub_base) if lora else None,
+        id2label={int(k): v for k, v in config.id2label.items()},
     )
 
 
@@ -147,4 +202,7 @@ def generated_cards() -> dict[str, str]:
     return {f"{name}.md": variant_card(name) for name in VARIANTS}
 
 
-__all__ = ["VARIANTS", "ReportedResult", "Variant", "generated_cards", "training_card", "variant_card"]
+__all__ = [
+    "VARIANTS", "ReportedResult", "Variant", "adapter_card_for_upload", "card_repo_id", "generated_cards",
+    "training_card", "variant_card",
+]

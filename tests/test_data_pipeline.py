@@ -171,3 +171,18 @@ def test_a_resumed_run_receives_the_batches_of_the_uninterrupted_one(tmp_path):
     assert len(full) == 6 and len(resumed) == 3
     for (labels, pixels), (resumed_labels, resumed_pixels) in zip(full[3:], resumed):
         assert labels == resumed_labels and torch.equal(pixels, resumed_pixels)
+
+
+def test_evaluation_names_a_file_that_fails_to_decode(tmp_path, monkeypatch):
+    """evaluate.py decodes a small --validation_dir up front, and a larger one image by image: either way a truncated
+    file ends the run with one line naming it (a score without it would not be the folder's)."""
+    from ceit_hf import evaluation
+    from ceit_hf.training.arguments import DataArguments
+
+    folder = image_folder(tmp_path / "val", truncated=(LATE,))
+    model = Path(__file__).parent / "fixtures" / "digits_model"
+    with pytest.raises(SystemExit, match=rf"error: --validation_dir .*1 file\(s\) are not readable images: {LATE}"):
+        evaluation.main(["--model", str(model), "--validation_dir", str(folder)])
+    monkeypatch.setattr(DataArguments, "verify_images_limit", 0)  # headers only, as for a folder of ImageNet's size
+    with pytest.raises(SystemExit, match=rf"error: cannot decode .*{LATE} \(OSError"):
+        evaluation.main(["--model", str(model), "--validation_dir", str(folder), "--batch_size", "4"])

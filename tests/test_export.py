@@ -55,19 +55,28 @@ def test_torch_export_with_dynamic_batch():
 def test_onnx_export_script_matches_pytorch(tmp_path):
     model = trained_statistics(CeiTForImageClassification(tiny_config()))
     model.save_pretrained(tmp_path / "model")
-    result = export_onnx(str(tmp_path / "model"), str(tmp_path / "model.onnx"))
+    result = export_onnx(str(tmp_path / "model"))  # by default where Optimum puts it in a Hub repo: onnx/model.onnx
     assert result["max_abs_difference"] < 1e-4
+    assert result["output"] == str(tmp_path / "model" / "onnx" / "model.onnx")
     import onnx
 
-    graph = onnx.load(str(tmp_path / "model.onnx")).graph
+    graph = onnx.load(result["output"]).graph
     batch_dim = graph.input[0].type.tensor_type.shape.dim[0]
     assert graph.input[0].name == "pixel_values" and batch_dim.dim_param  # symbolic: dynamic batch
+    # the folder still loads as before, and its upload includes the export
+    assert CeiTForImageClassification.from_pretrained(tmp_path / "model").config.num_labels == model.config.num_labels
+    from ceit_hf.hub import check_model_folder
+
+    assert "Including ONNX export onnx/model.onnx" in check_model_folder(tmp_path / "model").summary()[0]
     cli = subprocess.run(
         [sys.executable, "scripts/export_onnx.py", "--model", str(tmp_path / "model"), "--output", str(tmp_path / "cli.onnx")],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
     assert cli.returncode == 0, cli.stderr[-2000:]
     assert "max |logit difference|" in cli.stdout and (tmp_path / "cli.onnx").stat().st_size > 10_000
+    # a Hub id has no folder for the default place
+    with pytest.raises(ValueError, match="no local model folder: give the .onnx file to write"):
+        export_onnx("ceit-hf/ceit_tiny_patch16_224")
 
 
 # Half precision: documented tolerance, relative to the largest fp32 logit. Measured on CeiT-T (12 blocks) with

@@ -486,3 +486,119 @@ def test_a_peft_adapter_folder_is_accepted(tmp_path):
     check = check_model_folder(tmp_path)
     assert {f.path_in_repo for f in check.files} == {"adapter_config.json", "adapter_model.safetensors"}
     assert [f.path_in_repo for f in check.skipped] == ["training_args.bin"]
+
+
+# ------------------------------------------------------------------------------- adapters and ONNX exports
+
+
+def _adapter_folder(root: Path, base: str) -> tuple[Path, dict[str, bytes]]:
+    """What `train.py --lora_rank R --merge_lora` writes: the adapter, its card naming the (local) base, merged/."""
+    from ceit_hf.model_card import adapter_base_note
+
+    folder = root / "lora"
+    (folder / "merged").mkdir(parents=True)
+    save_file({"base_model.model.classifier.weight": torch.ones(3, 4)}, str(folder / "adapter_model.safetensors"))
+    config = {"peft_type": "LORA", "r": 4, "base_model_name_or_path": base, "modules_to_save": ["classifier"]}
+    (folder / "adapter_config.json").write_text(json.dumps(config, indent=2))
+    (folder / "preprocessor_config.json").write_text(json.dumps({"crop_size": {"height": 32, "width": 32}}))
+    (folder / "README.md").write_text(
+        f"---\nlibrary_name: peft\nlicense: apache-2.0\n---\n\n# lora\n\nFine-tuned from `{base}`.\n\n"
+        f"{adapter_base_note(base, None)}\n\n## How to use\n\nWith PEFT.\n"
+    )
+    save_file({"classifier.weight": torch.zeros(3, 4)}, str(folder / "merged" / "model.safetensors"))
+    (folder / "merged" / "config.json").write_text('{"model_type": "ceit"}')
+    (folder / "merged" / "preprocessor_config.json").write_text("{}")
+    files = {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    return folder, files
+
+
+def _base_folder(root: Path, card: str | None) -> Path:
+    base = root / "base"
+    base.mkdir()
+    (base / "config.json").write_text('{"model_type": "ceit"}')
+    if card is not None:
+        (base / "README.md").write_text(card)
+    return base
+
+
+def test_adapter_upload_skips_merged_and_names_the_base_by_the_hub_id_of_its_card(fake_hub, tmp_path):
+    from ceit_hf.model_card import variant_card
+
+    base = _base_folder(tmp_path, variant_card("ceit_tiny_patch16_224"))  # its card: repo_id = "ceit-hf/..."
+    folder, files = _adapter_folder(tmp_path, str(base))
+    logged = []
+    push_model_folder(folder, "ceit-test/lora", endpoint=fake_hub.url, log=logged.append)
+
+    assert fake_hub.unexpected == []
+    (commit,) = fake_hub.commits
+    uploaded = commit["files"]
+    assert set(uploaded) == {"adapter_config.json", "adapter_model.safetensors", "preprocessor_config.json",
+                             "README.md"}  # not merged/
+    assert uploaded["adapter_model.safetensors"] == files["adapter_model.safetensors"]
+    config, original = json.loads(uploaded["adapter_config.json"]), json.loads(files["adapter_config.json"])
+    assert config == {**original, "base_model_name_or_path": "ceit-hf/ceit_tiny_patch16_224"}
+    card = uploaded["README.md"].decode()
+    metadata = yaml.safe_load(card.split("---\n", 2)[1])
+    assert metadata["base_model"] == "ceit-hf/ceit_tiny_patch16_224" and metadata["library_name"] == "peft"
+    assert str(base) not in card and "Fine-tuned from `ceit-hf/ceit_tiny_patch16_224`." in card
+    hub_id = "ceit-hf/ceit_tiny_patch16_224"
+    assert f"Base model: [`{hub_id}`](https://huggingface.co/{hub_id})" in card
+    # the user's folder is left as it was
+    assert {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()} == files
+    assert any(line.startswith("adapter_config.json: base_model_name_or_path set to ceit-hf/") for line in logged)
+
+
+def test_adapter_dry_run_lists_merged_as_skipped_and_takes_base_model_id(tmp_path, capsys, monkeypatch):
+    cli = _load_cli()
+    monkeypatch.setattr(hub, "HfApi", None)
+    base = _base_folder(tmp_path, card=None)
+    folder, _ = _adapter_folder(tmp_path, str(base))
+    argv = ["--model_dir", str(folder), "--repo_id", "ceit-test/lora", "--dry_run"]
+    assert cli.main([*argv, "--base_model_id", "me/ceit-base"]) == 0
+    listed, skipped = capsys.readouterr().out.split("Skipped")
+    assert "merged/" not in listed and "adapter_model.safetensors" in listed
+    assert "adapter_config.json  (base_model_name_or_path set to me/ceit-base in the upload)" in listed
+    assert skipped.startswith(" (merged/ holds another model") and f"--model_dir {folder / 'merged'}" in skipped
+    merged_files = ("config.json", "model.safetensors", "preprocessor_config.json")
+    assert all(f"merged/{name}" in skipped for name in merged_files)
+
+    # no Hub id anywhere: a warning, and the card says that the base model is a local folder
+    with pytest.warns(UserWarning, match=r"names the base model '.*base', a local folder .* --base_model_id NAMESP"):
+        push_model_folder(folder, "ceit-test/lora", dry_run=True, log=lambda _: None)
+    check = check_model_folder(folder)
+    assert check.base_model == str(base) and check.base_model_id is None
+    assert check.contents == {}  # uploaded as they are: train.py's card already says that the base model is local
+    (folder / "README.md").write_text("---\nlicense: apache-2.0\n---\n\n# My adapter\n\n## Use\n\nWith PEFT.\n")
+    card = check_model_folder(folder).contents["README.md"].decode()  # a card written by hand gets the sentence
+    note = f"Base model: `{base}`, a local folder on the machine the adapter was trained on"
+    assert card.index("# My adapter") < card.index(note) < card.index("## Use")
+    assert "base_model:" not in card.split("---\n", 2)[1]
+
+
+def test_base_model_hub_id_sources_and_bad_values(tmp_path):
+    from ceit_hf.hub import hub_id_of_base
+    from ceit_hf.model_card import PLACEHOLDER_NAMESPACE
+
+    assert hub_id_of_base("ceit-hf/ceit_tiny_patch16_224") == "ceit-hf/ceit_tiny_patch16_224"  # a Hub id already
+    assert hub_id_of_base(str(tmp_path / "gone" / "base")) is None  # a local path that moved
+    placeholder = f'```python\nrepo_id = "{PLACEHOLDER_NAMESPACE}/base"\n```\n'  # trained without --hub_model_id
+    assert hub_id_of_base(str(_base_folder(tmp_path, placeholder))) is None
+    folder, _ = _adapter_folder(tmp_path, "ceit-hf/ceit_tiny_patch16_224")
+    check = check_model_folder(folder)
+    assert check.base_model_id == "ceit-hf/ceit_tiny_patch16_224" and "adapter_config.json" not in check.contents
+    with pytest.raises(ModelFolderError, match="--base_model_id '/tmp/base' is no Hub repository id"):
+        check_model_folder(folder, base_model_id="/tmp/base")
+    model, _ = _model_folder(tmp_path)
+    with pytest.raises(ModelFolderError, match="--base_model_id names the base model of a LoRA adapter"):
+        check_model_folder(model, base_model_id="me/base")
+
+
+def test_onnx_export_is_uploaded_and_said_so(tmp_path):
+    folder, files = _model_folder(tmp_path)
+    (folder / "onnx").mkdir()
+    (folder / "onnx" / "model.onnx").write_bytes(b"\0" * 3 * 1024 * 1024)
+    logged = []
+    result = push_model_folder(folder, "ceit-test/onnx", dry_run=True, log=logged.append)
+    assert "onnx/model.onnx" in {f.path_in_repo for f in result.files}
+    assert "Including ONNX export onnx/model.onnx (3.0 MiB)" in logged
+    assert any(line.endswith("onnx/model.onnx  (ONNX export)") for line in "\n".join(logged).splitlines())
