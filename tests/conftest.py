@@ -1,3 +1,5 @@
+import logging
+import logging.handlers
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -62,3 +64,13 @@ def assert_same_training_results(model, reference, atol: float = 1e-6) -> None:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def ceit_log() -> list[logging.LogRecord]:
+    """The records `ceit_hf`'s loggers emit during the test (they do not propagate to pytest's caplog)."""
+    handler = logging.handlers.BufferingHandler(capacity=100_000)
+    logger = logging.getLogger("ceit_hf")
+    logger.addHandler(handler)
+    yield handler.buffer
+    logger.removeHandler(handler)

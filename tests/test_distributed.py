@@ -90,8 +90,22 @@ def test_two_nodes_train_evaluate_save_with_equal_weights(tmp_path):
         assert set(load_file(folder / "model.safetensors")) == set(load_file(tmp_path / "model.safetensors"))
 
 
+def test_fsdp_and_bf16_asked_for_by_accelerate_on_cpu_are_reported(tmp_path, monkeypatch, ceit_log):
+    """What `accelerate launch --config_file configs/accelerate/fsdp.yaml` passes on (its environment), in one
+    process on the CPU: accelerate cannot shard there, and the setup log says so and reports the config's bf16."""
+    from ceit_hf.training import main
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    main(["--output_dir", str(tmp_path), "--max_steps", "1", "--eval_strategy", "no", "--save_strategy", "no",
+          *TINY_RUN])
+    log = "\n".join(record.getMessage() for record in ceit_log)
+    assert "FSDP was asked for, but accelerate runs FSDP only on GPUs" in log and "precision bf16 autocast" in log
+
+
+@pytest.mark.slow
 def test_accelerate_fsdp_config_on_cpu_processes_says_it_runs_ddp(tmp_path):
-    """`accelerate launch --config_file configs/accelerate/fsdp.yaml` on CPU processes: accelerate cannot shard
+    """`accelerate launch --config_file configs/accelerate/fsdp.yaml` on 2 CPU processes: accelerate cannot shard
     there and runs DDP; the log says so, and reports the bf16 the config asks for."""
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", "configs/accelerate/fsdp.yaml",

@@ -25,10 +25,16 @@ def trained_statistics(model, size=32, batch=8):
     return model.eval()
 
 
-def test_torch_compile_fullgraph_inference():
+@pytest.mark.parametrize(
+    "backend",
+    # Dynamo's capture is what `fullgraph=True` checks (seconds); inductor's CPU code generation takes half a minute
+    # here and is the compiler's to test (the GPU suite compiles a training step).
+    ["eager", pytest.param("inductor", marks=pytest.mark.slow)],
+)
+def test_torch_compile_fullgraph_inference(backend):
     model = trained_statistics(CeiTForImageClassification(tiny_config()))
     x = torch.randn(2, 3, 32, 32)
-    compiled = torch.compile(model, fullgraph=True)
+    compiled = torch.compile(model, fullgraph=True, backend=backend)
     with torch.no_grad():
         assert (compiled(x).logits - model(x).logits).abs().max() < 1e-5
 

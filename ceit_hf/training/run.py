@@ -382,7 +382,7 @@ def prepare_distributed(trainer, recipe_args) -> None:
     if fsdp_requested(trainer.args):
         logger.warning(
             "FSDP was asked for, but accelerate runs FSDP only on GPUs and other accelerators: these %d %s "
-            "processes run %s (plain data parallel) instead.", trainer.args.world_size, trainer.args.device.type,
+            "process(es) train as %s instead, without sharding.", trainer.args.world_size, trainer.args.device.type,
             trainer.accelerator.distributed_type.value,
         )
     if trainer.args.world_size > 1:
