@@ -44,7 +44,6 @@ from .benchmarking import machine_info
 from .training import (
     build_model,
     check_output_dir,
-    describe_setup,
     parse_args,
     prepare_job,
     set_torch_threads,
@@ -321,8 +320,7 @@ def _run(options: argparse.Namespace, training: list[str], argv: list[str]) -> d
     model_args, data_args, recipe_args, training_args = parse_args(
         run_argv(training, output_dir / "runs", options.seeds[0], options.epochs)
     )
-    setup_logging(training_args)
-    logger.info(describe_setup(training_args))
+    setup_logging(training_args)  # each run's setup is logged by train_and_evaluate
     if recipe_args.drop_path:
         raise SystemExit(
             "error: --drop_path must be 0 (--recipe deit sets 0.1): transformers' DeiT has no stochastic depth, so the "
