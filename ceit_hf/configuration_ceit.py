@@ -17,36 +17,18 @@ from transformers.utils import auto_docstring
 # BatchNorm and a padded 3x3/2 max-pool with 64 channels; a 4x4/4 patch convolution without LayerNorm; pre-norm
 # blocks with qkv bias; LeFF with BatchNorm and no GELU after its last BatchNorm; the LCA with a layer-position
 # embedding; a LayerNorm -> Linear head.
-_OFFICIAL = dict(
-    patch_size=4,
-    num_encoder_blocks=12,
-    classifier_mlp_d=None,
-    i2t_out_channels=64,
-    i2t_conv_kernel_size=7,
-    i2t_conv_stride=2,
-    i2t_conv_padding=3,
-    i2t_conv_bias=False,
-    i2t_max_pool_kernel_size=3,
-    i2t_max_pool_stride=2,
-    i2t_max_pool_padding=1,
-    patch_norm=False,
-    patchify_technique="conv",
-    leff_expand_ratio=4,
-    leff_depthwise_kernel=3,
-    leff_depthwise_stride=1,
-    leff_depthwise_padding=1,
-    leff_depthwise_separable=False,
-    leff_batch_norm=True,
-    leff_final_activation=False,
-    lca_encoder_expansion_ratio=4,
-    lca_encoder_ln_order="pre",
-    lca_encoder_qkv_bias=True,
-    lca_layer_position_embedding=True,
-    ln_order="pre",
-    qkv_bias=True,
-    layer_norm_eps=1e-6,
-    num_labels=1000,
-)
+# fmt: off
+_OFFICIAL = {
+    "patch_size": 4, "num_encoder_blocks": 12, "classifier_mlp_d": None, "i2t_out_channels": 64,
+    "i2t_conv_kernel_size": 7, "i2t_conv_stride": 2, "i2t_conv_padding": 3, "i2t_conv_bias": False,
+    "i2t_max_pool_kernel_size": 3, "i2t_max_pool_stride": 2, "i2t_max_pool_padding": 1, "patch_norm": False,
+    "patchify_technique": "conv", "leff_expand_ratio": 4, "leff_depthwise_kernel": 3, "leff_depthwise_stride": 1,
+    "leff_depthwise_padding": 1, "leff_depthwise_separable": False, "leff_batch_norm": True,
+    "leff_final_activation": False, "lca_encoder_expansion_ratio": 4, "lca_encoder_ln_order": "pre",
+    "lca_encoder_qkv_bias": True, "lca_layer_position_embedding": True, "ln_order": "pre", "qkv_bias": True,
+    "layer_norm_eps": 1e-6, "num_labels": 1000,
+}
+# fmt: on
 PRESETS: dict[str, dict[str, Any]] = {
     f"ceit_{name}_patch16_{size}": {**_OFFICIAL, "d_model": width, "encoder_num_heads": heads, "image_size": size}
     for name, width, heads, sizes in (
@@ -257,22 +239,7 @@ class CeiTConfig(BackboneConfigMixin, PreTrainedConfig):
         # ceit_hf <= 0.2 saved this runtime switch in config.json; it is now `CeiTPreTrainedModel.set_leff_recompute`.
         kwargs.pop("leff_recompute_activations", None)
         self._refuse_typos(kwargs)
-        for alias, field in ALIASES.items():  # aliases arrive as extra keywords
-            if alias in kwargs and field != "num_labels":
-                setattr(self, field, kwargs.pop(alias))
-        if "num_classes" in kwargs:
-            num_classes = kwargs.pop("num_classes")
-            if kwargs.setdefault("num_labels", num_classes) != num_classes:
-                raise ValueError(
-                    f"num_classes={num_classes!r} and num_labels={kwargs['num_labels']!r} disagree: give one."
-                )
-        if self.id2label is None:  # the seed API's default is 1000 classes, not transformers' 2
-            kwargs["num_labels"] = _plain(kwargs.get("num_labels", 1000))
-            if not _int(kwargs["num_labels"]) or kwargs["num_labels"] < 0:
-                raise ValueError(f"num_classes (num_labels) must be an int >= 0, got {kwargs['num_labels']!r}.")
-        else:
-            self._check_id2label()
-            self.label2id = self.label2id or {str(label): int(index) for index, label in self.id2label.items()}
+        self._take_aliases_and_labels(kwargs)
         if isinstance(self.image_size, (tuple, list)):
             self.image_size = [_plain(size) for size in self.image_size]
         for field in self.__dataclass_fields__:
@@ -290,6 +257,25 @@ class CeiTConfig(BackboneConfigMixin, PreTrainedConfig):
             out_indices=kwargs.pop("out_indices", None), out_features=kwargs.pop("out_features", None)
         )
         super().__post_init__(**kwargs)
+
+    def _take_aliases_and_labels(self, kwargs: dict[str, Any]) -> None:
+        """Aliases (extra keywords) onto their fields; `num_classes`/`num_labels`/`id2label` checked."""
+        for alias, field in ALIASES.items():  # aliases arrive as extra keywords
+            if alias in kwargs and field != "num_labels":
+                setattr(self, field, kwargs.pop(alias))
+        if "num_classes" in kwargs:
+            num_classes = kwargs.pop("num_classes")
+            if kwargs.setdefault("num_labels", num_classes) != num_classes:
+                raise ValueError(
+                    f"num_classes={num_classes!r} and num_labels={kwargs['num_labels']!r} disagree: give one."
+                )
+        if self.id2label is None:  # the seed API's default is 1000 classes, not transformers' 2
+            kwargs["num_labels"] = _plain(kwargs.get("num_labels", 1000))
+            if not _int(kwargs["num_labels"]) or kwargs["num_labels"] < 0:
+                raise ValueError(f"num_classes (num_labels) must be an int >= 0, got {kwargs['num_labels']!r}.")
+        else:
+            self._check_id2label()
+            self.label2id = self.label2id or {str(label): int(index) for index, label in self.id2label.items()}
 
     def _refuse_typos(self, kwargs: dict[str, Any]) -> None:
         # transformers keeps unknown keywords as attributes (configs may carry metadata), so a typo of a CeiT option
@@ -384,87 +370,44 @@ class CeiTConfig(BackboneConfigMixin, PreTrainedConfig):
     def _check_options(self):
         """Every rule on the options, in one place; each failure names the field and what was expected."""
         positive_int = (lambda v: _int(v) and v > 0, "expected a positive int")
-        non_negative_int = (lambda v: _int(v) and v >= 0, "expected an int >= 0")
         probability = (lambda v: _number(v) and 0 <= v < 1, "expected a probability in [0, 1)")
-        optional_probability = (lambda v: v is None or probability[0](v), "expected None or a probability in [0, 1)")
-        boolean = (lambda v: isinstance(v, bool), "expected True or False")
-        positive = (lambda v: _number(v) and v > 0, "expected a positive number")
         scale = (
             lambda v: v is None or (_number(v) and v >= 0),
             "expected None (off) or a number >= 0 (the initial scale)",
         )
+        positive = (lambda v: _number(v) and v > 0, "expected a positive number")
         ln_order = (lambda v: isinstance(v, str) and v in LN_ORDERS, f"expected one of {list(LN_ORDERS)}")
+        # fmt: off
         rules = {
             "image_size": (
-                lambda v: (_int(v) and v > 0)
-                or (isinstance(v, list) and len(v) == 2 and all(_int(s) and s > 0 for s in v)),
+                lambda v: (_int(v) and v > 0) or (isinstance(v, list) and len(v) == 2 and all(_int(s) and s > 0 for s in v)),
                 "expected a positive int or a [height, width] pair of positive ints",
             ),
-            **dict.fromkeys(
-                (
-                    "d_model",
-                    "patch_size",
-                    "encoder_num_heads",
-                    "num_encoder_blocks",
-                    "i2t_out_channels",
-                    "i2t_conv_kernel_size",
-                    "i2t_conv_stride",
-                    "i2t_max_pool_kernel_size",
-                    "i2t_max_pool_stride",
-                    "leff_expand_ratio",
-                    "leff_depthwise_kernel",
-                    "lca_encoder_expansion_ratio",
-                    "lca_encoder_num_heads",
-                    "in_channels",
-                ),
-                positive_int,
-            ),
-            **dict.fromkeys(("leff_depthwise_padding", "i2t_conv_padding", "i2t_max_pool_padding"), non_negative_int),
-            **dict.fromkeys(
-                (
-                    "dropout",
-                    "encoder_dropout",
-                    "encoder_attention_dropout",
-                    "encoder_projection_dropout",
-                    "lca_encoder_dropout",
-                    "lca_encoder_attention_dropout",
-                    "lca_encoder_projection_dropout",
-                    "lca_encoder_stodepth_prob",
-                ),
-                probability,
-            ),
-            **dict.fromkeys(
-                (
-                    "leff_depthwise_separable",
-                    "lca_encoder_qkv_bias",
-                    "stochastic_depth",
-                    "qkv_bias",
-                    "i2t_conv_bias",
-                    "patch_norm",
-                    "leff_batch_norm",
-                    "leff_final_activation",
-                    "lca_layer_position_embedding",
-                    "apply_layernorm",
-                    "reshape_hidden_states",
-                ),
-                boolean,
-            ),
-            "classifier_mlp_d": (
-                lambda v: v is None or (_int(v) and v > 0),
-                "expected a positive int, or None for one Linear",
-            ),
-            "layer_scale": scale,
-            "lca_encoder_layer_scale": scale,
-            "layer_norm_eps": positive,
-            "initializer_range": positive,
-            "stochastic_depth_mp": optional_probability,
-            "ln_order": ln_order,
-            "lca_encoder_ln_order": ln_order,
+            **dict.fromkeys((
+                "d_model", "patch_size", "encoder_num_heads", "num_encoder_blocks", "i2t_out_channels",
+                "i2t_conv_kernel_size", "i2t_conv_stride", "i2t_max_pool_kernel_size", "i2t_max_pool_stride",
+                "leff_expand_ratio", "leff_depthwise_kernel", "lca_encoder_expansion_ratio", "lca_encoder_num_heads",
+                "in_channels"), positive_int),
+            **dict.fromkeys(("leff_depthwise_padding", "i2t_conv_padding", "i2t_max_pool_padding"),
+                            (lambda v: _int(v) and v >= 0, "expected an int >= 0")),
+            **dict.fromkeys((
+                "dropout", "encoder_dropout", "encoder_attention_dropout", "encoder_projection_dropout",
+                "lca_encoder_dropout", "lca_encoder_attention_dropout", "lca_encoder_projection_dropout",
+                "lca_encoder_stodepth_prob"), probability),
+            **dict.fromkeys((
+                "leff_depthwise_separable", "lca_encoder_qkv_bias", "stochastic_depth", "qkv_bias", "i2t_conv_bias",
+                "patch_norm", "leff_batch_norm", "leff_final_activation", "lca_layer_position_embedding",
+                "apply_layernorm", "reshape_hidden_states"), (lambda v: isinstance(v, bool), "expected True or False")),
+            "classifier_mlp_d": (lambda v: v is None or (_int(v) and v > 0), "expected a positive int, or None for one Linear"),
+            "layer_scale": scale, "lca_encoder_layer_scale": scale,
+            "layer_norm_eps": positive, "initializer_range": positive,
+            "stochastic_depth_mp": (lambda v: v is None or probability[0](v), "expected None or a probability in [0, 1)"),
+            "ln_order": ln_order, "lca_encoder_ln_order": ln_order,
             "patchify_technique": (
-                lambda v: isinstance(v, str) and v in PATCHIFY_TECHNIQUES,
-                f"expected one of {list(PATCHIFY_TECHNIQUES)}",
+                lambda v: isinstance(v, str) and v in PATCHIFY_TECHNIQUES, f"expected one of {list(PATCHIFY_TECHNIQUES)}"
             ),
         }
+        # fmt: on
         for field, (valid, expected) in rules.items():
             if not valid(getattr(self, field)):
                 self._fail(field, expected)
