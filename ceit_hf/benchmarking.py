@@ -40,7 +40,7 @@ from .modeling_ceit import CeiTForImageClassification
 
 SIZES = {"tiny": ("ceit_tiny_patch16_224", 192, 3), "small": ("ceit_small_patch16_224", 384, 6)}
 INFERENCE_VARIANTS = ("ceit", "ceit_optimized", "ceit_optimized_compiled", "deit", "deit_compiled")
-TRAINING_VARIANTS = ("ceit", "ceit_compiled", "ceit_leff_recompute", "deit", "deit_compiled")
+TRAINING_VARIANTS = ("ceit", "ceit_compiled", "ceit_leff_recompute", "ceit_leff_stored", "deit", "deit_compiled")
 
 
 def deit_config_for(ceit_config, extra_blocks: int = 0) -> DeiTConfig:
@@ -78,16 +78,16 @@ def build_variants(
 ) -> dict[str, torch.nn.Module]:
     """The plain CeiT, its inference form (and compiled), DeiT (and compiled), on `device`, keyed by variant name.
     `ceit_compiled` (the plain model compiled) is the training variant: the compiled inference form is
-    `ceit_optimized_compiled`. A compiled variant shares its parameters with the eager one. Off the CPU, also
-    `ceit_leff_recompute`, a copy with LeFF's activations recomputed in the backward pass: `set_leff_recompute`'s
-    "auto" does that on the CPU only, where it was measured faster, so the plain model there already is that one."""
+    `ceit_optimized_compiled`. A compiled variant shares its parameters with the eager one. The other choice of
+    `set_leff_recompute` than the plain model's "auto" (which recomputes LeFF's activations on the CPU only, where it
+    was measured faster): `ceit_leff_recompute` off the CPU, `ceit_leff_stored` on it."""
     models = build_pair(size, **(overrides or {}))
     ceit, deit = models[f"ceit_{size}"].to(device), models[f"deit_{size}"].to(device)
     optimized = optimize_for_inference(ceit.eval())
     variants = {"ceit": ceit, "ceit_compiled": ceit}
-    if device.type != "cpu":
-        variants["ceit_leff_recompute"] = copy.deepcopy(ceit)
-        variants["ceit_leff_recompute"].set_leff_recompute(True)
+    other = "ceit_leff_stored" if device.type == "cpu" else "ceit_leff_recompute"
+    variants[other] = copy.deepcopy(ceit)
+    variants[other].set_leff_recompute(device.type != "cpu")
     variants.update(ceit_optimized=optimized, ceit_optimized_compiled=optimized, deit=deit, deit_compiled=deit)
     compiled = functools.partial(torch.compile, backend=compile_backend)
     return {name: compiled(model) if name.endswith("_compiled") else model
