@@ -14,8 +14,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ceit_hf import CeiTConfig, CeiTForImageClassification, CeiTModel
+from ceit_hf import CeiTBackbone, CeiTConfig, CeiTForImageClassification, CeiTModel
 from ceit_hf.conversion import convert_official_state_dict, infer_config
+from ceit_hf.modeling_ceit import CeiTLayerScale, CeiTPatchEmbeddings
 from transformers import AutoModel, AutoModelForImageClassification
 from transformers.modeling_outputs import ImageClassifierOutput
 
@@ -56,8 +57,21 @@ class CeiTModelTest(unittest.TestCase):
             self.assertEqual(arguments[:2], ["self", "pixel_values"])
 
     def test_model_get_set_embeddings(self):
-        for model_class in self.all_model_classes:
-            self.assertIsInstance(model_class(self.model_tester.get_config()).get_input_embeddings(), torch.nn.Module)
+        """The input embeddings are the patch projection (`_input_embed_layer = "patch_embeddings"`), and
+        transformers' `set_input_embeddings` replaces the module the forward pass uses."""
+        for model_class in (*self.all_model_classes, CeiTBackbone):
+            model = model_class(self.model_tester.get_config()).eval()
+            embeddings = getattr(model, model.base_model_prefix, model).embeddings
+            self.assertIs(model.get_input_embeddings(), embeddings.patch_embeddings)
+            replacement = CeiTPatchEmbeddings(model.config)
+            model.set_input_embeddings(replacement)
+            self.assertIs(embeddings.patch_embeddings, replacement)
+            self.assertIs(model.get_input_embeddings(), replacement)
+            calls = []
+            replacement.register_forward_hook(lambda *args: calls.append(1))
+            with torch.no_grad():
+                model(**self.model_tester.prepare_config_and_inputs_for_common()[1])
+            self.assertEqual(len(calls), 1, model_class.__name__)
 
     def test_save_load_and_determinism(self):
         config, inputs = self.model_tester.prepare_config_and_inputs_for_common()
@@ -139,12 +153,62 @@ class CeiTModelTest(unittest.TestCase):
         self.assertIsNotNone(out.attentions[0].grad)
 
     def test_initialization(self):
-        config = self.model_tester.get_config()
-        for model_class in self.all_model_classes:
-            for name, param in model_class(config).named_parameters():
-                self.assertTrue(torch.isfinite(param).all(), name)
-                if name.endswith(("norm.weight", "norm1.weight", "norm2.weight", "layernorm.weight")):
-                    self.assertTrue(torch.equal(param, torch.ones_like(param)), name)
+        """The official initialisation (`CeiTPreTrainedModel._init_weights`), for the default tester configuration
+        and one with every optional weight (biases, LayerScale, convolutional patchify, MLP head)."""
+        normal_layers = ("attention.qkv", "attention.proj", "mlp.fc1", "mlp.fc2", "classifier", "classifier.dense",
+                         "classifier.out_proj")
+        uniform_layers = ("image_to_tokens.conv", "patch_embeddings.projection", "leff.expand", "leff.depthwise",
+                          "leff.pointwise", "leff.reduce")
+        every_weight = tiny_config(qkv_bias=True, lca_encoder_qkv_bias=True, layer_scale=0.1,
+                                   lca_encoder_layer_scale=0.2, patchify_technique="conv", i2t_conv_bias=True,
+                                   classifier_mlp_d=16)
+        for config, model_class in itertools.product((self.model_tester.get_config(), every_weight),
+                                                     self.all_model_classes):
+            model, std = model_class(config), config.initializer_range
+            normal = []  # every value drawn from N(0, std)
+
+            def assert_normal(name, values):
+                # timm's trunc_normal_(std=0.02) as the official code calls it cuts at +-2 absolute: a plain normal.
+                # The sample's std and mean within 5 standard errors.
+                values = values.detach().double().flatten()
+                normal.append(values)
+                self.assertLess(abs(values.std().item() / std - 1), 5 / math.sqrt(2 * values.numel()), name)
+                self.assertLess(abs(values.mean().item()), 5 * std / math.sqrt(values.numel()), name)
+
+            for name, module in model.named_modules():
+                if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)) and name.endswith(normal_layers):
+                    assert_normal(name, module.weight)
+                    self.assertTrue(module.bias is None or not module.bias.any(), name)
+                elif isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+                    # PyTorch's default for a convolution (and the Linear layers standing for the official 1x1 and
+                    # patch convolutions): kaiming_uniform(a=sqrt(5)), i.e. U(+-1/sqrt(fan_in)), bias as well.
+                    self.assertTrue(name.endswith(uniform_layers), f"{name}: a layer this test does not know")
+                    bound = 1 / math.sqrt(module.weight[0].numel())
+                    weight = module.weight.detach().double()
+                    self.assertLessEqual(weight.abs().max().item(), bound, name)
+                    self.assertGreater(weight.abs().max().item(), 0.9 * bound, name)  # spread to the bound
+                    self.assertLess(abs(weight.std().item() * math.sqrt(3) / bound - 1),
+                                    2.5 / math.sqrt(weight.numel()), name)  # a uniform's std, within 5 standard errors
+                    if module.bias is not None:
+                        self.assertLessEqual(module.bias.abs().max().item(), bound, name)
+                        self.assertTrue(module.bias.any(), name)
+                elif isinstance(module, (torch.nn.LayerNorm, torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+                    self.assertTrue((module.weight == 1).all() and (module.bias == 0).all(), name)
+                    if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                        self.assertTrue((module.running_mean == 0).all() and (module.running_var == 1).all(), name)
+                        self.assertEqual(module.num_batches_tracked.item(), 0, name)
+            base = getattr(model, "ceit", model)
+            assert_normal("cls_token", base.embeddings.cls_token)
+            assert_normal("position_embeddings", base.embeddings.position_embeddings)
+            self.assertFalse(base.lca.layer_position_embeddings.any())
+            scales = [(m.lambda1, m.init_value) for m in model.modules() if isinstance(m, CeiTLayerScale)]
+            self.assertEqual(len(scales), 2 * config.num_encoder_blocks + 2 if config.layer_scale else 0)
+            for values, init_value in scales:
+                self.assertTrue((values == init_value).all())
+            self.assertEqual({init_value for _, init_value in scales}, {0.1, 0.2} if config.layer_scale else set())
+            # a plain normal has 4.55% of its values beyond 2 std (a normal cut at 2 std: none)
+            beyond = (torch.cat(normal).abs() > 2 * std).double().mean().item()
+            self.assertTrue(0.035 < beyond < 0.056, beyond)
 
     def test_attention_implementations_agree(self):
         config, inputs = self.model_tester.prepare_config_and_inputs_for_common()
@@ -493,6 +557,47 @@ def test_gradient_checkpointing_changes_nothing(use_reentrant):
     assert_same_training_results(checkpointed, reference)
     tracked = checkpointed.ceit.encoder.layers[0].leff.expand_norm.num_batches_tracked
     assert tracked.item() == 1
+
+
+
+def saved_for_backward(model, x, labels) -> tuple[torch.Tensor, int]:
+    """(the loss, the bytes autograd saves for the backward pass outside checkpointed blocks) of a training step of
+    `model`, its backward pass included."""
+    sizes = []
+
+    def pack(tensor):
+        sizes.append(tensor.numel() * tensor.element_size())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss = model(x, labels=labels).loss
+    loss.backward()
+    return loss, sum(sizes)
+
+
+def test_activation_checkpointing_every_n_layers_and_offload():
+    """`activation_checkpointing_enable(every_n_layers=2)` checkpoints blocks 0 and 2 of 3, which saves less for the
+    backward pass than no checkpointing and more than checkpointing every block; `offload=True` (its saved inputs in
+    host memory) checkpoints every block. Each computes the loss, gradients and BatchNorm statistics of the model
+    without checkpointing (offload on CPU too)."""
+    config = tiny_config(num_encoder_blocks=3, stochastic_depth=True, stochastic_depth_mp=0.2)
+    reference = CeiTForImageClassification(config).train()
+    variants = {(1, False): copy.deepcopy(reference), (2, False): copy.deepcopy(reference),
+                (1, True): copy.deepcopy(reference)}
+    x, labels = pixels(batch=4), torch.tensor([0, 1, 2, 3])
+    torch.manual_seed(123)
+    expected_loss, saved = saved_for_backward(reference, x, labels)
+    checkpointed = {}
+    for (every_n_layers, offload), model in variants.items():
+        model.activation_checkpointing_enable(every_n_layers=every_n_layers, offload=offload)
+        flags = [layer.gradient_checkpointing for layer in model.ceit.encoder.layers]
+        assert flags == [True, every_n_layers == 1, True]
+        torch.manual_seed(123)
+        loss, checkpointed[every_n_layers, offload] = saved_for_backward(model, x, labels)
+        torch.testing.assert_close(loss, expected_loss)
+        assert_same_training_results(model, reference)
+    assert checkpointed[1, False] < checkpointed[2, False] < saved
+    assert checkpointed[1, True] < saved
 
 
 # --- bad inputs (more in tests/test_loading.py) ------------------------------------------------------------------

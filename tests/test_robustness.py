@@ -1,17 +1,19 @@
-"""Robustness: bad model and image inputs, damaged files, interrupted training and numerics across the presets.
+"""Robustness: damaged and unusual image files, interrupted training, unwritable or full output locations, and
+labels the model cannot represent.
 
 Each failure must be loud and clear (a `ValueError`/`OSError`/`SystemExit` that says what is wrong) and nothing may be
-silently wrong: no model with random weights from a damaged checkpoint, no resume from a half-written checkpoint,
-no training on labels the model cannot represent. Complements tests/test_modeling.py (bad-input basics, eval
-determinism of one preset), tests/test_image_processing.py (in-memory images of every mode and shape) and
-tests/test_training.py (exact resume from a complete checkpoint).
+silently wrong: no crash of the process on a damaged file, no resume from a half-written checkpoint, no training
+into a folder that cannot hold the result, no training on labels the model cannot represent. Complements
+tests/test_loading.py (bad model inputs, damaged and mismatched checkpoints, numerics across the presets),
+tests/test_image_processing.py (in-memory images of every mode and shape) and tests/test_training.py (exact resume
+from a complete checkpoint, bad image folders).
 """
 
 from __future__ import annotations
 
 import ast
-import errno
 import json
+import logging
 import os
 import re
 import shutil
@@ -29,23 +31,12 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from sklearn.datasets import load_sample_image
 
-from ceit_hf import (
-    PRESETS,
-    CeiTConfig,
-    CeiTForImageClassification,
-    CeiTImageProcessor,
-    CeiTImageProcessorPil,
-    CeiTModel,
-)
+from ceit_hf import CeiTForImageClassification, CeiTImageProcessor, CeiTImageProcessorPil
 from ceit_hf.training import checkpoint_problems, main, parse_args, resolve_resume_checkpoint, small_config
-from transformers import AutoModelForImageClassification
-
-from conftest import tiny_config
 
 
 ROOT = Path(__file__).resolve().parents[1]
 PROCESSORS = [CeiTImageProcessor, CeiTImageProcessorPil]
-
 
 
 # --- image files ---------------------------------------------------------------------------------------------------
@@ -199,12 +190,14 @@ def max_difference(a: Path, b: Path) -> float:
     return max((first[k].double() - second[k].double()).abs().max().item() for k in first)
 
 
+@pytest.mark.slow
 def test_training_killed_while_saving_resumes_to_the_same_weights(tmp_path):
-    """SIGKILL as checkpoint-8 starts being written (so it is most likely incomplete), then `--resume_from_checkpoint
-    auto`: the newest complete checkpoint is picked and the run ends with the weights of an uninterrupted run."""
+    """A real SIGKILL as checkpoint-8 starts being written, then `--resume_from_checkpoint auto`: the newest complete
+    checkpoint is picked and the run ends with the weights of an uninterrupted run. Which checkpoint survives depends
+    on the timing of the kill (slow; test_an_incomplete_checkpoint_is_skipped_on_resume damages one on purpose)."""
     killed = tmp_path / "killed"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    with open(tmp_path / "killed.log", "w") as log:
+    with open(tmp_path / "killed.log", "w", encoding="utf-8") as log:
         process = subprocess.Popen(
             [sys.executable, "scripts/train.py", "--output_dir", str(killed), *SHORT],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -231,6 +224,35 @@ def test_training_killed_while_saving_resumes_to_the_same_weights(tmp_path):
     assert max_difference(killed / "model.safetensors", tmp_path / "uninterrupted" / "model.safetensors") <= 1e-6
     state = json.loads((killed / "trainer_state.json").read_text())
     assert state["global_step"] == 12
+
+
+def test_an_incomplete_checkpoint_is_skipped_on_resume(tmp_path, caplog, monkeypatch):
+    """An 8-step run saving every 4 steps, then its newest checkpoint damaged (truncated weights) and its final model
+    removed, as a run killed while writing checkpoint-8 leaves them: `--resume_from_checkpoint auto` skips
+    checkpoint-8 with a warning naming the damage, resumes from checkpoint-4 (left as it was: not retrained from
+    scratch) and ends with the weights of the uninterrupted run."""
+    run = tmp_path / "run"
+    steps = [*SHORT[:-2], "--max_steps", "8"]
+    main(["--output_dir", str(run), *steps])
+    uninterrupted = load_file(run / "model.safetensors")
+    (run / "model.safetensors").unlink()
+    weights = run / "checkpoint-8" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    kept = run / "checkpoint-4" / "model.safetensors"
+    kept_state = (kept.read_bytes(), kept.stat().st_mtime_ns)
+
+    monkeypatch.setattr(logging.getLogger("ceit_hf"), "propagate", True)  # (main's logging setup turns it off)
+    with caplog.at_level(logging.INFO, logger="ceit_hf.training"):
+        main(["--output_dir", str(run), *steps, "--resume_from_checkpoint", "auto"])
+    assert re.search(rf"Skipping the incomplete checkpoint {re.escape(str(run / 'checkpoint-8'))}: model.safetensors "
+                     "is damaged or truncated", caplog.text)
+    assert f"Resuming from {run / 'checkpoint-4'}," in caplog.text
+    assert (kept.read_bytes(), kept.stat().st_mtime_ns) == kept_state
+    assert checkpoint_problems(run / "checkpoint-8") == []  # written again
+    resumed = load_file(run / "model.safetensors")
+    assert resumed.keys() == uninterrupted.keys()
+    assert max((resumed[k].double() - uninterrupted[k].double()).abs().max().item() for k in resumed) <= 1e-6
+    assert json.loads((run / "trainer_state.json").read_text())["global_step"] == 8
 
 
 def make_checkpoint(folder: Path, step: int, ema: bool = False) -> Path:

@@ -1,6 +1,8 @@
 """The training job (scripts/train.py -> ceit_hf.training) and the evaluation script."""
 
+import itertools
 import json
+import logging
 import os
 import re
 import subprocess
@@ -10,8 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_config
 from PIL import Image
 from safetensors.torch import load_file
+from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
 
 from ceit_hf import CeiTForImageClassification
 from ceit_hf.training import (
@@ -24,7 +28,7 @@ from ceit_hf.training import (
     parse_config_overrides,
     soft_target_loss,
 )
-from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
+from ceit_hf.training.data import batch_mixer
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -212,19 +216,150 @@ def test_bad_data_is_one_line_without_a_traceback_and_help_lists_every_flag(tmp_
         assert f"\n  {flag} " in help_text, flag
 
 
-@pytest.mark.parametrize(
-    "flags",
-    [
-        ["--gradient_checkpointing", "true"],
-        ["--bf16", "true", "--use_cpu", "true"],
-        ["--recipe", "deit", "--num_train_epochs", "1", "--per_device_train_batch_size", "8", "--model_ema_decay", "0.9"],
-    ],
-    ids=["gradient_checkpointing", "bf16", "deit_recipe"],
-)
-def test_training_options_run(tmp_path, flags):
+def recorded_run(tmp_path, monkeypatch, flags, record=None):
+    """`main()` of 2 steps of a SHORT run with `flags`, `record(model)` called on the built model before training
+    (to hook it): (the run's trainer, its final metrics)."""
+    from ceit_hf.training import run
+
+    original, trained = run.train_and_evaluate, {}
+
+    def train_and_evaluate(model, *args, **kwargs):
+        if record is not None:
+            record(model)
+        trained["trainer"], metrics = original(model, *args, **kwargs)
+        return trained["trainer"], metrics
+
+    monkeypatch.setattr(run, "train_and_evaluate", train_and_evaluate)
     metrics = main(["--output_dir", str(tmp_path / "run"), "--max_steps", "2", "--eval_strategy", "no",
                     "--save_strategy", "no", *SHORT, *flags])
     assert np.isfinite(metrics["eval_loss"])
+    return trained["trainer"], metrics
+
+
+def test_training_options_activation_checkpointing_replays_the_checkpointed_blocks(tmp_path, monkeypatch):
+    """`--activation_checkpointing` (transformers 5.24's name of the deprecated `--gradient_checkpointing`) with
+    `every_n_layers` 2 on a 2-block model: the first block's attention runs twice in each training step (forward,
+    then its replay in the backward pass), the second block's once; evaluation runs each once per batch."""
+    calls = {0: [], 1: []}
+
+    def count_calls(model):
+        for i, layer in enumerate(model.ceit.encoder.layers):
+            layer.attention.register_forward_hook(lambda module, args, output, i=i: calls[i].append(module.training))
+
+    trainer, _ = recorded_run(tmp_path, monkeypatch, [
+        "--config_overrides", "num_encoder_blocks=2", "--activation_checkpointing", "true",
+        "--activation_checkpointing_kwargs", '{"every_n_layers": 2}',
+    ], count_calls)
+    assert trainer.args.activation_checkpointing and trainer.model.is_activation_checkpointing
+    assert [layer.gradient_checkpointing for layer in trainer.model.ceit.encoder.layers] == [True, False]
+    # 2 training steps, then the 32 evaluation images in one batch
+    assert (calls[0].count(True), calls[1].count(True)) == (2 * 2, 2)
+    assert calls[0].count(False) == calls[1].count(False) == 1
+
+
+def test_training_options_bf16_trains_under_bfloat16_autocast(tmp_path, monkeypatch):
+    """`--bf16 --use_cpu`: the training steps compute in bfloat16 (autocast) while the weights stay float32."""
+    dtypes = {True: set(), False: set()}
+
+    def record_dtypes(model):
+        qkv = model.ceit.encoder.layers[0].attention.qkv
+        qkv.register_forward_hook(lambda module, args, output: dtypes[module.training].add(output.dtype))
+
+    trainer, _ = recorded_run(tmp_path, monkeypatch, ["--bf16", "true", "--use_cpu", "true"], record_dtypes)
+    assert trainer.accelerator.mixed_precision == "bf16"
+    assert dtypes[True] == {torch.bfloat16}
+    assert {p.dtype for p in trainer.model.parameters()} == {torch.float32}
+
+
+def test_training_options_deit_recipe_mixes_the_targets_and_keeps_an_ema(tmp_path, monkeypatch):
+    """`--recipe deit` with a 0.9 EMA: the loss sees Mixup/CutMix's soft targets (smoothed by 0.1) in training and
+    the labels in evaluation, and after the second step the EMA is 0.9 x the previous EMA + 0.1 x the weights (it
+    starts at the weights after the first step); the saved `ema/` holds it and is evaluated."""
+    from ceit_hf.training import ModelEMACallback, run
+
+    make_loss, seen = run.soft_target_loss, []
+
+    def recording_loss(smoothing):
+        loss = make_loss(smoothing)
+
+        def compute(outputs, labels, num_items_in_batch=None):
+            seen.append((smoothing, labels.detach().clone()))
+            return loss(outputs, labels, num_items_in_batch)
+
+        return compute
+
+    updates = []
+
+    class RecordingEMA(ModelEMACallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            before = floats(self.model)
+            super().on_step_end(args, state, control, model=model, **kwargs)
+            updates.append((before, floats(model), floats(self.model)))
+
+    monkeypatch.setattr(run, "soft_target_loss", recording_loss)
+    monkeypatch.setattr(run, "ModelEMACallback", RecordingEMA)
+    _, metrics = recorded_run(tmp_path, monkeypatch, [
+        "--recipe", "deit", "--num_train_epochs", "1", "--per_device_train_batch_size", "8",
+        "--model_ema_decay", "0.9",
+    ])
+    training = [labels for _, labels in seen if labels.is_floating_point()]
+    assert len(training) == 2 and {smoothing for smoothing, _ in seen} == {0.1}
+    for targets in training:
+        assert targets.shape == (8, 10) and torch.allclose(targets.sum(-1), torch.ones(8))
+        assert (targets.max(-1).values < 1 - 1e-3).any()  # mixed rows, not one-hot
+    evaluation = [labels for _, labels in seen if not labels.is_floating_point()]
+    assert evaluation and all(labels.dtype == torch.int64 and labels.ndim == 1 for labels in evaluation)
+    assert len(updates) == 2
+    (_, weights, ema), (previous, weights_2, ema_2) = updates
+    assert all(torch.equal(ema[k], weights[k]) for k in ema)
+    for name in ema_2:
+        torch.testing.assert_close(ema_2[name], 0.9 * previous[name] + 0.1 * weights_2[name])
+    assert max((ema_2[k] - weights_2[k]).abs().max() for k in ema_2) > 1e-4
+    saved = load_file(tmp_path / "run" / "ema" / "model.safetensors")
+    assert all(torch.equal(saved[k], v) for k, v in ema_2.items())
+    assert np.isfinite(metrics["eval_ema_loss"])
+
+
+def floats(model) -> dict[str, torch.Tensor]:
+    """Copies of `model`'s floating-point weights and buffers."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+
+def test_model_ema_callback_follows_the_decay_rule():
+    """`ModelEMACallback` (torch's `AveragedModel`, BatchNorm statistics included): the first update copies the
+    weights, each later one sets ema = decay x ema + (1 - decay) x weights."""
+    from ceit_hf.training import ModelEMACallback
+
+    model = CeiTForImageClassification(tiny_config()).train()
+    ema = ModelEMACallback(decay=0.9)
+    ema.on_train_begin(None, None, None, model=model)
+    states = []
+    for _ in range(3):
+        with torch.no_grad():  # an optimizer step: new weights, and new BatchNorm statistics
+            for parameter in model.parameters():
+                parameter.add_(torch.randn_like(parameter))
+            model(torch.randn(4, 3, 32, 32))
+        ema.on_step_end(None, None, None, model=model)
+        states.append((floats(model), floats(ema.model)))
+    assert all(torch.equal(states[0][1][k], states[0][0][k]) for k in states[0][0])
+    for (_, previous), (weights, averaged) in itertools.pairwise(states):
+        for name, value in averaged.items():
+            torch.testing.assert_close(value, 0.9 * previous[name] + 0.1 * weights[name])
+    assert "ceit.encoder.layers.0.leff.expand_norm.running_mean" in averaged
+
+
+def test_batch_mixer_makes_soft_targets():
+    """Mixup mixes each image and its one-hot target with those of the batch rolled by one, by the same lambda."""
+    assert batch_mixer(5) is None
+    pixels, labels = torch.randn(8, 3, 16, 16), torch.arange(8) % 5
+    mixed, targets = batch_mixer(5, mixup_alpha=0.8)(pixels, labels)
+    one_hot = torch.nn.functional.one_hot(labels, 5).float()
+    lam = targets[0, labels[0]].item()
+    assert 0 < lam < 1 and targets.shape == (8, 5)
+    torch.testing.assert_close(targets, lam * one_hot + (1 - lam) * one_hot.roll(1, 0))
+    torch.testing.assert_close(mixed, lam * pixels + (1 - lam) * pixels.roll(1, 0))
+    _, cut = batch_mixer(5, cutmix_alpha=1.0)(pixels, labels)
+    assert torch.allclose(cut.sum(-1), torch.ones(8)) and not torch.equal(cut, one_hot)
 
 
 @pytest.mark.slow
@@ -406,3 +541,58 @@ def test_lora_flags_are_checked():
         parse_args(["--output_dir", "x", "--lora_rank", "4"])
     with pytest.raises(SystemExit, match="--merge_lora merges LoRA adapters"):
         parse_args(["--output_dir", "x", "--model_name_or_path", "y", "--merge_lora"])
+
+
+def test_lora_target_modules_unknown_names_are_refused_and_identity_ones_skipped():
+    pytest.importorskip("peft")
+    from ceit_hf.training import ModelArguments
+    from ceit_hf.training.run import add_lora_adapters
+
+    model = CeiTForImageClassification(tiny_config(leff_depthwise_separable=False))  # LeFF's pointwise: Identity
+    with pytest.raises(SystemExit, match=r"--lora_target_modules \['attn', 'fc3'\] name no module of the model"):
+        add_lora_adapters(model, ModelArguments(lora_rank=2, lora_target_modules="qkv,attn, fc3"))
+    adapted = add_lora_adapters(model, ModelArguments(lora_rank=2, lora_target_modules="qkv, pointwise"))
+    assert adapted.peft_config["default"].target_modules == {"qkv"}
+    with_adapters = {name.removeprefix("base_model.model.").split(".lora_A")[0]
+                     for name, _ in adapted.named_parameters() if ".lora_A." in name}
+    assert with_adapters == {"ceit.encoder.layers.0.attention.qkv", "ceit.encoder.layers.1.attention.qkv",
+                             "ceit.lca.attention.qkv"}
+
+
+def test_image_processor_name_wins_and_a_folder_without_processor_falls_back_to_the_ceit_default(
+    tmp_path, caplog, monkeypatch
+):
+    from ceit_hf import CeiTImageProcessor
+    from ceit_hf.training import ModelArguments, image_processor_for
+
+    model = CeiTForImageClassification(tiny_config(image_size=[32, 48]))
+    model.save_pretrained(tmp_path / "model")  # weights and config, no preprocessor_config.json
+    CeiTImageProcessor(crop_size={"height": 40, "width": 40}).save_pretrained(tmp_path / "processor")
+    chosen = image_processor_for(
+        ModelArguments(model_name_or_path=str(tmp_path / "model"), image_processor_name=str(tmp_path / "processor")),
+        model,
+    )
+    assert chosen.crop_size == {"height": 40, "width": 40}
+    monkeypatch.setattr(logging.getLogger("ceit_hf"), "propagate", True)  # (main's logging setup turns it off)
+    with caplog.at_level(logging.WARNING, logger="ceit_hf.training"):
+        fallback = image_processor_for(ModelArguments(model_name_or_path=str(tmp_path / "model")), model)
+    assert type(fallback) is CeiTImageProcessor and fallback.crop_size == {"height": 32, "width": 48}
+    assert f"No image processor in {tmp_path / 'model'}" in caplog.text and "using the CeiT default" in caplog.text
+
+
+@pytest.mark.parametrize("splits", [("val",), ("valid",), ("test",), ("valid", "test")])
+def test_a_val_valid_or_test_split_becomes_the_validation_split(splits, monkeypatch):
+    """A dataset without a `validation` split: its `val`, else `valid`, else `test` split is renamed `validation`
+    (the others are left as they are), and nothing is split off the training data."""
+    import datasets
+
+    from ceit_hf.training import DataArguments, ModelArguments, load_image_datasets
+
+    def split(labels):
+        return datasets.Dataset.from_dict({"image": [Image.new("RGB", (8, 8))] * len(labels), "label": labels})
+
+    given = datasets.DatasetDict(train=split([0, 1] * 4), **{name: split([1, 0, i]) for i, name in enumerate(splits)})
+    monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: given)
+    raw = load_image_datasets(DataArguments(dataset_name="someone/data"), ModelArguments(), seed=0)
+    assert set(raw) == {"train", "validation", *splits[1:]}
+    assert raw["validation"]["label"] == [1, 0, 0] and len(raw["train"]) == 8
