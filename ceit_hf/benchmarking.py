@@ -30,7 +30,6 @@ from dataclasses import dataclass
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
-
 from transformers import DeiTConfig, DeiTForImageClassification
 
 from .configuration_ceit import CeiTConfig
@@ -53,15 +52,21 @@ def deit_config_for(ceit_config, extra_blocks: int = 0) -> DeiTConfig:
             f"CeiT's {rows}x{cols} token grid on {height}x{width} images has no square DeiT patch size that matches it."
         )
     return DeiTConfig(
-        image_size=height if height == width else [height, width], patch_size=height // rows,
-        num_channels=ceit_config.in_channels, hidden_size=ceit_config.d_model,
+        image_size=height if height == width else [height, width],
+        patch_size=height // rows,
+        num_channels=ceit_config.in_channels,
+        hidden_size=ceit_config.d_model,
         num_hidden_layers=ceit_config.num_encoder_blocks + extra_blocks,
         num_attention_heads=ceit_config.encoder_num_heads,
-        intermediate_size=ceit_config.d_model * ceit_config.leff_expand_ratio, hidden_act="gelu",
+        intermediate_size=ceit_config.d_model * ceit_config.leff_expand_ratio,
+        hidden_act="gelu",
         hidden_dropout_prob=ceit_config.encoder_dropout,
-        attention_probs_dropout_prob=ceit_config.encoder_attention_dropout, layer_norm_eps=ceit_config.layer_norm_eps,
-        initializer_range=ceit_config.initializer_range, qkv_bias=ceit_config.qkv_bias,
-        id2label=dict(ceit_config.id2label), label2id=dict(ceit_config.label2id),
+        attention_probs_dropout_prob=ceit_config.encoder_attention_dropout,
+        layer_norm_eps=ceit_config.layer_norm_eps,
+        initializer_range=ceit_config.initializer_range,
+        qkv_bias=ceit_config.qkv_bias,
+        id2label=dict(ceit_config.id2label),
+        label2id=dict(ceit_config.label2id),
     )
 
 
@@ -69,11 +74,17 @@ def build_pair(size: str, **overrides) -> dict[str, torch.nn.Module]:
     """CeiT-`size` (official preset, 224 pixels, 1000 classes, with config `overrides` on top, e.g. a smaller
     `image_size` for a smoke run) and a DeiT of the same width/depth/heads, MLP ratio 4 and token grid."""
     ceit = CeiTConfig.from_preset(SIZES[size][0], **overrides)
-    return {f"ceit_{size}": CeiTForImageClassification(ceit), f"deit_{size}": DeiTForImageClassification(deit_config_for(ceit))}
+    return {
+        f"ceit_{size}": CeiTForImageClassification(ceit),
+        f"deit_{size}": DeiTForImageClassification(deit_config_for(ceit)),
+    }
 
 
 def build_variants(
-    size: str, device: torch.device, compile: bool = True, overrides: dict | None = None,
+    size: str,
+    device: torch.device,
+    compile: bool = True,
+    overrides: dict | None = None,
     compile_backend: str = "inductor",
 ) -> dict[str, torch.nn.Module]:
     """The plain CeiT, its inference form (and compiled), DeiT (and compiled), on `device`, keyed by variant name.
@@ -90,8 +101,11 @@ def build_variants(
     variants[other].set_leff_recompute(device.type != "cpu")
     variants.update(ceit_optimized=optimized, ceit_optimized_compiled=optimized, deit=deit, deit_compiled=deit)
     compiled = functools.partial(torch.compile, backend=compile_backend)
-    return {name: compiled(model) if name.endswith("_compiled") else model
-            for name, model in variants.items() if compile or not name.endswith("_compiled")}
+    return {
+        name: compiled(model) if name.endswith("_compiled") else model
+        for name, model in variants.items()
+        if compile or not name.endswith("_compiled")
+    }
 
 
 def matmul_roof(device: torch.device, dtype: torch.dtype, size: int | None = None, seconds: float = 1.0) -> float:
@@ -109,7 +123,7 @@ def matmul_roof(device: torch.device, dtype: torch.dtype, size: int | None = Non
     return 2 * size**3 * calls / (time.perf_counter() - start) / 1e9
 
 
-def flops_per_image(model: torch.nn.Module, m: "Measurement", device: torch.device) -> float:
+def flops_per_image(model: torch.nn.Module, m: Measurement, device: torch.device) -> float:
     """Forward FLOPs of one image counted by torch's FLOP counter (matrix multiplications, convolutions, attention);
     a training step counts 3x (the backward pass costs about twice the forward: torch's counter misprices the
     backward of grouped convolutions)."""
@@ -126,9 +140,21 @@ def _malloc_in_use():
     import ctypes.util
 
     class MallInfo2(ctypes.Structure):
-        _fields_ = [(name, ctypes.c_size_t) for name in (
-            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost"
-        )]
+        _fields_ = [
+            (name, ctypes.c_size_t)
+            for name in (
+                "arena",
+                "ordblks",
+                "smblks",
+                "hblks",
+                "hblkhd",
+                "usmblks",
+                "fsmblks",
+                "uordblks",
+                "fordblks",
+                "keepcost",
+            )
+        ]
 
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c"))
@@ -201,7 +227,7 @@ def _autocast(device: torch.device, dtype: torch.dtype):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def _step_fn(model, optimizer, m: "Measurement", device: torch.device):
+def _step_fn(model, optimizer, m: Measurement, device: torch.device):
     pixels = torch.randn(m.batch_size, 3, *m.image_size, device=device)
     labels = torch.randint(0, m.num_labels, (m.batch_size,), device=device)
     model.train(m.train)
@@ -221,7 +247,7 @@ def _step_fn(model, optimizer, m: "Measurement", device: torch.device):
     return step
 
 
-def time_once(model, optimizer, m: "Measurement", device: torch.device, iterations: int) -> float:
+def time_once(model, optimizer, m: Measurement, device: torch.device, iterations: int) -> float:
     """Images per second over `iterations` calls, after one untimed call."""
     step = _step_fn(model, optimizer, m, device)
     step()
@@ -233,7 +259,7 @@ def time_once(model, optimizer, m: "Measurement", device: torch.device, iteratio
     return iterations * m.batch_size / (time.perf_counter() - start)
 
 
-def peak_memory(model, optimizer, m: "Measurement", device: torch.device) -> int:
+def peak_memory(model, optimizer, m: Measurement, device: torch.device) -> int:
     """Peak memory of one call (after a warm-up call), in bytes."""
     step = _step_fn(model, optimizer, m, device)
     step()
@@ -243,7 +269,7 @@ def peak_memory(model, optimizer, m: "Measurement", device: torch.device) -> int
     return memory.peak
 
 
-def run_benchmark(
+def run_benchmark(  # noqa: C901 (the measurement loop in one place)
     sizes=("tiny", "small"),
     batch_sizes=(1, 32),
     train_batch_size: int = 32,
@@ -265,7 +291,10 @@ def run_benchmark(
     device = torch.device(device)
     dtypes = [getattr(torch, d) for d in dtypes]
     results = {
-        "machine": machine_description(device), "machine_info": machine_info(), "rounds": rounds, "models": {},
+        "machine": machine_description(device),
+        "machine_info": machine_info(),
+        "rounds": rounds,
+        "models": {},
         "matmul_roof_gflops": {str(d)[6:]: matmul_roof(device, d, roof_size, roof_seconds) for d in dtypes},
     }
     if overrides:
@@ -273,15 +302,24 @@ def run_benchmark(
     for size in sizes:
         variants = build_variants(size, device, compile=compile, overrides=overrides, compile_backend=compile_backend)
         config = variants["ceit"].config
-        shape = dict(image_size=config.image_hw, num_labels=config.num_labels)
-        optimizers = {name: torch.optim.AdamW(variants[name].parameters(), lr=1e-4)
-                      for name in TRAINING_VARIANTS if name in variants}
-        measurements = [Measurement(f"infer_bs{b}_{str(d)[6:]}", b, False, d, **shape)
-                        for d in dtypes for b in batch_sizes]
-        measurements += [Measurement(f"train_bs{train_batch_size}_{str(d)[6:]}", train_batch_size, True, d, **shape)
-                         for d in dtypes]
-        runs = [(name, m) for m in measurements for name in (TRAINING_VARIANTS if m.train else INFERENCE_VARIANTS)
-                if name in variants]
+        shape = {"image_size": config.image_hw, "num_labels": config.num_labels}
+        optimizers = {
+            name: torch.optim.AdamW(variants[name].parameters(), lr=1e-4)
+            for name in TRAINING_VARIANTS
+            if name in variants
+        }
+        measurements = [
+            Measurement(f"infer_bs{b}_{str(d)[6:]}", b, False, d, **shape) for d in dtypes for b in batch_sizes
+        ]
+        measurements += [
+            Measurement(f"train_bs{train_batch_size}_{str(d)[6:]}", train_batch_size, True, d, **shape) for d in dtypes
+        ]
+        runs = [
+            (name, m)
+            for m in measurements
+            for name in (TRAINING_VARIANTS if m.train else INFERENCE_VARIANTS)
+            if name in variants
+        ]
         # iterations per measurement: enough for `min_seconds`, judged from one call of the slowest variant (the first
         # call of a compiled variant compiles it, outside any timing). A variant that fails there (a compiler error,
         # say) is left out of the measurement and its error reported; the eager models must work.
@@ -318,13 +356,15 @@ def run_benchmark(
                 "all_rounds": samples[name],
                 "gflops_per_image": {k: v / 1e9 for k, v in flops.items()},
                 "achieved_gflops": {k: speed[k] * flops[k] / 1e9 for k in speed},
-                "peak_memory_mib": {m.name: peak_memory(variants[name], optimizers.get(name), m, device) / 2**20
-                                    for m in measured},
+                "peak_memory_mib": {
+                    m.name: peak_memory(variants[name], optimizers.get(name), m, device) / 2**20 for m in measured
+                },
             }
         deit = results["models"][f"deit_{size}"]["images_per_second"]
         results.setdefault("ratios", {})[size] = {
             name: {k: v / deit[k] for k, v in results["models"][f"{name}_{size}"]["images_per_second"].items()}
-            for name in variants if f"{name}_{size}" in results["models"]
+            for name in variants
+            if f"{name}_{size}" in results["models"]
         }
         del variants, optimizers
         if checkpoint is not None:
@@ -398,8 +438,14 @@ def loader_images_per_second(dataset, workers: int, batch_size: int, seconds: fl
     from transformers import default_data_collator
 
     sampler = RandomSampler(dataset, replacement=True, num_samples=2**31 - 1)
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                        collate_fn=default_data_collator, prefetch_factor=2 if workers else None)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=default_data_collator,
+        prefetch_factor=2 if workers else None,
+    )
     batches = iter(loader)
     try:
         for _ in range(3 * max(workers, 1)):
@@ -413,8 +459,13 @@ def loader_images_per_second(dataset, workers: int, batch_size: int, seconds: fl
 
 
 def data_loader_throughput(
-    workers=(1, None), images: int = 64, batch_size: int = 32, seconds: float = 5.0, image_size: int = 224,
-    source_size: tuple[int, int] = IMAGENET_LIKE_SIZE, log=print,
+    workers=(1, None),
+    images: int = 64,
+    batch_size: int = 32,
+    seconds: float = 5.0,
+    image_size: int = 224,
+    source_size: tuple[int, int] = IMAGENET_LIKE_SIZE,
+    log=print,
 ) -> dict:
     """The training pipeline's throughput (decode + DeiT-recipe augmentation of synthetic ImageNet-like JPEGs) with
     each worker count in `workers` (None: every available CPU), as images/s in all and per worker. A GPU training at
@@ -428,8 +479,12 @@ def data_loader_throughput(
         runs[str(count)] = {"images_per_second": rate, "per_worker_images_per_second": rate / count}
         log(f"[data loader] {count} worker(s): {rate:.0f} images/s, {rate / count:.0f} per worker")
     return {
-        "source_size": list(source_size), "jpeg_kib_mean": sum(map(len, jpegs)) / len(jpegs) / 1024,
-        "image_size": image_size, "batch_size": batch_size, "distinct_images": len(jpegs), "cpus": available_cpus(),
+        "source_size": list(source_size),
+        "jpeg_kib_mean": sum(map(len, jpegs)) / len(jpegs) / 1024,
+        "image_size": image_size,
+        "batch_size": batch_size,
+        "distinct_images": len(jpegs),
+        "cpus": available_cpus(),
         "pipeline": "datasets Image decode + train_transform(DEIT_RECIPE) through SeededAugmentation",
         "workers": runs,
         # the lowest per-worker rate: with many workers they share memory bandwidth and caches
@@ -443,14 +498,18 @@ def machine_info() -> dict:
 
     cpu = platform.processor() or platform.machine()
     try:
-        with open("/proc/cpuinfo") as cpuinfo:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
             cpu = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
     return {
-        "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
         "device": "cuda: " + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-        "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
         "platform": platform.platform(),
     }
 
@@ -511,5 +570,5 @@ def format_data_loader(loader: dict) -> list[str]:
 
 
 def write_json(results: dict, path: str):
-    with open(path, "w") as handle:
+    with open(path, "w", encoding="utf-8") as handle:
         json.dump(results, handle, indent=2)

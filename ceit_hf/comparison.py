@@ -198,7 +198,12 @@ def plot_comparison(result: dict, path: str | os.PathLike) -> None:
             ax.plot(epochs, mean, color=COLORS[name], lw=2, marker="o", ms=3, label=label)
             if len(curves) > 1:
                 ax.fill_between(
-                    epochs, curves.min(axis=0), curves.max(axis=0), color=COLORS[name], alpha=0.2, lw=0,
+                    epochs,
+                    curves.min(axis=0),
+                    curves.max(axis=0),
+                    color=COLORS[name],
+                    alpha=0.2,
+                    lw=0,
                     label=f"{LABELS[name]}: min-max over seeds",
                 )
             if reach is not None:
@@ -216,8 +221,9 @@ def plot_comparison(result: dict, path: str | os.PathLike) -> None:
     handles, labels = axes[0].get_legend_handles_labels()
     lines = [i for i, label in enumerate(labels) if "min-max" not in label]  # first column: lines; second: bands
     order = lines + [i for i in range(len(labels)) if i not in lines]
-    fig.legend([handles[i] for i in order], [labels[i] for i in order], loc="lower center", ncol=2, fontsize=9,
-               frameon=False)
+    fig.legend(
+        [handles[i] for i in order], [labels[i] for i in order], loc="lower center", ncol=2, fontsize=9, frameon=False
+    )
     budget = result.get("budget") or {}
     fig.suptitle(
         f"CeiT ({result['ceit']['params']:,} params) vs DeiT ({result['deit']['params']:,} params): validation accuracy "
@@ -242,19 +248,22 @@ def build_parser() -> argparse.ArgumentParser:
             "through the project's training job, for several seeds, and plot validation accuracy vs epoch. Other "
             "flags of scripts/train.py (--learning_rate, --per_device_train_batch_size, --recipe deit without "
             "drop path, ...) are passed to both models' runs."
-        )
+        ),
     )
     parser.add_argument("--output_dir", required=True, help="Where comparison.json, comparison.png and the runs go.")
     parser.add_argument("--train_dir", help="Training images, one sub-folder per class (default: the bundled digits).")
     parser.add_argument("--validation_dir", help="Validation images, one sub-folder per class.")
-    parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help=f"Epoch budget of every run ({DEFAULT_EPOCHS}).")
+    parser.add_argument(
+        "--epochs", type=int, default=DEFAULT_EPOCHS, help=f"Epoch budget of every run ({DEFAULT_EPOCHS})."
+    )
     parser.add_argument(
         "--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS), help="Seeds; each model trains once per seed."
     )
     parser.add_argument("--max_train_samples", type=int, help="Keep this many training examples (quick runs).")
     parser.add_argument("--max_eval_samples", type=int, help="Keep this many validation examples (quick runs).")
     parser.add_argument(
-        "--torch_threads", type=int,
+        "--torch_threads",
+        type=int,
         help="torch's intra-op CPU threads (default: 1 on CPU, torch's default with CUDA; 0: torch's default). These "
         "models are too small to gain much from more threads, and on a shared CPU busy threads slow training by 5-20x.",
     )
@@ -292,8 +301,16 @@ def run_argv(training: list[str], output_dir: Path, seed: int, epochs: int) -> l
     given = {arg[2:].split("=", 1)[0].replace("-", "_") for arg in training if arg.startswith("--")}
     defaults = [x for name, value in RUN_DEFAULTS.items() if name not in given for x in (f"--{name}", value)]
     return [
-        *training, *defaults, "--output_dir", str(output_dir), "--seed", str(seed), "--num_train_epochs", str(epochs),
-        "--eval_strategy", "epoch",
+        *training,
+        *defaults,
+        "--output_dir",
+        str(output_dir),
+        "--seed",
+        str(seed),
+        "--num_train_epochs",
+        str(epochs),
+        "--eval_strategy",
+        "epoch",
     ]
 
 
@@ -332,7 +349,9 @@ def _run(options: argparse.Namespace, training: list[str], argv: list[str]) -> d
     deit_config = deit_config_for(ceit_config)
     params = {"ceit": count_parameters(reference), "deit": count_parameters(build_deit(ceit_config))}
     gap = params["deit"] / params["ceit"] - 1
-    logger.info("CeiT %s parameters, DeiT %s parameters (%+.1f%%)", f"{params['ceit']:,}", f"{params['deit']:,}", 100 * gap)
+    logger.info(
+        "CeiT %s parameters, DeiT %s parameters (%+.1f%%)", f"{params['ceit']:,}", f"{params['deit']:,}", 100 * gap
+    )
     if abs(gap) > MAX_PARAM_GAP:
         raise SystemExit(f"error: DeiT's parameter count differs from CeiT's by {100 * gap:+.1f}% (more than 15%).")
     del reference
@@ -343,9 +362,13 @@ def _run(options: argparse.Namespace, training: list[str], argv: list[str]) -> d
     for seed in options.seeds:
         for name in MODELS:
             folder = output_dir / "runs" / f"{name}-seed{seed}"
-            model_args, data_args, recipe_args, training_args = parse_args(run_argv(training, folder, seed, options.epochs))
+            model_args, data_args, recipe_args, training_args = parse_args(
+                run_argv(training, folder, seed, options.epochs)
+            )
             set_seed(seed)  # the same seed for each model's initialisation, data order and augmentation
-            model = build_model(model_args, recipe_args, labels, image_size) if name == "ceit" else build_deit(ceit_config)
+            model = (
+                build_model(model_args, recipe_args, labels, image_size) if name == "ceit" else build_deit(ceit_config)
+            )
             assert count_parameters(model) == params[name]
             logger.info("Training %s, seed %d, %d epochs -> %s", LABELS[name], seed, options.epochs, folder)
             tic = time.perf_counter()
@@ -353,8 +376,12 @@ def _run(options: argparse.Namespace, training: list[str], argv: list[str]) -> d
             run_times[name][str(seed)] = round(time.perf_counter() - tic, 1)
             curves[name][str(seed)] = eval_curve(trainer.state.log_history, options.epochs)
             logger.info(
-                "%s seed %d: accuracy %s after epochs 1..%d (%.0f s)", LABELS[name], seed,
-                " ".join(f"{100 * a:.1f}" for a in curves[name][str(seed)]), options.epochs, run_times[name][str(seed)],
+                "%s seed %d: accuracy %s after epochs 1..%d (%.0f s)",
+                LABELS[name],
+                seed,
+                " ".join(f"{100 * a:.1f}" for a in curves[name][str(seed)]),
+                options.epochs,
+                run_times[name][str(seed)],
             )
             if recipe is None:
                 recipe = budget_of(training_args, recipe_args, options)
@@ -372,8 +399,11 @@ def _run(options: argparse.Namespace, training: list[str], argv: list[str]) -> d
     }
     result["epochs_to_reach"] = epochs_to_reach_summary(result["ceit"], result["deit"])
     result["summary"] = {
-        name: {**model_summary(result[name]), "param_gap_vs_ceit": params[name] / params["ceit"] - 1,
-               "wall_time_s_per_seed": run_times[name]}
+        name: {
+            **model_summary(result[name]),
+            "param_gap_vs_ceit": params[name] / params["ceit"] - 1,
+            "wall_time_s_per_seed": run_times[name],
+        }
         for name in MODELS
     }
     result["models"] = {
@@ -387,7 +417,9 @@ def _run(options: argparse.Namespace, training: list[str], argv: list[str]) -> d
     }
     result["budget"] = recipe
     result["data"] = {
-        "name": "sklearn digits (8x8 scans upscaled to 32x32)" if data_args.bundled else str(data_args.dataset_name or data_args.train_dir),
+        "name": "sklearn digits (8x8 scans upscaled to 32x32)"
+        if data_args.bundled
+        else str(data_args.dataset_name or data_args.train_dir),
         "train_examples": len(raw["train"]),
         "validation_examples": len(raw["validation"]),
         "num_labels": len(labels),
@@ -404,8 +436,13 @@ def _run(options: argparse.Namespace, training: list[str], argv: list[str]) -> d
     logger.info(
         "CeiT final %.2f%%, DeiT final %.2f%%; epochs to reach DeiT's final accuracy: CeiT %s, DeiT %s; %s and %s "
         "written in %.0f s",
-        100 * result["ceit"]["final_accuracy"], 100 * result["deit"]["final_accuracy"], reach["ceit"], reach["deit"],
-        output_dir / "comparison.json", output_dir / "comparison.png", result["wall_time_s"],
+        100 * result["ceit"]["final_accuracy"],
+        100 * result["deit"]["final_accuracy"],
+        reach["ceit"],
+        reach["deit"],
+        output_dir / "comparison.json",
+        output_dir / "comparison.png",
+        result["wall_time_s"],
     )
     return result
 
@@ -424,7 +461,7 @@ def budget_of(training_args, recipe_args, options) -> dict:
         "per_device_train_batch_size": training_args.per_device_train_batch_size,
         "world_size": training_args.world_size,
         "label_smoothing_factor": training_args.label_smoothing_factor,
-        "recipe": {k: v for k, v in vars(recipe_args).items()},
+        "recipe": dict(vars(recipe_args).items()),
     }
 
 

@@ -119,7 +119,10 @@ def checkpoint_architecture(state_dict: dict[str, torch.Tensor]) -> dict[str, in
         raise CheckpointConversionError(f"pos_embed holds {num_tokens} patch positions, not a square grid.")
     # The official stem and patch size: 16 pixels per token.
     return {
-        "d_model": width, "num_encoder_blocks": 1 + max(blocks), "image_size": grid * 16, "num_classes": num_classes
+        "d_model": width,
+        "num_encoder_blocks": 1 + max(blocks),
+        "image_size": grid * 16,
+        "num_classes": num_classes,
     }
 
 
@@ -149,7 +152,7 @@ def _unreadable_checkpoint_message(path: Path, error: Exception) -> str:
             "Unpickling it could run arbitrary code, so it is not loaded (torch.load with weights_only=True). "
             "Save the state_dict alone (torch.save(model.state_dict(), path)) where the checkpoint is trusted."
         )
-    detail = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", text, re.S)
+    detail = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", text, re.DOTALL)
     detail = detail.group(1) if detail else (text.strip().splitlines() or [""])[0]
     detail = detail.split(". ")[0].rstrip(".")  # the first sentence; torch's advice that follows does not apply
     return (
@@ -175,7 +178,9 @@ def load_official_checkpoint(path: str | os.PathLike, use_ema: bool = False) -> 
         raise CheckpointConversionError(f"{path} holds a {type(checkpoint).__name__}, not a CeiT state_dict.")
     key = "model_ema" if use_ema else "model"
     if use_ema and key not in checkpoint:
-        raise CheckpointConversionError(f"--use_ema: {path} has no 'model_ema' entry (its keys: {sorted(checkpoint)[:10]}).")
+        raise CheckpointConversionError(
+            f"--use_ema: {path} has no 'model_ema' entry (its keys: {sorted(checkpoint)[:10]})."
+        )
     state_dict = checkpoint.get(key, checkpoint)
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         where = f"its {key!r} entry" if key in checkpoint else "it has no 'model' entry and"

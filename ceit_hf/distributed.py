@@ -28,13 +28,20 @@ def batch_norm_policy(mp_policy):
     from torch.distributed.fsdp import MixedPrecisionPolicy
 
     return MixedPrecisionPolicy(
-        param_dtype=torch.float32, reduce_dtype=torch.float32,
-        output_dtype=mp_policy.param_dtype, cast_forward_inputs=True,
+        param_dtype=torch.float32,
+        reduce_dtype=torch.float32,
+        output_dtype=mp_policy.param_dtype,
+        cast_forward_inputs=True,
     )
 
 
 def fully_shard_ceit(
-    model: nn.Module, *, mesh=None, mp_policy=None, reshard_after_forward: bool = True, offload_policy=None,
+    model: nn.Module,
+    *,
+    mesh=None,
+    mp_policy=None,
+    reshard_after_forward: bool = True,
+    offload_policy=None,
     ignored_params: set[nn.Parameter] | None = None,
 ) -> nn.Module:
     """Shards `model` (a CeiT, or any model holding CeiT blocks: a PEFT model, a UperNet over `CeiTBackbone`) in place
@@ -50,7 +57,7 @@ def fully_shard_ceit(
     if isinstance(model, FSDPModule):
         raise ValueError("The model is already sharded with FSDP2 (fully_shard); shard it once.")
     mp_policy = mp_policy or MixedPrecisionPolicy()
-    common = dict(mesh=mesh, reshard_after_forward=reshard_after_forward)
+    common = {"mesh": mesh, "reshard_after_forward": reshard_after_forward}
     if offload_policy is not None:
         common["offload_policy"] = offload_policy
     if ignored_params:
@@ -128,7 +135,10 @@ def shard_for_accelerator(model: nn.Module, accelerator) -> nn.Module:
     # would broadcast them in its preparation, which a pre-sharded model skips: broadcast them here instead.
     full = model.state_dict() if plugin.cpu_ram_efficient_loading and dist.get_rank() == 0 else None
     model = fully_shard_ceit(
-        model, mesh=mesh, mp_policy=plugin.mixed_precision_policy, reshard_after_forward=plugin.reshard_after_forward,
+        model,
+        mesh=mesh,
+        mp_policy=plugin.mixed_precision_policy,
+        reshard_after_forward=plugin.reshard_after_forward,
         offload_policy=plugin.cpu_offload,
     )
     if plugin.cpu_ram_efficient_loading:

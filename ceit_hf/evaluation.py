@@ -12,14 +12,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-
 from transformers import AutoConfig, AutoModelForImageClassification
 from transformers.utils import find_adapter_config_file
 
 from .inference import optimize_if_ceit
 from .metrics import TopKAccuracy
-from .training.data import BadImageError, check_image_folder, decode_image, undecoded
 from .training import DataArguments, ModelArguments, label_names, load_image_datasets, load_image_processor
+from .training.data import BadImageError, check_image_folder, decode_image, undecoded
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,10 +26,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Top-1/top-5 accuracy and images/s of an image classifier on a labelled dataset. Without "
         "--dataset_name or --validation_dir, the bundled digits validation split of the main training job is used."
     )
-    parser.add_argument("--model", required=True, help="model folder or Hub repo id, or a LoRA adapter folder "
-                        "(train.py --lora_rank), merged into its base model before evaluation")
-    parser.add_argument("--base_model", help="folder or Hub id of the base model of a LoRA adapter --model (default: "
-                        "base_model_name_or_path of its adapter_config.json)")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="model folder or Hub repo id, or a LoRA adapter folder "
+        "(train.py --lora_rank), merged into its base model before evaluation",
+    )
+    parser.add_argument(
+        "--base_model",
+        help="folder or Hub id of the base model of a LoRA adapter --model (default: "
+        "base_model_name_or_path of its adapter_config.json)",
+    )
     data = parser.add_mutually_exclusive_group()
     data.add_argument("--dataset_name", help="dataset on the Hub")
     data.add_argument("--validation_dir", help="images in one sub-folder per class")
@@ -42,11 +48,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
-    parser.add_argument("--image_processor", help="image processor to use instead of the model's (default: the "
-                        "model's own, else the CeiT evaluation transform at the model's image size)")
+    parser.add_argument(
+        "--image_processor",
+        help="image processor to use instead of the model's (default: the "
+        "model's own, else the CeiT evaluation transform at the model's image size)",
+    )
     parser.add_argument("--trust_remote_code", action="store_true")
-    parser.add_argument("--no_optimize", action="store_true",
-                        help="run the plain model instead of ceit_hf.optimize_for_inference (same logits, slower)")
+    parser.add_argument(
+        "--no_optimize",
+        action="store_true",
+        help="run the plain model instead of ceit_hf.optimize_for_inference (same logits, slower)",
+    )
     parser.add_argument("--output_json", help="write the results here (they are also printed)")
     return parser
 
@@ -208,5 +220,5 @@ def main(argv=None) -> dict:
     print(text)
     if args.output_json:
         Path(args.output_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output_json).write_text(text + "\n")
+        Path(args.output_json).write_text(text + "\n", encoding="utf-8")
     return results

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from transformers import AutoModelForImageClassification
 
 from .inference import optimize_if_ceit

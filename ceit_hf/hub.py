@@ -116,8 +116,9 @@ def format_size(num_bytes: int) -> str:
 
 def format_file_list(files: list[FileToUpload], notes: bool = True) -> str:
     """One line per file (size right-aligned, the path in the repository, its note), and a total."""
-    lines = [f"{format_size(f.size):>12}  {f.path_in_repo}" + (f"  ({f.note})" if notes and f.note else "")
-             for f in files]
+    lines = [
+        f"{format_size(f.size):>12}  {f.path_in_repo}" + (f"  ({f.note})" if notes and f.note else "") for f in files
+    ]
     lines.append(f"{len(files)} file(s), {format_size(sum(f.size for f in files))} in total")
     return "\n".join(lines)
 
@@ -131,8 +132,10 @@ def list_folder_files(folder: str | os.PathLike) -> tuple[list[FileToUpload], li
     listed = list(filter_repo_objects(list(paths), ignore_patterns=list(DEFAULT_IGNORE_PATTERNS)))
     kept = set(filter_repo_objects(listed, ignore_patterns=SKIP_PATTERNS))
     size = lambda name: paths[name].stat().st_size  # noqa: E731
-    return ([FileToUpload(n, size(n), ONNX_NOTE if _is_onnx(n) else "") for n in listed if n in kept],
-            [FileToUpload(n, size(n), SKIP_REASON) for n in listed if n not in kept])
+    return (
+        [FileToUpload(n, size(n), ONNX_NOTE if _is_onnx(n) else "") for n in listed if n in kept],
+        [FileToUpload(n, size(n), SKIP_REASON) for n in listed if n not in kept],
+    )
 
 
 def safetensors_problem(path: str | os.PathLike) -> str | None:
@@ -201,8 +204,13 @@ def _adapter_problems(folder: Path, names: set[str], base_model_id: str | None) 
 
 def _nested_model_folders(files: list[FileToUpload]) -> list[str]:
     """The top-most sub-folders (of the paths in `files`) that hold a model of their own, such as `merged/`."""
-    folders = sorted({f.path_in_repo.rsplit("/", 1)[0] for f in files
-                      if "/" in f.path_in_repo and f.path_in_repo.rsplit("/", 1)[1] in MODEL_FILE_NAMES})
+    folders = sorted(
+        {
+            f.path_in_repo.rsplit("/", 1)[0]
+            for f in files
+            if "/" in f.path_in_repo and f.path_in_repo.rsplit("/", 1)[1] in MODEL_FILE_NAMES
+        }
+    )
     return [name for name in folders if not any(name.startswith(f"{other}/") for other in folders)]
 
 
@@ -210,9 +218,11 @@ def _prepare_adapter(check: FolderCheck, base_model_id: str | None) -> None:
     """What uploading an adapter folder changes: the models inside it skipped, its base model named by its Hub id in
     adapter_config.json and the card (modified copies; the folder stays as it is), or a warning when none is known."""
     for nested in _nested_model_folders(check.files):
-        reason = (f"{nested}/ holds another model, such as the merged model of train.py --merge_lora: publish it as a "
-                  f"repository of its own, scripts/push_to_hub.py --model_dir {check.folder / nested} "
-                  "--repo_id NAMESPACE/NAME")
+        reason = (
+            f"{nested}/ holds another model, such as the merged model of train.py --merge_lora: publish it as a "
+            f"repository of its own, scripts/push_to_hub.py --model_dir {check.folder / nested} "
+            "--repo_id NAMESPACE/NAME"
+        )
         inside = [f for f in check.files if f.path_in_repo.startswith(f"{nested}/")]
         check.files = [f for f in check.files if f not in inside]
         check.skipped += [FileToUpload(f.path_in_repo, f.size, reason) for f in inside]
@@ -238,13 +248,19 @@ def _prepare_adapter(check: FolderCheck, base_model_id: str | None) -> None:
         uploaded = adapter_card_for_upload(text, check.base_model, check.base_model_id)
         if uploaded != text:
             check.contents[MODEL_CARD_NAME] = uploaded.encode()
-    notes = {ADAPTER_CONFIG_NAME: f"base_model_name_or_path set to {check.base_model_id} in the upload",
-             MODEL_CARD_NAME: f"uploaded naming the base model {check.base_model_id or check.base_model}"}
-    check.files = [FileToUpload(f.path_in_repo, len(check.contents[f.path_in_repo]), notes[f.path_in_repo])
-                   if f.path_in_repo in check.contents else f for f in check.files]
+    notes = {
+        ADAPTER_CONFIG_NAME: f"base_model_name_or_path set to {check.base_model_id} in the upload",
+        MODEL_CARD_NAME: f"uploaded naming the base model {check.base_model_id or check.base_model}",
+    }
+    check.files = [
+        FileToUpload(f.path_in_repo, len(check.contents[f.path_in_repo]), notes[f.path_in_repo])
+        if f.path_in_repo in check.contents
+        else f
+        for f in check.files
+    ]
 
 
-def check_model_folder(model_dir: str | os.PathLike, base_model_id: str | None = None) -> FolderCheck:
+def check_model_folder(model_dir: str | os.PathLike, base_model_id: str | None = None) -> FolderCheck:  # noqa: C901
     """Check that `model_dir` can be published as a transformers model.
 
     Raises `ModelFolderError` when the folder is missing, has no (valid) `config.json`, has no safetensors weights
@@ -405,8 +421,13 @@ def push_model_folder(
             CommitOperationAdd(f.path_in_repo, check.contents.get(f.path_in_repo) or check.folder / f.path_in_repo)
             for f in check.files
         ]
-        commit = api.create_commit(repo_id, operations, commit_message=commit_message or DEFAULT_COMMIT_MESSAGE,
-                                   revision=branch, repo_type="model")
+        commit = api.create_commit(
+            repo_id,
+            operations,
+            commit_message=commit_message or DEFAULT_COMMIT_MESSAGE,
+            revision=branch,
+            repo_type="model",
+        )
     else:
         commit = api.upload_folder(
             repo_id=repo_id,

@@ -38,8 +38,12 @@ def _eager_cpu_float32(x: torch.Tensor) -> bool:
     """Whether `x` may take the CPU-only kernels: eager mode (not compiling, exporting or tracing), CPU, fp32."""
     exporting = getattr(torch.compiler, "is_exporting", lambda: False)()
     return (
-        x.device.type == "cpu" and x.dtype == torch.float32 and not torch.compiler.is_compiling() and not exporting
-        and not torch.jit.is_tracing() and not x.requires_grad
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not torch.compiler.is_compiling()
+        and not exporting
+        and not torch.jit.is_tracing()
+        and not x.requires_grad
     )
 
 
@@ -95,8 +99,16 @@ class CeiTInferenceLeFF(_EvalOnly):
         if self.pointwise is None and fast and self.fused_kernels:
             conv = self.depthwise
             x = torch.ops.mkldnn._convolution_pointwise(
-                x, conv.weight, conv.bias, list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups,
-                "gelu", [], "none",
+                x,
+                conv.weight,
+                conv.bias,
+                list(conv.padding),
+                list(conv.stride),
+                list(conv.dilation),
+                conv.groups,
+                "gelu",
+                [],
+                "none",
             )
             x = x.permute(0, 2, 3, 1).reshape(batch, num_tokens, -1)
         elif self.pointwise is None:
@@ -136,8 +148,8 @@ class CeiTInferenceClassTokenLayer(_EvalOnly):
     def attend(self, hidden_states: torch.Tensor) -> torch.Tensor:
         batch, length, dim = hidden_states.shape
         query = self.query(hidden_states[:, :1]).view(batch, 1, self.num_heads, self.head_dim).transpose(1, 2)
-        key, value = self.key_value(hidden_states).view(batch, length, 2, self.num_heads, self.head_dim).permute(
-            2, 0, 3, 1, 4
+        key, value = (
+            self.key_value(hidden_states).view(batch, length, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         )
         out = F.scaled_dot_product_attention(query, key, value, scale=self.scaling)
         return self.proj(out.transpose(1, 2).reshape(batch, 1, dim))
@@ -152,8 +164,12 @@ class CeiTInferenceClassTokenLayer(_EvalOnly):
 
 def _check_plain(model: nn.Module) -> None:
     if not isinstance(model, (CeiTForImageClassification, CeiTModel)):
-        raise TypeError(f"optimize_for_inference takes a CeiTForImageClassification or CeiTModel, got {type(model).__name__}.")
-    adapters = [name for name, module in model.named_modules() if hasattr(module, "lora_A") or hasattr(module, "base_layer")]
+        raise TypeError(
+            f"optimize_for_inference takes a CeiTForImageClassification or CeiTModel, got {type(model).__name__}."
+        )
+    adapters = [
+        name for name, module in model.named_modules() if hasattr(module, "lora_A") or hasattr(module, "base_layer")
+    ]
     if adapters:
         raise ValueError(
             f"The model holds unmerged PEFT adapters ({adapters[0]}, ...): merge them first "

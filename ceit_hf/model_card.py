@@ -64,8 +64,12 @@ VARIANTS: dict[str, Variant] = {
     for variant in (
         Variant("ceit_tiny_patch16_224", "CeiT-T", 6_356_904, (ReportedResult(300, 76.4, 93.4),)),
         Variant("ceit_small_patch16_224", "CeiT-S", 24_204_840, (ReportedResult(300, 82.0, 95.9),)),
-        Variant("ceit_base_patch16_224", "CeiT-B", 94_405_416,
-                (ReportedResult(100, 81.9, 95.8), ReportedResult(150, 82.5, 95.6))),
+        Variant(
+            "ceit_base_patch16_224",
+            "CeiT-B",
+            94_405_416,
+            (ReportedResult(100, 81.9, 95.8), ReportedResult(150, 82.5, 95.6)),
+        ),
         Variant("ceit_tiny_patch16_384", "CeiT-T", 6_429_864, (ReportedResult(300, 78.8, 94.7),)),
         Variant("ceit_small_patch16_384", "CeiT-S", 24_350_760, (ReportedResult(300, 83.3, 96.5),)),
     )
@@ -78,18 +82,27 @@ def _preprocessing(height: int, width: int) -> dict:
 
 
 def _eval_results(top1: float, top5: float | None, dataset_id: str, dataset_name: str, **source) -> list[EvalResult]:
-    common = dict(task_type="image-classification", task_name="Image Classification", dataset_type=dataset_id,
-                  dataset_name=dataset_name, dataset_split="validation", **source)
+    common = dict(
+        task_type="image-classification",
+        task_name="Image Classification",
+        dataset_type=dataset_id,
+        dataset_name=dataset_name,
+        dataset_split="validation",
+        **source,
+    )
     results = [EvalResult(metric_type="accuracy", metric_name="Top-1 accuracy", metric_value=top1, **common)]
     if top5 is not None:
-        results.append(EvalResult(metric_type="top_5_accuracy", metric_name="Top-5 accuracy", metric_value=top5, **common))
+        results.append(
+            EvalResult(metric_type="top_5_accuracy", metric_name="Top-5 accuracy", metric_value=top5, **common)
+        )
     return results
 
 
 def _render(data: ModelCardData, **values) -> ModelCard:
     header = data.to_yaml(original_order=HEADER_ORDER)
-    card = ModelCard.from_template(data, template_path=TEMPLATE_PATH, header=header,
-                                   example_image_url=EXAMPLE_IMAGE_URL, **values)
+    card = ModelCard.from_template(
+        data, template_path=TEMPLATE_PATH, header=header, example_image_url=EXAMPLE_IMAGE_URL, **values
+    )
     card.text = card.text.rstrip("\n") + "\n"  # Jinja drops the template's final newline
     return card
 
@@ -101,19 +114,38 @@ def variant_card(name: str) -> str:
     variant, preset = VARIANTS[name], PRESETS[name]
     headline, image_size = variant.headline, preset["image_size"]
     data = ModelCardData(
-        library_name="transformers", pipeline_tag="image-classification", license="apache-2.0", tags=CARD_TAGS,
-        datasets=["imagenet-1k"], model_name=name,
-        eval_results=_eval_results(headline.top1, headline.top5, "imagenet-1k", "ImageNet-1k",
-                                   source_name=REPORTED_SOURCE_NAME, source_url=PAPER_URL),
+        library_name="transformers",
+        pipeline_tag="image-classification",
+        license="apache-2.0",
+        tags=CARD_TAGS,
+        datasets=["imagenet-1k"],
+        model_name=name,
+        eval_results=_eval_results(
+            headline.top1,
+            headline.top5,
+            "imagenet-1k",
+            "ImageNet-1k",
+            source_name=REPORTED_SOURCE_NAME,
+            source_url=PAPER_URL,
+        ),
     )
     results = sorted(variant.results, key=lambda r: r.epochs)
     card = _render(
-        data, variant=True, name=name, display_name=variant.display_name, repo_id=f"{HUB_ORGANIZATION}/{name}",
+        data,
+        variant=True,
+        name=name,
+        display_name=variant.display_name,
+        repo_id=f"{HUB_ORGANIZATION}/{name}",
         size_name={"ceit_tiny": "Tiny", "ceit_small": "Small", "ceit_base": "Base"}[name.rsplit("_patch", 1)[0]],
-        hidden_size=preset["d_model"], num_heads=preset["encoder_num_heads"], depth=preset["num_encoder_blocks"],
-        image_size=image_size, num_patch_tokens=(image_size // (4 * preset["patch_size"])) ** 2,
+        hidden_size=preset["d_model"],
+        num_heads=preset["encoder_num_heads"],
+        depth=preset["num_encoder_blocks"],
+        image_size=image_size,
+        num_patch_tokens=(image_size // (4 * preset["patch_size"])) ** 2,
         num_parameters=f"{variant.num_parameters:,} ({variant.num_parameters / 1e6:.1f}M)",
-        results=results, headline=headline, epochs_text=" or ".join(str(r.epochs) for r in results),
+        results=results,
+        headline=headline,
+        epochs_text=" or ".join(str(r.epochs) for r in results),
         **_preprocessing(image_size, image_size),
     )
     return str(card)
@@ -131,13 +163,17 @@ def adapter_base_note(base_model: str | None, hub_id: str | None) -> str:
     """The card's sentence naming the base model of a LoRA adapter: its Hub repo `hub_id`, else `base_model` as
     adapter_config.json names it (a local folder where the adapter was trained)."""
     if hub_id:
-        text = (f"Base model: [`{hub_id}`](https://huggingface.co/{hub_id}), named in `adapter_config.json`; the code "
-                "below downloads it.")
+        text = (
+            f"Base model: [`{hub_id}`](https://huggingface.co/{hub_id}), named in `adapter_config.json`; the code "
+            "below downloads it."
+        )
     else:
-        text = (f"Base model: `{base_model}`, a local folder on the machine the adapter was trained on, not a Hub "
-                "repository. The adapter needs that model: load your copy of it as `base_id` in the code below, "
-                "or publish it and upload the adapter again with "
-                "`scripts/push_to_hub.py --base_model_id NAMESPACE/NAME`.")
+        text = (
+            f"Base model: `{base_model}`, a local folder on the machine the adapter was trained on, not a Hub "
+            "repository. The adapter needs that model: load your copy of it as `base_id` in the code below, "
+            "or publish it and upload the adapter again with "
+            "`scripts/push_to_hub.py --base_model_id NAMESPACE/NAME`."
+        )
     return f"{BASE_NOTE_START}\n{text}\n{BASE_NOTE_END}"
 
 
@@ -163,9 +199,19 @@ def adapter_card_for_upload(text: str, base_model: str | None, hub_id: str | Non
     return str(card)
 
 
-def training_card(*, model_name: str, repo_id: str | None, model, base_model: str | None, preset: str | None,
-                  dataset: str | None, data_description: str, metrics: dict, hyperparameters: dict,
-                  command: str) -> ModelCard:
+def training_card(
+    *,
+    model_name: str,
+    repo_id: str | None,
+    model,
+    base_model: str | None,
+    preset: str | None,
+    dataset: str | None,
+    data_description: str,
+    metrics: dict,
+    hyperparameters: dict,
+    command: str,
+) -> ModelCard:
     """The card of a model trained by `scripts/train.py`: trained from scratch (`base_model` None) or fine-tuned
     from `base_model`; `dataset` is the Hub dataset id (None for local data, which stays out of the metadata);
     top-5 accuracy is reported only with at least 5 classes. For a PEFT model (`train.py --lora_rank`) it is the
@@ -173,26 +219,47 @@ def training_card(*, model_name: str, repo_id: str | None, model, base_model: st
     config = model.config
     num_labels = config.num_labels
     top1 = round(100 * metrics["eval_accuracy"], 2)
-    top5 = round(100 * metrics["eval_top5_accuracy"], 2) if num_labels >= 5 and "eval_top5_accuracy" in metrics else None
+    top5 = (
+        round(100 * metrics["eval_top5_accuracy"], 2) if num_labels >= 5 and "eval_top5_accuracy" in metrics else None
+    )
     hub_base = base_model if base_model and not Path(base_model).exists() else None  # a local folder is no Hub id
     lora = next(iter(getattr(model, "peft_config", {}).values()), None)  # a PeftModel: the card of its adapter
     data = ModelCardData(
-        library_name="peft" if lora else "transformers", pipeline_tag="image-classification", license="apache-2.0",
+        library_name="peft" if lora else "transformers",
+        pipeline_tag="image-classification",
+        license="apache-2.0",
         tags=CARD_TAGS + ["lora"] if lora else CARD_TAGS,
-        datasets=[dataset] if dataset else None, base_model=hub_base, model_name=model_name,
+        datasets=[dataset] if dataset else None,
+        base_model=hub_base,
+        model_name=model_name,
         eval_results=_eval_results(top1, top5, dataset or "imagefolder", data_description),
     )
     official = getattr(config, "preset_name", None)  # CeiTConfig.preset_name; None for other classifiers
-    architecture = (f"the official `{official}`" if official else f"`{preset}` modified" if preset
-                    else "the small CeiT of `ceit_hf.training.small_config`")
+    architecture = (
+        f"the official `{official}`"
+        if official
+        else f"`{preset}` modified"
+        if preset
+        else "the small CeiT of `ceit_hf.training.small_config`"
+    )
     height, width = config.image_hw
     return _render(
-        data, variant=False, model_name=model_name, repo_id=repo_id or f"your-name/{model_name}",
-        base_model=base_model, data_description=data_description if dataset else f"`{data_description}`",
-        num_labels=num_labels, architecture_name=architecture,
+        data,
+        variant=False,
+        model_name=model_name,
+        repo_id=repo_id or f"your-name/{model_name}",
+        base_model=base_model,
+        data_description=data_description if dataset else f"`{data_description}`",
+        num_labels=num_labels,
+        architecture_name=architecture,
         num_parameters=f"{model.num_parameters():,}",
-        top1=top1, top5=top5, hyperparameters=hyperparameters, command=command, **_preprocessing(height, width),
-        lora_rank=lora.r if lora else None, base_note=adapter_base_note(base_model, hub_base) if lora else None,
+        top1=top1,
+        top5=top5,
+        hyperparameters=hyperparameters,
+        command=command,
+        **_preprocessing(height, width),
+        lora_rank=lora.r if lora else None,
+        base_note=adapter_base_note(base_model, hub_base) if lora else None,
         id2label={int(k): v for k, v in config.id2label.items()},
     )
 
@@ -203,6 +270,12 @@ def generated_cards() -> dict[str, str]:
 
 
 __all__ = [
-    "VARIANTS", "ReportedResult", "Variant", "adapter_card_for_upload", "card_repo_id", "generated_cards",
-    "training_card", "variant_card",
+    "VARIANTS",
+    "ReportedResult",
+    "Variant",
+    "adapter_card_for_upload",
+    "card_repo_id",
+    "generated_cards",
+    "training_card",
+    "variant_card",
 ]

@@ -8,7 +8,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch.nn import functional as F
-
 from transformers import UperNetConfig, UperNetForSemanticSegmentation
 
 from .configuration_ceit import CeiTConfig
@@ -40,16 +39,29 @@ def digit_canvases(count: int, size: int = 64, digits_per_canvas: int = 2, digit
     return canvases[:, None].expand(-1, 3, -1, -1).contiguous(), masks
 
 
-def small_upernet(image_size: int = 64, out_features=("stem", "stage2", "stage3", "stage4")) -> UperNetForSemanticSegmentation:
+def small_upernet(
+    image_size: int = 64, out_features=("stem", "stage2", "stage3", "stage4")
+) -> UperNetForSemanticSegmentation:
     """UperNet over a small official-layout CeiT (width 64, 4 blocks, a 16x16 stem map and 8x8 tokens at 64 pixels):
     the stem map and three stages as its feature pyramid."""
     backbone = CeiTConfig.from_preset(
-        "ceit_tiny_patch16_224", image_size=image_size, d_model=64, encoder_num_heads=2, num_encoder_blocks=4,
-        i2t_out_channels=32, patch_size=2, out_features=list(out_features),
+        "ceit_tiny_patch16_224",
+        image_size=image_size,
+        d_model=64,
+        encoder_num_heads=2,
+        num_encoder_blocks=4,
+        i2t_out_channels=32,
+        patch_size=2,
+        out_features=list(out_features),
     )
     config = UperNetConfig(
-        backbone_config=backbone, num_labels=NUM_LABELS, hidden_size=64, pool_scales=[1, 2, 4],
-        auxiliary_channels=32, auxiliary_in_channels=backbone.d_model, loss_ignore_index=255,
+        backbone_config=backbone,
+        num_labels=NUM_LABELS,
+        hidden_size=64,
+        pool_scales=[1, 2, 4],
+        auxiliary_channels=32,
+        auxiliary_in_channels=backbone.d_model,
+        loss_ignore_index=255,
     )
     return UperNetForSemanticSegmentation(config)
 

@@ -112,7 +112,9 @@ def token_grid_box(config, processor, image_hw: tuple[int, int]) -> tuple[float,
             resized = get_size_with_aspect_ratio(image_hw, size.shortest_edge, size.longest_edge)
         elif size.shortest_edge:
             resized = get_resize_output_image_size(
-                np.broadcast_to(0.0, (1, height, width)), size.shortest_edge, default_to_square=False,
+                np.broadcast_to(0.0, (1, height, width)),
+                size.shortest_edge,
+                default_to_square=False,
                 input_data_format=ChannelDimension.FIRST,
             )
         elif size.height and size.width:
@@ -183,8 +185,12 @@ def plot_attention(image, maps: AttentionMaps, box, title: str = "", index: int 
         axes.vlines(np.linspace(left, right, cols + 1), top, bottom, color="white", lw=0.4, alpha=0.5)
         axes.hlines(np.linspace(top, bottom, rows + 1), left, right, color="white", lw=0.4, alpha=0.5)
         # dim what the token grid does not cover (outside the processor's crop)
-        for x0, y0, x1, y1 in ((0, 0, width, top), (0, bottom, width, height), (0, top, left, bottom),
-                               (right, top, width, bottom)):
+        for x0, y0, x1, y1 in (
+            (0, 0, width, top),
+            (0, bottom, width, height),
+            (0, top, left, bottom),
+            (right, top, width, bottom),
+        ):
             axes.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, color="black", alpha=0.55, lw=0))
         axes.set(xlim=(0, width), ylim=(height, 0), xticks=[], yticks=[], title=name)
 
@@ -196,12 +202,20 @@ def plot_attention(image, maps: AttentionMaps, box, title: str = "", index: int 
     axes = panels[2]
     lca = maps.lca[index].numpy()
     axes.bar(np.arange(1, blocks + 1), lca, color="tab:orange")
-    axes.set(xlabel="block", ylabel="LCA weight", title="LCA: weight of each block's class token",
-             xticks=np.arange(1, blocks + 1), ylim=(0, max(lca) * 1.15))
+    axes.set(
+        xlabel="block",
+        ylabel="LCA weight",
+        title="LCA: weight of each block's class token",
+        xticks=np.arange(1, blocks + 1),
+        ylim=(0, max(lca) * 1.15),
+    )
     grid = block_grid.add_gridspec(block_rows, cols)
     for block in range(blocks):
-        overlay(block_grid.add_subplot(grid[block // cols, block % cols]), maps.blocks[index, block],
-                f"block {block + 1}  (LCA {lca[block]:.2f})")
+        overlay(
+            block_grid.add_subplot(grid[block // cols, block % cols]),
+            maps.blocks[index, block],
+            f"block {block + 1}  (LCA {lca[block]:.2f})",
+        )
     block_grid.suptitle("class token's attention in each block", fontsize="medium")
     if title:
         figure.suptitle(title)
@@ -223,6 +237,14 @@ def attention_figure(model, processor, image, head: int | None = None):
 
 
 __all__ = [
-    "AttentionMaps", "attention_figure", "attention_maps", "attention_rollout", "class_token_maps", "eager_attention",
-    "lca_weights", "plot_attention", "to_image_pixels", "token_grid_box",
+    "AttentionMaps",
+    "attention_figure",
+    "attention_maps",
+    "attention_rollout",
+    "class_token_maps",
+    "eager_attention",
+    "lca_weights",
+    "plot_attention",
+    "to_image_pixels",
+    "token_grid_box",
 ]

@@ -29,8 +29,11 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtypes", nargs="+", default=["float32"], choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--no_compile", action="store_true", help="leave out the torch.compile variants")
-    parser.add_argument("--compile_backend", default="inductor",
-                        help="torch.compile backend of the compiled variants ('eager' only traces: smoke runs)")
+    parser.add_argument(
+        "--compile_backend",
+        default="inductor",
+        help="torch.compile backend of the compiled variants ('eager' only traces: smoke runs)",
+    )
     parser.add_argument("--config_overrides", help="config keys for both models, 'k=v,...' (e.g. image_size=32)")
     parser.add_argument("--roof_size", type=int, help="matrix size of the roof (default: 2048 on CPU, 8192 on GPU)")
     parser.add_argument("--roof_seconds", type=float, default=1.0)
@@ -54,22 +57,36 @@ def main(argv=None):
         results.update(partial)
         write_json(results, args.output_json)
         if args.output_markdown:
-            with open(args.output_markdown, "w") as handle:
+            with open(args.output_markdown, "w", encoding="utf-8") as handle:
                 handle.write(format_table(results) + "\n")
 
     # the data loader first: it is short and bounded (--data_loader_seconds per worker count), so a model
     # measurement that runs out of time (compiling) does not take it along
     if not args.no_data_loader:
-        save({"data_loader": data_loader_throughput(
-            workers=args.data_loader_workers or (1, None), images=args.data_loader_images,
-            batch_size=args.data_loader_batch_size, seconds=args.data_loader_seconds,
-        )})
+        save(
+            {
+                "data_loader": data_loader_throughput(
+                    workers=args.data_loader_workers or (1, None),
+                    images=args.data_loader_images,
+                    batch_size=args.data_loader_batch_size,
+                    seconds=args.data_loader_seconds,
+                )
+            }
+        )
     if not args.data_loader_only:
         run_benchmark(
-            sizes=args.sizes, batch_sizes=args.batch_sizes, train_batch_size=args.train_batch_size,
-            rounds=args.rounds, device=args.device, dtypes=args.dtypes, min_seconds=args.min_seconds,
-            compile=not args.no_compile, overrides=parse_config_overrides(args.config_overrides),
-            compile_backend=args.compile_backend, roof_size=args.roof_size, roof_seconds=args.roof_seconds,
+            sizes=args.sizes,
+            batch_sizes=args.batch_sizes,
+            train_batch_size=args.train_batch_size,
+            rounds=args.rounds,
+            device=args.device,
+            dtypes=args.dtypes,
+            min_seconds=args.min_seconds,
+            compile=not args.no_compile,
+            overrides=parse_config_overrides(args.config_overrides),
+            compile_backend=args.compile_backend,
+            roof_size=args.roof_size,
+            roof_seconds=args.roof_seconds,
             checkpoint=save,
         )
     print(format_table(results))

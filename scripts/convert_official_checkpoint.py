@@ -30,8 +30,10 @@ def main(argv=None):
     except (CheckpointConversionError, OSError) as error:  # OSError: no such file, cannot write the folder, ...
         parser.exit(2, f"error: {error}\n")
     params = sum(p.numel() for p in model.parameters())
-    print(f"Converted {args.checkpoint} ({model.config.preset_name or 'custom CeiT'}, {params:,} parameters) "
-          f"-> {args.output_dir}")
+    print(
+        f"Converted {args.checkpoint} ({model.config.preset_name or 'custom CeiT'}, {params:,} parameters) "
+        f"-> {args.output_dir}"
+    )
     if args.push_to_hub:
         try:
             push_model_folder(args.output_dir, args.push_to_hub)

@@ -27,9 +27,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dry_run", action="store_true", help="list the files that would be uploaded, upload nothing")
     parser.add_argument("--commit_message", default=None, help="commit message (default: a generic one)")
     parser.add_argument("--revision", default=None, help="branch to commit to (created from main if missing)")
-    parser.add_argument("--base_model_id", default=None,
-                        help="adapter folders: the Hub repository of the base model (default: the one its "
-                        "adapter_config.json names, or the local base folder's card)")
+    parser.add_argument(
+        "--base_model_id",
+        default=None,
+        help="adapter folders: the Hub repository of the base model (default: the one its "
+        "adapter_config.json names, or the local base folder's card)",
+    )
     return parser.parse_args(argv)
 
 

@@ -2,6 +2,7 @@ import logging
 import logging.handlers
 import os
 
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -14,7 +15,7 @@ from ceit_hf import CeiTConfig  # noqa: E402
 
 # Property-based tests (tests/test_properties.py): "ci" is the default, a few examples per property so the file runs
 # in well under a minute; "long" explores the config space for real (HYPOTHESIS_PROFILE=long, about 5 minutes).
-_PROFILE_COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+_PROFILE_COMMON = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow, HealthCheck.filter_too_much]}
 settings.register_profile("ci", max_examples=30, derandomize=True, print_blob=True, **_PROFILE_COMMON)
 settings.register_profile("long", max_examples=2000, print_blob=True, **_PROFILE_COMMON)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
@@ -34,17 +35,17 @@ MODEL_AUTO_MAP = {
 }
 
 
-TINY = dict(
-    image_size=32,
-    d_model=32,
-    encoder_num_heads=2,
-    lca_encoder_num_heads=2,
-    num_encoder_blocks=2,
-    i2t_out_channels=8,
-    patch_size=2,
-    classifier_mlp_d=None,
-    num_classes=5,
-)
+TINY = {
+    "image_size": 32,
+    "d_model": 32,
+    "encoder_num_heads": 2,
+    "lca_encoder_num_heads": 2,
+    "num_encoder_blocks": 2,
+    "i2t_out_channels": 8,
+    "patch_size": 2,
+    "classifier_mlp_d": None,
+    "num_classes": 5,
+}
 
 
 def tiny_config(**overrides) -> CeiTConfig:

@@ -68,11 +68,14 @@ def accelerate_path(rank):
     from accelerate.utils import FullyShardedDataParallelPlugin
 
     plugin = FullyShardedDataParallelPlugin(
-        fsdp_version=2, cpu_ram_efficient_loading=True, reshard_after_forward=True,
+        fsdp_version=2,
+        cpu_ram_efficient_loading=True,
+        reshard_after_forward=True,
         mixed_precision_policy=MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32),
     )
-    accelerator = SimpleNamespace(state=SimpleNamespace(fsdp_plugin=plugin), torch_device_mesh=None,
-                                  parallelism_config=None)
+    accelerator = SimpleNamespace(
+        state=SimpleNamespace(fsdp_plugin=plugin), torch_device_mesh=None, parallelism_config=None
+    )
     torch.manual_seed(rank)
     model = CeiTForImageClassification(tiny_config()).train()
     rank0_weights = {k: v.detach().clone() for k, v in model.named_parameters()} if rank == 0 else None
@@ -98,7 +101,9 @@ def main(out: Path):
     result = {"world_size": dist.get_world_size()}
 
     model, optimizer = sharded_model(mesh)
-    result["batch_norm_dtypes"] = sorted({str(m.weight.dtype) for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d)})
+    result["batch_norm_dtypes"] = sorted(
+        {str(m.weight.dtype) for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d)}
+    )
     # the same data on every step: the loss must fall
     result["losses_same_batch"] = [train(model, optimizer, rank, 1, seen=result)[0] for _ in range(4)]
     model_state, optim_state = get_state_dict(model, optimizer)

@@ -67,8 +67,14 @@ def random_official_state_dict(width=192, heads=3, depth=12, image_size=224, num
 
 def _bn(x, sd, prefix):
     return F.batch_norm(
-        x, sd[f"{prefix}.running_mean"], sd[f"{prefix}.running_var"], sd[f"{prefix}.weight"], sd[f"{prefix}.bias"],
-        False, 0.0, 1e-5,
+        x,
+        sd[f"{prefix}.running_mean"],
+        sd[f"{prefix}.running_var"],
+        sd[f"{prefix}.weight"],
+        sd[f"{prefix}.bias"],
+        False,
+        0.0,
+        1e-5,
     )
 
 
@@ -108,8 +114,12 @@ def official_forward(sd, pixel_values, heads):
         x = x + _mha(y, y, sd, f"{p}.attn", heads)
         y = _ln(x, sd, f"{p}.norm2")
         cls, grid = y[:, :1], y[:, 1:].transpose(1, 2).reshape(b, d, gh, gw)
-        grid = F.gelu(_bn(F.conv2d(grid, sd[f"{p}.leff.conv1.weight"], sd[f"{p}.leff.conv1.bias"]), sd, f"{p}.leff.bn1"))
-        grid = F.conv2d(grid, sd[f"{p}.leff.conv2.weight"], sd[f"{p}.leff.conv2.bias"], padding=1, groups=grid.shape[1])
+        grid = F.gelu(
+            _bn(F.conv2d(grid, sd[f"{p}.leff.conv1.weight"], sd[f"{p}.leff.conv1.bias"]), sd, f"{p}.leff.bn1")
+        )
+        grid = F.conv2d(
+            grid, sd[f"{p}.leff.conv2.weight"], sd[f"{p}.leff.conv2.bias"], padding=1, groups=grid.shape[1]
+        )
         grid = F.gelu(_bn(grid, sd, f"{p}.leff.bn2"))
         grid = _bn(F.conv2d(grid, sd[f"{p}.leff.conv3.weight"], sd[f"{p}.leff.conv3.bias"]), sd, f"{p}.leff.bn3")
         x = x + torch.cat([cls, grid.flatten(2).transpose(1, 2)], dim=1)
@@ -117,7 +127,9 @@ def official_forward(sd, pixel_values, heads):
     t = torch.stack(cls_tokens, dim=1) + sd["pos_layer_embed"]
     y = _ln(t, sd, "lca.norm1")
     z = t[:, -1:] + _mha(y[:, -1:], y, sd, "lca.attn", heads)
-    hidden = F.gelu(F.linear(_ln(z, sd, "lca.norm2"), sd["lca.feedforward.fc1.weight"], sd["lca.feedforward.fc1.bias"]))
+    hidden = F.gelu(
+        F.linear(_ln(z, sd, "lca.norm2"), sd["lca.feedforward.fc1.weight"], sd["lca.feedforward.fc1.bias"])
+    )
     z = z + F.linear(hidden, sd["lca.feedforward.fc2.weight"], sd["lca.feedforward.fc2.bias"])
     z = _ln(z[:, 0], sd, "norm")
     return F.linear(z, sd["head.weight"], sd["head.bias"])

@@ -2,12 +2,11 @@
 
 import pytest
 import torch
+from conftest import tiny_config
+from transformers import AutoBackbone, AutoConfig, UperNetForSemanticSegmentation
 
 from ceit_hf import CeiTBackbone, CeiTConfig, CeiTForImageClassification
 from ceit_hf.segmentation import NUM_LABELS, digit_canvases, mean_iou, small_upernet, train_segmentation
-from transformers import AutoBackbone, AutoConfig, UperNetForSemanticSegmentation
-
-from conftest import tiny_config
 
 
 def test_auto_backbone_from_config_gives_the_requested_stages():
@@ -40,8 +39,9 @@ def test_stages_are_the_blocks_patch_tokens_of_a_classification_checkpoint(tmp_p
         CeiTConfig.from_preset("ceit_tiny_patch16_224", num_encoder_blocks=2, image_size=64, num_classes=3)
     ).eval()
     classifier.save_pretrained(tmp_path)
-    backbone, info = CeiTBackbone.from_pretrained(tmp_path, out_features=["stem", "stage1", "stage2"],
-                                                  output_loading_info=True)
+    backbone, info = CeiTBackbone.from_pretrained(
+        tmp_path, out_features=["stem", "stage1", "stage2"], output_loading_info=True
+    )
     assert not any(info[kind] for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"))  # no warnings
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
@@ -54,8 +54,12 @@ def test_stages_are_the_blocks_patch_tokens_of_a_classification_checkpoint(tmp_p
     assert AutoConfig.from_pretrained(tmp_path).model_type == "ceit"
 
 
-@pytest.mark.xfail(strict=True, raises=Exception, reason="transformers 5.24: AutoBackbone.from_pretrained asks the "
-                   "Hub whether a local folder is a repo before loading it (fails offline and for absolute paths)")
+@pytest.mark.xfail(
+    strict=True,
+    raises=Exception,
+    reason="transformers 5.24: AutoBackbone.from_pretrained asks the "
+    "Hub whether a local folder is a repo before loading it (fails offline and for absolute paths)",
+)
 def test_auto_backbone_from_pretrained_local_folder(tmp_path):
     CeiTForImageClassification(tiny_config()).save_pretrained(tmp_path)
     assert type(AutoBackbone.from_pretrained(tmp_path)) is CeiTBackbone

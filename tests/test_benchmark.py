@@ -19,13 +19,23 @@ def test_pair_has_the_same_width_depth_and_heads():
     models = build_pair("tiny")
     ceit, deit = models["ceit_tiny"].config, models["deit_tiny"].config
     assert (ceit.d_model, ceit.num_encoder_blocks, ceit.encoder_num_heads) == (
-        deit.hidden_size, deit.num_hidden_layers, deit.num_attention_heads)
+        deit.hidden_size,
+        deit.num_hidden_layers,
+        deit.num_attention_heads,
+    )
     assert deit.intermediate_size == 4 * deit.hidden_size
 
 
 def test_benchmark_reports_medians_ratios_flops_and_memory(tmp_path):
-    results = run_benchmark(sizes=("tiny",), batch_sizes=(1,), train_batch_size=2, rounds=2, min_seconds=0.0,
-                            compile=False, log=lambda _: None)
+    results = run_benchmark(
+        sizes=("tiny",),
+        batch_sizes=(1,),
+        train_batch_size=2,
+        rounds=2,
+        min_seconds=0.0,
+        compile=False,
+        log=lambda _: None,
+    )
     assert results["matmul_roof_gflops"]["float32"] > 0
     for name in ("ceit", "ceit_optimized", "deit"):
         model = results["models"][f"{name}_tiny"]
@@ -37,7 +47,10 @@ def test_benchmark_reports_medians_ratios_flops_and_memory(tmp_path):
     ceit = results["models"]["ceit_tiny"]
     assert ceit["gflops_per_image"]["train_bs2_float32"] == 3 * ceit["gflops_per_image"]["infer_bs1_float32"]
     # the optimized model skips the last block's patch tokens: fewer FLOPs than the plain one
-    assert results["models"]["ceit_optimized_tiny"]["gflops_per_image"]["infer_bs1_float32"] < ceit["gflops_per_image"]["infer_bs1_float32"]
+    assert (
+        results["models"]["ceit_optimized_tiny"]["gflops_per_image"]["infer_bs1_float32"]
+        < ceit["gflops_per_image"]["infer_bs1_float32"]
+    )
     assert ceit["peak_memory_mib"]["train_bs2_float32"] > 0
     table = format_table(results)
     assert "| tiny | infer_bs1_float32 | ceit_optimized |" in table and "% of roof" in table
@@ -56,8 +69,15 @@ def test_ratio_is_speed_over_eager_deit_speed(monkeypatch):
     monkeypatch.setattr(benchmarking, "peak_memory", lambda *args: 1)
     monkeypatch.setattr(benchmarking, "flops_per_image", lambda *args: 1e9)
     monkeypatch.setattr(benchmarking, "matmul_roof", lambda *args: 10.0)
-    results = run_benchmark(sizes=("tiny",), batch_sizes=(1,), train_batch_size=2, rounds=3, min_seconds=0.0,
-                            compile=False, log=lambda _: None)
+    results = run_benchmark(
+        sizes=("tiny",),
+        batch_sizes=(1,),
+        train_batch_size=2,
+        rounds=3,
+        min_seconds=0.0,
+        compile=False,
+        log=lambda _: None,
+    )
     assert results["models"]["ceit_tiny"]["images_per_second"]["infer_bs1_float32"] == 4.0
     assert results["ratios"]["tiny"]["ceit"] == {"infer_bs1_float32": 0.4, "train_bs2_float32": 0.4}
     assert results["models"]["ceit_tiny"]["achieved_gflops"]["infer_bs1_float32"] == 4.0
@@ -81,13 +101,22 @@ def test_compiled_training_variants_are_measured_and_a_failing_one_is_left_out(m
     monkeypatch.setattr(benchmarking, "peak_memory", lambda *args: 1)
     monkeypatch.setattr(benchmarking, "flops_per_image", lambda *args: 1e9)
     monkeypatch.setattr(benchmarking, "matmul_roof", lambda *args: 10.0)
-    results = run_benchmark(sizes=("tiny",), batch_sizes=(1,), train_batch_size=2, rounds=1, min_seconds=0.0,
-                            compile=True, log=lambda _: None, overrides={"image_size": 32, "num_encoder_blocks": 1})
+    results = run_benchmark(
+        sizes=("tiny",),
+        batch_sizes=(1,),
+        train_batch_size=2,
+        rounds=1,
+        min_seconds=0.0,
+        compile=True,
+        log=lambda _: None,
+        overrides={"image_size": 32, "num_encoder_blocks": 1},
+    )
     measured = {name: set(model["images_per_second"]) for name, model in results["models"].items()}
     assert measured == {
         "ceit_tiny": {"infer_bs1_float32", "train_bs2_float32"},
         "ceit_leff_stored_tiny": {"train_bs2_float32"},  # on the CPU, "auto" recomputes: the other choice
-        "ceit_optimized_tiny": {"infer_bs1_float32"}, "ceit_optimized_compiled_tiny": {"infer_bs1_float32"},
+        "ceit_optimized_tiny": {"infer_bs1_float32"},
+        "ceit_optimized_compiled_tiny": {"infer_bs1_float32"},
         "deit_tiny": {"infer_bs1_float32", "train_bs2_float32"},
         "deit_compiled_tiny": {"infer_bs1_float32", "train_bs2_float32"},
     }
@@ -105,23 +134,28 @@ def fake_benchmark(ceit_train, deit_train, ceit_infer, deit_infer, per_worker=25
     eager CeiT in half its memory (2000 MiB; DeiT 1000)."""
     train, infer = "train_bs256_bfloat16", "infer_bs256_bfloat16"
     speeds = {
-        "ceit": {train: ceit_train[0], infer: ceit_infer[0]}, "ceit_compiled": {train: ceit_train[1]},
+        "ceit": {train: ceit_train[0], infer: ceit_infer[0]},
+        "ceit_compiled": {train: ceit_train[1]},
         "ceit_leff_recompute": {train: 0.8 * ceit_train[0]},
-        "ceit_optimized": {infer: ceit_infer[1]}, "ceit_optimized_compiled": {infer: ceit_infer[2]},
+        "ceit_optimized": {infer: ceit_infer[1]},
+        "ceit_optimized_compiled": {infer: ceit_infer[2]},
         "deit": {train: deit_train[0], infer: deit_infer[0]},
         "deit_compiled": {train: deit_train[1], infer: deit_infer[1]},
     }
     memory = {"ceit": 2000.0, "ceit_leff_recompute": 1000.0, "deit": 1000.0}
-    models = {f"{name}_tiny": {"images_per_second": v, "peak_memory_mib": {train: memory.get(name, 1.0)}}
-              for name, v in speeds.items()}
+    models = {
+        f"{name}_tiny": {"images_per_second": v, "peak_memory_mib": {train: memory.get(name, 1.0)}}
+        for name, v in speeds.items()
+    }
     return {"models": models, "data_loader": {"per_worker_images_per_second": per_worker, "cpus": cpus}}
 
 
 def test_targets_compare_the_fastest_ceit_with_the_fastest_deit():
     from gpu import suite as gpu_report
 
-    benchmark = fake_benchmark(ceit_train=(900, 1000), deit_train=(1000, 1200), ceit_infer=(2000, 2500, 3300),
-                               deit_infer=(2800, 3000))
+    benchmark = fake_benchmark(
+        ceit_train=(900, 1000), deit_train=(1000, 1200), ceit_infer=(2000, 2500, 3300), deit_infer=(2800, 3000)
+    )
     targets = gpu_report.targets(benchmark)
     train, infer = targets["train_step_vs_deit_tiny"], targets["inference_vs_deit_tiny"]
     assert train["measurement"] == "train_bs256_bfloat16"
@@ -150,10 +184,15 @@ def test_report_markdown_and_docs_block(tmp_path):
     from gpu import suite as gpu_report
 
     report = {
-        "gpu": "NVIDIA H200", "mode": "cuda", "started": "2026-12-01 12:00 UTC", "wall_seconds": 300.0,
+        "gpu": "NVIDIA H200",
+        "mode": "cuda",
+        "started": "2026-12-01 12:00 UTC",
+        "wall_seconds": 300.0,
         "environment": {"packages": {"torch": "2.11.0", "transformers": "5.24.0"}, "cpus": 16},
-        "parts": {"tests": {"status": "passed", "rc": 0, "seconds": 50, "budget": 100, "description": "tests/gpu"},
-                  "train_fsdp": {"status": "timeout", "rc": -15, "seconds": 75, "budget": 75, "description": "fsdp"}},
+        "parts": {
+            "tests": {"status": "passed", "rc": 0, "seconds": 50, "budget": 100, "description": "tests/gpu"},
+            "train_fsdp": {"status": "timeout", "rc": -15, "seconds": 75, "budget": 75, "description": "fsdp"},
+        },
         "benchmark": fake_benchmark((900, 1000), (1000, 1100), (2000, 2500, 3300), (2800, 3000)),
     }
     report["targets"] = gpu_report.targets(report["benchmark"])
@@ -186,7 +225,9 @@ def test_a_part_over_its_budget_is_killed_with_its_children(tmp_path):
     assert result["status"] == "timeout" and result["seconds"] < 30
     # the backgrounded grandchild went with the group: gone, or a zombie that nothing has reaped yet
     try:
-        state = Path(f"/proc/{int(pid_file.read_text())}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        state = (
+            Path(f"/proc/{int(pid_file.read_text())}/stat").read_text(encoding="utf-8").rsplit(")", 1)[1].split()[0]
+        )
     except FileNotFoundError:
         state = "gone"
     assert state in ("gone", "Z")
@@ -197,8 +238,19 @@ def test_gpu_check_cpu_mode_runs_every_part_and_writes_the_report(tmp_path):
     scripts/benchmark.py, the report) at tiny sizes on the CPU, so a device run does not find its mistakes."""
     env = {k: v for k, v in os.environ.items() if k != "OUT"}
     result = subprocess.run(
-        ["bash", "scripts/gpu_check.sh", "--cpu", "--output_dir", str(tmp_path / "out"), "--work_dir",
-         str(tmp_path / "work")], cwd=ROOT, env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+        [
+            "bash",
+            "scripts/gpu_check.sh",
+            "--cpu",
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--work_dir",
+            str(tmp_path / "work"),
+        ],
+        cwd=ROOT,
+        env={**env, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
         timeout=600,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
@@ -206,7 +258,11 @@ def test_gpu_check_cpu_mode_runs_every_part_and_writes_the_report(tmp_path):
     report = json.loads((tmp_path / "out" / "gpu_cpu.json").read_text())
     assert report["mode"] == "cpu" and report["environment"]["packages"]["torch"]
     assert {name: part["status"] for name, part in report["parts"].items()} == {
-        "tests": "passed", "train_bf16": "passed", "train_fsdp": "skipped", "benchmark": "passed"}
+        "tests": "passed",
+        "train_bf16": "passed",
+        "train_fsdp": "skipped",
+        "benchmark": "passed",
+    }
     tests = report["tests"]
     assert tests["failed"] == tests["error"] == 0 and tests["passed"] >= 6
     assert any(c["outcome"] == "skipped" and "CUDA" in c["message"] for c in tests["cases"])  # flash attention

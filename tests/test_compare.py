@@ -27,8 +27,23 @@ def test_script_on_a_tiny_budget(tmp_path):
     from ceit_hf.comparison import main
 
     out = tmp_path / "compare"
-    main(["--output_dir", str(out), "--epochs", "2", "--seeds", "0", "1", "--max_train_samples", "64",
-          "--max_eval_samples", "32", "--torch_threads", "1"])
+    main(
+        [
+            "--output_dir",
+            str(out),
+            "--epochs",
+            "2",
+            "--seeds",
+            "0",
+            "1",
+            "--max_train_samples",
+            "64",
+            "--max_eval_samples",
+            "32",
+            "--torch_threads",
+            "1",
+        ]
+    )
 
     data = json.loads((out / "comparison.json").read_text())
     assert {"ceit", "deit", "epochs_to_reach"} <= set(data)
@@ -107,11 +122,17 @@ def test_curve_from_log_history_and_epochs_to_reach():
 
 
 def test_flags_that_would_make_the_models_differ_are_refused(tmp_path):
-    options, training = split_args(["--output_dir", str(tmp_path), "--learning_rate", "5e-4", "--max_train_samples", "10"])
+    options, training = split_args(
+        ["--output_dir", str(tmp_path), "--learning_rate", "5e-4", "--max_train_samples", "10"]
+    )
     assert options.epochs == 40 and options.seeds == [0, 1]
     assert training == ["--learning_rate", "5e-4", "--max_train_samples", "10"]
-    for flags in (["--config_overrides", "d_model=32"], ["--num_train_epochs", "3"],
-                  ["--seed", "4"], ["--model_name_or_path", "x"]):
+    for flags in (
+        ["--config_overrides", "d_model=32"],
+        ["--num_train_epochs", "3"],
+        ["--seed", "4"],
+        ["--model_name_or_path", "x"],
+    ):
         with pytest.raises(SystemExit):
             split_args(["--output_dir", str(tmp_path), *flags])
     with pytest.raises(SystemExit, match="no stochastic depth"):

@@ -5,38 +5,91 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from ceit_hf import PRESETS, CeiTConfig, CeiTForImageClassification
+from conftest import tiny_config
 from transformers import AutoConfig
 
-from conftest import tiny_config
+from ceit_hf import PRESETS, CeiTConfig, CeiTForImageClassification
 
 
 # The seed API (cv.backbones.CeiT.model.CeiT): every keyword and its default.
-SEED_DEFAULTS = dict(
-    image_size=224, d_model=768, patch_size=4, dropout=0.0, encoder_num_heads=12, num_encoder_blocks=12,
-    encoder_dropout=0.0, encoder_attention_dropout=0.0, encoder_projection_dropout=0.0, classifier_mlp_d=2048,
-    i2t_out_channels=32, i2t_conv_kernel_size=7, i2t_conv_stride=2, i2t_max_pool_kernel_size=3,
-    i2t_max_pool_stride=2, leff_expand_ratio=4, leff_depthwise_kernel=3, leff_depthwise_stride=1,
-    leff_depthwise_padding=1, leff_depthwise_separable=True, lca_encoder_expansion_ratio=4,
-    lca_encoder_num_heads=12, lca_encoder_dropout=0.0, lca_encoder_attention_dropout=0.0,
-    lca_encoder_projection_dropout=0.0, lca_encoder_ln_order="post", lca_encoder_stodepth_prob=0.0,
-    lca_encoder_layer_scale=None, lca_encoder_qkv_bias=False, patchify_technique="linear", stochastic_depth=False,
-    stochastic_depth_mp=None, layer_scale=None, ln_order="post", num_classes=1000, in_channels=3,
-)
+SEED_DEFAULTS = {
+    "image_size": 224,
+    "d_model": 768,
+    "patch_size": 4,
+    "dropout": 0.0,
+    "encoder_num_heads": 12,
+    "num_encoder_blocks": 12,
+    "encoder_dropout": 0.0,
+    "encoder_attention_dropout": 0.0,
+    "encoder_projection_dropout": 0.0,
+    "classifier_mlp_d": 2048,
+    "i2t_out_channels": 32,
+    "i2t_conv_kernel_size": 7,
+    "i2t_conv_stride": 2,
+    "i2t_max_pool_kernel_size": 3,
+    "i2t_max_pool_stride": 2,
+    "leff_expand_ratio": 4,
+    "leff_depthwise_kernel": 3,
+    "leff_depthwise_stride": 1,
+    "leff_depthwise_padding": 1,
+    "leff_depthwise_separable": True,
+    "lca_encoder_expansion_ratio": 4,
+    "lca_encoder_num_heads": 12,
+    "lca_encoder_dropout": 0.0,
+    "lca_encoder_attention_dropout": 0.0,
+    "lca_encoder_projection_dropout": 0.0,
+    "lca_encoder_ln_order": "post",
+    "lca_encoder_stodepth_prob": 0.0,
+    "lca_encoder_layer_scale": None,
+    "lca_encoder_qkv_bias": False,
+    "patchify_technique": "linear",
+    "stochastic_depth": False,
+    "stochastic_depth_mp": None,
+    "layer_scale": None,
+    "ln_order": "post",
+    "num_classes": 1000,
+    "in_channels": 3,
+}
 
 # Valid values different from every default.
-SEED_VALUES = dict(
-    image_size=64, d_model=48, patch_size=2, dropout=0.1, encoder_num_heads=4, num_encoder_blocks=3,
-    encoder_dropout=0.2, encoder_attention_dropout=0.3, encoder_projection_dropout=0.4, classifier_mlp_d=64,
-    i2t_out_channels=16, i2t_conv_kernel_size=5, i2t_conv_stride=1, i2t_max_pool_kernel_size=2,
-    i2t_max_pool_stride=4, leff_expand_ratio=2, leff_depthwise_kernel=5, leff_depthwise_stride=1,
-    leff_depthwise_padding=2, leff_depthwise_separable=False, lca_encoder_expansion_ratio=3,
-    lca_encoder_num_heads=6, lca_encoder_dropout=0.15, lca_encoder_attention_dropout=0.25,
-    lca_encoder_projection_dropout=0.35, lca_encoder_ln_order="pre", lca_encoder_stodepth_prob=0.05,
-    lca_encoder_layer_scale=1e-4, lca_encoder_qkv_bias=True, patchify_technique="conv", stochastic_depth=True,
-    stochastic_depth_mp=0.2, layer_scale=1e-5, ln_order="pre", num_classes=7, in_channels=1,
-)
+SEED_VALUES = {
+    "image_size": 64,
+    "d_model": 48,
+    "patch_size": 2,
+    "dropout": 0.1,
+    "encoder_num_heads": 4,
+    "num_encoder_blocks": 3,
+    "encoder_dropout": 0.2,
+    "encoder_attention_dropout": 0.3,
+    "encoder_projection_dropout": 0.4,
+    "classifier_mlp_d": 64,
+    "i2t_out_channels": 16,
+    "i2t_conv_kernel_size": 5,
+    "i2t_conv_stride": 1,
+    "i2t_max_pool_kernel_size": 2,
+    "i2t_max_pool_stride": 4,
+    "leff_expand_ratio": 2,
+    "leff_depthwise_kernel": 5,
+    "leff_depthwise_stride": 1,
+    "leff_depthwise_padding": 2,
+    "leff_depthwise_separable": False,
+    "lca_encoder_expansion_ratio": 3,
+    "lca_encoder_num_heads": 6,
+    "lca_encoder_dropout": 0.15,
+    "lca_encoder_attention_dropout": 0.25,
+    "lca_encoder_projection_dropout": 0.35,
+    "lca_encoder_ln_order": "pre",
+    "lca_encoder_stodepth_prob": 0.05,
+    "lca_encoder_layer_scale": 1e-4,
+    "lca_encoder_qkv_bias": True,
+    "patchify_technique": "conv",
+    "stochastic_depth": True,
+    "stochastic_depth_mp": 0.2,
+    "layer_scale": 1e-5,
+    "ln_order": "pre",
+    "num_classes": 7,
+    "in_channels": 1,
+}
 
 SEED_API_FILE = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "seed_cv_ceit_api.txt"
 
@@ -51,7 +104,7 @@ def test_seed_keyword_table_is_complete():
 @pytest.mark.skipif(not SEED_API_FILE.exists(), reason="shared/reference is not beside this checkout")
 def test_seed_defaults_match_the_published_signature():
     text = SEED_API_FILE.read_text()
-    signature = re.search(r"class cv\.backbones\.CeiT\.model\.CeiT\((.*?)\)\[source\]", text, re.S).group(1)
+    signature = re.search(r"class cv\.backbones\.CeiT\.model\.CeiT\((.*?)\)\[source\]", text, re.DOTALL).group(1)
     call = ast.parse(f"f({signature})", mode="eval").body
     published = {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}
     assert published == SEED_DEFAULTS
@@ -119,13 +172,18 @@ def test_presets_have_the_official_parameter_counts(name, params):
 def test_preset_overrides_accept_seed_and_transformers_names():
     config = CeiTConfig.from_preset("ceit_small_patch16_224", num_hidden_layers=6, num_classes=10, dropout=0.1)
     assert (config.d_model, config.num_encoder_blocks, config.num_labels, config.dropout) == (384, 6, 10, 0.1)
-    config = CeiTConfig.from_preset("ceit_tiny_patch16_224", hidden_size=96, num_attention_heads=2, lca_encoder_num_heads=2)
+    config = CeiTConfig.from_preset(
+        "ceit_tiny_patch16_224", hidden_size=96, num_attention_heads=2, lca_encoder_num_heads=2
+    )
     assert config.d_model == 96 and config.encoder_num_heads == 2
     config = CeiTConfig.from_preset("ceit_tiny_patch16_224", id2label={0: "a", 1: "b"})
     assert config.num_labels == 2
     assert set(PRESETS) == {
-        "ceit_tiny_patch16_224", "ceit_small_patch16_224", "ceit_base_patch16_224",
-        "ceit_tiny_patch16_384", "ceit_small_patch16_384",
+        "ceit_tiny_patch16_224",
+        "ceit_small_patch16_224",
+        "ceit_base_patch16_224",
+        "ceit_tiny_patch16_384",
+        "ceit_small_patch16_384",
     }
     with pytest.raises(ValueError, match="Unknown CeiT preset 'ceit_huge'"):
         CeiTConfig.from_preset("ceit_huge")
@@ -163,45 +221,45 @@ def comparable(config):
 
 
 INVALID = [
-    (dict(d_model=100), "encoder_num_heads", "divisible"),
-    (dict(lca_encoder_num_heads=5), "lca_encoder_num_heads", "divisible"),
-    (dict(ln_order="middle"), "ln_order", "one of"),
-    (dict(lca_encoder_ln_order="sandwich"), "lca_encoder_ln_order", "one of"),
-    (dict(patchify_technique="pixels"), "patchify_technique", "one of"),
-    (dict(dropout=1.0), "dropout", r"\[0, 1\)"),
-    (dict(encoder_dropout=-0.1), "encoder_dropout", r"\[0, 1\)"),
-    (dict(encoder_attention_dropout=2), "encoder_attention_dropout", r"\[0, 1\)"),
-    (dict(encoder_projection_dropout=float("nan")), "encoder_projection_dropout", r"\[0, 1\)"),
-    (dict(lca_encoder_dropout=1.5), "lca_encoder_dropout", r"\[0, 1\)"),
-    (dict(lca_encoder_attention_dropout=-1), "lca_encoder_attention_dropout", r"\[0, 1\)"),
-    (dict(lca_encoder_projection_dropout="0.1"), "lca_encoder_projection_dropout", r"\[0, 1\)"),
-    (dict(lca_encoder_stodepth_prob=1.0), "lca_encoder_stodepth_prob", r"\[0, 1\)"),
-    (dict(d_model=0), "d_model", "positive"),
-    (dict(patch_size=-4), "patch_size", "positive"),
-    (dict(num_encoder_blocks=0), "num_encoder_blocks", "positive"),
-    (dict(i2t_out_channels=0), "i2t_out_channels", "positive"),
-    (dict(in_channels=0), "in_channels", "positive"),
-    (dict(leff_expand_ratio=0), "leff_expand_ratio", "positive"),
-    (dict(lca_encoder_expansion_ratio=1.5), "lca_encoder_expansion_ratio", "positive int"),
-    (dict(classifier_mlp_d=0), "classifier_mlp_d", "positive"),
-    (dict(num_classes=-1), "num_classes", ">= 0"),
-    (dict(image_size=0), "image_size", "positive"),
-    (dict(image_size=[224]), "image_size", "pair"),
-    (dict(image_size=220), "image_size", "tile"),
-    (dict(image_size=8), "image_size", "tile"),
-    (dict(leff_depthwise_stride=2), "leff_depthwise_stride", "token grid"),
-    (dict(leff_depthwise_padding=0), "leff_depthwise_padding", "token grid"),
-    (dict(leff_depthwise_kernel=4, leff_depthwise_padding=2), "leff_depthwise_padding", "odd kernel"),
-    (dict(stochastic_depth=True), "stochastic_depth_mp", "stochastic_depth=True"),
-    (dict(stochastic_depth=True, stochastic_depth_mp=1.0), "stochastic_depth_mp", r"\[0, 1\)"),
-    (dict(stochastic_depth=True, stochastic_depth_mp=-0.1), "stochastic_depth_mp", r"\[0, 1\)"),
-    (dict(layer_scale=-1e-5), "layer_scale", ">= 0"),
-    (dict(lca_encoder_layer_scale=-1.0), "lca_encoder_layer_scale", ">= 0"),
-    (dict(stochastic_depth="yes"), "stochastic_depth", "True or False"),
-    (dict(qkv_bias=1), "qkv_bias", "True or False"),
-    (dict(layer_norm_eps=0.0), "layer_norm_eps", "positive"),
-    (dict(i2t_max_pool_padding=2), "i2t_max_pool_padding", "half"),
-    (dict(i2t_conv_padding=-1), "i2t_conv_padding", ">= 0"),
+    ({"d_model": 100}, "encoder_num_heads", "divisible"),
+    ({"lca_encoder_num_heads": 5}, "lca_encoder_num_heads", "divisible"),
+    ({"ln_order": "middle"}, "ln_order", "one of"),
+    ({"lca_encoder_ln_order": "sandwich"}, "lca_encoder_ln_order", "one of"),
+    ({"patchify_technique": "pixels"}, "patchify_technique", "one of"),
+    ({"dropout": 1.0}, "dropout", r"\[0, 1\)"),
+    ({"encoder_dropout": -0.1}, "encoder_dropout", r"\[0, 1\)"),
+    ({"encoder_attention_dropout": 2}, "encoder_attention_dropout", r"\[0, 1\)"),
+    ({"encoder_projection_dropout": float("nan")}, "encoder_projection_dropout", r"\[0, 1\)"),
+    ({"lca_encoder_dropout": 1.5}, "lca_encoder_dropout", r"\[0, 1\)"),
+    ({"lca_encoder_attention_dropout": -1}, "lca_encoder_attention_dropout", r"\[0, 1\)"),
+    ({"lca_encoder_projection_dropout": "0.1"}, "lca_encoder_projection_dropout", r"\[0, 1\)"),
+    ({"lca_encoder_stodepth_prob": 1.0}, "lca_encoder_stodepth_prob", r"\[0, 1\)"),
+    ({"d_model": 0}, "d_model", "positive"),
+    ({"patch_size": -4}, "patch_size", "positive"),
+    ({"num_encoder_blocks": 0}, "num_encoder_blocks", "positive"),
+    ({"i2t_out_channels": 0}, "i2t_out_channels", "positive"),
+    ({"in_channels": 0}, "in_channels", "positive"),
+    ({"leff_expand_ratio": 0}, "leff_expand_ratio", "positive"),
+    ({"lca_encoder_expansion_ratio": 1.5}, "lca_encoder_expansion_ratio", "positive int"),
+    ({"classifier_mlp_d": 0}, "classifier_mlp_d", "positive"),
+    ({"num_classes": -1}, "num_classes", ">= 0"),
+    ({"image_size": 0}, "image_size", "positive"),
+    ({"image_size": [224]}, "image_size", "pair"),
+    ({"image_size": 220}, "image_size", "tile"),
+    ({"image_size": 8}, "image_size", "tile"),
+    ({"leff_depthwise_stride": 2}, "leff_depthwise_stride", "token grid"),
+    ({"leff_depthwise_padding": 0}, "leff_depthwise_padding", "token grid"),
+    ({"leff_depthwise_kernel": 4, "leff_depthwise_padding": 2}, "leff_depthwise_padding", "odd kernel"),
+    ({"stochastic_depth": True}, "stochastic_depth_mp", "stochastic_depth=True"),
+    ({"stochastic_depth": True, "stochastic_depth_mp": 1.0}, "stochastic_depth_mp", r"\[0, 1\)"),
+    ({"stochastic_depth": True, "stochastic_depth_mp": -0.1}, "stochastic_depth_mp", r"\[0, 1\)"),
+    ({"layer_scale": -1e-5}, "layer_scale", ">= 0"),
+    ({"lca_encoder_layer_scale": -1.0}, "lca_encoder_layer_scale", ">= 0"),
+    ({"stochastic_depth": "yes"}, "stochastic_depth", "True or False"),
+    ({"qkv_bias": 1}, "qkv_bias", "True or False"),
+    ({"layer_norm_eps": 0.0}, "layer_norm_eps", "positive"),
+    ({"i2t_max_pool_padding": 2}, "i2t_max_pool_padding", "half"),
+    ({"i2t_conv_padding": -1}, "i2t_conv_padding", ">= 0"),
 ]
 
 

@@ -27,7 +27,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import CODE_FILES, IMAGE_PROCESSOR_MAP, MODEL_AUTO_MAP
+from official_reference import official_forward, random_official_state_dict
 from safetensors.torch import load_file
+from test_hub_upload import FakeHub, _cli_env
+from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from ceit_hf import PRESETS, CeiTForImageClassification, CeiTImageProcessor
 from ceit_hf.conversion import (
@@ -39,11 +43,6 @@ from ceit_hf.conversion import (
     official_to_model,
 )
 from ceit_hf.model_card import VARIANTS, variant_card
-from transformers import AutoImageProcessor, AutoModelForImageClassification
-
-from conftest import CODE_FILES, IMAGE_PROCESSOR_MAP, MODEL_AUTO_MAP
-from official_reference import official_forward, random_official_state_dict
-from test_hub_upload import FakeHub, _cli_env
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -79,7 +78,11 @@ def _offline_env() -> dict[str, str]:
 def _start_cli(args: list, env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, str(SCRIPT), *map(str, args)],
-        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -125,8 +128,12 @@ def cli_runs(tmp_path_factory):
     layouts = {
         # name: (what torch.save writes, the weights it holds, image size, extra CLI arguments)
         "bare_full_depth": (sd_full, sd_full, 224, []),
-        "training_checkpoint": ({"model": sd, "epoch": 3, "args": argparse.Namespace(lr=5e-4)}, sd, 224,
-                                ["--push_to_hub", PUSH_REPO]),
+        "training_checkpoint": (
+            {"model": sd, "epoch": 3, "args": argparse.Namespace(lr=5e-4)},
+            sd,
+            224,
+            ["--push_to_hub", PUSH_REPO],
+        ),
         "ema": ({"model": sd, "model_ema": sd_ema, "epoch": 3}, sd_ema, 224, ["--use_ema"]),
         "ddp_prefix": ({f"module.{k}": v for k, v in sd.items()}, sd, 224, []),
         "image_384": ({"model": sd_384}, sd_384, 384, []),
@@ -267,8 +274,10 @@ def _case_resnet(path):
     import torchvision
 
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
-    return [], (r"has no 'i2t\.proj\.weight', 'pos_embed', 'head\.weight': it is not an official CeiT checkpoint "
-                r"\(its keys include \['conv1\.weight', 'bn1\.weight', ")
+    return [], (
+        r"has no 'i2t\.proj\.weight', 'pos_embed', 'head\.weight': it is not an official CeiT checkpoint "
+        r"\(its keys include \['conv1\.weight', 'bn1\.weight', "
+    )
 
 
 def _case_random_keys(path):
@@ -300,8 +309,10 @@ def _case_mis_shaped(path):
     sd = _small_sd()
     sd["blocks.0.attn.proj.weight"] = torch.zeros(192, 100)
     torch.save(sd, path)
-    return [], (r"shape mismatches: \['ceit\.encoder\.layers\.0\.attention\.proj\.weight: checkpoint \(192, 100\) "
-                r"vs model \(192, 192\)'\]")
+    return [], (
+        r"shape mismatches: \['ceit\.encoder\.layers\.0\.attention\.proj\.weight: checkpoint \(192, 100\) "
+        r"vs model \(192, 192\)'\]"
+    )
 
 
 def _case_bad_pos_embed(path):
@@ -351,13 +362,13 @@ def _case_no_tensors(path):
 
 def _case_malicious(path):
     torch.save({"model": _small_sd(), "payload": WritesMarkerWhenUnpickled(path.parent / "MARKER")}, path)
-    return [], (r"holds a pickled Python object other than tensors and plain containers \(io\.open\)\. "
-                r"Unpickling it could run arbitrary code, so it is not loaded \(torch\.load with weights_only=True\)")
+    return [], (
+        r"holds a pickled Python object other than tensors and plain containers \(io\.open\)\. "
+        r"Unpickling it could run arbitrary code, so it is not loaded \(torch\.load with weights_only=True\)"
+    )
 
 
-ERROR_CASES = {
-    name[len("_case_"):]: case for name, case in dict(globals()).items() if name.startswith("_case_")
-}
+ERROR_CASES = {name[len("_case_") :]: case for name, case in dict(globals()).items() if name.startswith("_case_")}
 
 
 @pytest.mark.parametrize("case", sorted(ERROR_CASES))
@@ -447,7 +458,7 @@ def _official_shapes(name: str) -> dict[str, torch.Tensor]:
     for key, value in one_block.items():
         if key.startswith("blocks.0."):
             for i in range(depth):
-                name = f"blocks.{i}.{key[len('blocks.0.'):]}"
+                name = f"blocks.{i}.{key[len('blocks.0.') :]}"
                 shapes[name] = torch.empty(value.shape, dtype=value.dtype, device="meta")
         elif key == "pos_layer_embed":
             shapes[key] = torch.empty(1, depth, width, device="meta")
@@ -465,7 +476,10 @@ def test_infer_config_and_parameter_count_of_official_variants(name):
     config = infer_config(sd)
     preset = PRESETS[name]
     assert (config.d_model, config.encoder_num_heads, config.lca_encoder_num_heads) == (
-        preset["d_model"], preset["encoder_num_heads"], preset["encoder_num_heads"])
+        preset["d_model"],
+        preset["encoder_num_heads"],
+        preset["encoder_num_heads"],
+    )
     assert config.num_encoder_blocks == 12 and config.image_size == preset["image_size"]
     assert config.num_labels == 1000
     assert config.preset_name == name
@@ -490,8 +504,10 @@ def test_infer_config_reads_depth_classes_and_image_size():
 @pytest.mark.parametrize(
     "change, message",
     [
-        (lambda sd: sd.update({"i2t.proj.weight": torch.zeros(256, 64, 4, 4)}),
-         r"No official CeiT variant has width 256"),
+        (
+            lambda sd: sd.update({"i2t.proj.weight": torch.zeros(256, 64, 4, 4)}),
+            r"No official CeiT variant has width 256",
+        ),
         (lambda sd: sd.update({"pos_embed": torch.zeros(197, 192)}), r"'pos_embed' has shape \(197, 192\)"),
         (lambda sd: sd.update({"head.weight": torch.zeros(1000)}), r"'head.weight' has shape \(1000,\)"),
         (lambda sd: sd.pop("i2t.proj.weight"), r"no 'i2t.proj.weight': it is not an official CeiT"),

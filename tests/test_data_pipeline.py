@@ -13,17 +13,29 @@ import pytest
 import torch
 from PIL import Image
 from torchvision.transforms import v2
+from transformers import Trainer, TrainingArguments, default_data_collator
 
 from ceit_hf.training import EpochCallback, SeededAugmentation, main, parse_args
 from ceit_hf.training.data import default_num_workers, with_transform
-from transformers import Trainer, TrainingArguments, default_data_collator
 
 
 # Two steps of a one-block model on 16 images of 16x16 (all of them: 2 batches of 8), no evaluation or checkpoint
 # in between: the final evaluation still runs over the validation folder.
 TINY_RUN = [
-    "--max_steps", "2", "--per_device_train_batch_size", "8", "--eval_strategy", "no", "--save_strategy", "no",
-    "--config_overrides", "num_encoder_blocks=1", "--disable_tqdm", "true", "--report_to", "none",
+    "--max_steps",
+    "2",
+    "--per_device_train_batch_size",
+    "8",
+    "--eval_strategy",
+    "no",
+    "--save_strategy",
+    "no",
+    "--config_overrides",
+    "num_encoder_blocks=1",
+    "--disable_tqdm",
+    "true",
+    "--report_to",
+    "none",
 ]
 EARLY, LATE = "a/0.png", "b/7.png"  # the first file of the first class, the last file of the last one
 
@@ -58,8 +70,21 @@ def test_skip_trains_on_without_the_files_that_fail_to_decode_and_names_them(tmp
     records = logging.handlers.BufferingHandler(capacity=10_000)
     logger.addHandler(records)
     try:
-        metrics = main(["--train_dir", str(folder), "--validation_dir", str(folder), "--output_dir", str(out),
-                        "--verify_images_limit", "0", "--dataloader_num_workers", "0", *TINY_RUN])
+        metrics = main(
+            [
+                "--train_dir",
+                str(folder),
+                "--validation_dir",
+                str(folder),
+                "--output_dir",
+                str(out),
+                "--verify_images_limit",
+                "0",
+                "--dataloader_num_workers",
+                "0",
+                *TINY_RUN,
+            ]
+        )
     finally:
         logger.removeHandler(records)
     assert np.isfinite(metrics["eval_loss"]) and (out / "model.safetensors").is_file()
@@ -80,8 +105,21 @@ def test_stop_fails_naming_the_file_that_fails_to_decode(tmp_path, workers, monk
     folder = image_folder(tmp_path / "images", truncated=(EARLY, LATE))
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as error:
-        main(["--train_dir", str(folder), "--output_dir", str(out), "--verify_images_limit", "0",
-              "--bad_image_policy", "stop", "--dataloader_num_workers", str(workers), *TINY_RUN])
+        main(
+            [
+                "--train_dir",
+                str(folder),
+                "--output_dir",
+                str(out),
+                "--verify_images_limit",
+                "0",
+                "--bad_image_policy",
+                "stop",
+                "--dataloader_num_workers",
+                str(workers),
+                *TINY_RUN,
+            ]
+        )
     message = str(error.value.code)
     assert re.fullmatch(rf"error: cannot decode {re.escape(str(folder))}/({EARLY}|{LATE}) \(OSError: .*\)\.", message)
     assert not (out / "model.safetensors").exists()
@@ -100,8 +138,9 @@ def test_data_loader_defaults(tmp_path, monkeypatch):
     assert default_num_workers() == 8
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "16")  # 4 CPUs for each of 16 local processes: 3 workers each
     assert default_num_workers() == 3
-    _, _, _, args = parse_args(["--output_dir", str(tmp_path), "--train_dir", str(tmp_path),
-                                "--dataloader_num_workers", "0"])
+    _, _, _, args = parse_args(
+        ["--output_dir", str(tmp_path), "--train_dir", str(tmp_path), "--dataloader_num_workers", "0"]
+    )
     assert args.dataloader_num_workers == 0 and not args.dataloader_persistent_workers
     _, _, _, args = parse_args(["--output_dir", str(tmp_path)])  # the bundled digits: in the training process
     assert args.dataloader_num_workers == 0 and not args.dataloader_persistent_workers
@@ -140,13 +179,26 @@ def train_with_workers(output_dir: Path, epochs: int, resume_from: str | None = 
     """(labels, pixel values) of each training batch of a Trainer run with 2 persistent DataLoader workers."""
     data, augmentation = noise_images()
     args = TrainingArguments(
-        output_dir=str(output_dir), per_device_train_batch_size=3, num_train_epochs=epochs, use_cpu=True,
-        dataloader_num_workers=2, dataloader_persistent_workers=True, remove_unused_columns=False,
-        report_to="none", disable_tqdm=True, logging_strategy="no", **{"save_strategy": "no", **kwargs},
+        output_dir=str(output_dir),
+        per_device_train_batch_size=3,
+        num_train_epochs=epochs,
+        use_cpu=True,
+        dataloader_num_workers=2,
+        dataloader_persistent_workers=True,
+        remove_unused_columns=False,
+        report_to="none",
+        disable_tqdm=True,
+        logging_strategy="no",
+        **{"save_strategy": "no", **kwargs},
     )
     model = Recorder()
-    trainer = Trainer(model=model, args=args, train_dataset=with_transform(data, "image", "label", augmentation),
-                      data_collator=default_data_collator, callbacks=[EpochCallback(augmentation)])
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=with_transform(data, "image", "label", augmentation),
+        data_collator=default_data_collator,
+        callbacks=[EpochCallback(augmentation)],
+    )
     trainer.train(resume_from_checkpoint=resume_from)
     return model.batches
 

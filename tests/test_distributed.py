@@ -18,9 +18,25 @@ from ceit_hf.training.run import match_gradient_layout, prepare_distributed
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_RUN = [
-    "--use_cpu", "--max_train_samples", "64", "--max_eval_samples", "32", "--per_device_train_batch_size", "8",
-    "--num_train_epochs", "1", "--config_overrides", "num_encoder_blocks=2", "--disable_tqdm", "true",
-    "--report_to", "none", "--torch_threads", "1", "--dataloader_num_workers", "0",
+    "--use_cpu",
+    "--max_train_samples",
+    "64",
+    "--max_eval_samples",
+    "32",
+    "--per_device_train_batch_size",
+    "8",
+    "--num_train_epochs",
+    "1",
+    "--config_overrides",
+    "num_encoder_blocks=2",
+    "--disable_tqdm",
+    "true",
+    "--report_to",
+    "none",
+    "--torch_threads",
+    "1",
+    "--dataloader_num_workers",
+    "0",
 ]
 
 
@@ -48,10 +64,20 @@ def test_fsdp2_bf16_trains_resumes_exactly_and_saves_a_loadable_folder(tmp_path)
     """`fully_shard_ceit` with a bf16 policy on 2 processes: BatchNorms stay fp32, the loss falls, a sharded
     checkpoint resumes to the same weights, the gathered folder loads with from_pretrained; `shard_for_accelerator`
     (train.py's FSDP path on GPUs) broadcasts rank 0's weights and keeps the BatchNorms fp32."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               str(free_port()), "tests/fsdp_worker.py", str(tmp_path)]
-    process = subprocess.Popen(command, cwd=ROOT, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+        "tests/fsdp_worker.py",
+        str(tmp_path),
+    ]
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     finish([process])
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["world_size"] == 2
@@ -60,8 +86,11 @@ def test_fsdp2_bf16_trains_resumes_exactly_and_saves_a_loadable_folder(tmp_path)
     assert losses[-1] < losses[0], losses
     assert result["resumed"] == result["after_checkpoint"] and result["resume_max_difference"] == 0.0
     assert result["saved_keys_equal"] and result["saved_max_difference"] == 0.0
-    assert result["accelerate_path"] == {"equal_to_rank0": True, "norm_param_dtype": "torch.float32",
-                                         "loss_finite": True}
+    assert result["accelerate_path"] == {
+        "equal_to_rank0": True,
+        "norm_param_dtype": "torch.float32",
+        "loss_finite": True,
+    }
 
 
 def test_two_nodes_train_evaluate_save_with_equal_weights(tmp_path):
@@ -72,13 +101,31 @@ def test_two_nodes_train_evaluate_save_with_equal_weights(tmp_path):
     processes = []
     for node in (0, 1):
         command = [
-            sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(node),
-            "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", port, "scripts/train.py",
-            "--output_dir", str(tmp_path), "--model_ema_decay", "0.9",
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes",
+            "2",
+            "--node_rank",
+            str(node),
+            "--nproc_per_node",
+            "1",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            port,
+            "scripts/train.py",
+            "--output_dir",
+            str(tmp_path),
+            "--model_ema_decay",
+            "0.9",
             *TINY_RUN,
         ]
-        processes.append(subprocess.Popen(command, cwd=ROOT, env=environment(), stdout=subprocess.PIPE,
-                                          stderr=subprocess.STDOUT, text=True))
+        processes.append(
+            subprocess.Popen(
+                command, cwd=ROOT, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
+        )
     logs = finish(processes)
     for log in logs:
         assert "world size 2" in log and "MULTI_CPU" in log, log[-3000:]
@@ -97,8 +144,19 @@ def test_fsdp_and_bf16_asked_for_by_accelerate_on_cpu_are_reported(tmp_path, mon
 
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
-    main(["--output_dir", str(tmp_path), "--max_steps", "1", "--eval_strategy", "no", "--save_strategy", "no",
-          *TINY_RUN])
+    main(
+        [
+            "--output_dir",
+            str(tmp_path),
+            "--max_steps",
+            "1",
+            "--eval_strategy",
+            "no",
+            "--save_strategy",
+            "no",
+            *TINY_RUN,
+        ]
+    )
     log = "\n".join(record.getMessage() for record in ceit_log)
     assert "FSDP was asked for, but accelerate runs FSDP only on GPUs" in log and "precision bf16 autocast" in log
 
@@ -108,13 +166,33 @@ def test_accelerate_fsdp_config_on_cpu_processes_says_it_runs_ddp(tmp_path):
     """`accelerate launch --config_file configs/accelerate/fsdp.yaml` on 2 CPU processes: accelerate cannot shard
     there and runs DDP; the log says so, and reports the bf16 the config asks for."""
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", "configs/accelerate/fsdp.yaml",
-        "--num_processes", "2", "--main_process_port", str(free_port()), "scripts/train.py",
-        "--output_dir", str(tmp_path / "out"), "--max_steps", "2", "--eval_strategy", "no", "--save_strategy", "no",
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        "configs/accelerate/fsdp.yaml",
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        str(free_port()),
+        "scripts/train.py",
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--max_steps",
+        "2",
+        "--eval_strategy",
+        "no",
+        "--save_strategy",
+        "no",
         *TINY_RUN,
     ]
-    (log,) = finish([subprocess.Popen(command, cwd=ROOT, env=environment(), stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True)])
+    (log,) = finish(
+        [
+            subprocess.Popen(
+                command, cwd=ROOT, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
+        ]
+    )
     assert "FSDP was asked for, but accelerate runs FSDP only on GPUs" in log
     assert log.count("precision bf16 autocast") == 2 and "world size 2" in log
     assert (tmp_path / "out" / "model.safetensors").is_file()
@@ -132,9 +210,9 @@ def test_ema_is_refused_under_fsdp_with_the_alternative():
 def test_depthwise_weights_take_the_strides_of_their_gradients():
     """DDP compares gradient strides with its buckets: after `match_gradient_layout`, LeFF's depthwise weights have
     the strides their (channels-last) gradients come with, hold the same values, and save as before."""
-    from ceit_hf import CeiTForImageClassification
-
     from conftest import tiny_config
+
+    from ceit_hf import CeiTForImageClassification
 
     model = CeiTForImageClassification(tiny_config()).train()
     depthwise = model.ceit.encoder.layers[0].leff.depthwise.weight
@@ -144,4 +222,6 @@ def test_depthwise_weights_take_the_strides_of_their_gradients():
     model(torch.randn(2, 3, 32, 32), labels=torch.tensor([0, 1])).loss.backward()
     depthwise = model.ceit.encoder.layers[0].leff.depthwise.weight
     assert depthwise.stride() == (9, 1, 3, 1) and depthwise.grad.stride() == depthwise.stride()
-    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items() if "running" not in k and "num_" not in k)
+    assert all(
+        torch.equal(v, before[k]) for k, v in model.state_dict().items() if "running" not in k and "num_" not in k
+    )

@@ -10,18 +10,24 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import tiny_config
 from torch import nn
 
 from ceit_hf import CeiTConfig, CeiTForImageClassification
-
-from conftest import tiny_config
 
 
 def official_tiny(**overrides) -> CeiTConfig:
     """A tiny model with the official options (LeFF BatchNorms, pre-norm, conv patchify, layer-position embedding)."""
     return CeiTConfig.from_preset(
-        "ceit_tiny_patch16_224", image_size=32, d_model=32, encoder_num_heads=2, num_encoder_blocks=2,
-        i2t_out_channels=8, patch_size=2, num_classes=5, **overrides,
+        "ceit_tiny_patch16_224",
+        image_size=32,
+        d_model=32,
+        encoder_num_heads=2,
+        num_encoder_blocks=2,
+        i2t_out_channels=8,
+        patch_size=2,
+        num_classes=5,
+        **overrides,
     )
 
 
@@ -52,20 +58,28 @@ def test_lora_on_attention_lca_and_leff_changes_merges_and_trains(model, x):
     peft = pytest.importorskip("peft")
     with torch.no_grad():
         base = model(x).logits
-    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS, init_lora_weights=False,
-                             modules_to_save=["classifier"])
+    config = peft.LoraConfig(
+        r=4, lora_alpha=8, target_modules=LORA_TARGETS, init_lora_weights=False, modules_to_save=["classifier"]
+    )
     lora = peft.get_peft_model(copy.deepcopy(model), config).eval()
     wrapped = {name for name, module in lora.named_modules() if isinstance(module, peft.tuners.lora.LoraLayer)}
-    for layer in ("encoder.layers.0.attention.qkv", "lca.attention.qkv", "lca.attention.proj",
-                  "encoder.layers.1.leff.expand", "encoder.layers.1.leff.reduce", "lca.mlp.fc1"):
+    for layer in (
+        "encoder.layers.0.attention.qkv",
+        "lca.attention.qkv",
+        "lca.attention.proj",
+        "encoder.layers.1.leff.expand",
+        "encoder.layers.1.leff.reduce",
+        "lca.mlp.fc1",
+    ):
         assert any(name.endswith(layer) for name in wrapped), layer
     with torch.no_grad():
         adapted = lora(x).logits
     assert (adapted - base).abs().max() > 1e-3  # a non-zero adapter changes the eval output
 
     # the adapter only in the LCA: it still changes the logits (the LCA calls its qkv module)
-    lca_only = peft.get_peft_model(copy.deepcopy(model), peft.LoraConfig(
-        r=4, target_modules=r".*lca\.attention\.qkv", init_lora_weights=False)).eval()
+    lca_only = peft.get_peft_model(
+        copy.deepcopy(model), peft.LoraConfig(r=4, target_modules=r".*lca\.attention\.qkv", init_lora_weights=False)
+    ).eval()
     with torch.no_grad():
         assert (lca_only(x).logits - base).abs().max() > 1e-4
 
@@ -87,8 +101,11 @@ def test_lora_on_attention_lca_and_leff_changes_merges_and_trains(model, x):
 def every_adaptable_layer(model) -> list[str]:
     """The names of every Linear and every ungrouped Conv2d (the stem and, with "conv" patchify, the patch
     projection): what a user's LoRA config may target."""
-    return [name for name, m in model.named_modules()
-            if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.groups == 1)]
+    return [
+        name
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.groups == 1)
+    ]
 
 
 def test_lora_on_every_linear_and_convolution_applies_trains_and_merges(model, x):
@@ -97,16 +114,20 @@ def test_lora_on_every_linear_and_convolution_applies_trains_and_merges(model, x
     merge back within 1e-4, and every adapter but the dead last-block LeFF's gets a gradient."""
     peft = pytest.importorskip("peft")
     targets = every_adaptable_layer(model)
-    assert "ceit.embeddings.image_to_tokens.conv" in targets and "ceit.embeddings.patch_embeddings.projection" in targets
+    assert (
+        "ceit.embeddings.image_to_tokens.conv" in targets and "ceit.embeddings.patch_embeddings.projection" in targets
+    )
     with torch.no_grad():
         base = model(x).logits
     for single in ("ceit.embeddings.image_to_tokens.conv", "ceit.embeddings.patch_embeddings.projection"):
-        adapted = peft.get_peft_model(copy.deepcopy(model), peft.LoraConfig(
-            r=2, target_modules=[single], init_lora_weights=False)).eval()
+        adapted = peft.get_peft_model(
+            copy.deepcopy(model), peft.LoraConfig(r=2, target_modules=[single], init_lora_weights=False)
+        ).eval()
         with torch.no_grad():
             assert (adapted(x).logits - base).abs().max() > 1e-4, single
-    lora = peft.get_peft_model(copy.deepcopy(model), peft.LoraConfig(
-        r=2, target_modules=targets, init_lora_weights=False)).eval()
+    lora = peft.get_peft_model(
+        copy.deepcopy(model), peft.LoraConfig(r=2, target_modules=targets, init_lora_weights=False)
+    ).eval()
     assert sum(isinstance(m, peft.tuners.lora.LoraLayer) for m in lora.modules()) == len(targets)
     with torch.no_grad():
         adapted = lora(x).logits
@@ -114,8 +135,11 @@ def test_lora_on_every_linear_and_convolution_applies_trains_and_merges(model, x
         assert (copy.deepcopy(lora).merge_and_unload()(x).logits - adapted).abs().max() < 1e-4
     lora.train()(x, labels=torch.tensor([0, 1])).loss.backward()
     last_leff = f"encoder.layers.{model.config.num_encoder_blocks - 1}.leff."
-    silent = [name for name, p in lora.named_parameters()
-              if "lora_" in name and last_leff not in name and not p.grad.abs().sum() > 0]
+    silent = [
+        name
+        for name, p in lora.named_parameters()
+        if "lora_" in name and last_leff not in name and not p.grad.abs().sum() > 0
+    ]
     assert not silent
 
 
@@ -130,8 +154,15 @@ def test_forward_hooks_fire_on_every_leaf_in_eval(model, x):
     assert set(leaves) == fired
 
 
-@pytest.mark.parametrize("layer", ["ceit.embeddings.image_to_tokens.conv", "ceit.encoder.layers.0.leff.depthwise",
-                                   "ceit.encoder.layers.0.leff.expand_norm", "ceit.lca.attention.qkv"])
+@pytest.mark.parametrize(
+    "layer",
+    [
+        "ceit.embeddings.image_to_tokens.conv",
+        "ceit.encoder.layers.0.leff.depthwise",
+        "ceit.encoder.layers.0.leff.expand_norm",
+        "ceit.lca.attention.qkv",
+    ],
+)
 def test_a_hook_that_changes_an_output_changes_the_logits(model, x, layer):
     with torch.no_grad():
         base = model(x).logits
@@ -180,14 +211,20 @@ def test_pruning_takes_effect_and_survives_save_load(model, x, tmp_path):
 
     with torch.no_grad():
         base = model(x).logits
-    for layer in (model.ceit.encoder.layers[0].leff.expand, model.ceit.encoder.layers[0].leff.depthwise,
-                  model.ceit.lca.attention.qkv):
+    for layer in (
+        model.ceit.encoder.layers[0].leff.expand,
+        model.ceit.encoder.layers[0].leff.depthwise,
+        model.ceit.lca.attention.qkv,
+    ):
         prune.l1_unstructured(layer, "weight", amount=0.5)
     with torch.no_grad():
         pruned = model(x).logits
     assert (pruned - base).abs().max() > 1e-4
-    for layer in (model.ceit.encoder.layers[0].leff.expand, model.ceit.encoder.layers[0].leff.depthwise,
-                  model.ceit.lca.attention.qkv):
+    for layer in (
+        model.ceit.encoder.layers[0].leff.expand,
+        model.ceit.encoder.layers[0].leff.depthwise,
+        model.ceit.lca.attention.qkv,
+    ):
         prune.remove(layer, "weight")
     model.save_pretrained(tmp_path)
     reloaded = CeiTForImageClassification.from_pretrained(tmp_path).eval()
@@ -273,7 +310,11 @@ def _sync_batch_norm_worker(rank, world_size, port, results):
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(rank))  # each process its own batch
     labels = torch.tensor([0, 1, 2, 3])
     out = {}
-    for name, kwargs in (("plain", None), ("reentrant", {"use_reentrant": True}), ("non_reentrant", {"use_reentrant": False})):
+    for name, kwargs in (
+        ("plain", None),
+        ("reentrant", {"use_reentrant": True}),
+        ("non_reentrant", {"use_reentrant": False}),
+    ):
         model = _convert(copy.deepcopy(base)).train()
         if kwargs is not None:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)

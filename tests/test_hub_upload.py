@@ -125,9 +125,7 @@ class FakeHub:
         if method == "POST" and len(parts) == 6 and parts[:2] == ["api", "models"]:
             repo_id, action, revision = f"{parts[2]}/{parts[3]}", parts[4], unquote(parts[5])
             if repo_id not in self.repos:
-                return self._reply(
-                    handler, 404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"}
-                )
+                return self._reply(handler, 404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
             if action == "preupload":
                 return self._preupload(handler, repo_id, revision, json.loads(body))
             if action == "commit":
@@ -324,7 +322,7 @@ def test_dry_run_lists_files_and_sends_nothing(fake_hub, tmp_path, monkeypatch):
     assert fake_hub.requests == []
     assert result.dry_run and result.commit_url is None
     listing = "\n".join(logged)
-    for name, content in files.items():
+    for name in files.keys():
         assert name in listing
     safetensors_line = next(line for line in listing.splitlines() if line.endswith("model.safetensors"))
     assert f"{len(files['model.safetensors'])} B" in safetensors_line
@@ -359,8 +357,16 @@ def test_folder_without_config_is_refused(tmp_path):
         check_model_folder(folder)
 
 
-@pytest.mark.parametrize("name", ["pytorch_model.bin", "model.pt", "training_args.bin", "checkpoint-4/optimizer.pt",
-                                  "checkpoint-4/model.safetensors"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "pytorch_model.bin",
+        "model.pt",
+        "training_args.bin",
+        "checkpoint-4/optimizer.pt",
+        "checkpoint-4/model.safetensors",
+    ],
+)
 def test_pickles_and_checkpoints_are_skipped(tmp_path, name):
     folder, files = _model_folder(tmp_path)
     (folder / name).parent.mkdir(exist_ok=True)
@@ -431,8 +437,15 @@ def _cli_env(server_url: str | None) -> dict[str, str]:
 def test_cli_uploads_to_stand_in(fake_hub, tmp_path):
     folder, files = _model_folder(tmp_path)
     command = [
-        sys.executable, str(REPO_ROOT / "scripts" / "push_to_hub.py"),
-        "--model_dir", str(folder), "--repo_id", "ceit-test/cli", "--private", "--commit_message", "CLI upload",
+        sys.executable,
+        str(REPO_ROOT / "scripts" / "push_to_hub.py"),
+        "--model_dir",
+        str(folder),
+        "--repo_id",
+        "ceit-test/cli",
+        "--private",
+        "--commit_message",
+        "CLI upload",
     ]
     completed = subprocess.run(command, env=_cli_env(fake_hub.url), capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr
@@ -532,8 +545,12 @@ def test_adapter_upload_skips_merged_and_names_the_base_by_the_hub_id_of_its_car
     assert fake_hub.unexpected == []
     (commit,) = fake_hub.commits
     uploaded = commit["files"]
-    assert set(uploaded) == {"adapter_config.json", "adapter_model.safetensors", "preprocessor_config.json",
-                             "README.md"}  # not merged/
+    assert set(uploaded) == {
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "preprocessor_config.json",
+        "README.md",
+    }  # not merged/
     assert uploaded["adapter_model.safetensors"] == files["adapter_model.safetensors"]
     config, original = json.loads(uploaded["adapter_config.json"]), json.loads(files["adapter_config.json"])
     assert config == {**original, "base_model_name_or_path": "ceit-hf/ceit_tiny_patch16_224"}

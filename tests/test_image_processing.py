@@ -19,8 +19,13 @@ from transformers import AutoImageProcessor, pipeline
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
 
 import ceit_hf
-from ceit_hf import CeiTConfig, CeiTForImageClassification, CeiTImageProcessor, CeiTImageProcessorPil
-from ceit_hf import image_processing_ceit
+from ceit_hf import (
+    CeiTConfig,
+    CeiTForImageClassification,
+    CeiTImageProcessor,
+    CeiTImageProcessorPil,
+    image_processing_ceit,
+)
 
 
 PROCESSORS = [CeiTImageProcessor, CeiTImageProcessorPil]
@@ -356,7 +361,7 @@ def test_works_as_hub_remote_code(photo, tmp_path):
 
 
 def test_module_imports_only_what_remote_code_allows():
-    tree = ast.parse(Path(image_processing_ceit.__file__).read_text())
+    tree = ast.parse(Path(image_processing_ceit.__file__).read_text(encoding="utf-8"))
     imported = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):

@@ -11,11 +11,20 @@ from ceit_hf import CeiTConfig, CeiTForImageClassification, inference, optimize_
 
 
 CONFIGS = {
-    "official": lambda: CeiTConfig.from_preset("ceit_tiny_patch16_224", num_encoder_blocks=3, image_size=32, patch_size=2),
+    "official": lambda: CeiTConfig.from_preset(
+        "ceit_tiny_patch16_224", num_encoder_blocks=3, image_size=32, patch_size=2
+    ),
     "seed_api": lambda: tiny_config(),  # post-norm, separable LeFF with final GELU, linear patchify, MLP-free head
     "pre_norm_layer_scale": lambda: tiny_config(
-        ln_order="pre", lca_encoder_ln_order="pre", layer_scale=0.1, lca_encoder_layer_scale=0.1, qkv_bias=True,
-        leff_depthwise_separable=False, patchify_technique="conv", classifier_mlp_d=16, i2t_conv_bias=True,
+        ln_order="pre",
+        lca_encoder_ln_order="pre",
+        layer_scale=0.1,
+        lca_encoder_layer_scale=0.1,
+        qkv_bias=True,
+        leff_depthwise_separable=False,
+        patchify_technique="conv",
+        classifier_mlp_d=16,
+        i2t_conv_bias=True,
     ),
     "no_batch_norm": lambda: tiny_config(leff_batch_norm=False, leff_final_activation=False),
 }

@@ -12,12 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_config
 from safetensors.torch import load_file, save_file
-
-from ceit_hf import PRESETS, CeiTConfig, CeiTForImageClassification, CeiTModel
 from transformers import AutoModelForImageClassification
 
-from conftest import tiny_config
+from ceit_hf import PRESETS, CeiTConfig, CeiTForImageClassification, CeiTModel
 
 
 # --- model inputs ---------------------------------------------------------------------------------------------------
@@ -50,7 +49,9 @@ def test_bad_model_inputs_raise_clear_value_errors(cls, name):
 
 def test_channel_count_is_checked_for_other_channel_counts():
     model = CeiTForImageClassification(tiny_config(in_channels=1)).eval()
-    with pytest.raises(ValueError, match=r"shape \(batch_size, 1, height, width\), non-empty; got shape \(2, 3, 32, 32\)"):
+    with pytest.raises(
+        ValueError, match=r"shape \(batch_size, 1, height, width\), non-empty; got shape \(2, 3, 32, 32\)"
+    ):
         model(torch.randn(2, 3, 32, 32))
     assert model(torch.randn(2, 1, 32, 32)).logits.shape == (2, 5)
 
@@ -111,7 +112,9 @@ def test_missing_and_unexpected_weights_are_initialised_and_reported(saved_model
     loaded, info = CeiTForImageClassification.from_pretrained(folder, output_loading_info=True)
     assert info["missing_keys"] == {KEY} and info["unexpected_keys"] == {"ceit.extra"}
     weight = loaded.state_dict()[KEY]
-    assert not torch.equal(weight, model.state_dict()[KEY]) and 0.015 < weight.std().item() < 0.025  # trunc-normal 0.02
+    assert (
+        not torch.equal(weight, model.state_dict()[KEY]) and 0.015 < weight.std().item() < 0.025
+    )  # trunc-normal 0.02
     others = {k: v for k, v in loaded.state_dict().items() if k != KEY}
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in others.items())
 
@@ -122,7 +125,9 @@ def test_mismatched_shapes_raise_unless_ignored(saved_model):
     for loader in (CeiTForImageClassification, AutoModelForImageClassification):
         with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):
             loader.from_pretrained(folder)
-    loaded, info = CeiTForImageClassification.from_pretrained(folder, ignore_mismatched_sizes=True, output_loading_info=True)
+    loaded, info = CeiTForImageClassification.from_pretrained(
+        folder, ignore_mismatched_sizes=True, output_loading_info=True
+    )
     assert {key for key, *_ in info["mismatched_keys"]} == {KEY}
     assert loaded.state_dict()[KEY].shape == (96, 32)
 
@@ -135,7 +140,9 @@ def test_classifier_of_another_size_needs_ignore_mismatched_sizes(saved_model):
         folder, num_labels=3, ignore_mismatched_sizes=True, output_loading_info=True
     )
     assert tuned.classifier.out_features == 3 and {key for key, *_ in info["mismatched_keys"]} == {
-        "classifier.weight", "classifier.bias"}
+        "classifier.weight",
+        "classifier.bias",
+    }
     assert torch.equal(tuned.ceit.embeddings.position_embeddings, model.ceit.embeddings.position_embeddings)
 
 
@@ -149,7 +156,6 @@ def test_heads_may_be_dropped_or_added(saved_model, tmp_path):
     model.ceit.save_pretrained(base_folder)
     with_head = CeiTForImageClassification.from_pretrained(base_folder)  # a new classifier on a backbone checkpoint
     assert torch.equal(with_head.ceit.embeddings.position_embeddings, model.ceit.embeddings.position_embeddings)
-
 
 
 # --- numerics across the presets (one block each) ------------------------------------------------------------------

@@ -10,15 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from test_hub_upload import fake_hub  # noqa: F401  (the fixture)
+from test_training import digit_subset_folders
 
 from ceit_hf import CeiTForImageClassification
-from ceit_hf.evaluation import load_lora_classifier, main as evaluate
+from ceit_hf.evaluation import load_lora_classifier
+from ceit_hf.evaluation import main as evaluate
 from ceit_hf.hub import push_model_folder
 from ceit_hf.training import main as train
 from ceit_hf.training.run import load_image_processor
-
-from test_hub_upload import fake_hub  # noqa: F401  (the fixture)
-from test_training import digit_subset_folders
 
 
 pytest.importorskip("peft")
@@ -29,15 +29,55 @@ BASE_HUB_ID = "me/ceit-digits-base"  # the base's --hub_model_id: its card names
 def runs(tmp_path_factory) -> dict[str, Path]:
     """A base CeiT trained on digits 0-4 (its card naming BASE_HUB_ID) and a LoRA adapter of it for digits 5-9."""
     root = tmp_path_factory.mktemp("lora")
-    common = ["--max_steps", "3", "--eval_strategy", "no", "--save_strategy", "no", "--disable_tqdm", "true",
-              "--report_to", "none", "--per_device_train_batch_size", "8"]
+    common = [
+        "--max_steps",
+        "3",
+        "--eval_strategy",
+        "no",
+        "--save_strategy",
+        "no",
+        "--disable_tqdm",
+        "true",
+        "--report_to",
+        "none",
+        "--per_device_train_batch_size",
+        "8",
+    ]
     first, rest = digit_subset_folders(root / "first", range(5)), digit_subset_folders(root / "rest", range(5, 10))
     base, adapter = root / "base", root / "adapter"
-    train(["--train_dir", str(first / "train"), "--validation_dir", str(first / "val"), "--output_dir", str(base),
-           "--config_overrides", "num_encoder_blocks=2", "--hub_model_id", BASE_HUB_ID, *common])
-    train(["--model_name_or_path", str(base), "--train_dir", str(rest / "train"), "--validation_dir",
-           str(rest / "val"), "--output_dir", str(adapter), "--lora_rank", "4", "--merge_lora", "--learning_rate",
-           "0.01", *common])
+    train(
+        [
+            "--train_dir",
+            str(first / "train"),
+            "--validation_dir",
+            str(first / "val"),
+            "--output_dir",
+            str(base),
+            "--config_overrides",
+            "num_encoder_blocks=2",
+            "--hub_model_id",
+            BASE_HUB_ID,
+            *common,
+        ]
+    )
+    train(
+        [
+            "--model_name_or_path",
+            str(base),
+            "--train_dir",
+            str(rest / "train"),
+            "--validation_dir",
+            str(rest / "val"),
+            "--output_dir",
+            str(adapter),
+            "--lora_rank",
+            "4",
+            "--merge_lora",
+            "--learning_rate",
+            "0.01",
+            *common,
+        ]
+    )
     return {"root": root, "base": base, "adapter": adapter, "val": rest / "val"}
 
 
@@ -114,8 +154,9 @@ def test_the_adapter_cards_code_loads_the_adapted_model(runs, capsys):
     (code,) = [block for block in re.findall(r"```python\n(.*?)```", card, re.DOTALL) if "PeftModel" in block]
     image = sorted(runs["val"].rglob("*.png"))[0]
     code = re.sub(r'^repo_id = ".*"$', f"repo_id = {str(runs['adapter'])!r}", code, count=1, flags=re.MULTILINE)
-    code = re.sub(r"^image = load_image\(.*\)$", f"image = load_image({str(image)!r})", code, count=1,
-                  flags=re.MULTILINE)
+    code = re.sub(
+        r"^image = load_image\(.*\)$", f"image = load_image({str(image)!r})", code, count=1, flags=re.MULTILINE
+    )
     namespace = {}
     exec(compile(code, "adapter card", "exec"), namespace)
     printed = capsys.readouterr().out.splitlines()

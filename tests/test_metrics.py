@@ -7,12 +7,15 @@ from ceit_hf.metrics import TopKAccuracy, accuracy_metrics
 
 
 # Classes by decreasing score: row 0: 3 1 5 2 0 4; row 1: 2 0 1 5 3 4; row 2: 3, then five tied; row 3: 0 1 2 3 4 5.
-LOGITS = np.array([
-    [0.1, 0.5, 0.2, 0.9, 0.0, 0.3],
-    [2.0, 1.0, 3.0, 0.0, -1.0, 0.5],
-    [0.0, 0.0, 0.0, 1.0, 0.0, 0.0],
-    [5.0, 4.0, 3.0, 2.0, 1.0, 0.0],
-], dtype=np.float32)
+LOGITS = np.array(
+    [
+        [0.1, 0.5, 0.2, 0.9, 0.0, 0.3],
+        [2.0, 1.0, 3.0, 0.0, -1.0, 0.5],
+        [0.0, 0.0, 0.0, 1.0, 0.0, 0.0],
+        [5.0, 4.0, 3.0, 2.0, 1.0, 0.0],
+    ],
+    dtype=np.float32,
+)
 LABELS = np.array([3, 0, 3, 5])
 
 
@@ -21,7 +24,9 @@ def test_top1_and_top5_by_hand():
     assert accuracy_metrics(LOGITS, LABELS) == {"accuracy": 0.5, "top5_accuracy": 0.75}
     # top-2 and top-3: row 1's class 0 is second, row 3's class 5 still out
     assert TopKAccuracy(top_k=(2, 3)).compute(predictions=LOGITS, references=LABELS) == {
-        "accuracy": 0.5, "top2_accuracy": 0.75, "top3_accuracy": 0.75,
+        "accuracy": 0.5,
+        "top2_accuracy": 0.75,
+        "top3_accuracy": 0.75,
     }
     assert accuracy_metrics(LOGITS, [1, 2, 3, 0]) == {"accuracy": 0.75, "top5_accuracy": 1.0}
 
@@ -41,7 +46,8 @@ def test_fewer_classes_than_k():
     three_classes = LOGITS[:, :3]
     assert accuracy_metrics(three_classes, [1, 0, 2, 0]) == {"accuracy": 0.5}  # no top-5 of 3 classes
     assert TopKAccuracy(top_k=(3, 5)).compute(predictions=three_classes, references=[1, 0, 2, 0]) == {
-        "accuracy": 0.5, "top3_accuracy": 1.0,
+        "accuracy": 0.5,
+        "top3_accuracy": 1.0,
     }
     five_classes = LOGITS[:, :5]  # top-5 of 5 classes: every label
     assert accuracy_metrics(five_classes, [4, 4, 4, 4])["top5_accuracy"] == 1.0

@@ -34,6 +34,7 @@ PARAMETERS = {
     "ceit_small_patch16_384": 24_350_760,
 }
 
+
 def _python_blocks(text: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
 
@@ -142,11 +143,18 @@ def _trained(tmp_path, num_labels=10, **fields):
     from ceit_hf.training import small_config
 
     model = CeiTForImageClassification(small_config(32, {i: f"c{i}" for i in range(num_labels)}, num_encoder_blocks=1))
-    values = dict(
-        model_name="run", repo_id=None, model=model, base_model=None, preset=None, dataset=None,
-        data_description=str(tmp_path / "images" / "train"), metrics={"eval_accuracy": 0.97314, "eval_top5_accuracy": 1.0},
-        hyperparameters={"learning_rate": 1e-3, "epochs": 3}, command="python scripts/train.py --output_dir 'out dir'",
-    )
+    values = {
+        "model_name": "run",
+        "repo_id": None,
+        "model": model,
+        "base_model": None,
+        "preset": None,
+        "dataset": None,
+        "data_description": str(tmp_path / "images" / "train"),
+        "metrics": {"eval_accuracy": 0.97314, "eval_top5_accuracy": 1.0},
+        "hyperparameters": {"learning_rate": 1e-3, "epochs": 3},
+        "command": "python scripts/train.py --output_dir 'out dir'",
+    }
     card = training_card(**{**values, **fields})
     return ModelCard(str(card)), model
 
@@ -168,9 +176,15 @@ def test_from_scratch_card_on_local_images(tmp_path):
 
 
 def test_fine_tuned_card_on_a_hub_dataset_with_few_classes(tmp_path):
-    card, _ = _trained(tmp_path, num_labels=3, base_model="ceit-hf/ceit_tiny_patch16_224", dataset="uoft-cs/cifar10",
-                       data_description="uoft-cs/cifar10", repo_id="me/ceit-c3",
-                       metrics={"eval_accuracy": 0.5, "eval_top5_accuracy": 1.0})
+    card, _ = _trained(
+        tmp_path,
+        num_labels=3,
+        base_model="ceit-hf/ceit_tiny_patch16_224",
+        dataset="uoft-cs/cifar10",
+        data_description="uoft-cs/cifar10",
+        repo_id="me/ceit-c3",
+        metrics={"eval_accuracy": 0.5, "eval_top5_accuracy": 1.0},
+    )
     assert card.data.datasets == ["uoft-cs/cifar10"] and card.data.base_model == "ceit-hf/ceit_tiny_patch16_224"
     assert _metrics(card) == {"accuracy": 50.0}  # top-5 of 3 classes is always 100%: not reported
     assert "fine-tuned from `ceit-hf/ceit_tiny_patch16_224`" in card.text and "top-5" not in card.text

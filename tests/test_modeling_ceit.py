@@ -13,16 +13,15 @@ import unittest
 import pytest
 import torch
 import torch.nn.functional as F
+from ceit_tester import CeiTModelTester
+from conftest import assert_same_training_results, tiny_config
+from official_reference import official_forward, random_official_state_dict
+from transformers import AutoModel, AutoModelForImageClassification
+from transformers.modeling_outputs import ImageClassifierOutput
 
 from ceit_hf import CeiTBackbone, CeiTConfig, CeiTForImageClassification, CeiTModel
 from ceit_hf.conversion import convert_official_state_dict, infer_config
 from ceit_hf.modeling_ceit import CeiTLayerScale, CeiTPatchEmbeddings
-from transformers import AutoModel, AutoModelForImageClassification
-from transformers.modeling_outputs import ImageClassifierOutput
-
-from ceit_tester import CeiTModelTester
-from conftest import assert_same_training_results, tiny_config
-from official_reference import official_forward, random_official_state_dict
 
 
 class CeiTModelTest(unittest.TestCase):
@@ -96,8 +95,8 @@ class CeiTModelTest(unittest.TestCase):
                 as_tuple = model(**inputs, output_hidden_states=True, output_attentions=True, return_dict=False)
             self.assertIsInstance(as_tuple, tuple)
             for expected, got in zip(as_dict.to_tuple(), as_tuple):
-                flat = (lambda t: t if isinstance(t, tuple) else (t,))
-                for a, b in zip(flat(expected), flat(got)):
+                pairs = zip(*(t if isinstance(t, tuple) else (t,) for t in (expected, got)))
+                for a, b in pairs:
                     self.assertTrue(torch.equal(a, b))
 
     def test_hidden_states_output(self):
@@ -155,15 +154,35 @@ class CeiTModelTest(unittest.TestCase):
     def test_initialization(self):
         """The official initialisation (`CeiTPreTrainedModel._init_weights`), for the default tester configuration
         and one with every optional weight (biases, LayerScale, convolutional patchify, MLP head)."""
-        normal_layers = ("attention.qkv", "attention.proj", "mlp.fc1", "mlp.fc2", "classifier", "classifier.dense",
-                         "classifier.out_proj")
-        uniform_layers = ("image_to_tokens.conv", "patch_embeddings.projection", "leff.expand", "leff.depthwise",
-                          "leff.pointwise", "leff.reduce")
-        every_weight = tiny_config(qkv_bias=True, lca_encoder_qkv_bias=True, layer_scale=0.1,
-                                   lca_encoder_layer_scale=0.2, patchify_technique="conv", i2t_conv_bias=True,
-                                   classifier_mlp_d=16)
-        for config, model_class in itertools.product((self.model_tester.get_config(), every_weight),
-                                                     self.all_model_classes):
+        normal_layers = (
+            "attention.qkv",
+            "attention.proj",
+            "mlp.fc1",
+            "mlp.fc2",
+            "classifier",
+            "classifier.dense",
+            "classifier.out_proj",
+        )
+        uniform_layers = (
+            "image_to_tokens.conv",
+            "patch_embeddings.projection",
+            "leff.expand",
+            "leff.depthwise",
+            "leff.pointwise",
+            "leff.reduce",
+        )
+        every_weight = tiny_config(
+            qkv_bias=True,
+            lca_encoder_qkv_bias=True,
+            layer_scale=0.1,
+            lca_encoder_layer_scale=0.2,
+            patchify_technique="conv",
+            i2t_conv_bias=True,
+            classifier_mlp_d=16,
+        )
+        for config, model_class in itertools.product(
+            (self.model_tester.get_config(), every_weight), self.all_model_classes
+        ):
             model, std = model_class(config), config.initializer_range
             normal = []  # every value drawn from N(0, std)
 
@@ -187,8 +206,9 @@ class CeiTModelTest(unittest.TestCase):
                     weight = module.weight.detach().double()
                     self.assertLessEqual(weight.abs().max().item(), bound, name)
                     self.assertGreater(weight.abs().max().item(), 0.9 * bound, name)  # spread to the bound
-                    self.assertLess(abs(weight.std().item() * math.sqrt(3) / bound - 1),
-                                    2.5 / math.sqrt(weight.numel()), name)  # a uniform's std, within 5 standard errors
+                    self.assertLess(
+                        abs(weight.std().item() * math.sqrt(3) / bound - 1), 2.5 / math.sqrt(weight.numel()), name
+                    )  # a uniform's std, within 5 standard errors
                     if module.bias is not None:
                         self.assertLessEqual(module.bias.abs().max().item(), bound, name)
                         self.assertTrue(module.bias.any(), name)
@@ -248,9 +268,15 @@ SEED_GRID = list(
 @pytest.mark.parametrize("ln, lca_ln, patchify, separable, scale, stodepth, mlp_d", SEED_GRID)
 def test_seed_option_combinations_train(ln, lca_ln, patchify, separable, scale, stodepth, mlp_d):
     config = tiny_config(
-        ln_order=ln, lca_encoder_ln_order=lca_ln, patchify_technique=patchify, leff_depthwise_separable=separable,
-        layer_scale=scale, lca_encoder_layer_scale=scale, stochastic_depth=stodepth,
-        stochastic_depth_mp=0.2 if stodepth else None, lca_encoder_stodepth_prob=0.1 if stodepth else 0.0,
+        ln_order=ln,
+        lca_encoder_ln_order=lca_ln,
+        patchify_technique=patchify,
+        leff_depthwise_separable=separable,
+        layer_scale=scale,
+        lca_encoder_layer_scale=scale,
+        stochastic_depth=stodepth,
+        stochastic_depth_mp=0.2 if stodepth else None,
+        lca_encoder_stodepth_prob=0.1 if stodepth else 0.0,
         classifier_mlp_d=mlp_d,
     )
     model = CeiTForImageClassification(config).train()
@@ -266,19 +292,26 @@ def test_seed_option_combinations_train(ln, lca_ln, patchify, separable, scale, 
 @pytest.mark.parametrize(
     "overrides",
     [
-        dict(qkv_bias=True, lca_encoder_qkv_bias=True),
-        dict(leff_batch_norm=False),
-        dict(leff_final_activation=False),
-        dict(lca_layer_position_embedding=False),
-        dict(patch_norm=False),
-        dict(i2t_conv_bias=True),
-        dict(dropout=0.1, encoder_dropout=0.1, encoder_attention_dropout=0.1, encoder_projection_dropout=0.1,
-             lca_encoder_dropout=0.1, lca_encoder_attention_dropout=0.1, lca_encoder_projection_dropout=0.1,
-             classifier_mlp_d=8),
-        dict(in_channels=1),
-        dict(leff_depthwise_kernel=5, leff_depthwise_padding=2),
-        dict(image_size=[32, 48]),
-        dict(num_classes=0),
+        {"qkv_bias": True, "lca_encoder_qkv_bias": True},
+        {"leff_batch_norm": False},
+        {"leff_final_activation": False},
+        {"lca_layer_position_embedding": False},
+        {"patch_norm": False},
+        {"i2t_conv_bias": True},
+        {
+            "dropout": 0.1,
+            "encoder_dropout": 0.1,
+            "encoder_attention_dropout": 0.1,
+            "encoder_projection_dropout": 0.1,
+            "lca_encoder_dropout": 0.1,
+            "lca_encoder_attention_dropout": 0.1,
+            "lca_encoder_projection_dropout": 0.1,
+            "classifier_mlp_d": 8,
+        },
+        {"in_channels": 1},
+        {"leff_depthwise_kernel": 5, "leff_depthwise_padding": 2},
+        {"image_size": [32, 48]},
+        {"num_classes": 0},
     ],
 )
 def test_extra_options_train(overrides):
@@ -302,9 +335,17 @@ def test_option_structure():
     assert isinstance(model.embeddings.patch_embeddings.norm, torch.nn.Identity)
     # Dropout placement: embeddings use `dropout`, LeFF `encoder_dropout`, attention probabilities and projections
     # their own rates, the LCA MLP `lca_encoder_dropout`.
-    model = CeiTModel(tiny_config(dropout=0.1, encoder_dropout=0.2, encoder_attention_dropout=0.3,
-                                  encoder_projection_dropout=0.4, lca_encoder_dropout=0.5,
-                                  lca_encoder_attention_dropout=0.6, lca_encoder_projection_dropout=0.7))
+    model = CeiTModel(
+        tiny_config(
+            dropout=0.1,
+            encoder_dropout=0.2,
+            encoder_attention_dropout=0.3,
+            encoder_projection_dropout=0.4,
+            lca_encoder_dropout=0.5,
+            lca_encoder_attention_dropout=0.6,
+            lca_encoder_projection_dropout=0.7,
+        )
+    )
     layer = model.encoder.layers[0]
     assert model.embeddings.dropout.p == 0.1
     assert layer.leff.dropout.p == 0.2
@@ -327,6 +368,7 @@ def test_post_norm_order_puts_layernorm_after_the_residual():
 
 
 # --- the official model -----------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("image_size, depth", [(224, 2), (384, 1)])
 def test_matches_independent_official_forward(image_size, depth):
@@ -380,6 +422,7 @@ def test_initialisation_follows_the_official_scheme():
 
 
 # --- outputs ---------------------------------------------------------------------------------------------------
+
 
 def test_output_shapes_and_counts():
     config = tiny_config(num_encoder_blocks=3)
@@ -453,8 +496,10 @@ def test_batch_norm_statistics_untouched_in_eval():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     model.train()
     model(pixels())
-    assert not torch.equal(before["ceit.encoder.layers.0.leff.expand_norm.running_mean"],
-                           model.ceit.encoder.layers[0].leff.expand_norm.running_mean)
+    assert not torch.equal(
+        before["ceit.encoder.layers.0.leff.expand_norm.running_mean"],
+        model.ceit.encoder.layers[0].leff.expand_norm.running_mean,
+    )
 
 
 def test_training_reduces_the_loss():
@@ -473,6 +518,7 @@ def test_training_reduces_the_loss():
 
 # --- save / load ------------------------------------------------------------------------------------------------
 
+
 def test_save_load_round_trip(tmp_path):
     model = CeiTForImageClassification(tiny_config(id2label={i: f"class{i}" for i in range(5)})).eval()
     model.train()(pixels())  # move the BatchNorm statistics away from their initial values
@@ -488,8 +534,10 @@ def test_save_load_round_trip(tmp_path):
             assert torch.equal(loaded(x).logits, model(x).logits)
     base = AutoModel.from_pretrained(tmp_path)
     assert type(base) is CeiTModel
-    assert torch.equal(base.encoder.layers[0].leff.expand_norm.running_mean,
-                       model.ceit.encoder.layers[0].leff.expand_norm.running_mean)
+    assert torch.equal(
+        base.encoder.layers[0].leff.expand_norm.running_mean,
+        model.ceit.encoder.layers[0].leff.expand_norm.running_mean,
+    )
     eager = CeiTForImageClassification.from_pretrained(tmp_path, attn_implementation="eager")
     assert eager.config._attn_implementation == "eager"
 
@@ -504,6 +552,7 @@ def test_reheading_for_fine_tuning(tmp_path):
 
 
 # --- image sizes ------------------------------------------------------------------------------------------------
+
 
 def test_other_sizes_need_interpolate_pos_encoding():
     model = CeiTForImageClassification(tiny_config()).eval()
@@ -538,6 +587,7 @@ def test_interpolated_position_embeddings_keep_the_class_embedding():
 
 # --- gradient checkpointing -------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("use_reentrant", [True, False])
 def test_gradient_checkpointing_changes_nothing(use_reentrant):
     config = tiny_config(stochastic_depth=True, stochastic_depth_mp=0.2)
@@ -557,7 +607,6 @@ def test_gradient_checkpointing_changes_nothing(use_reentrant):
     assert_same_training_results(checkpointed, reference)
     tracked = checkpointed.ceit.encoder.layers[0].leff.expand_norm.num_batches_tracked
     assert tracked.item() == 1
-
 
 
 def saved_for_backward(model, x, labels) -> tuple[torch.Tensor, int]:
@@ -582,8 +631,11 @@ def test_activation_checkpointing_every_n_layers_and_offload():
     without checkpointing (offload on CPU too)."""
     config = tiny_config(num_encoder_blocks=3, stochastic_depth=True, stochastic_depth_mp=0.2)
     reference = CeiTForImageClassification(config).train()
-    variants = {(1, False): copy.deepcopy(reference), (2, False): copy.deepcopy(reference),
-                (1, True): copy.deepcopy(reference)}
+    variants = {
+        (1, False): copy.deepcopy(reference),
+        (2, False): copy.deepcopy(reference),
+        (1, True): copy.deepcopy(reference),
+    }
     x, labels = pixels(batch=4), torch.tensor([0, 1, 2, 3])
     torch.manual_seed(123)
     expected_loss, saved = saved_for_backward(reference, x, labels)
@@ -601,6 +653,7 @@ def test_activation_checkpointing_every_n_layers_and_offload():
 
 
 # --- bad inputs (more in tests/test_loading.py) ------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     "value, message",
@@ -681,7 +734,7 @@ def test_leff_recomputation_changes_no_result(layer_checkpointing):
 
 
 def test_leff_recompute_is_a_runtime_switch(tmp_path):
-    """"auto" recomputes on CPU only; the switch is not saved, and configs saved with the old key still load."""
+    """ "auto" recomputes on CPU only; the switch is not saved, and configs saved with the old key still load."""
     model = CeiTForImageClassification(tiny_config()).train()
     leff = model.ceit.encoder.layers[0].leff
     assert leff.recomputes(torch.zeros(1)) and not leff.recomputes(torch.zeros(1, device="meta"))

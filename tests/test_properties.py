@@ -23,25 +23,57 @@ from ceit_hf import CeiTConfig, CeiTForImageClassification
 
 
 BOOL_OPTIONS = (
-    "leff_depthwise_separable", "lca_encoder_qkv_bias", "stochastic_depth", "qkv_bias", "i2t_conv_bias",
-    "patch_norm", "leff_batch_norm", "leff_final_activation", "lca_layer_position_embedding",
+    "leff_depthwise_separable",
+    "lca_encoder_qkv_bias",
+    "stochastic_depth",
+    "qkv_bias",
+    "i2t_conv_bias",
+    "patch_norm",
+    "leff_batch_norm",
+    "leff_final_activation",
+    "lca_layer_position_embedding",
 )
 PROBABILITY_OPTIONS = (
-    "dropout", "encoder_dropout", "encoder_attention_dropout", "encoder_projection_dropout", "lca_encoder_dropout",
-    "lca_encoder_attention_dropout", "lca_encoder_projection_dropout", "lca_encoder_stodepth_prob",
+    "dropout",
+    "encoder_dropout",
+    "encoder_attention_dropout",
+    "encoder_projection_dropout",
+    "lca_encoder_dropout",
+    "lca_encoder_attention_dropout",
+    "lca_encoder_projection_dropout",
+    "lca_encoder_stodepth_prob",
 )
 POSITIVE_INT_OPTIONS = (
-    "d_model", "patch_size", "encoder_num_heads", "num_encoder_blocks", "i2t_out_channels", "i2t_conv_kernel_size",
-    "i2t_conv_stride", "i2t_max_pool_kernel_size", "i2t_max_pool_stride", "leff_expand_ratio",
-    "leff_depthwise_kernel", "leff_depthwise_stride", "lca_encoder_expansion_ratio", "lca_encoder_num_heads",
+    "d_model",
+    "patch_size",
+    "encoder_num_heads",
+    "num_encoder_blocks",
+    "i2t_out_channels",
+    "i2t_conv_kernel_size",
+    "i2t_conv_stride",
+    "i2t_max_pool_kernel_size",
+    "i2t_max_pool_stride",
+    "leff_expand_ratio",
+    "leff_depthwise_kernel",
+    "leff_depthwise_stride",
+    "lca_encoder_expansion_ratio",
+    "lca_encoder_num_heads",
     "in_channels",
 )
 NON_NEGATIVE_INT_OPTIONS = ("leff_depthwise_padding", "i2t_conv_padding", "i2t_max_pool_padding")
-CHOICE_OPTIONS = {"ln_order": ("pre", "post"), "lca_encoder_ln_order": ("pre", "post"),
-                  "patchify_technique": ("linear", "conv")}
+CHOICE_OPTIONS = {
+    "ln_order": ("pre", "post"),
+    "lca_encoder_ln_order": ("pre", "post"),
+    "patchify_technique": ("linear", "conv"),
+}
 # transformers' names for seed options (CeiTConfig accepts both)
-ALIASES = {"d_model": "hidden_size", "num_encoder_blocks": "num_hidden_layers",
-           "encoder_num_heads": "num_attention_heads", "in_channels": "num_channels", "num_classes": "num_labels"}
+ALIASES = {
+    "d_model": "hidden_size",
+    "num_encoder_blocks": "num_hidden_layers",
+    "encoder_num_heads": "num_attention_heads",
+    "in_channels": "num_channels",
+    "num_classes": "num_labels",
+}
 
 
 def conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -75,17 +107,27 @@ def valid_configs(draw) -> dict:
     pool_padding = draw(st.one_of(st.none(), st.integers(0, pool_kernel // 2)))
     patch = draw(st.integers(1, 4))
     sizes = tiling_sizes(
-        kernel, stride, kernel // 2 if padding is None else padding,
-        pool_kernel, pool_stride, pool_kernel // 2 if pool_padding is None else pool_padding, patch,
+        kernel,
+        stride,
+        kernel // 2 if padding is None else padding,
+        pool_kernel,
+        pool_stride,
+        pool_kernel // 2 if pool_padding is None else pool_padding,
+        patch,
     )
     assume(sizes)
     square = draw(st.booleans())
     height = draw(st.sampled_from(sizes))
     kw["image_size"] = height if square else [height, draw(st.sampled_from(sizes))]
     kw.update(
-        i2t_conv_kernel_size=kernel, i2t_conv_stride=stride, i2t_conv_padding=padding,
-        i2t_max_pool_kernel_size=pool_kernel, i2t_max_pool_stride=pool_stride, i2t_max_pool_padding=pool_padding,
-        patch_size=patch, i2t_out_channels=draw(st.integers(1, 8)),
+        i2t_conv_kernel_size=kernel,
+        i2t_conv_stride=stride,
+        i2t_conv_padding=padding,
+        i2t_max_pool_kernel_size=pool_kernel,
+        i2t_max_pool_stride=pool_stride,
+        i2t_max_pool_padding=pool_padding,
+        patch_size=patch,
+        i2t_out_channels=draw(st.integers(1, 8)),
     )
     heads = draw(st.integers(1, 4))
     kw["encoder_num_heads"] = heads
@@ -184,8 +226,14 @@ BAD_BOOLS = st.sampled_from([0, 1, 2, 1.0, "True", "false", "yes", None, np.arra
 
 def bad_positive_ints():
     return st.one_of(
-        st.integers(max_value=0), st.integers(-(2**70), -(2**62)), st.booleans(), BAD_FLOATS, NOT_NUMBERS, st.none(),
-        st.floats(allow_nan=False, allow_infinity=False), st.sampled_from([2.0, np.float64(3.0), 0.5]),
+        st.integers(max_value=0),
+        st.integers(-(2**70), -(2**62)),
+        st.booleans(),
+        BAD_FLOATS,
+        NOT_NUMBERS,
+        st.none(),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.sampled_from([2.0, np.float64(3.0), 0.5]),
     )
 
 
@@ -195,33 +243,71 @@ def bad_non_negative_ints():
 
 def bad_probabilities():
     return st.one_of(
-        st.floats(max_value=-1e-12, allow_nan=False), st.floats(min_value=1.0), st.integers(min_value=1),
-        st.integers(max_value=-1), st.integers(min_value=10**310), BAD_FLOATS, NOT_NUMBERS, st.none(), st.booleans(),
+        st.floats(max_value=-1e-12, allow_nan=False),
+        st.floats(min_value=1.0),
+        st.integers(min_value=1),
+        st.integers(max_value=-1),
+        st.integers(min_value=10**310),
+        BAD_FLOATS,
+        NOT_NUMBERS,
+        st.none(),
+        st.booleans(),
         st.sampled_from([np.float32(1.5), np.float64(-0.5), np.int64(2)]),
     )
 
 
 def bad_choices(choices):
     text = st.text(max_size=8).filter(lambda s: s not in choices)
-    variants = st.sampled_from([c.upper() for c in choices] + [f" {c}" for c in choices] + [c.title() for c in choices])
-    return st.one_of(text, variants, st.none(), st.integers(), st.booleans(), NOT_NUMBERS, st.just([choices[0]]),
-                     st.just(np.array(choices)))
+    variants = st.sampled_from(
+        [c.upper() for c in choices] + [f" {c}" for c in choices] + [c.title() for c in choices]
+    )
+    return st.one_of(
+        text,
+        variants,
+        st.none(),
+        st.integers(),
+        st.booleans(),
+        NOT_NUMBERS,
+        st.just([choices[0]]),
+        st.just(np.array(choices)),
+    )
 
 
 @st.composite
-def broken_configs(draw) -> tuple[dict, dict, str, set[str]]:
+def broken_configs(draw) -> tuple[dict, dict, str, set[str]]:  # noqa: C901 (a case per rule)
     """(valid keyword arguments, changes that make exactly one option invalid, that option, the names an error
     message may use for it). A change to None under a key in `REMOVE` drops that keyword instead."""
     kw = draw(valid_configs())
     for seed_name, alias in ALIASES.items():  # back to seed names, so the broken option is given once
         if alias in kw:
             kw[seed_name] = kw.pop(alias)
-    kind = draw(st.sampled_from([
-        "positive_int", "non_negative_int", "probability", "bool", "choice", "image_size", "not_tiling",
-        "patch_too_large", "classifier_mlp_d", "layer_scale", "positive_number", "stochastic_depth_mp",
-        "stochastic_depth_without_mp", "heads", "d_model", "leff_stride", "leff_padding", "leff_even_kernel",
-        "max_pool_padding", "num_classes", "id2label",
-    ]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "positive_int",
+                "non_negative_int",
+                "probability",
+                "bool",
+                "choice",
+                "image_size",
+                "not_tiling",
+                "patch_too_large",
+                "classifier_mlp_d",
+                "layer_scale",
+                "positive_number",
+                "stochastic_depth_mp",
+                "stochastic_depth_without_mp",
+                "heads",
+                "d_model",
+                "leff_stride",
+                "leff_padding",
+                "leff_even_kernel",
+                "max_pool_padding",
+                "num_classes",
+                "id2label",
+            ]
+        )
+    )
     changes, names = {}, None
     if kind == "positive_int":
         option = draw(st.sampled_from(POSITIVE_INT_OPTIONS))
@@ -240,11 +326,18 @@ def broken_configs(draw) -> tuple[dict, dict, str, set[str]]:
         value = draw(bad_choices(CHOICE_OPTIONS[option]))
     elif kind == "image_size":
         option = "image_size"
-        value = draw(st.one_of(
-            st.integers(max_value=0), st.booleans(), BAD_FLOATS, NOT_NUMBERS, st.none(), st.sampled_from([32.0, "32"]),
-            st.lists(st.integers(1, 64), max_size=4).filter(lambda v: len(v) != 2),
-            st.sampled_from([[32, 32.0], [True, 32], [32, None], [0, 32], [32, -16], ["32", "32"]]),
-        ))
+        value = draw(
+            st.one_of(
+                st.integers(max_value=0),
+                st.booleans(),
+                BAD_FLOATS,
+                NOT_NUMBERS,
+                st.none(),
+                st.sampled_from([32.0, "32"]),
+                st.lists(st.integers(1, 64), max_size=4).filter(lambda v: len(v) != 2),
+                st.sampled_from([[32, 32.0], [True, 32], [32, None], [0, 32], [32, -16], ["32", "32"]]),
+            )
+        )
     elif kind == "not_tiling":
         option = "image_size"
         probe = CeiTConfig(**kw)
@@ -262,12 +355,28 @@ def broken_configs(draw) -> tuple[dict, dict, str, set[str]]:
         value = draw(st.one_of(st.integers(max_value=0), st.booleans(), BAD_FLOATS, NOT_NUMBERS, st.just(16.0)))
     elif kind == "layer_scale":
         option = draw(st.sampled_from(["layer_scale", "lca_encoder_layer_scale"]))
-        value = draw(st.one_of(st.floats(max_value=-1e-300, allow_nan=False), st.integers(max_value=-1), BAD_FLOATS,
-                               NOT_NUMBERS, st.booleans(), st.just(-(10**400))))
+        value = draw(
+            st.one_of(
+                st.floats(max_value=-1e-300, allow_nan=False),
+                st.integers(max_value=-1),
+                BAD_FLOATS,
+                NOT_NUMBERS,
+                st.booleans(),
+                st.just(-(10**400)),
+            )
+        )
     elif kind == "positive_number":
         option = draw(st.sampled_from(["layer_norm_eps", "initializer_range"]))
-        value = draw(st.one_of(st.floats(max_value=0.0, allow_nan=False), st.integers(max_value=0), BAD_FLOATS,
-                               NOT_NUMBERS, st.booleans(), st.none()))
+        value = draw(
+            st.one_of(
+                st.floats(max_value=0.0, allow_nan=False),
+                st.integers(max_value=0),
+                BAD_FLOATS,
+                NOT_NUMBERS,
+                st.booleans(),
+                st.none(),
+            )
+        )
     elif kind == "stochastic_depth_mp":
         option = "stochastic_depth_mp"
         changes["stochastic_depth"] = draw(st.booleans())
@@ -300,19 +409,23 @@ def broken_configs(draw) -> tuple[dict, dict, str, set[str]]:
     elif kind == "num_classes":
         option, names = draw(st.sampled_from(["num_classes", "num_labels"])), {"num_classes"}
         changes["num_classes"] = REMOVE
-        value = draw(st.one_of(st.integers(max_value=-1), st.booleans(), BAD_FLOATS, NOT_NUMBERS, st.none(),
-                               st.just(2.0)))
+        value = draw(
+            st.one_of(st.integers(max_value=-1), st.booleans(), BAD_FLOATS, NOT_NUMBERS, st.none(), st.just(2.0))
+        )
     else:
         option = "id2label"
         changes["num_classes"] = REMOVE
-        value = draw(st.one_of(
-            st.sampled_from([["a", "b"], "labels", 3, ("a",)]),
-            st.dictionaries(st.sampled_from(["a", "-1", "1.0", 1.5, None, True, "\u00b2"]), st.text(max_size=3),
-                            min_size=1),
-            st.lists(st.integers(-3, 8), min_size=1, max_size=5, unique=True)
-            .filter(lambda keys: sorted(keys) != list(range(len(keys))))
-            .map(lambda keys: {k: f"class{k}" for k in keys}),
-        ))
+        value = draw(
+            st.one_of(
+                st.sampled_from([["a", "b"], "labels", 3, ("a",)]),
+                st.dictionaries(
+                    st.sampled_from(["a", "-1", "1.0", 1.5, None, True, "\u00b2"]), st.text(max_size=3), min_size=1
+                ),
+                st.lists(st.integers(-3, 8), min_size=1, max_size=5, unique=True)
+                .filter(lambda keys: sorted(keys) != list(range(len(keys))))
+                .map(lambda keys: {k: f"class{k}" for k in keys}),
+            )
+        )
     changes[option] = value
     return kw, changes, option, names or {option}
 
@@ -366,9 +479,16 @@ def test_invalid_values_set_after_construction_are_refused_on_save(case):
 
 def test_numpy_scalars_are_stored_as_python_numbers(tmp_path):
     config = CeiTConfig(
-        image_size=[np.int64(32), np.int32(32)], d_model=np.int64(32), encoder_num_heads=np.int16(2),
-        lca_encoder_num_heads=2, num_encoder_blocks=np.uint8(1), i2t_out_channels=8, patch_size=2,
-        dropout=np.float32(0.25), layer_scale=np.float16(0.5), layer_norm_eps=np.float64(1e-6),
+        image_size=[np.int64(32), np.int32(32)],
+        d_model=np.int64(32),
+        encoder_num_heads=np.int16(2),
+        lca_encoder_num_heads=2,
+        num_encoder_blocks=np.uint8(1),
+        i2t_out_channels=8,
+        patch_size=2,
+        dropout=np.float32(0.25),
+        layer_scale=np.float16(0.5),
+        layer_norm_eps=np.float64(1e-6),
         num_classes=np.int64(3),
     )
     assert config.image_size == [32, 32] and type(config.image_size[0]) is int and config.num_labels == 3
@@ -385,8 +505,17 @@ def test_numpy_scalars_are_stored_as_python_numbers(tmp_path):
 def test_two_classes_survive_save_and_load(tmp_path):
     """transformers leaves labels equal to its own default (2 classes, LABEL_0/LABEL_1) out of config.json, and CeiT's
     default is 1000 classes: a 2-class model came back with a 1000-class head (randomly initialised)."""
-    config = CeiTConfig(image_size=32, d_model=8, encoder_num_heads=2, lca_encoder_num_heads=2, num_encoder_blocks=1,
-                        i2t_out_channels=4, patch_size=2, classifier_mlp_d=None, num_classes=2)
+    config = CeiTConfig(
+        image_size=32,
+        d_model=8,
+        encoder_num_heads=2,
+        lca_encoder_num_heads=2,
+        num_encoder_blocks=1,
+        i2t_out_channels=4,
+        patch_size=2,
+        classifier_mlp_d=None,
+        num_classes=2,
+    )
     model = CeiTForImageClassification(config).eval()
     model.save_pretrained(tmp_path)
     loaded = CeiTForImageClassification.from_pretrained(tmp_path)
@@ -399,12 +528,12 @@ def test_two_classes_survive_save_and_load(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, option",
     [
-        (dict(layer_scale=-(10**400)), "layer_scale"),  # was an OverflowError (math.isfinite of a huge int)
-        (dict(dropout=10**400), "dropout"),
-        (dict(id2label=["a", "b"]), "id2label"),  # was an AttributeError
-        (dict(id2label={"a": "cat"}), "id2label"),  # was "invalid literal for int()"
-        (dict(id2label={0: "cat", 2: "dog"}), "id2label"),  # was accepted: 2 logits, yet a class index 2
-        (dict(ln_order=np.array(["pre", "post"])), "ln_order"),  # was numpy's "truth value ... is ambiguous"
+        ({"layer_scale": -(10**400)}, "layer_scale"),  # was an OverflowError (math.isfinite of a huge int)
+        ({"dropout": 10**400}, "dropout"),
+        ({"id2label": ["a", "b"]}, "id2label"),  # was an AttributeError
+        ({"id2label": {"a": "cat"}}, "id2label"),  # was "invalid literal for int()"
+        ({"id2label": {0: "cat", 2: "dog"}}, "id2label"),  # was accepted: 2 logits, yet a class index 2
+        ({"ln_order": np.array(["pre", "post"])}, "ln_order"),  # was numpy's "truth value ... is ambiguous"
     ],
 )
 def test_found_invalid_values(kwargs, option):

@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import CODE_FILES, IMAGE_PROCESSOR_MAP, MODEL_AUTO_MAP
 from PIL import Image
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
 
 import ceit_hf
 from ceit_hf import (
@@ -26,9 +28,6 @@ from ceit_hf import (
     CeiTModel,
 )
 from ceit_hf.hub import check_model_folder
-from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
-
-from conftest import CODE_FILES, IMAGE_PROCESSOR_MAP, MODEL_AUTO_MAP
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -58,8 +57,14 @@ def saved(tmp_path_factory):
     image.save(root / "image.png")
     with torch.no_grad():
         logits = model(pixel_values).logits
-    return {"root": root, "folder": folder, "model": model, "pixel_values": pixel_values, "logits": logits,
-            "image": image}
+    return {
+        "root": root,
+        "folder": folder,
+        "model": model,
+        "pixel_values": pixel_values,
+        "logits": logits,
+        "image": image,
+    }
 
 
 # --------------------------------------------------------------------------------------------- the saved folder
@@ -170,7 +175,11 @@ def remote(saved):
     env.update(HF_MODULES_CACHE=str(root / "modules_cache"), HF_HUB_OFFLINE="1", HF_HUB_DISABLE_PROGRESS_BARS="1")
     completed = subprocess.run(
         [sys.executable, str(script), str(saved["folder"]), str(work)],
-        cwd=work, env=env, capture_output=True, text=True, timeout=300,
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert completed.returncode == 0, completed.stderr[-5000:]
     report = json.loads((work / "report.json").read_text())

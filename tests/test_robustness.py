@@ -131,8 +131,8 @@ def test_a_garbled_png_path_does_not_crash_the_process(image_files, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "name", ["photo.png", "photo.jpg", "gray16.png", "rgba.png", "la.png", "palette_transparent.png", "cmyk.jpg",
-             "tall.png"]
+    "name",
+    ["photo.png", "photo.jpg", "gray16.png", "rgba.png", "la.png", "palette_transparent.png", "cmyk.jpg", "tall.png"],
 )
 @pytest.mark.parametrize("cls", PROCESSORS)
 def test_image_files_give_the_same_pixels_as_path_and_as_opened_image(cls, name, image_files):
@@ -148,7 +148,9 @@ def test_image_files_give_the_same_pixels_as_path_and_as_opened_image(cls, name,
 @pytest.mark.parametrize("cls", PROCESSORS)
 def test_sixteen_bit_and_transparent_files_keep_their_picture(cls, image_files):
     processor = cls()
-    assert torch.equal(pixels(processor, str(image_files["gray16.png"])), pixels(processor, str(image_files["gray.png"])))
+    assert torch.equal(
+        pixels(processor, str(image_files["gray16.png"])), pixels(processor, str(image_files["gray.png"]))
+    )
     rgba = pixels(processor, str(image_files["rgba.png"]))
     white = (1 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])
     # the transparent left half is white, the opaque right half is the photo
@@ -167,7 +169,9 @@ def test_every_torch_load_is_weights_only():
                 assert "load" not in {alias.name for alias in node.names}, f"{path}: import torch.load under a name"
             if isinstance(node, ast.Call) and ast.unparse(node.func) in ("torch.load", "torch.serialization.load"):
                 keywords = {k.arg: k.value for k in node.keywords}
-                safe = isinstance(keywords.get("weights_only"), ast.Constant) and keywords["weights_only"].value is True
+                safe = (
+                    isinstance(keywords.get("weights_only"), ast.Constant) and keywords["weights_only"].value is True
+                )
                 calls.append((path.relative_to(ROOT), node.lineno, safe))
         # a text search as well, for calls the AST walk might not recognise (aliases, getattr)
         assert source.count("torch.load(") == sum(1 for p, *_ in calls if p == path.relative_to(ROOT)), path
@@ -178,9 +182,26 @@ def test_every_torch_load_is_weights_only():
 # --- interrupted training ------------------------------------------------------------------------------------------
 
 SHORT = [
-    "--max_train_samples", "96", "--max_eval_samples", "32", "--per_device_train_batch_size", "8",
-    "--config_overrides", "num_encoder_blocks=1", "--disable_tqdm", "true", "--report_to", "none",
-    "--eval_strategy", "no", "--save_strategy", "steps", "--save_steps", "4", "--max_steps", "12",
+    "--max_train_samples",
+    "96",
+    "--max_eval_samples",
+    "32",
+    "--per_device_train_batch_size",
+    "8",
+    "--config_overrides",
+    "num_encoder_blocks=1",
+    "--disable_tqdm",
+    "true",
+    "--report_to",
+    "none",
+    "--eval_strategy",
+    "no",
+    "--save_strategy",
+    "steps",
+    "--save_steps",
+    "4",
+    "--max_steps",
+    "12",
 ]
 
 
@@ -200,7 +221,10 @@ def test_training_killed_while_saving_resumes_to_the_same_weights(tmp_path):
     with open(tmp_path / "killed.log", "w", encoding="utf-8") as log:
         process = subprocess.Popen(
             [sys.executable, "scripts/train.py", "--output_dir", str(killed), *SHORT],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         try:
             deadline = time.monotonic() + 300
@@ -244,8 +268,11 @@ def test_an_incomplete_checkpoint_is_skipped_on_resume(tmp_path, caplog, monkeyp
     monkeypatch.setattr(logging.getLogger("ceit_hf"), "propagate", True)  # (main's logging setup turns it off)
     with caplog.at_level(logging.INFO, logger="ceit_hf.training"):
         main(["--output_dir", str(run), *steps, "--resume_from_checkpoint", "auto"])
-    assert re.search(rf"Skipping the incomplete checkpoint {re.escape(str(run / 'checkpoint-8'))}: model.safetensors "
-                     "is damaged or truncated", caplog.text)
+    assert re.search(
+        rf"Skipping the incomplete checkpoint {re.escape(str(run / 'checkpoint-8'))}: model.safetensors "
+        "is damaged or truncated",
+        caplog.text,
+    )
     assert f"Resuming from {run / 'checkpoint-4'}," in caplog.text
     assert (kept.read_bytes(), kept.stat().st_mtime_ns) == kept_state
     assert checkpoint_problems(run / "checkpoint-8") == []  # written again
@@ -292,11 +319,15 @@ def test_resume_skips_incomplete_checkpoints(tmp_path):
         (out / "checkpoint-24", "model weights are missing"),
         (out / "nothing-here", "no such folder"),
     ]:
-        with pytest.raises(SystemExit, match=rf"is not a complete checkpoint: .*{problem}.*--resume_from_checkpoint auto"):
+        with pytest.raises(
+            SystemExit, match=rf"is not a complete checkpoint: .*{problem}.*--resume_from_checkpoint auto"
+        ):
             resolve_resume_checkpoint(str(path), str(out), ema=True)
 
     # through the command line: --model_ema_decay makes the EMA file part of a complete checkpoint
-    _, _, _, args = parse_args(["--output_dir", str(out), "--resume_from_checkpoint", "auto", "--model_ema_decay", "0.9"])
+    _, _, _, args = parse_args(
+        ["--output_dir", str(out), "--resume_from_checkpoint", "auto", "--model_ema_decay", "0.9"]
+    )
     assert args.resume_from_checkpoint == str(complete)
     _, _, _, args = parse_args(["--output_dir", str(out), "--resume_from_checkpoint", "auto"])
     assert args.resume_from_checkpoint == str(no_ema)
@@ -326,8 +357,11 @@ def read_only_folder(tmp_path: Path) -> Path:
 def test_unwritable_output_dir_fails_before_training(tmp_path, where, monkeypatch):
     blocker = tmp_path / "file"
     blocker.write_text("a file")
-    output_dir = {"read_only": lambda: read_only_folder(tmp_path), "existing_file": lambda: blocker,
-                  "under_a_file": lambda: blocker / "run"}[where]()
+    output_dir = {
+        "read_only": lambda: read_only_folder(tmp_path),
+        "existing_file": lambda: blocker,
+        "under_a_file": lambda: blocker / "run",
+    }[where]()
     monkeypatch.setattr("ceit_hf.training.run.load_image_datasets", _no_training)
     with pytest.raises(SystemExit, match=rf"error: cannot write to --output_dir '{re.escape(str(output_dir))}': "):
         main(["--output_dir", str(output_dir), *SHORT])
@@ -338,7 +372,9 @@ def _no_training(*args, **kwargs):
 
 
 def test_full_output_location_fails_before_training(tmp_path, monkeypatch):
-    monkeypatch.setattr("ceit_hf.training.run.shutil.disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9, 0))
+    monkeypatch.setattr(
+        "ceit_hf.training.run.shutil.disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9, 0)
+    )
     monkeypatch.setattr("ceit_hf.training.run.load_image_datasets", _no_training)
     with pytest.raises(SystemExit, match="cannot write to --output_dir .*: No space left on device"):
         main(["--output_dir", str(tmp_path / "run"), *SHORT])
@@ -351,8 +387,9 @@ def test_full_filesystem_fails_before_training(tmp_path, monkeypatch):
         pytest.skip("no mount command")
     mount_point = tmp_path / "tiny"
     mount_point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)],
-                             capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)], capture_output=True, text=True
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     try:
@@ -371,7 +408,15 @@ def test_fine_tuning_on_more_classes_needs_a_new_classifier(tmp_path):
     base = tmp_path / "five-classes"
     config = small_config(32, {i: str(i) for i in range(5)}, num_encoder_blocks=1)
     CeiTForImageClassification(config).save_pretrained(base)
-    fine_tune = ["--model_name_or_path", str(base), "--output_dir", str(tmp_path / "out"), *SHORT[:6], "--max_steps", "1"]
+    fine_tune = [
+        "--model_name_or_path",
+        str(base),
+        "--output_dir",
+        str(tmp_path / "out"),
+        *SHORT[:6],
+        "--max_steps",
+        "1",
+    ]
     # the bundled digits have 10 classes
     # transformers' contract: a classifier of another size raises unless ignore_mismatched_sizes (it names the keys
     # in its load report)
@@ -394,5 +439,3 @@ def test_validation_labels_outside_the_training_classes_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"The validation split has labels \[7, 9\] outside the model's 5 classes"):
         main(["--dataset_name", str(data), "--output_dir", str(tmp_path / "out"), *SHORT])
     assert not (tmp_path / "out" / "model.safetensors").exists()
-
-

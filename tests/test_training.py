@@ -34,12 +34,36 @@ from ceit_hf.training.data import batch_mixer
 ROOT = Path(__file__).resolve().parents[1]
 # A few steps of a one-block model: enough to exercise the whole job in seconds.
 SHORT = [
-    "--max_train_samples", "96", "--max_eval_samples", "32", "--per_device_train_batch_size", "8",
-    "--config_overrides", "num_encoder_blocks=1", "--disable_tqdm", "true", "--report_to", "none",
+    "--max_train_samples",
+    "96",
+    "--max_eval_samples",
+    "32",
+    "--per_device_train_batch_size",
+    "8",
+    "--config_overrides",
+    "num_encoder_blocks=1",
+    "--disable_tqdm",
+    "true",
+    "--report_to",
+    "none",
 ]
 RECIPE = [
-    "--mixup_alpha", "0.8", "--cutmix_alpha", "1.0", "--random_erasing", "0.25", "--rand_augment_ops", "2",
-    "--color_jitter", "0.4", "--label_smoothing_factor", "0.1", "--model_ema_decay", "0.9", "--drop_path", "0.1",
+    "--mixup_alpha",
+    "0.8",
+    "--cutmix_alpha",
+    "1.0",
+    "--random_erasing",
+    "0.25",
+    "--rand_augment_ops",
+    "2",
+    "--color_jitter",
+    "0.4",
+    "--label_smoothing_factor",
+    "0.1",
+    "--model_ema_decay",
+    "0.9",
+    "--drop_path",
+    "0.1",
 ]
 
 
@@ -83,7 +107,9 @@ def test_main_job_trains_digits_to_95_percent(tmp_path):
     truth = [str(validation[i]["label"]) for i in range(20)]
     assert np.mean([p == t for p, t in zip(predictions, truth)]) >= 0.9
 
-    evaluation = run_script([sys.executable, "scripts/evaluate.py", "--model", str(out), "--output_json", str(tmp_path / "e.json")])
+    evaluation = run_script(
+        [sys.executable, "scripts/evaluate.py", "--model", str(out), "--output_json", str(tmp_path / "e.json")]
+    )
     assert evaluation.returncode == 0, evaluation.stderr[-2000:]
     evaluated = json.loads((tmp_path / "e.json").read_text())
     assert evaluated["num_images"] == 360 and evaluated["images_per_second"] > 0
@@ -92,22 +118,55 @@ def test_main_job_trains_digits_to_95_percent(tmp_path):
 
 def test_resume_is_exact_with_the_whole_recipe(tmp_path):
     """8 steps saving at step 4, then a second run resumed from checkpoint-4: the same weights (and EMA)."""
-    common = SHORT + RECIPE + ["--max_steps", "8", "--save_strategy", "steps", "--save_steps", "4", "--eval_strategy", "no"]
+    common = (
+        SHORT + RECIPE + ["--max_steps", "8", "--save_strategy", "steps", "--save_steps", "4", "--eval_strategy", "no"]
+    )
     main(["--output_dir", str(tmp_path / "a"), *common])
-    main(["--output_dir", str(tmp_path / "b"), *common, "--resume_from_checkpoint", str(tmp_path / "a" / "checkpoint-4")])
+    main(
+        [
+            "--output_dir",
+            str(tmp_path / "b"),
+            *common,
+            "--resume_from_checkpoint",
+            str(tmp_path / "a" / "checkpoint-4"),
+        ]
+    )
     assert max_difference(tmp_path / "a" / "model.safetensors", tmp_path / "b" / "model.safetensors") <= 1e-6
-    assert max_difference(tmp_path / "a" / "ema" / "model.safetensors", tmp_path / "b" / "ema" / "model.safetensors") <= 1e-6
+    assert (
+        max_difference(tmp_path / "a" / "ema" / "model.safetensors", tmp_path / "b" / "ema" / "model.safetensors")
+        <= 1e-6
+    )
     # and the run really trained: the weights moved away from the checkpoint
-    assert max_difference(tmp_path / "a" / "checkpoint-4" / "model.safetensors", tmp_path / "a" / "model.safetensors") > 1e-4
+    assert (
+        max_difference(tmp_path / "a" / "checkpoint-4" / "model.safetensors", tmp_path / "a" / "model.safetensors")
+        > 1e-4
+    )
 
 
 @pytest.mark.slow
 def test_two_process_data_parallel_on_cpu(tmp_path):
     out = tmp_path / "ddp"
     result = run_script(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-         "scripts/train.py", "--use_cpu", "--output_dir", str(out), "--max_steps", "4", "--eval_strategy", "no",
-         "--save_strategy", "no", *SHORT]
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29533",
+            "scripts/train.py",
+            "--use_cpu",
+            "--output_dir",
+            str(out),
+            "--max_steps",
+            "4",
+            "--eval_strategy",
+            "no",
+            "--save_strategy",
+            "no",
+            *SHORT,
+        ]
     )
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr
@@ -120,7 +179,10 @@ def test_two_process_data_parallel_on_cpu(tmp_path):
 def digit_folders(root: Path, size: int = 48, train: int = 60, val: int = 20) -> Path:
     """The first digits as PNG files in `root/train/digit_K/` and `root/val/digit_K/` (imagefolder layout)."""
     digits = digits_dataset()
-    for split, data in (("train", digits["train"].select(range(train))), ("val", digits["validation"].select(range(val)))):
+    for split, data in (
+        ("train", digits["train"].select(range(train))),
+        ("val", digits["validation"].select(range(val))),
+    ):
         for i, example in enumerate(data):
             folder = root / split / f"digit_{example['label']}"
             folder.mkdir(parents=True, exist_ok=True)
@@ -131,11 +193,24 @@ def digit_folders(root: Path, size: int = 48, train: int = 60, val: int = 20) ->
 def test_own_image_folders_get_a_small_model_sized_to_the_images(tmp_path):
     digit_folders(tmp_path)
     out = tmp_path / "out"
-    metrics = main([
-        "--train_dir", str(tmp_path / "train"), "--validation_dir", str(tmp_path / "val"), "--output_dir", str(out),
-        "--num_train_epochs", "1", "--per_device_train_batch_size", "16", "--disable_tqdm", "true",
-        "--torch_threads", "1",
-    ])
+    metrics = main(
+        [
+            "--train_dir",
+            str(tmp_path / "train"),
+            "--validation_dir",
+            str(tmp_path / "val"),
+            "--output_dir",
+            str(out),
+            "--num_train_epochs",
+            "1",
+            "--per_device_train_batch_size",
+            "16",
+            "--disable_tqdm",
+            "true",
+            "--torch_threads",
+            "1",
+        ]
+    )
     assert "eval_accuracy" in metrics and torch.get_num_threads() == 1
     config = json.loads((out / "config.json").read_text())
     assert config["image_size"] == 48 and config["d_model"] == 64
@@ -148,11 +223,28 @@ def test_fine_tuning_a_saved_model_with_new_labels(tmp_path):
     # the same kind of images with the labels renamed ("7" -> "digit_7"): a different id2label of the same size
     digit_folders(tmp_path / "data", size=32)
     tuned = tmp_path / "tuned"
-    metrics = main([
-        "--model_name_or_path", str(base), "--train_dir", str(tmp_path / "data" / "train"), "--validation_dir",
-        str(tmp_path / "data" / "val"), "--output_dir", str(tuned), "--max_steps", "2", "--eval_strategy", "no",
-        "--save_strategy", "no", "--disable_tqdm", "true", "--report_to", "none",
-    ])
+    metrics = main(
+        [
+            "--model_name_or_path",
+            str(base),
+            "--train_dir",
+            str(tmp_path / "data" / "train"),
+            "--validation_dir",
+            str(tmp_path / "data" / "val"),
+            "--output_dir",
+            str(tuned),
+            "--max_steps",
+            "2",
+            "--eval_strategy",
+            "no",
+            "--save_strategy",
+            "no",
+            "--disable_tqdm",
+            "true",
+            "--report_to",
+            "none",
+        ]
+    )
     assert 0.0 <= metrics["eval_accuracy"] <= 1.0
     base_labels = json.loads((base / "config.json").read_text())["id2label"]
     tuned_labels = json.loads((tuned / "config.json").read_text())["id2label"]
@@ -160,6 +252,7 @@ def test_fine_tuning_a_saved_model_with_new_labels(tmp_path):
     # it started from the saved weights: 2 small steps move them a little, far less than a fresh initialisation is away
     fresh = tmp_path / "fresh"
     CeiTForImageClassification(CeiTForImageClassification.config_class.from_pretrained(base)).save_pretrained(fresh)
+
     def mean_change(a: Path, b: Path) -> float:  # over the learned weights (not BatchNorm's statistics)
         first, second = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
         learned = [k for k in first if first[k].is_floating_point() and "running_" not in k]
@@ -201,18 +294,40 @@ def test_bad_image_folders_fail_with_one_line(tmp_path, layout, message):
 
 
 def test_bad_data_is_one_line_without_a_traceback_and_help_lists_every_flag(tmp_path, capsys):
-    result = run_script([sys.executable, "scripts/train.py", "--train_dir", str(tmp_path / "nope"), "--output_dir",
-                         str(tmp_path / "out")], timeout=120)
+    result = run_script(
+        [
+            sys.executable,
+            "scripts/train.py",
+            "--train_dir",
+            str(tmp_path / "nope"),
+            "--output_dir",
+            str(tmp_path / "out"),
+        ],
+        timeout=120,
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith(f"error: --train_dir '{tmp_path / 'nope'}' does not exist")
+    assert (
+        result.stderr.strip().splitlines()[-1].startswith(f"error: --train_dir '{tmp_path / 'nope'}' does not exist")
+    )
     from ceit_hf.training.arguments import parse_args
 
     with pytest.raises(SystemExit) as exit_info:  # (in-process: a second interpreter costs 5 s of imports)
         parse_args(["--help"])
     assert exit_info.value.code == 0
     help_text = capsys.readouterr().out
-    for flag in ("--output_dir", "--train_dir", "--recipe", "--mixup_alpha", "--torch_threads", "--sync_batchnorm",
-                 "--learning_rate", "--resume_from_checkpoint", "--push_to_hub", "--lora_rank", "--merge_lora"):
+    for flag in (
+        "--output_dir",
+        "--train_dir",
+        "--recipe",
+        "--mixup_alpha",
+        "--torch_threads",
+        "--sync_batchnorm",
+        "--learning_rate",
+        "--resume_from_checkpoint",
+        "--push_to_hub",
+        "--lora_rank",
+        "--merge_lora",
+    ):
         assert f"\n  {flag} " in help_text, flag
 
 
@@ -230,8 +345,20 @@ def recorded_run(tmp_path, monkeypatch, flags, record=None):
         return trained["trainer"], metrics
 
     monkeypatch.setattr(run, "train_and_evaluate", train_and_evaluate)
-    metrics = main(["--output_dir", str(tmp_path / "run"), "--max_steps", "2", "--eval_strategy", "no",
-                    "--save_strategy", "no", *SHORT, *flags])
+    metrics = main(
+        [
+            "--output_dir",
+            str(tmp_path / "run"),
+            "--max_steps",
+            "2",
+            "--eval_strategy",
+            "no",
+            "--save_strategy",
+            "no",
+            *SHORT,
+            *flags,
+        ]
+    )
     assert np.isfinite(metrics["eval_loss"])
     return trained["trainer"], metrics
 
@@ -246,10 +373,19 @@ def test_training_options_activation_checkpointing_replays_the_checkpointed_bloc
         for i, layer in enumerate(model.ceit.encoder.layers):
             layer.attention.register_forward_hook(lambda module, args, output, i=i: calls[i].append(module.training))
 
-    trainer, _ = recorded_run(tmp_path, monkeypatch, [
-        "--config_overrides", "num_encoder_blocks=2", "--activation_checkpointing", "true",
-        "--activation_checkpointing_kwargs", '{"every_n_layers": 2}',
-    ], count_calls)
+    trainer, _ = recorded_run(
+        tmp_path,
+        monkeypatch,
+        [
+            "--config_overrides",
+            "num_encoder_blocks=2",
+            "--activation_checkpointing",
+            "true",
+            "--activation_checkpointing_kwargs",
+            '{"every_n_layers": 2}',
+        ],
+        count_calls,
+    )
     assert trainer.args.activation_checkpointing and trainer.model.is_activation_checkpointing
     assert [layer.gradient_checkpointing for layer in trainer.model.ceit.encoder.layers] == [True, False]
     # 2 training steps, then the 32 evaluation images in one batch
@@ -298,10 +434,20 @@ def test_training_options_deit_recipe_mixes_the_targets_and_keeps_an_ema(tmp_pat
 
     monkeypatch.setattr(run, "soft_target_loss", recording_loss)
     monkeypatch.setattr(run, "ModelEMACallback", RecordingEMA)
-    _, metrics = recorded_run(tmp_path, monkeypatch, [
-        "--recipe", "deit", "--num_train_epochs", "1", "--per_device_train_batch_size", "8",
-        "--model_ema_decay", "0.9",
-    ])
+    _, metrics = recorded_run(
+        tmp_path,
+        monkeypatch,
+        [
+            "--recipe",
+            "deit",
+            "--num_train_epochs",
+            "1",
+            "--per_device_train_batch_size",
+            "8",
+            "--model_ema_decay",
+            "0.9",
+        ],
+    )
     training = [labels for _, labels in seen if labels.is_floating_point()]
     assert len(training) == 2 and {smoothing for smoothing, _ in seen} == {0.1}
     for targets in training:
@@ -364,21 +510,37 @@ def test_batch_mixer_makes_soft_targets():
 
 @pytest.mark.slow
 def test_torch_compile_training(tmp_path):
-    metrics = main(["--output_dir", str(tmp_path / "run"), "--max_steps", "2", "--eval_strategy", "no",
-                    "--save_strategy", "no", *SHORT, "--torch_compile", "true"])
+    metrics = main(
+        [
+            "--output_dir",
+            str(tmp_path / "run"),
+            "--max_steps",
+            "2",
+            "--eval_strategy",
+            "no",
+            "--save_strategy",
+            "no",
+            *SHORT,
+            "--torch_compile",
+            "true",
+        ]
+    )
     assert np.isfinite(metrics["eval_loss"])
 
 
 def test_deit_recipe_fills_only_what_is_not_given(tmp_path):
-    _, _, recipe, args = parse_args(["--output_dir", str(tmp_path), "--recipe", "deit", "--per_device_train_batch_size", "64"])
+    _, _, recipe, args = parse_args(
+        ["--output_dir", str(tmp_path), "--recipe", "deit", "--per_device_train_batch_size", "64"]
+    )
     assert (recipe.mixup_alpha, recipe.cutmix_alpha, recipe.random_erasing) == (0.8, 1.0, 0.25)
     assert (recipe.rand_augment_ops, recipe.rand_augment_magnitude, recipe.color_jitter) == (2, 9, 0.4)
     assert (recipe.drop_path, recipe.model_ema_decay) == (0.1, 0.99996)
     assert args.label_smoothing_factor == 0.1 and args.weight_decay == 0.05 and args.num_train_epochs == 300
     assert args.lr_scheduler_type.value == "cosine_with_min_lr" and args.lr_scheduler_kwargs == {"min_lr": 1e-5}
     assert args.learning_rate == pytest.approx(5e-4 * 64 * args.world_size / 512)
-    _, _, recipe, args = parse_args(["--output_dir", str(tmp_path), "--recipe", "deit", "--mixup_alpha", "0",
-                                     "--learning_rate", "1e-3"])
+    _, _, recipe, args = parse_args(
+        ["--output_dir", str(tmp_path), "--recipe", "deit", "--mixup_alpha", "0", "--learning_rate", "1e-3"]
+    )
     assert recipe.mixup_alpha == 0 and args.learning_rate == 1e-3
     assert set(DEIT_RECIPE) >= {"mixup_alpha", "label_smoothing_factor", "model_ema_decay"}
 
@@ -418,10 +580,18 @@ def test_labels_outside_the_model_are_refused():
 
 
 def test_config_overrides_parse_python_literals():
-    assert parse_config_overrides("num_encoder_blocks=6, dropout=0.1,ln_order=post,layer_scale=None,qkv_bias=True") == {
-        "num_encoder_blocks": 6, "dropout": 0.1, "ln_order": "post", "layer_scale": None, "qkv_bias": True,
+    assert parse_config_overrides(
+        "num_encoder_blocks=6, dropout=0.1,ln_order=post,layer_scale=None,qkv_bias=True"
+    ) == {
+        "num_encoder_blocks": 6,
+        "dropout": 0.1,
+        "ln_order": "post",
+        "layer_scale": None,
+        "qkv_bias": True,
     }
-    with pytest.raises(SystemExit, match="error: --config_overrides item 'num_encoder_blocks' is not of the form key=value"):
+    with pytest.raises(
+        SystemExit, match="error: --config_overrides item 'num_encoder_blocks' is not of the form key=value"
+    ):
         parse_config_overrides("num_encoder_blocks")
 
 
@@ -436,13 +606,18 @@ def test_soft_target_loss():
     assert torch.allclose(loss({"logits": logits}, one_hot), expected)
     assert torch.allclose(loss({"logits": logits}, labels), expected)
     mixed = 0.3 * one_hot + 0.7 * one_hot.roll(1, 0)  # Mixup's soft targets
-    assert torch.allclose(loss({"logits": logits}, mixed), -((mixed * 0.9 + 0.02) * logits.log_softmax(-1)).sum(-1).mean())
+    assert torch.allclose(
+        loss({"logits": logits}, mixed), -((mixed * 0.9 + 0.02) * logits.log_softmax(-1)).sum(-1).mean()
+    )
 
 
 def test_seeded_augmentation_depends_only_on_seed_epoch_and_index():
     from torchvision.transforms import v2
 
-    augment = SeededAugmentation(v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.RandomErasing(p=1.0, value="random")]), seed=3)
+    augment = SeededAugmentation(
+        v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.RandomErasing(p=1.0, value="random")]),
+        seed=3,
+    )
     image = Image.new("RGB", (16, 16), (128, 64, 32))
     first = augment([image, image], [0, 1])
     torch.rand(100)  # whatever else draws from the global generator in between
@@ -464,12 +639,31 @@ def test_push_to_hub_uploads_the_model_not_the_checkpoints(tmp_path, monkeypatch
         # CI sets HF_HUB_OFFLINE=1; this test alone reaches the local stand-in on 127.0.0.1.
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
         close_session()
-        main(["--output_dir", str(tmp_path / "run"), "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "1",
-              "--eval_strategy", "no", *SHORT, "--push_to_hub", "true", "--hub_model_id", "ceit-test/digits"])
+        main(
+            [
+                "--output_dir",
+                str(tmp_path / "run"),
+                "--max_steps",
+                "2",
+                "--save_strategy",
+                "steps",
+                "--save_steps",
+                "1",
+                "--eval_strategy",
+                "no",
+                *SHORT,
+                "--push_to_hub",
+                "true",
+                "--hub_model_id",
+                "ceit-test/digits",
+            ]
+        )
         close_session()
     assert (tmp_path / "run" / "checkpoint-2").is_dir()
     files = hub.commits[-1]["files"]
-    assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md", "modeling_ceit.py"} <= set(files)
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md", "modeling_ceit.py"} <= set(
+        files
+    )
     assert not any(name.endswith((".bin", ".pt", ".pth")) or name.startswith("checkpoint-") for name in files)
     assert files["model.safetensors"] == (tmp_path / "run" / "model.safetensors").read_bytes()
 
@@ -507,14 +701,56 @@ def test_lora_fine_tuning_saves_the_adapter_and_a_merged_model_with_its_logits(t
     peft = pytest.importorskip("peft")
     from safetensors.torch import load_file as load
 
-    common = ["--max_steps", "3", "--eval_strategy", "no", "--save_strategy", "no", "--disable_tqdm", "true",
-              "--report_to", "none", "--per_device_train_batch_size", "8"]
-    first, rest = digit_subset_folders(tmp_path / "first", range(5)), digit_subset_folders(tmp_path / "rest", range(5, 10))
+    common = [
+        "--max_steps",
+        "3",
+        "--eval_strategy",
+        "no",
+        "--save_strategy",
+        "no",
+        "--disable_tqdm",
+        "true",
+        "--report_to",
+        "none",
+        "--per_device_train_batch_size",
+        "8",
+    ]
+    first, rest = (
+        digit_subset_folders(tmp_path / "first", range(5)),
+        digit_subset_folders(tmp_path / "rest", range(5, 10)),
+    )
     base, tuned = tmp_path / "base", tmp_path / "tuned"
-    main(["--train_dir", str(first / "train"), "--validation_dir", str(first / "val"), "--output_dir", str(base),
-          "--config_overrides", "num_encoder_blocks=2", *common])
-    main(["--model_name_or_path", str(base), "--train_dir", str(rest / "train"), "--validation_dir", str(rest / "val"),
-          "--output_dir", str(tuned), "--lora_rank", "4", "--merge_lora", "--learning_rate", "0.01", *common])
+    main(
+        [
+            "--train_dir",
+            str(first / "train"),
+            "--validation_dir",
+            str(first / "val"),
+            "--output_dir",
+            str(base),
+            "--config_overrides",
+            "num_encoder_blocks=2",
+            *common,
+        ]
+    )
+    main(
+        [
+            "--model_name_or_path",
+            str(base),
+            "--train_dir",
+            str(rest / "train"),
+            "--validation_dir",
+            str(rest / "val"),
+            "--output_dir",
+            str(tuned),
+            "--lora_rank",
+            "4",
+            "--merge_lora",
+            "--learning_rate",
+            "0.01",
+            *common,
+        ]
+    )
     assert (tuned / "adapter_model.safetensors").is_file() and (tuned / "adapter_config.json").is_file()
     adapter = load(tuned / "adapter_model.safetensors")
     assert any("lora_A" in k for k in adapter) and any("classifier" in k for k in adapter)
@@ -530,8 +766,12 @@ def test_lora_fine_tuning_saves_the_adapter_and_a_merged_model_with_its_logits(t
         assert (merged(x).logits - original(x).logits).abs().max() > 1e-4
     # only the adapted layers and the classifier differ from the base model (BatchNorm statistics kept)
     changed = {k for k, v in merged.state_dict().items() if not torch.equal(v, original.state_dict()[k])}
-    assert changed and all(k.startswith("classifier.") or k.rsplit(".", 2)[-2] in {"qkv", "proj", "expand", "reduce"}
-                           or k.endswith("num_batches_tracked") for k in changed)
+    assert changed and all(
+        k.startswith("classifier.")
+        or k.rsplit(".", 2)[-2] in {"qkv", "proj", "expand", "reduce"}
+        or k.endswith("num_batches_tracked")
+        for k in changed
+    )
 
 
 def test_lora_flags_are_checked():
@@ -553,10 +793,16 @@ def test_lora_target_modules_unknown_names_are_refused_and_identity_ones_skipped
         add_lora_adapters(model, ModelArguments(lora_rank=2, lora_target_modules="qkv,attn, fc3"))
     adapted = add_lora_adapters(model, ModelArguments(lora_rank=2, lora_target_modules="qkv, pointwise"))
     assert adapted.peft_config["default"].target_modules == {"qkv"}
-    with_adapters = {name.removeprefix("base_model.model.").split(".lora_A")[0]
-                     for name, _ in adapted.named_parameters() if ".lora_A." in name}
-    assert with_adapters == {"ceit.encoder.layers.0.attention.qkv", "ceit.encoder.layers.1.attention.qkv",
-                             "ceit.lca.attention.qkv"}
+    with_adapters = {
+        name.removeprefix("base_model.model.").split(".lora_A")[0]
+        for name, _ in adapted.named_parameters()
+        if ".lora_A." in name
+    }
+    assert with_adapters == {
+        "ceit.encoder.layers.0.attention.qkv",
+        "ceit.encoder.layers.1.attention.qkv",
+        "ceit.lca.attention.qkv",
+    }
 
 
 def test_image_processor_name_wins_and_a_folder_without_processor_falls_back_to_the_ceit_default(

@@ -8,15 +8,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_config
 from PIL import Image
 
 from ceit_hf import CeiTForImageClassification, CeiTImageProcessor
 from ceit_hf.visualization import (
-    attention_figure, attention_maps, attention_rollout, class_token_maps, lca_weights, to_image_pixels,
+    attention_figure,
+    attention_maps,
+    attention_rollout,
+    class_token_maps,
+    lca_weights,
+    to_image_pixels,
     token_grid_box,
 )
-
-from conftest import tiny_config
 
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -26,7 +26,6 @@ from ..configuration_ceit import PRESETS
 logger = logging.getLogger("ceit_hf.training")
 
 
-
 @dataclass
 class ModelArguments:
     model_name_or_path: str | None = field(
@@ -37,12 +36,16 @@ class ModelArguments:
     )
     config_overrides: str | None = field(
         default=None,
-        metadata={"help": "Config options for training from scratch, 'k=v,k=v' (e.g. 'num_encoder_blocks=6,dropout=0.1')."},
+        metadata={
+            "help": "Config options for training from scratch, 'k=v,k=v' (e.g. 'num_encoder_blocks=6,dropout=0.1')."
+        },
     )
     image_size: int | None = field(
         default=None, metadata={"help": "Training/eval crop size when training from scratch (default: from the data)."}
     )
-    image_processor_name: str | None = field(default=None, metadata={"help": "Image processor to use instead of the model's."})
+    image_processor_name: str | None = field(
+        default=None, metadata={"help": "Image processor to use instead of the model's."}
+    )
     cache_dir: str | None = field(default=None, metadata={"help": "Where to cache downloaded models and datasets."})
     model_revision: str = field(default="main", metadata={"help": "Model revision (branch, tag or commit)."})
     token: str | None = field(default=None, metadata={"help": "Hub token (default: the logged-in one)."})
@@ -52,32 +55,42 @@ class ModelArguments:
     )
     lora_rank: int | None = field(
         default=None,
-        metadata={"help": "Fine-tune --model_name_or_path with PEFT LoRA adapters of this rank (the classifier is "
-                  "trained in full); needs `pip install -e '.[peft]'`. The output folder then holds the adapter."},
+        metadata={
+            "help": "Fine-tune --model_name_or_path with PEFT LoRA adapters of this rank (the classifier is "
+            "trained in full); needs `pip install -e '.[peft]'`. The output folder then holds the adapter."
+        },
     )
     lora_alpha: float | None = field(default=None, metadata={"help": "LoRA scaling alpha (default: 2 x rank)."})
     lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA adapters' input."})
     lora_target_modules: str = field(
         default="qkv,proj,expand,pointwise,reduce",
-        metadata={"help": "Comma-separated module names that get adapters (default: the attention and LeFF Linear "
-                  "layers of every block and of the LCA)."},
+        metadata={
+            "help": "Comma-separated module names that get adapters (default: the attention and LeFF Linear "
+            "layers of every block and of the LCA)."
+        },
     )
     leff_recompute: str = field(
         default="auto",
-        metadata={"help": "Recompute LeFF's BatchNorm/GELU/depthwise activations in the backward pass instead of "
-                  "storing them: 'on', 'off', or 'auto' (on for CPU training, where it is faster and uses less "
-                  "memory; off on GPUs). Never together with --activation_checkpointing inside the same block."},
+        metadata={
+            "help": "Recompute LeFF's BatchNorm/GELU/depthwise activations in the backward pass instead of "
+            "storing them: 'on', 'off', or 'auto' (on for CPU training, where it is faster and uses less "
+            "memory; off on GPUs). Never together with --activation_checkpointing inside the same block."
+        },
     )
     merge_lora: bool = field(
         default=False,
-        metadata={"help": "Also write the adapters merged into the model to OUTPUT_DIR/merged: a plain CeiT folder "
-                  "that loads with from_pretrained."},
+        metadata={
+            "help": "Also write the adapters merged into the model to OUTPUT_DIR/merged: a plain CeiT folder "
+            "that loads with from_pretrained."
+        },
     )
 
 
 @dataclass
 class DataArguments:
-    dataset_name: str | None = field(default=None, metadata={"help": "A dataset on the Hub (or a local dataset folder)."})
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "A dataset on the Hub (or a local dataset folder)."}
+    )
     dataset_config_name: str | None = field(default=None, metadata={"help": "The dataset's configuration."})
     train_dir: str | None = field(default=None, metadata={"help": "Training images, one sub-folder per class."})
     validation_dir: str | None = field(default=None, metadata={"help": "Validation images, one sub-folder per class."})
@@ -90,14 +103,18 @@ class DataArguments:
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep this many evaluation examples."})
     verify_images_limit: int = field(
         default=20000,
-        metadata={"help": "Decode every image of a --train_dir/--validation_dir of at most this many images before "
-                  "training, and stop naming the files that fail; larger folders only have each file's header read "
-                  "(0: headers only)."},
+        metadata={
+            "help": "Decode every image of a --train_dir/--validation_dir of at most this many images before "
+            "training, and stop naming the files that fail; larger folders only have each file's header read "
+            "(0: headers only)."
+        },
     )
     bad_image_policy: str = field(
         default="skip",
-        metadata={"help": "An image that fails to decode during training or evaluation: 'skip' (a warning names "
-                  "it and the next decodable example takes its place) or 'stop' (an error names it)."},
+        metadata={
+            "help": "An image that fails to decode during training or evaluation: 'skip' (a warning names "
+            "it and the next decodable example takes its place) or 'stop' (an error names it)."
+        },
     )
 
     @property
@@ -109,27 +126,37 @@ class DataArguments:
 @dataclass
 class RecipeArguments:
     recipe: str = field(
-        default="none", metadata={"help": "'deit': the official CeiT/DeiT ImageNet recipe for every recipe flag left out."}
+        default="none",
+        metadata={"help": "'deit': the official CeiT/DeiT ImageNet recipe for every recipe flag left out."},
     )
     rand_augment_ops: int = field(default=0, metadata={"help": "RandAugment operations per image (0: off)."})
     rand_augment_magnitude: int = field(default=9, metadata={"help": "RandAugment magnitude (of 30 levels)."})
-    color_jitter: float = field(default=0.0, metadata={"help": "ColorJitter strength for brightness/contrast/saturation."})
+    color_jitter: float = field(
+        default=0.0, metadata={"help": "ColorJitter strength for brightness/contrast/saturation."}
+    )
     hflip: float = field(default=0.5, metadata={"help": "Horizontal flip probability (0 for the digits)."})
     crop_min_scale: float = field(
         default=0.08, metadata={"help": "RandomResizedCrop's smallest crop, as a fraction of the image area."}
     )
     random_erasing: float = field(default=0.0, metadata={"help": "RandomErasing probability (per image)."})
     mixup_alpha: float = field(default=0.0, metadata={"help": "Mixup alpha (0: off)."})
-    cutmix_alpha: float = field(default=0.0, metadata={"help": "CutMix alpha (0: off). With Mixup, each batch picks one."})
+    cutmix_alpha: float = field(
+        default=0.0, metadata={"help": "CutMix alpha (0: off). With Mixup, each batch picks one."}
+    )
     drop_path: float | None = field(default=None, metadata={"help": "Stochastic depth: largest drop-path rate."})
-    model_ema_decay: float | None = field(default=None, metadata={"help": "Keep an EMA of the weights with this decay."})
+    model_ema_decay: float | None = field(
+        default=None, metadata={"help": "Keep an EMA of the weights with this decay."}
+    )
     sync_batchnorm: bool = field(
-        default=False, metadata={"help": "Convert BatchNorm to SyncBatchNorm (multi-GPU runs with small per-GPU batches)."}
+        default=False,
+        metadata={"help": "Convert BatchNorm to SyncBatchNorm (multi-GPU runs with small per-GPU batches)."},
     )
     torch_threads: int | None = field(
         default=None,
-        metadata={"help": "torch's intra-op CPU threads per process (default: torch's choice; on a shared or small CPU "
-                  "1 is often several times faster for these small models)."},
+        metadata={
+            "help": "torch's intra-op CPU threads per process (default: torch's choice; on a shared or small CPU "
+            "1 is often several times faster for these small models)."
+        },
     )
 
 
@@ -177,7 +204,13 @@ SMALL_MODEL_DEFAULTS = {
 }
 # One torch thread: the 280k-parameter model gains little from more, and on a busy 2-core machine two threads made the
 # main job many times slower (thread contention).
-DIGITS_DEFAULTS = {**SMALL_MODEL_DEFAULTS, "num_train_epochs": 20, "hflip": 0.0, "crop_min_scale": 0.5, "torch_threads": 1}
+DIGITS_DEFAULTS = {
+    **SMALL_MODEL_DEFAULTS,
+    "num_train_epochs": 20,
+    "hflip": 0.0,
+    "crop_min_scale": 0.5,
+    "torch_threads": 1,
+}
 
 # --leff_recompute -> the argument of CeiTPreTrainedModel.set_leff_recompute
 LEFF_RECOMPUTE = {"on": True, "off": False, "auto": "auto"}
@@ -228,7 +261,9 @@ def parse_args(argv: list[str] | None = None):
     if model_args.preset is not None and model_args.preset not in PRESETS:
         raise SystemExit(f"error: unknown --preset {model_args.preset!r}; expected one of {sorted(PRESETS)}.")
     if model_args.model_name_or_path and (model_args.preset or model_args.config_overrides):
-        raise SystemExit("error: --model_name_or_path fine-tunes a model; --preset/--config_overrides build a new one.")
+        raise SystemExit(
+            "error: --model_name_or_path fine-tunes a model; --preset/--config_overrides build a new one."
+        )
     if model_args.lora_rank is not None and (model_args.lora_rank <= 0 or not model_args.model_name_or_path):
         raise SystemExit("error: --lora_rank R (R > 0) fine-tunes a pretrained model: give --model_name_or_path too.")
     if model_args.merge_lora and model_args.lora_rank is None:

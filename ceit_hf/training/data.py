@@ -103,8 +103,9 @@ def check_image_folder(folder: str, flag: str, decode_limit: int = 0) -> None:
         files += images
     decode = len(files) <= decode_limit
     if decode:
-        logger.info("Decoding the %d images of %s to check them (--verify_images_limit %d)", len(files), folder,
-                    decode_limit)
+        logger.info(
+            "Decoding the %d images of %s to check them (--verify_images_limit %d)", len(files), folder, decode_limit
+        )
     unreadable = [str(image.relative_to(path)) for image in unreadable_images(files, decode)]
     if unreadable:
         names = ", ".join(unreadable[:5]) + (f" and {len(unreadable) - 5} more" if len(unreadable) > 5 else "")
@@ -129,20 +130,25 @@ def unreadable_images(files: list[Path], decode: bool) -> list[Path]:
         return [file for file, failed in zip(files, pool.map(fails, files)) if failed]
 
 
-def load_image_datasets(data_args: DataArguments, model_args: ModelArguments, seed: int):
+def load_image_datasets(data_args: DataArguments, model_args: ModelArguments, seed: int):  # noqa: C901 (a branch per data source)
     """The train and validation splits, from the Hub, image folders, or the bundled digits."""
     import datasets
 
     check_bad_image_policy(data_args.bad_image_policy)
     if data_args.dataset_name is not None:
         raw = datasets.load_dataset(
-            data_args.dataset_name, data_args.dataset_config_name, cache_dir=model_args.cache_dir,
-            token=model_args.token, trust_remote_code=model_args.trust_remote_code,
+            data_args.dataset_name,
+            data_args.dataset_config_name,
+            cache_dir=model_args.cache_dir,
+            token=model_args.token,
+            trust_remote_code=model_args.trust_remote_code,
         )
     elif data_args.train_dir is not None:
         data_files = {}
-        for split, flag, folder in (("train", "--train_dir", data_args.train_dir),
-                                    ("validation", "--validation_dir", data_args.validation_dir)):
+        for split, flag, folder in (
+            ("train", "--train_dir", data_args.train_dir),
+            ("validation", "--validation_dir", data_args.validation_dir),
+        ):
             if folder is not None:
                 check_image_folder(folder, flag, decode_limit=data_args.verify_images_limit)
                 data_files[split] = str(Path(folder) / "**")
@@ -165,7 +171,8 @@ def load_image_datasets(data_args: DataArguments, model_args: ModelArguments, se
         else:
             stratify = isinstance(raw["train"].features[data_args.label_column_name], datasets.ClassLabel)
             split = raw["train"].train_test_split(
-                test_size=data_args.train_val_split, seed=seed,
+                test_size=data_args.train_val_split,
+                seed=seed,
                 stratify_by_column=data_args.label_column_name if stratify else None,
             )
             raw["train"], raw["validation"] = split["train"], split["test"]
@@ -234,7 +241,7 @@ class BadImageError(Exception):
 
     def __init__(self, message: str, name: str | None = None, reason: str | None = None):
         last = next((line for line in reversed(message.splitlines()) if "error: " in line), message)
-        super().__init__(last[last.find("error: "):])
+        super().__init__(last[last.find("error: ") :])
         self.name, self.reason = name, reason
 
 
@@ -284,8 +291,10 @@ class DecodedExamples:
         self.skipped = 0  # per process: each DataLoader worker counts its own
 
     def __call__(self, batch):
-        examples = [self.decode(value, label, index) for value, label, index in
-                    zip(batch[self.image_column], batch[self.label_column], batch[INDEX_COLUMN])]
+        examples = [
+            self.decode(value, label, index)
+            for value, label, index in zip(batch[self.image_column], batch[self.label_column], batch[INDEX_COLUMN])
+        ]
         images, labels = [image for image, _ in examples], [label for _, label in examples]
         return {"pixel_values": self.transform(images, batch[INDEX_COLUMN]), "labels": labels}
 
@@ -297,8 +306,12 @@ class DecodedExamples:
             if self.policy == "stop":
                 raise
             self.skipped += 1
-            logger.warning("Skipping %s (%s), %d skipped so far in this process (--bad_image_policy skip)",
-                           error.name, error.reason, self.skipped)
+            logger.warning(
+                "Skipping %s (%s), %d skipped so far in this process (--bad_image_policy skip)",
+                error.name,
+                error.reason,
+                self.skipped,
+            )
             bad = error.name
         for offset in range(1, len(self.source)):
             row = self.source[(int(index) + offset) % len(self.source)]
@@ -325,10 +338,16 @@ def train_transform(processor, recipe: RecipeArguments):
     if recipe.rand_augment_ops:
         steps.append(v2.RandAugment(recipe.rand_augment_ops, recipe.rand_augment_magnitude, interpolation=bicubic))
     if recipe.color_jitter:
-        steps.append(v2.ColorJitter(brightness=recipe.color_jitter, contrast=recipe.color_jitter,
-                                    saturation=recipe.color_jitter))
-    steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
-              v2.Normalize(processor.image_mean, processor.image_std)]
+        steps.append(
+            v2.ColorJitter(
+                brightness=recipe.color_jitter, contrast=recipe.color_jitter, saturation=recipe.color_jitter
+            )
+        )
+    steps += [
+        v2.ToImage(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(processor.image_mean, processor.image_std),
+    ]
     if recipe.random_erasing:
         steps.append(v2.RandomErasing(p=recipe.random_erasing, value="random"))
     return v2.Compose(steps)
@@ -390,8 +409,11 @@ def batch_mixer(num_labels: int, mixup_alpha: float = 0.0, cutmix_alpha: float =
     """torchvision's Mixup and/or CutMix on a training batch (one of them per batch when both are on), or None."""
     from torchvision.transforms import v2
 
-    mixers = [mixer(alpha=alpha, num_classes=num_labels)
-              for mixer, alpha in ((v2.MixUp, mixup_alpha), (v2.CutMix, cutmix_alpha)) if alpha > 0]
+    mixers = [
+        mixer(alpha=alpha, num_classes=num_labels)
+        for mixer, alpha in ((v2.MixUp, mixup_alpha), (v2.CutMix, cutmix_alpha))
+        if alpha > 0
+    ]
     if not mixers:
         return None
     return v2.RandomChoice(mixers) if len(mixers) > 1 else mixers[0]

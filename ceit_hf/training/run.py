@@ -43,8 +43,16 @@ def small_config(image_size: int, id2label: dict[int, str], **overrides):
     a 4x4 (images <= 64 px) or wider token grid."""
     from ..configuration_ceit import CeiTConfig
 
-    settings = dict(image_size=image_size, d_model=64, encoder_num_heads=2, lca_encoder_num_heads=2,
-                    num_encoder_blocks=4, i2t_out_channels=32, patch_size=2 if image_size <= 64 else 4, id2label=id2label)
+    settings = {
+        "image_size": image_size,
+        "d_model": 64,
+        "encoder_num_heads": 2,
+        "lca_encoder_num_heads": 2,
+        "num_encoder_blocks": 4,
+        "i2t_out_channels": 32,
+        "patch_size": 2 if image_size <= 64 else 4,
+        "id2label": id2label,
+    }
     return CeiTConfig.from_preset("ceit_tiny_patch16_224", **{**settings, **overrides})
 
 
@@ -75,12 +83,25 @@ def build_model(model_args: ModelArguments, recipe_args: RecipeArguments, labels
     if recipe_args.drop_path:
         overrides.update(stochastic_depth=True, stochastic_depth_mp=recipe_args.drop_path)
     if model_args.model_name_or_path:
-        hub = dict(cache_dir=model_args.cache_dir, revision=model_args.model_revision, token=model_args.token,
-                   trust_remote_code=model_args.trust_remote_code)
-        config = AutoConfig.from_pretrained(model_args.model_name_or_path, num_labels=len(labels), id2label=id2label,
-                                            label2id={v: k for k, v in id2label.items()}, **hub, **overrides)
+        hub = {
+            "cache_dir": model_args.cache_dir,
+            "revision": model_args.model_revision,
+            "token": model_args.token,
+            "trust_remote_code": model_args.trust_remote_code,
+        }
+        config = AutoConfig.from_pretrained(
+            model_args.model_name_or_path,
+            num_labels=len(labels),
+            id2label=id2label,
+            label2id={v: k for k, v in id2label.items()},
+            **hub,
+            **overrides,
+        )
         return AutoModelForImageClassification.from_pretrained(
-            model_args.model_name_or_path, config=config, ignore_mismatched_sizes=model_args.ignore_mismatched_sizes, **hub
+            model_args.model_name_or_path,
+            config=config,
+            ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
+            **hub,
         )
     try:
         if model_args.preset:
@@ -106,13 +127,22 @@ def add_lora_adapters(model, model_args: ModelArguments):
     names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     unknown = [name for name in targets if name not in names]
     if unknown:
-        raise SystemExit(f"error: --lora_target_modules {unknown} name no module of the model (e.g. qkv, proj, expand).")
+        raise SystemExit(
+            f"error: --lora_target_modules {unknown} name no module of the model (e.g. qkv, proj, expand)."
+        )
     # a name the configuration leaves as Identity (LeFF's `pointwise` without leff_depthwise_separable) has no weights
-    layers = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))}
+    layers = {
+        name.rsplit(".", 1)[-1]
+        for name, m in model.named_modules()
+        if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))
+    }
     targets = [name for name in targets if name in layers]
     config = peft.LoraConfig(
-        r=model_args.lora_rank, lora_alpha=model_args.lora_alpha or 2 * model_args.lora_rank,
-        lora_dropout=model_args.lora_dropout, target_modules=targets, modules_to_save=["classifier"],
+        r=model_args.lora_rank,
+        lora_alpha=model_args.lora_alpha or 2 * model_args.lora_rank,
+        lora_dropout=model_args.lora_dropout,
+        target_modules=targets,
+        modules_to_save=["classifier"],
     )
     # The pretrained BatchNorm statistics stay as they are (momentum 0; batches still normalise with their own
     # statistics in training): the adapter file then holds everything that changed.
@@ -155,8 +185,11 @@ def load_image_processor(source: str | None, model, **hub_kwargs):
 
 def image_processor_for(model_args: ModelArguments, model):
     return load_image_processor(
-        model_args.image_processor_name or model_args.model_name_or_path, model, cache_dir=model_args.cache_dir,
-        token=model_args.token, trust_remote_code=model_args.trust_remote_code,
+        model_args.image_processor_name or model_args.model_name_or_path,
+        model,
+        cache_dir=model_args.cache_dir,
+        token=model_args.token,
+        trust_remote_code=model_args.trust_remote_code,
     )
 
 
@@ -207,8 +240,9 @@ def compute_metrics_fn(num_labels: int):
     return compute
 
 
-def train_and_evaluate(model, raw, processor, labels: list[str], data_args: DataArguments,
-                       recipe_args: RecipeArguments, training_args):
+def train_and_evaluate(
+    model, raw, processor, labels: list[str], data_args: DataArguments, recipe_args: RecipeArguments, training_args
+):
     """The job once the model is built: checks the labels, applies the recipe's transforms (seeded training
     augmentation, `processor`'s evaluation transform) to the `train`/`validation` splits of `raw`, trains `model`
     (any image classifier of transformers: `main` passes a CeiT, `ceit_hf.comparison` also a DeiT), saves it to
@@ -225,8 +259,11 @@ def train_and_evaluate(model, raw, processor, labels: list[str], data_args: Data
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     logger.info(
         "Model: %s, %s parameters, image size %s, %d classes; %d training / %d validation images",
-        type(model).__name__, f"{sum(p.numel() for p in model.parameters()):,}",
-        (processor.crop_size["height"], processor.crop_size["width"]), len(labels), len(raw["train"]),
+        type(model).__name__,
+        f"{sum(p.numel() for p in model.parameters()):,}",
+        (processor.crop_size["height"], processor.crop_size["width"]),
+        len(labels),
+        len(raw["train"]),
         len(raw["validation"]),
     )
     columns = (data_args.image_column_name, data_args.label_column_name)
@@ -240,13 +277,21 @@ def train_and_evaluate(model, raw, processor, labels: list[str], data_args: Data
         callbacks.append(ema)
     smoothing = training_args.label_smoothing_factor
     mixing = recipe_args.mixup_alpha > 0 or recipe_args.cutmix_alpha > 0
-    common = dict(args=training_args, eval_dataset=eval_set, data_collator=default_data_collator,
-                  compute_metrics=compute_metrics_fn(len(labels)))
+    common = {
+        "args": training_args,
+        "eval_dataset": eval_set,
+        "data_collator": default_data_collator,
+        "compute_metrics": compute_metrics_fn(len(labels)),
+    }
     CeiTTrainer = _trainer_class()
     trainer = CeiTTrainer(
-        model=model, train_dataset=train_set, processing_class=processor, callbacks=callbacks,
+        model=model,
+        train_dataset=train_set,
+        processing_class=processor,
+        callbacks=callbacks,
         compute_loss_func=soft_target_loss(smoothing) if (mixing or smoothing) else None,
-        batch_mix=batch_mixer(len(labels), recipe_args.mixup_alpha, recipe_args.cutmix_alpha), **common,
+        batch_mix=batch_mixer(len(labels), recipe_args.mixup_alpha, recipe_args.cutmix_alpha),
+        **common,
     )
     logger.info(describe_setup(trainer))
     prepare_distributed(trainer, recipe_args)
@@ -382,7 +427,9 @@ def prepare_distributed(trainer, recipe_args) -> None:
     if fsdp_requested(trainer.args):
         logger.warning(
             "FSDP was asked for, but accelerate runs FSDP only on GPUs and other accelerators: these %d %s "
-            "process(es) train as %s instead, without sharding.", trainer.args.world_size, trainer.args.device.type,
+            "process(es) train as %s instead, without sharding.",
+            trainer.args.world_size,
+            trainer.args.device.type,
             trainer.accelerator.distributed_type.value,
         )
     if trainer.args.world_size > 1:
@@ -450,12 +497,19 @@ def main(argv: list[str] | None = None) -> dict:
     except BadImageError as error:  # --bad_image_policy stop: the file's name, no traceback
         raise SystemExit(str(error)) from None
     if trainer.is_world_process_zero() and model_args.merge_lora:
-        logger.info("LoRA adapters merged into %s", save_merged_lora(trainer.model, processor, training_args.output_dir))
+        logger.info(
+            "LoRA adapters merged into %s", save_merged_lora(trainer.model, processor, training_args.output_dir)
+        )
     if trainer.is_world_process_zero():
         write_model_card(training_args.output_dir, trainer.model, model_args, data_args, training_args, metrics, argv)
         if push_requested:
             from ..hub import push_model_folder
 
-            push_model_folder(training_args.output_dir, training_args.hub_model_id, token=training_args.hub_token,
-                              private=bool(training_args.hub_private_repo), revision=training_args.hub_revision)
+            push_model_folder(
+                training_args.output_dir,
+                training_args.hub_model_id,
+                token=training_args.hub_token,
+                private=bool(training_args.hub_private_repo),
+                revision=training_args.hub_revision,
+            )
     return metrics

@@ -49,8 +49,24 @@ SUITE_SECONDS = 450
 # after every epoch (../shared/reference/ceit_architecture.md).
 PAPER_RUN = {"epochs": 300, "train_images": 1_281_167, "validation_images": 50_000, "global_batch": 1024, "gpus": 8}
 TARGETS = {"train_step_vs_deit_tiny": 0.9, "inference_vs_deit_tiny": 1.0}
-PACKAGES = ("torch", "torchvision", "triton", "transformers", "accelerate", "datasets", "evaluate", "huggingface_hub",
-            "safetensors", "tokenizers", "pyarrow", "numpy", "pillow", "scikit-learn", "flash_attn", "kernels")
+PACKAGES = (
+    "torch",
+    "torchvision",
+    "triton",
+    "transformers",
+    "accelerate",
+    "datasets",
+    "evaluate",
+    "huggingface_hub",
+    "safetensors",
+    "tokenizers",
+    "pyarrow",
+    "numpy",
+    "pillow",
+    "scikit-learn",
+    "flash_attn",
+    "kernels",
+)
 
 
 # ------------------------------------------------------------------------------------------------------- parts
@@ -71,33 +87,132 @@ def training_command(python: str, config: str, output_dir: Path, cpu: bool) -> l
     """`accelerate launch` (one process) of scripts/train.py: bf16 CeiT-T on the bundled digits (upscaled), a few
     hundred steps on the GPU, two on the CPU, then its evaluation and save."""
     launch = [python, "-m", "accelerate.commands.launch", "--config_file", config, "--num_processes", "1"]
-    train = ["scripts/train.py", "--preset", "ceit_tiny_patch16_224", "--bf16", "--seed", "0", "--eval_strategy", "no",
-             "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true", "--output_dir", str(output_dir)]
+    train = [
+        "scripts/train.py",
+        "--preset",
+        "ceit_tiny_patch16_224",
+        "--bf16",
+        "--seed",
+        "0",
+        "--eval_strategy",
+        "no",
+        "--save_strategy",
+        "no",
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+        "--output_dir",
+        str(output_dir),
+    ]
     if cpu:
         # accelerate's `--cpu` takes its simple launcher whatever the config file says; Trainer's `--use_cpu` allows
         # bf16 there
-        return [*launch[:3], "--cpu", *launch[3:], *train, "--use_cpu", "true", "--image_size", "32",
-                "--config_overrides", "num_encoder_blocks=1", "--max_steps", "2", "--per_device_train_batch_size", "8",
-                "--per_device_eval_batch_size", "16", "--max_train_samples", "16", "--max_eval_samples", "16",
-                "--logging_steps", "1"]
-    return [*launch, *train, "--image_size", "224", "--max_steps", "300", "--per_device_train_batch_size", "256",
-            "--per_device_eval_batch_size", "256", "--dataloader_num_workers", "8", "--logging_steps", "25"]
+        return [
+            *launch[:3],
+            "--cpu",
+            *launch[3:],
+            *train,
+            "--use_cpu",
+            "true",
+            "--image_size",
+            "32",
+            "--config_overrides",
+            "num_encoder_blocks=1",
+            "--max_steps",
+            "2",
+            "--per_device_train_batch_size",
+            "8",
+            "--per_device_eval_batch_size",
+            "16",
+            "--max_train_samples",
+            "16",
+            "--max_eval_samples",
+            "16",
+            "--logging_steps",
+            "1",
+        ]
+    return [
+        *launch,
+        *train,
+        "--image_size",
+        "224",
+        "--max_steps",
+        "300",
+        "--per_device_train_batch_size",
+        "256",
+        "--per_device_eval_batch_size",
+        "256",
+        "--dataloader_num_workers",
+        "8",
+        "--logging_steps",
+        "25",
+    ]
 
 
 def benchmark_command(python: str, work: Path, cpu: bool, cpus: int) -> list[str]:
     """scripts/benchmark.py: the data loader (1 and `cpus` workers), then CeiT-T/S vs DeiT-T/S in bf16 (on the CPU:
     a 32-pixel one-block CeiT-T, no compiled variants, one round)."""
-    command = [python, "scripts/benchmark.py", "--dtypes", "bfloat16", "--output_json", str(work / "benchmark.json"),
-               "--output_markdown", str(work / "benchmark.md"), "--data_loader_workers", "1", str(cpus)]
+    command = [
+        python,
+        "scripts/benchmark.py",
+        "--dtypes",
+        "bfloat16",
+        "--output_json",
+        str(work / "benchmark.json"),
+        "--output_markdown",
+        str(work / "benchmark.md"),
+        "--data_loader_workers",
+        "1",
+        str(cpus),
+    ]
     if cpu:
-        return command + ["--device", "cpu", "--sizes", "tiny", "--config_overrides",
-                          "image_size=32,num_encoder_blocks=1", "--batch_sizes", "4", "--train_batch_size", "4",
-                          "--rounds", "1", "--min_seconds", "0", "--no_compile", "--roof_size", "256",
-                          "--roof_seconds", "0.05", "--data_loader_seconds", "0.5", "--data_loader_images", "8",
-                          "--data_loader_batch_size", "4"]
-    return command + ["--device", "cuda", "--sizes", "tiny", "small", "--batch_sizes", "256", "--train_batch_size",
-                      "256", "--rounds", "3", "--min_seconds", "0.5", "--data_loader_seconds", "5",
-                      "--data_loader_images", "128"]
+        return command + [
+            "--device",
+            "cpu",
+            "--sizes",
+            "tiny",
+            "--config_overrides",
+            "image_size=32,num_encoder_blocks=1",
+            "--batch_sizes",
+            "4",
+            "--train_batch_size",
+            "4",
+            "--rounds",
+            "1",
+            "--min_seconds",
+            "0",
+            "--no_compile",
+            "--roof_size",
+            "256",
+            "--roof_seconds",
+            "0.05",
+            "--data_loader_seconds",
+            "0.5",
+            "--data_loader_images",
+            "8",
+            "--data_loader_batch_size",
+            "4",
+        ]
+    return command + [
+        "--device",
+        "cuda",
+        "--sizes",
+        "tiny",
+        "small",
+        "--batch_sizes",
+        "256",
+        "--train_batch_size",
+        "256",
+        "--rounds",
+        "3",
+        "--min_seconds",
+        "0.5",
+        "--data_loader_seconds",
+        "5",
+        "--data_loader_images",
+        "128",
+    ]
 
 
 def suite_parts(cpu: bool, work: Path, python: str = sys.executable, cpus: int | None = None) -> list[Part]:
@@ -108,23 +223,54 @@ def suite_parts(cpu: bool, work: Path, python: str = sys.executable, cpus: int |
     cpus = cpus or len(os.sched_getaffinity(0))
     device_env = {"CEIT_GPU_CHECK_DEVICE": "cpu"} if cpu else {}
     return [
-        Part("tests", "tests/gpu: attention implementations, optimize_for_inference, compiled training step, FSDP2",
-             # tests/gpu's own conftest only (--confcutdir): the suite's property-test setup is seconds of imports.
-             # -v: a line per test in the log, which is all there is if the part runs out of time (the JUnit XML is
-             # written at the end); a test that hangs fails after 100 s instead of taking the part with it.
-             150, [python, "-m", "pytest", "tests/gpu", "-v", "-p", "no:cacheprovider", "-p", "no:hypothesispytest",
-                   "--confcutdir=tests/gpu", "-o", "addopts=-ra", "--timeout=100", f"--junitxml={work / 'tests.xml'}"],
-             device_env,
-             outputs=[work / "tests.xml"]),
-        Part("train_bf16", "accelerate launch (multi_gpu.yaml, 1 process): bf16 CeiT-T, digits at 224, evaluate, save",
-             75, training_command(python, "configs/accelerate/multi_gpu.yaml", work / "train_bf16", cpu),
-             outputs=[work / "train_bf16"]),
-        Part("train_fsdp", "accelerate launch (fsdp.yaml, 1 process): the same under FSDP2 (fully_shard_ceit)", 75,
-             training_command(python, "configs/accelerate/fsdp.yaml", work / "train_fsdp", cpu),
-             skip="accelerate shards on GPUs only (tests/test_distributed.py checks its CPU fallback)" if cpu
-             else None, outputs=[work / "train_fsdp"]),
-        Part("benchmark", "scripts/benchmark.py: data loader, then CeiT-T/S vs DeiT-T/S bf16 batch 256", None,
-             benchmark_command(python, work, cpu, cpus), outputs=[work / "benchmark.json", work / "benchmark.md"]),
+        Part(
+            "tests",
+            "tests/gpu: attention implementations, optimize_for_inference, compiled training step, FSDP2",
+            # tests/gpu's own conftest only (--confcutdir): the suite's property-test setup is seconds of imports.
+            # -v: a line per test in the log, which is all there is if the part runs out of time (the JUnit XML is
+            # written at the end); a test that hangs fails after 100 s instead of taking the part with it.
+            150,
+            [
+                python,
+                "-m",
+                "pytest",
+                "tests/gpu",
+                "-v",
+                "-p",
+                "no:cacheprovider",
+                "-p",
+                "no:hypothesispytest",
+                "--confcutdir=tests/gpu",
+                "-o",
+                "addopts=-ra",
+                "--timeout=100",
+                f"--junitxml={work / 'tests.xml'}",
+            ],
+            device_env,
+            outputs=[work / "tests.xml"],
+        ),
+        Part(
+            "train_bf16",
+            "accelerate launch (multi_gpu.yaml, 1 process): bf16 CeiT-T, digits at 224, evaluate, save",
+            75,
+            training_command(python, "configs/accelerate/multi_gpu.yaml", work / "train_bf16", cpu),
+            outputs=[work / "train_bf16"],
+        ),
+        Part(
+            "train_fsdp",
+            "accelerate launch (fsdp.yaml, 1 process): the same under FSDP2 (fully_shard_ceit)",
+            75,
+            training_command(python, "configs/accelerate/fsdp.yaml", work / "train_fsdp", cpu),
+            skip="accelerate shards on GPUs only (tests/test_distributed.py checks its CPU fallback)" if cpu else None,
+            outputs=[work / "train_fsdp"],
+        ),
+        Part(
+            "benchmark",
+            "scripts/benchmark.py: data loader, then CeiT-T/S vs DeiT-T/S bf16 batch 256",
+            None,
+            benchmark_command(python, work, cpu, cpus),
+            outputs=[work / "benchmark.json", work / "benchmark.md"],
+        ),
     ]
 
 
@@ -132,12 +278,18 @@ def run_process(part: Part, log_path: Path, budget: float, env: dict[str, str]) 
     """Runs `part.command` in its own process group with its output in `log_path`; kills the group (TERM, then
     KILL) after `budget` seconds."""
     start = time.monotonic()
-    with open(log_path, "w") as log:
+    with open(log_path, "w", encoding="utf-8") as log:
         log.write(f"$ {' '.join(part.command)}\n")
         log.flush()
         try:
-            process = subprocess.Popen(part.command, cwd=ROOT, env={**env, **part.env}, stdout=log,
-                                       stderr=subprocess.STDOUT, start_new_session=True)
+            process = subprocess.Popen(
+                part.command,
+                cwd=ROOT,
+                env={**env, **part.env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         except OSError as error:
             return {"status": "error", "rc": None, "seconds": 0.0, "error": str(error)}
         try:
@@ -160,7 +312,7 @@ def run_process(part: Part, log_path: Path, budget: float, env: dict[str, str]) 
 
 def tail(path: Path, lines: int = 30) -> str:
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
 
@@ -170,7 +322,7 @@ def tail(path: Path, lines: int = 30) -> str:
 
 def read_json(path: Path):
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
 
@@ -190,8 +342,14 @@ def test_results(junit: Path) -> dict | None:
                 outcome = {"failure": "failed"}.get(tag, tag)
                 message = next(iter((found.get("message") or found.text or "").strip().splitlines()), "")[:300]
                 break
-        cases.append({"test": f"{case.get('classname', '')}::{case.get('name', '')}", "outcome": outcome,
-                      "seconds": float(case.get("time") or 0), "message": message})
+        cases.append(
+            {
+                "test": f"{case.get('classname', '')}::{case.get('name', '')}",
+                "outcome": outcome,
+                "seconds": float(case.get("time") or 0),
+                "message": message,
+            }
+        )
     counts = {k: sum(c["outcome"] == k for c in cases) for k in ("passed", "failed", "error", "skipped")}
     return {**counts, "cases": cases}
 
@@ -202,11 +360,17 @@ def training_results(output_dir: Path, log_path: Path) -> dict:
     results = read_json(output_dir / "all_results.json") or {}
     state = read_json(output_dir / "trainer_state.json") or {}
     losses = [entry["loss"] for entry in state.get("log_history", []) if "loss" in entry]
-    setup = re.findall(r"Distributed setup: .*", log_path.read_text(errors="replace")) if log_path.exists() else []
+    setup = (
+        re.findall(r"Distributed setup: .*", log_path.read_text(encoding="utf-8", errors="replace"))
+        if log_path.exists()
+        else []
+    )
     weights = ("model.safetensors", "model.safetensors.index.json")
     return {
-        "metrics": results, "global_step": state.get("global_step"),
-        "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
+        "metrics": results,
+        "global_step": state.get("global_step"),
+        "first_loss": losses[0] if losses else None,
+        "last_loss": losses[-1] if losses else None,
         "saved": (output_dir / "config.json").is_file() and any((output_dir / w).is_file() for w in weights),
         "setup": setup[0] if setup else None,
     }
@@ -242,13 +406,22 @@ def targets(benchmark: dict | None) -> dict:
         return {}
     train, infer = measurement_keys(benchmark)
     groups = {
-        "train_step_vs_deit_tiny": (train, {"eager": (("ceit",), ("deit",)),
-                                            "compiled": (("ceit_compiled",), ("deit_compiled",)),
-                                            "best": (("ceit", "ceit_compiled"), ("deit", "deit_compiled"))}),
-        "inference_vs_deit_tiny": (infer, {"eager": (("ceit_optimized",), ("deit",)),
-                                           "compiled": (("ceit_optimized_compiled",), ("deit_compiled",)),
-                                           "best": (("ceit", "ceit_optimized", "ceit_optimized_compiled"),
-                                                    ("deit", "deit_compiled"))}),
+        "train_step_vs_deit_tiny": (
+            train,
+            {
+                "eager": (("ceit",), ("deit",)),
+                "compiled": (("ceit_compiled",), ("deit_compiled",)),
+                "best": (("ceit", "ceit_compiled"), ("deit", "deit_compiled")),
+            },
+        ),
+        "inference_vs_deit_tiny": (
+            infer,
+            {
+                "eager": (("ceit_optimized",), ("deit",)),
+                "compiled": (("ceit_optimized_compiled",), ("deit_compiled",)),
+                "best": (("ceit", "ceit_optimized", "ceit_optimized_compiled"), ("deit", "deit_compiled")),
+            },
+        ),
     }
     results = {}
     for name, (key, comparisons) in groups.items():
@@ -277,24 +450,35 @@ def leff_recompute(benchmark: dict | None) -> dict:
             "measurement": train,
             "speed_vs_storing": on["images_per_second"][train] / off["images_per_second"][train],
             "memory_vs_storing": on["peak_memory_mib"][train] / off["peak_memory_mib"][train],
-            "speed_vs_deit": {"recompute": on["images_per_second"][train] / deit["images_per_second"][train],
-                              "store": off["images_per_second"][train] / deit["images_per_second"][train]},
-            "memory_vs_deit": {"recompute": on["peak_memory_mib"][train] / deit["peak_memory_mib"][train],
-                               "store": off["peak_memory_mib"][train] / deit["peak_memory_mib"][train]},
+            "speed_vs_deit": {
+                "recompute": on["images_per_second"][train] / deit["images_per_second"][train],
+                "store": off["images_per_second"][train] / deit["images_per_second"][train],
+            },
+            "memory_vs_deit": {
+                "recompute": on["peak_memory_mib"][train] / deit["peak_memory_mib"][train],
+                "store": off["peak_memory_mib"][train] / deit["peak_memory_mib"][train],
+            },
         }
     except (KeyError, TypeError, ZeroDivisionError):
         return {}
 
 
 def leff_recompute_text(r: dict) -> str:
-    return (f"LeFF recomputation on this GPU ({r['measurement']}, eager CeiT-T): {r['speed_vs_storing']:.2f}x the "
-            f"speed and {r['memory_vs_storing']:.2f}x the peak memory of storing the activations (vs DeiT-T: speed "
-            f"{r['speed_vs_deit']['recompute']:.2f}x recomputing, {r['speed_vs_deit']['store']:.2f}x storing; memory "
-            f"{r['memory_vs_deit']['recompute']:.2f}x / {r['memory_vs_deit']['store']:.2f}x).")
+    return (
+        f"LeFF recomputation on this GPU ({r['measurement']}, eager CeiT-T): {r['speed_vs_storing']:.2f}x the "
+        f"speed and {r['memory_vs_storing']:.2f}x the peak memory of storing the activations (vs DeiT-T: speed "
+        f"{r['speed_vs_deit']['recompute']:.2f}x recomputing, {r['speed_vs_deit']['store']:.2f}x storing; memory "
+        f"{r['memory_vs_deit']['recompute']:.2f}x / {r['memory_vs_deit']['store']:.2f}x)."
+    )
 
 
-def projection(train_rate: float, inference_rate: float | None, per_worker: float | None, cpus_per_gpu: int | None,
-               run: dict = PAPER_RUN) -> dict:
+def projection(
+    train_rate: float,
+    inference_rate: float | None,
+    per_worker: float | None,
+    cpus_per_gpu: int | None,
+    run: dict = PAPER_RUN,
+) -> dict:
     """The paper's CeiT-T run on `run['gpus']` GPUs that each train `train_rate` images/s and evaluate
     `inference_rate`: GPU-hours (training + one validation pass per epoch), wall-clock hours at linear scaling
     (DDP's gradient all-reduce of CeiT-T's 6 M parameters is small next to a step), and the data-loader workers
@@ -304,14 +488,21 @@ def projection(train_rate: float, inference_rate: float | None, per_worker: floa
     if inference_rate:
         seconds += run["epochs"] * run["validation_images"] / inference_rate
     result = {
-        "train_images": train_images, "train_images_per_second_per_gpu": train_rate, "gpus": run["gpus"],
-        "per_gpu_batch": run["global_batch"] // run["gpus"], "gpu_hours": seconds / 3600,
-        "wall_hours": seconds / 3600 / run["gpus"], "steps": math.ceil(train_images / run["global_batch"]),
+        "train_images": train_images,
+        "train_images_per_second_per_gpu": train_rate,
+        "gpus": run["gpus"],
+        "per_gpu_batch": run["global_batch"] // run["gpus"],
+        "gpu_hours": seconds / 3600,
+        "wall_hours": seconds / 3600 / run["gpus"],
+        "steps": math.ceil(train_images / run["global_batch"]),
     }
     if per_worker:
         workers = math.ceil(train_rate / per_worker)
-        result.update(data_loader_images_per_second_per_worker=per_worker, workers_per_gpu=workers,
-                      data_loader_cores=workers * run["gpus"])
+        result.update(
+            data_loader_images_per_second_per_worker=per_worker,
+            workers_per_gpu=workers,
+            data_loader_cores=workers * run["gpus"],
+        )
         if cpus_per_gpu:
             result["cpus_per_gpu_here"] = cpus_per_gpu
             result["loader_keeps_up_here"] = workers <= cpus_per_gpu
@@ -347,8 +538,17 @@ def gpu_name(cpu: bool) -> tuple[str, str]:
     if cpu:
         return "CPU", "cpu"
     try:
-        name = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                              text=True, timeout=60, check=True).stdout.splitlines()[0].strip()
+        name = (
+            subprocess.run(
+                ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=True,
+            )
+            .stdout.splitlines()[0]
+            .strip()
+        )
     except (OSError, subprocess.SubprocessError, IndexError):
         raise SystemExit("error: no GPU found (nvidia-smi); `bash scripts/gpu_check.sh --cpu` runs the CPU mode.")
     return name, re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
@@ -362,13 +562,18 @@ def environment(cpu: bool) -> dict:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             versions[package] = None
-    info = {"python": sys.version.split()[0], "packages": versions, "cpus": len(os.sched_getaffinity(0)),
-            "pythonpath": os.environ.get("PYTHONPATH", "")}
+    info = {
+        "python": sys.version.split()[0],
+        "packages": versions,
+        "cpus": len(os.sched_getaffinity(0)),
+        "pythonpath": os.environ.get("PYTHONPATH", ""),
+    }
     if not cpu:
         query = "name,memory.total,driver_version,clocks.max.sm,power.limit"
         try:
-            info["nvidia_smi"] = subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv"],
-                                                capture_output=True, text=True, timeout=60).stdout.strip()
+            info["nvidia_smi"] = subprocess.run(
+                ["nvidia-smi", f"--query-gpu={query}", "--format=csv"], capture_output=True, text=True, timeout=60
+            ).stdout.strip()
         except (OSError, subprocess.SubprocessError) as error:
             info["nvidia_smi"] = f"failed: {error}"
     return info
@@ -379,11 +584,12 @@ def _ratio(entry: dict, label: str) -> str:
     return f"{found['ratio']:.2f}x ({found['ceit']} / {found['deit']})" if found else "n/a"
 
 
-def markdown(report: dict) -> str:
+def markdown(report: dict) -> str:  # noqa: C901 (the report section by section)
     """The report as Markdown: the parts, the targets, the benchmark, the tests, the trainings, the projection."""
     env = report["environment"]["packages"]
     lines = [
-        f"# GPU check: {report['gpu']}", "",
+        f"# GPU check: {report['gpu']}",
+        "",
         f"`bash scripts/gpu_check.sh{' --cpu' if report['mode'] == 'cpu' else ''}` on {report['started']}, "
         f"{report.get('wall_seconds', 0):.0f} s; torch {env.get('torch')}, transformers {env.get('transformers')}, "
         f"accelerate {env.get('accelerate')}, datasets {env.get('datasets')}; {report['environment']['cpus']} CPUs.",
@@ -395,8 +601,10 @@ def markdown(report: dict) -> str:
         status = part["status"] + (f" (rc {part['rc']})" if part.get("rc") not in (0, None) else "")
         if part.get("reason"):
             status += f": {part['reason']}"
-        lines.append(f"| {name} | {status} | {part.get('seconds', 0):.0f} | {part.get('budget', 0):.0f} | "
-                     f"{part['description']} |")
+        lines.append(
+            f"| {name} | {status} | {part.get('seconds', 0):.0f} | {part.get('budget', 0):.0f} | "
+            f"{part['description']} |"
+        )
     if report.get("targets"):
         lines += ["", "## Targets (issue 16)", "", *targets_table(report["targets"])]
     if report.get("leff_recompute"):
@@ -405,23 +613,35 @@ def markdown(report: dict) -> str:
         lines += ["", "## Benchmark", "", report["benchmark_markdown"].strip()]
     tests = report.get("tests")
     if tests:
-        lines += ["", f"## Tests: {tests['passed']} passed, {tests['failed'] + tests['error']} failed, "
-                  f"{tests['skipped']} skipped", "", "| test | outcome | s | note |", "|---|---|---|---|"]
+        lines += [
+            "",
+            f"## Tests: {tests['passed']} passed, {tests['failed'] + tests['error']} failed, "
+            f"{tests['skipped']} skipped",
+            "",
+            "| test | outcome | s | note |",
+            "|---|---|---|---|",
+        ]
         for case in tests["cases"]:
             note = case["message"].replace("|", "/")
             lines.append(f"| {case['test'].split('.')[-1]} | {case['outcome']} | {case['seconds']:.1f} | {note} |")
     if report.get("training"):
-        lines += ["", "## Trainings (accelerate launch, bf16, digits)", "",
-                  "| run | steps | train img/s | eval accuracy | loss first -> last | saved | setup |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Trainings (accelerate launch, bf16, digits)",
+            "",
+            "| run | steps | train img/s | eval accuracy | loss first -> last | saved | setup |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for name, run in report["training"].items():
             metrics = run["metrics"]
-            loss = (f"{run['first_loss']:.3f} -> {run['last_loss']:.3f}" if run["first_loss"] is not None else "n/a")
+            loss = f"{run['first_loss']:.3f} -> {run['last_loss']:.3f}" if run["first_loss"] is not None else "n/a"
             speed = metrics.get("train_samples_per_second")
             accuracy = metrics.get("eval_accuracy")
-            lines.append(f"| {name} | {run['global_step']} | {speed if speed is not None else 'n/a'} | "
-                         f"{accuracy if accuracy is not None else 'n/a'} | {loss} | {run['saved']} | "
-                         f"{(run['setup'] or '').removeprefix('Distributed setup: ')} |")
+            lines.append(
+                f"| {name} | {run['global_step']} | {speed if speed is not None else 'n/a'} | "
+                f"{accuracy if accuracy is not None else 'n/a'} | {loss} | {run['saved']} | "
+                f"{(run['setup'] or '').removeprefix('Distributed setup: ')} |"
+            )
     if report.get("projection"):
         lines += ["", "## The paper's CeiT-T run on 8 such GPUs", "", projection_text(report["projection"])]
     return "\n".join(lines) + "\n"
@@ -442,13 +662,19 @@ def projection_text(p: dict) -> str:
             f" Data loading (JPEG decode + the DeiT augmentation) at "
             f"{p['data_loader_images_per_second_per_worker']:.0f} images/s per worker needs "
             f"**{p['workers_per_gpu']} workers (CPU cores) per GPU, {p['data_loader_cores']} in all**"
-            + ("" if keeps is None else f"; this machine has {p['cpus_per_gpu_here']} CPUs per GPU, "
-               + ("enough." if keeps else "too few: the loader, not the GPU, would set the pace."))
+            + (
+                ""
+                if keeps is None
+                else f"; this machine has {p['cpus_per_gpu_here']} CPUs per GPU, "
+                + ("enough." if keeps else "too few: the loader, not the GPU, would set the pace.")
+            )
         )
     if "trainer_end_to_end" in p:
         end = p["trainer_end_to_end"]
-        text += (f" At the Trainer's end-to-end rate of the bf16 run ({end['train_images_per_second_per_gpu']:,.0f}"
-                 f" images/s, small digits images): {end['gpu_hours']:,.1f} GPU-hours, {end['wall_hours']:,.1f} h.")
+        text += (
+            f" At the Trainer's end-to-end rate of the bf16 run ({end['train_images_per_second_per_gpu']:,.0f}"
+            f" images/s, small digits images): {end['gpu_hours']:,.1f} GPU-hours, {end['wall_hours']:,.1f} h."
+        )
     return text
 
 
@@ -457,8 +683,10 @@ def targets_table(targets: dict) -> list[str]:
     lines = ["| target | best / best | eager / eager | compiled / compiled | met |", "|---|---|---|---|---|"]
     for name, entry in targets.items():
         met = {True: "met", False: "**not met**"}.get(entry.get("met"), "n/a")
-        lines.append(f"| {name} >= {entry['target']}x ({entry['measurement']}) | {_ratio(entry, 'best')} | "
-                     f"{_ratio(entry, 'eager')} | {_ratio(entry, 'compiled')} | {met} |")
+        lines.append(
+            f"| {name} >= {entry['target']}x ({entry['measurement']}) | {_ratio(entry, 'best')} | "
+            f"{_ratio(entry, 'eager')} | {_ratio(entry, 'compiled')} | {met} |"
+        )
     return lines
 
 
@@ -480,9 +708,9 @@ def docs_block(report: dict, source: str) -> str:
 
 
 def update_docs(report: dict, source: str, path: Path = DOCS) -> None:
-    text = path.read_text()
+    text = path.read_text(encoding="utf-8")
     start, end = text.index(DOCS_BEGIN), text.index(DOCS_END) + len(DOCS_END)
-    path.write_text(text[:start] + docs_block(report, source) + text[end:])
+    path.write_text(text[:start] + docs_block(report, source) + text[end:], encoding="utf-8")
 
 
 class Suite:
@@ -494,9 +722,14 @@ class Suite:
         self.output_dirs = output_dirs
         self.started = time.monotonic()
         self.report = {
-            "suite": "scripts/gpu_check.sh", "mode": "cpu" if cpu else "cuda", "gpu": self.gpu, "name": self.name,
+            "suite": "scripts/gpu_check.sh",
+            "mode": "cpu" if cpu else "cuda",
+            "gpu": self.gpu,
+            "name": self.name,
             "started": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "environment": environment(cpu), "parts": {}, "paper_run": PAPER_RUN,
+            "environment": environment(cpu),
+            "parts": {},
+            "paper_run": PAPER_RUN,
         }
 
     def path(self, folder: Path, suffix: str) -> Path:
@@ -509,7 +742,7 @@ class Suite:
                 result["command"] = " ".join(part.command)
                 result["tail"] = tail(log_path)
                 for folder in self.output_dirs:
-                    with open(self.path(folder, ".log"), "a") as log:
+                    with open(self.path(folder, ".log"), "a", encoding="utf-8") as log:
                         log.write(f"\n===== {part.name}: {result['status']} in {result.get('seconds')} s =====\n")
                         log.write(log_path.read_text(errors="replace")[-400_000:])
             self.report["parts"][part.name] = result
@@ -517,8 +750,9 @@ class Suite:
                 self.collect(part.name)
             self.write()
             reason = f" ({result['reason']})" if result.get("reason") else ""
-            print(f"[gpu_check] {part.name}: {result['status']} in {result.get('seconds', 0):.0f} s{reason}",
-                  flush=True)
+            print(
+                f"[gpu_check] {part.name}: {result['status']} in {result.get('seconds', 0):.0f} s{reason}", flush=True
+            )
 
     def collect(self, name: str):
         """Reads what the part left in the work folder into the report (also after a failure or a timeout: the
@@ -553,8 +787,9 @@ class Suite:
                 return self.record(part, {"status": "skipped", "reason": part.skip, "seconds": 0.0}, None)
             left = deadline - (time.monotonic() - self.started)
             if left < 20:
-                return self.record(part, {"status": "skipped", "reason": "the suite's time ran out", "seconds": 0.0},
-                                   None)
+                return self.record(
+                    part, {"status": "skipped", "reason": "the suite's time ran out", "seconds": 0.0}, None
+                )
             budget = left if part.budget is None else min(part.budget, left)
             for output in part.outputs:
                 if output.is_dir():
@@ -582,20 +817,25 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the suite")
     run.add_argument("--cpu", action="store_true", help="tiny sizes on the CPU (CI)")
-    run.add_argument("--output_dir", default=None, help="where gpu_<name>.{json,md,log} go (default: benchmarks, "
-                     "or a temporary folder with --cpu); also $OUT when it is set (the device machine)")
+    run.add_argument(
+        "--output_dir",
+        default=None,
+        help="where gpu_<name>.{json,md,log} go (default: benchmarks, "
+        "or a temporary folder with --cpu); also $OUT when it is set (the device machine)",
+    )
     run.add_argument("--work_dir", help="the parts' outputs (models, logs; default: a temporary folder)")
     run.add_argument("--parts", help="comma-separated subset of: tests,train_bf16,train_fsdp,benchmark")
     run.add_argument("--budget", action="append", default=[], metavar="PART=SECONDS", help="a part's time budget")
     run.add_argument("--deadline", type=float, default=SUITE_SECONDS, help="seconds for all parts together")
-    run.add_argument("--jobs", type=int,
-                     help="parts at a time (default: 1 on the GPU, for clean timings; 2 on the CPU)")
+    run.add_argument(
+        "--jobs", type=int, help="parts at a time (default: 1 on the GPU, for clean timings; 2 on the CPU)"
+    )
     docs = commands.add_parser("docs", help="write a report's targets and projection into docs/gpu.md")
     docs.add_argument("report")
     args = parser.parse_args(argv)
 
     if args.command == "docs":
-        update_docs(json.loads(Path(args.report).read_text()), args.report)
+        update_docs(json.loads(Path(args.report).read_text(encoding="utf-8")), args.report)
         print(f"Updated {DOCS}")
         return 0
 
@@ -620,8 +860,11 @@ def main(argv: list[str] | None = None) -> int:
             if part.name == name:
                 part.budget = float(seconds)
     suite = Suite(args.cpu, list(dict.fromkeys(output_dirs)), work)
-    print(f"[gpu_check] {suite.gpu}: parts {[p.name for p in parts]}, work folder {work}, report in "
-          f"{', '.join(map(str, output_dirs))}", flush=True)
+    print(
+        f"[gpu_check] {suite.gpu}: parts {[p.name for p in parts]}, work folder {work}, report in "
+        f"{', '.join(map(str, output_dirs))}",
+        flush=True,
+    )
     suite.run(parts, jobs=args.jobs or (2 if args.cpu else 1), deadline=args.deadline)
     if not args.cpu and output.resolve() == (ROOT / "benchmarks").resolve() and DOCS.exists():
         update_docs(suite.report, str(suite.path(Path("benchmarks"), ".json")))

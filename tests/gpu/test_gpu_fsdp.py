@@ -27,8 +27,9 @@ def process_group(device, tmp_path):
         pytest.skip("a process group is already initialised in this process")
     if device.type == "cuda":
         torch.cuda.set_device(device.index or 0)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method=f"file://{tmp_path}/store",
-                            rank=0, world_size=1)
+    dist.init_process_group(
+        "nccl" if device.type == "cuda" else "gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1
+    )
     try:
         yield init_device_mesh(device.type, (1,))
     finally:
@@ -42,8 +43,11 @@ def test_fsdp2_bf16_training_steps_follow_autocast(device, process_group):
     torch.manual_seed(0)
     reference = make_model(device, blocks=2).train()
     model = copy.deepcopy(reference)
-    shard(model, mesh=process_group, mp_policy=MixedPrecisionPolicy(param_dtype=torch.bfloat16,
-                                                                     reduce_dtype=torch.float32))
+    shard(
+        model,
+        mesh=process_group,
+        mp_policy=MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32),
+    )
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     assert norms and all(m.weight.dtype == torch.float32 for m in norms)  # kept fp32 (sharded: a DTensor of fp32)
     optimizers = [torch.optim.AdamW(m.parameters(), lr=1e-3) for m in (model, reference)]

@@ -16,12 +16,15 @@ from .helpers import DTYPES, TOLERANCE, make_batch, make_model, relative_error
 # intermediates in fp32 where eager rounds them to bf16, and the differences add up through the backward pass.
 GRADIENT_TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 1e-1}
 
+
 def missing(implementation: str, device: torch.device, dtype: torch.dtype) -> str | None:
     """Why `implementation` cannot run here (None when it can)."""
     if implementation == "flex_attention" and device.type == "cpu":
         # its kernel is compiled at the first call: about 25 s per dtype on a CPU (C++), a few seconds on a GPU
-        return ("flex_attention compiles C++ kernels on the CPU (~25 s): checked on CUDA, and in fp32 by "
-                "tests/test_modeling_ceit.py")
+        return (
+            "flex_attention compiles C++ kernels on the CPU (~25 s): checked on CUDA, and in fp32 by "
+            "tests/test_modeling_ceit.py"
+        )
     available = {"flash_attention_2": is_flash_attn_2_available, "flash_attention_3": is_flash_attn_3_available}
     if implementation not in available:
         return None
