@@ -290,6 +290,9 @@ def run_benchmark(  # noqa: C901 (the measurement loop in one place)
     so far after each size (a caller that writes them keeps the finished sizes if a later one fails or is killed)."""
     device = torch.device(device)
     dtypes = [getattr(torch, d) for d in dtypes]
+    # transformers' shared decorators (`can_return_tuple`, ...) are one code object for every model: each compiled
+    # variant recompiles them, and dynamo's default limit (8) would leave the later ones running eagerly.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     results = {
         "machine": machine_description(device),
         "machine_info": machine_info(),

@@ -609,6 +609,9 @@ def _torch_default_init(layer: nn.Module):
         init.uniform_(layer.bias, -bound, bound)
 
 
+# auto_docstring with the intro given: its default one names the model from transformers' own module tree, which a
+# Hub remote-code file is not part of.
+@auto_docstring(custom_intro="The bare CeiT: I2T stem, encoder blocks with LeFF, and the LCA's class token (pooled).")
 class CeiTModel(CeiTPreTrainedModel):
     def __init__(self, config: CeiTConfig):
         super().__init__(config)
@@ -664,6 +667,9 @@ class CeiTMLPHead(nn.Module):
         return self.out_proj(self.dropout(self.act(self.dense(x))))
 
 
+@auto_docstring(
+    custom_intro="CeiT with an image classification head on the LCA's class token (as the official model)."
+)
 class CeiTForImageClassification(CeiTPreTrainedModel):
     def __init__(self, config: CeiTConfig):
         super().__init__(config)
