@@ -4,8 +4,8 @@
 A bf16 `MixedPrecisionPolicy` over a whole CeiT block casts its BatchNorm weights to bf16 while their running
 statistics stay fp32, and the first forward fails (`expected scalar type BFloat16 but found Float`); BatchNorm's
 statistics are also the one place where bf16 loses real accuracy. `fully_shard_ceit` therefore makes every BatchNorm
-its own FSDP unit computing in fp32 (its output cast back to the compute dtype), and the blocks, the LCA and the root
-units of the requested policy. `scripts/train.py` applies it when accelerate runs FSDP (accelerate's own FSDP2
+its own FSDP unit computing in fp32 (its output cast back to the compute dtype), and the embeddings, the blocks and
+the root (with the LCA and the classifier) units of the requested policy. `scripts/train.py` applies it when accelerate runs FSDP (accelerate's own FSDP2
 preparation leaves a model that is already sharded as it is), and it works as well on a plain torch training loop.
 """
 
@@ -48,8 +48,8 @@ def fully_shard_ceit(
     with FSDP2 and returns it.
 
     Units: each BatchNorm (fp32, see the module docstring, when `mp_policy` computes in lower precision), the
-    `CeiTEmbeddings` and each `CeiTLayer`, then the root (the LCA, the classifier and what is left). `mp_policy` (default: none, fp32) is
-    torch's `MixedPrecisionPolicy` for everything but the BatchNorms, e.g.
+    `CeiTEmbeddings` and each `CeiTLayer`, then the root (the LCA, the classifier and what is left). `mp_policy`
+    (default: none, fp32) is torch's `MixedPrecisionPolicy` for everything but the BatchNorms, e.g.
     `MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)`; `mesh`, `reshard_after_forward`,
     `offload_policy` and `ignored_params` go to every `fully_shard` call as they are."""
     from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
@@ -62,9 +62,8 @@ def fully_shard_ceit(
         common["offload_policy"] = offload_policy
     if ignored_params:
         common["ignored_params"] = set(ignored_params)
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if mp_policy.param_dtype not in (None, torch.float32):  # in fp32 they shard with their block
-        for norm in norms:
+    if mp_policy.param_dtype not in (None, torch.float32):  # in fp32 the BatchNorms shard with their block
+        for norm in [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]:
             fully_shard(norm, mp_policy=batch_norm_policy(mp_policy), **common)
     for unit in _units(model):
         fully_shard(unit, mp_policy=mp_policy, **common)
