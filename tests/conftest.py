@@ -1,6 +1,7 @@
 import logging
 import logging.handlers
 import os
+import socket
 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -75,3 +76,10 @@ def ceit_log() -> list[logging.LogRecord]:
     logger.addHandler(handler)
     yield handler.buffer
     logger.removeHandler(handler)
+
+
+def free_port() -> int:
+    """A TCP port free on localhost now, for a process group's rendezvous."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -21,22 +21,10 @@ from ceit_hf.training.data import default_num_workers, with_transform
 
 # Two steps of a one-block model on 16 images of 16x16 (all of them: 2 batches of 8), no evaluation or checkpoint
 # in between: the final evaluation still runs over the validation folder.
-TINY_RUN = [
-    "--max_steps",
-    "2",
-    "--per_device_train_batch_size",
-    "8",
-    "--eval_strategy",
-    "no",
-    "--save_strategy",
-    "no",
-    "--config_overrides",
-    "num_encoder_blocks=1",
-    "--disable_tqdm",
-    "true",
-    "--report_to",
-    "none",
-]
+TINY_RUN = (
+    "--max_steps 2 --per_device_train_batch_size 8 --eval_strategy no --save_strategy no "
+    "--config_overrides num_encoder_blocks=1 --disable_tqdm true --report_to none"
+).split()
 EARLY, LATE = "a/0.png", "b/7.png"  # the first file of the first class, the last file of the last one
 
 

@@ -4,46 +4,24 @@ as 2 nodes of 1 process on localhost), and accelerate's FSDP config on CPU proce
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import free_port
 from safetensors.torch import load_file
 
 from ceit_hf.training.run import match_gradient_layout, prepare_distributed
 
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_RUN = [
-    "--use_cpu",
-    "--max_train_samples",
-    "64",
-    "--max_eval_samples",
-    "32",
-    "--per_device_train_batch_size",
-    "8",
-    "--num_train_epochs",
-    "1",
-    "--config_overrides",
-    "num_encoder_blocks=2",
-    "--disable_tqdm",
-    "true",
-    "--report_to",
-    "none",
-    "--torch_threads",
-    "1",
-    "--dataloader_num_workers",
-    "0",
-]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+TINY_RUN = (
+    "--use_cpu --max_train_samples 64 --max_eval_samples 32 --per_device_train_batch_size 8 "
+    "--num_train_epochs 1 --config_overrides num_encoder_blocks=2 --disable_tqdm true --report_to none "
+    "--torch_threads 1 --dataloader_num_workers 0"
+).split()
 
 
 def environment():

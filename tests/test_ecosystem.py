@@ -4,13 +4,12 @@ quantization, pruning, offloading and eval-mode gradients all see and change the
 from __future__ import annotations
 
 import copy
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import tiny_config
+from conftest import free_port, tiny_config
 from torch import nn
 
 from ceit_hf import CeiTConfig, CeiTForImageClassification
@@ -331,15 +330,9 @@ def _sync_batch_norm_worker(rank, world_size, port, results):
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_checkpointing_updates_synced_batch_norm_statistics_once_and_replays_with_synced_statistics():
     results = mp.Manager().dict()
-    mp.spawn(_sync_batch_norm_worker, args=(2, _free_port(), results), nprocs=2, join=True)
+    mp.spawn(_sync_batch_norm_worker, args=(2, free_port(), results), nprocs=2, join=True)
     for rank in (0, 1):
         plain = results[rank]["plain"]
         assert plain["tracked"] == 1

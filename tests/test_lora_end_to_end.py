@@ -29,20 +29,10 @@ BASE_HUB_ID = "me/ceit-digits-base"  # the base's --hub_model_id: its card names
 def runs(tmp_path_factory) -> dict[str, Path]:
     """A base CeiT trained on digits 0-4 (its card naming BASE_HUB_ID) and a LoRA adapter of it for digits 5-9."""
     root = tmp_path_factory.mktemp("lora")
-    common = [
-        "--max_steps",
-        "3",
-        "--eval_strategy",
-        "no",
-        "--save_strategy",
-        "no",
-        "--disable_tqdm",
-        "true",
-        "--report_to",
-        "none",
-        "--per_device_train_batch_size",
-        "8",
-    ]
+    common = (
+        "--max_steps 3 --eval_strategy no --save_strategy no --disable_tqdm true --report_to none "
+        "--per_device_train_batch_size 8"
+    ).split()
     first, rest = digit_subset_folders(root / "first", range(5)), digit_subset_folders(root / "rest", range(5, 10))
     base, adapter = root / "base", root / "adapter"
     train(

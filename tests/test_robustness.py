@@ -181,28 +181,11 @@ def test_every_torch_load_is_weights_only():
 
 # --- interrupted training ------------------------------------------------------------------------------------------
 
-SHORT = [
-    "--max_train_samples",
-    "96",
-    "--max_eval_samples",
-    "32",
-    "--per_device_train_batch_size",
-    "8",
-    "--config_overrides",
-    "num_encoder_blocks=1",
-    "--disable_tqdm",
-    "true",
-    "--report_to",
-    "none",
-    "--eval_strategy",
-    "no",
-    "--save_strategy",
-    "steps",
-    "--save_steps",
-    "4",
-    "--max_steps",
-    "12",
-]
+SHORT = (
+    "--max_train_samples 96 --max_eval_samples 32 --per_device_train_batch_size 8 --config_overrides "
+    "num_encoder_blocks=1 --disable_tqdm true --report_to none --eval_strategy no --save_strategy steps "
+    "--save_steps 4 --max_steps 12"
+).split()
 
 
 def max_difference(a: Path, b: Path) -> float:

@@ -33,38 +33,14 @@ from ceit_hf.training.data import batch_mixer
 
 ROOT = Path(__file__).resolve().parents[1]
 # A few steps of a one-block model: enough to exercise the whole job in seconds.
-SHORT = [
-    "--max_train_samples",
-    "96",
-    "--max_eval_samples",
-    "32",
-    "--per_device_train_batch_size",
-    "8",
-    "--config_overrides",
-    "num_encoder_blocks=1",
-    "--disable_tqdm",
-    "true",
-    "--report_to",
-    "none",
-]
-RECIPE = [
-    "--mixup_alpha",
-    "0.8",
-    "--cutmix_alpha",
-    "1.0",
-    "--random_erasing",
-    "0.25",
-    "--rand_augment_ops",
-    "2",
-    "--color_jitter",
-    "0.4",
-    "--label_smoothing_factor",
-    "0.1",
-    "--model_ema_decay",
-    "0.9",
-    "--drop_path",
-    "0.1",
-]
+SHORT = (
+    "--max_train_samples 96 --max_eval_samples 32 --per_device_train_batch_size 8 --config_overrides "
+    "num_encoder_blocks=1 --disable_tqdm true --report_to none"
+).split()
+RECIPE = (
+    "--mixup_alpha 0.8 --cutmix_alpha 1.0 --random_erasing 0.25 --rand_augment_ops 2 --color_jitter 0.4 "
+    "--label_smoothing_factor 0.1 --model_ema_decay 0.9 --drop_path 0.1"
+).split()
 
 
 def run_script(args, timeout=600, **kwargs):
@@ -701,20 +677,10 @@ def test_lora_fine_tuning_saves_the_adapter_and_a_merged_model_with_its_logits(t
     peft = pytest.importorskip("peft")
     from safetensors.torch import load_file as load
 
-    common = [
-        "--max_steps",
-        "3",
-        "--eval_strategy",
-        "no",
-        "--save_strategy",
-        "no",
-        "--disable_tqdm",
-        "true",
-        "--report_to",
-        "none",
-        "--per_device_train_batch_size",
-        "8",
-    ]
+    common = (
+        "--max_steps 3 --eval_strategy no --save_strategy no --disable_tqdm true --report_to none "
+        "--per_device_train_batch_size 8"
+    ).split()
     first, rest = (
         digit_subset_folders(tmp_path / "first", range(5)),
         digit_subset_folders(tmp_path / "rest", range(5, 10)),
