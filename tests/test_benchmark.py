@@ -35,6 +35,8 @@ def test_benchmark_reports_medians_ratios_flops_and_memory(tmp_path):
         min_seconds=0.0,
         compile=False,
         log=lambda _: None,
+        roof_size=256,
+        roof_seconds=0.05,
     )
     assert results["matmul_roof_gflops"]["float32"] > 0
     for name in ("ceit", "ceit_optimized", "deit"):
