@@ -71,6 +71,36 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     return {"root": root, "base": base, "adapter": adapter, "val": rest / "val"}
 
 
+def test_lora_fine_tuning_saves_the_adapter_and_a_merged_model_with_its_logits(runs):
+    """A CeiT trained on digits 0-4, LoRA-adapted to digits 5-9: only adapters and the classifier change, the saved
+    adapter reproduces the run's model, and the merged folder loads with plain from_pretrained to the same logits."""
+    import peft
+    from safetensors.torch import load_file as load
+
+    base, tuned = runs["base"], runs["adapter"]
+    assert (tuned / "adapter_model.safetensors").is_file() and (tuned / "adapter_config.json").is_file()
+    adapter = load(tuned / "adapter_model.safetensors")
+    assert any("lora_A" in k for k in adapter) and any("classifier" in k for k in adapter)
+    assert any(".lca.attention.qkv." in k for k in adapter) and any(".leff.expand." in k for k in adapter)
+
+    adapted = peft.PeftModel.from_pretrained(CeiTForImageClassification.from_pretrained(base), tuned).eval()
+    merged = CeiTForImageClassification.from_pretrained(tuned / "merged").eval()
+    assert merged.config.id2label[0] == "5"  # the new labels
+    original = CeiTForImageClassification.from_pretrained(base).eval()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert (merged(x).logits - adapted(x).logits).abs().max() < 1e-5
+        assert (merged(x).logits - original(x).logits).abs().max() > 1e-4
+    # only the adapted layers and the classifier differ from the base model (BatchNorm statistics kept)
+    changed = {k for k, v in merged.state_dict().items() if not torch.equal(v, original.state_dict()[k])}
+    assert changed and all(
+        k.startswith("classifier.")
+        or k.rsplit(".", 2)[-2] in {"qkv", "proj", "expand", "reduce"}
+        or k.endswith("num_batches_tracked")
+        for k in changed
+    )
+
+
 def evaluated(model: Path, runs, *extra: str) -> dict:
     return evaluate(["--model", str(model), "--validation_dir", str(runs["val"]), "--device", "cpu", *extra])
 
