@@ -1,13 +1,27 @@
-# Copyright 2026 The ceit_hf authors. Licensed under the Apache License, Version 2.0.
-"""CeiT model configuration. Hub remote code: imports only transformers."""
+# Copyright 2026 The ceit_hf authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""CeiT model configuration. Hub remote code: imports only transformers (and its huggingface_hub)."""
 
 from __future__ import annotations
 
+import contextvars
 import difflib
 import math
 from numbers import Integral, Real
 from typing import Any
 
+from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 from transformers.backbone_utils import BackboneConfigMixin
 from transformers.utils import auto_docstring
@@ -67,6 +81,29 @@ def _plain(value):
     return int(value) if isinstance(value, Integral) else float(value)
 
 
+# Set while a saved config (`from_dict`, `from_json_file`) is built: what a file holds is kept, as transformers keeps any
+# attribute; only keywords a person types are checked for typos.
+_FROM_SAVED = contextvars.ContextVar("ceit_config_from_saved", default=False)
+
+
+def _close_option(key: str) -> str | None:
+    """The CeiT option (or transformers alias) that `key` looks like a typo of, if any."""
+    options = {*CeiTConfig.__dataclass_fields__, *ALIASES}
+    if key in options or hasattr(CeiTConfig, key):
+        return None
+    close = difflib.get_close_matches(key, options, n=1, cutoff=0.85)
+    return close[0] if close else None
+
+
+def refuse_typos(keywords) -> None:
+    """`ValueError` for a keyword close to a CeiT option but none: transformers keeps unknown keywords as attributes
+    (configs may carry metadata), so a typo of an option would otherwise build the default model in silence. A keyword
+    that the config classes (PreTrainedConfig, BackboneConfigMixin) define is never a typo."""
+    for key in keywords:
+        if (option := _close_option(key)) is not None:
+            raise ValueError(f"CeiTConfig got an unknown option {key!r}; did you mean {option!r}?")
+
+
 def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
@@ -83,6 +120,10 @@ def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
     raises `ValueError` ("did you mean"). A pre-norm LCA is followed by a final LayerNorm; a post-norm one ends in one.
     """
 )
+# `@strict` runs the `validate_*` rules at init and on save. Its per-assignment type checks read the field annotations,
+# which `from __future__ import annotations` leaves as strings it does not check: `_check_options` checks every field
+# instead, so numpy scalars and ints for floats are taken, and each error names the option and the rule.
+@strict(accept_kwargs=True)
 class CeiTConfig(BackboneConfigMixin, PreTrainedConfig):
     r"""
     image_size (`int` or `list[int]`, *optional*, defaults to 224):
@@ -238,7 +279,8 @@ class CeiTConfig(BackboneConfigMixin, PreTrainedConfig):
     def __post_init__(self, **kwargs):
         # ceit_hf <= 0.2 saved this runtime switch in config.json; it is now `CeiTPreTrainedModel.set_leff_recompute`.
         kwargs.pop("leff_recompute_activations", None)
-        self._refuse_typos(kwargs)
+        if not _FROM_SAVED.get():
+            refuse_typos(kwargs)
         self._take_aliases_and_labels(kwargs)
         if isinstance(self.image_size, (tuple, list)):
             self.image_size = [_plain(size) for size in self.image_size]
@@ -277,17 +319,22 @@ class CeiTConfig(BackboneConfigMixin, PreTrainedConfig):
             self._check_id2label()
             self.label2id = self.label2id or {str(label): int(index) for index, label in self.id2label.items()}
 
-    def _refuse_typos(self, kwargs: dict[str, Any]) -> None:
-        # transformers keeps unknown keywords as attributes (configs may carry metadata), so a typo of a CeiT option
-        # would silently build the default model. A keyword close to an option (CeiT's or transformers' own) that
-        # the config classes (PreTrainedConfig, BackboneConfigMixin) do not define otherwise is taken for a typo.
-        options = {*self.__dataclass_fields__, *ALIASES}
-        for key in kwargs:
-            if key in options or hasattr(type(self), key):
-                continue
-            close = difflib.get_close_matches(key, options, n=1, cutoff=0.85)
-            if close:
-                raise ValueError(f"CeiTConfig got an unknown option {key!r}; did you mean {close[0]!r}?")
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs) -> CeiTConfig:
+        refuse_typos(kwargs)  # keywords typed into `from_pretrained(...)`; the saved dict is kept as it is
+        token = _FROM_SAVED.set(True)
+        try:
+            return super().from_dict(config_dict, **kwargs)
+        finally:
+            _FROM_SAVED.reset(token)
+
+    @classmethod
+    def from_json_file(cls, json_file) -> CeiTConfig:
+        token = _FROM_SAVED.set(True)
+        try:
+            return super().from_json_file(json_file)
+        finally:
+            _FROM_SAVED.reset(token)
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> CeiTConfig:
@@ -354,8 +401,8 @@ class CeiTConfig(BackboneConfigMixin, PreTrainedConfig):
                 output.setdefault(key, self.to_dict()[key])
         return output
 
-    def validate(self):
-        super().validate()
+    def validate_options(self):
+        """Part of `@strict`'s validation (at init and on save): the same rules as at construction."""
         self._check_options()
 
     def _check_id2label(self):

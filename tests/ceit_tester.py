@@ -48,9 +48,8 @@ class CeiTModelTester:
             encoder_num_heads=self.num_attention_heads,
             i2t_out_channels=self.i2t_out_channels,
             patch_size=self.patch_size,
-            classifier_mlp_d=None,
             num_classes=self.num_labels,
-            **self.config_overrides,
+            **{"classifier_mlp_d": None, **self.config_overrides},
         )
 
     def prepare_config_and_inputs(self):

@@ -6,9 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import tiny_config
-from transformers import AutoConfig
+from huggingface_hub.errors import StrictDataclassClassValidationError
+from transformers import AutoConfig, AutoModel
+from transformers.testing_utils import set_config_for_less_flaky_test
 
-from ceit_hf import PRESETS, CeiTConfig, CeiTForImageClassification
+from ceit_hf import PRESETS, CeiTConfig, CeiTForImageClassification, CeiTModel
 
 
 # The seed API (cv.backbones.CeiT.model.CeiT): every keyword and its default.
@@ -273,7 +275,8 @@ def test_invalid_values_raise_value_error_naming_field_and_rule(kwargs, field, r
 def test_validation_also_runs_on_save(tmp_path):
     config = CeiTConfig()
     config.ln_order = "middle"
-    with pytest.raises(ValueError, match="ln_order"):
+    # transformers' `@strict` configs wrap a rule's ValueError in StrictDataclassClassValidationError on save
+    with pytest.raises(StrictDataclassClassValidationError, match="ln_order='middle' is invalid"):
         config.save_pretrained(tmp_path)
 
 
@@ -309,6 +312,40 @@ def test_keys_transformers_writes_still_load(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(data))
     loaded = CeiTConfig.from_pretrained(tmp_path)
     assert loaded.d_model == 64 and loaded.my_dataset_note == "digits" and loaded.num_labels == 2
+
+
+def test_a_saved_config_with_attributes_close_to_options_loads(tmp_path):
+    """What `save_pretrained` wrote always loads, attributes that other tools set included: transformers' own
+    `set_config_for_less_flaky_test` sets `layer_norm_epsilon`, `norm_epsilon`, ... on every config before saving."""
+    config = CeiTConfig(d_model=64, encoder_num_heads=2)
+    set_config_for_less_flaky_test(config)
+    config.layer_norm_eps = 1e-5
+    config.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    extras = {"rms_norm_eps", "post_norm_eps", "norm_eps", "norm_epsilon", "layer_norm_epsilon", "batch_norm_eps"}
+    assert extras <= saved.keys()
+    for load in (CeiTConfig.from_pretrained, AutoConfig.from_pretrained):
+        loaded = load(tmp_path)
+        assert comparable(loaded) == comparable(config)
+        assert loaded.layer_norm_epsilon == 1.0 and loaded.layer_norm_eps == 1e-5
+    model = CeiTModel(config)
+    model.save_pretrained(tmp_path / "model")
+    assert AutoModel.from_pretrained(tmp_path / "model").config.norm_epsilon == 1.0
+    assert CeiTConfig.from_dict(config.to_dict()).batch_norm_eps == 1.0
+
+
+@pytest.mark.parametrize(
+    "load",
+    [
+        lambda path: CeiTConfig.from_pretrained(path, layer_norm_epsilon=1e-5),
+        lambda path: AutoConfig.from_pretrained(path, num_encoder_block=3),
+        lambda path: AutoModel.from_pretrained(path, num_encoder_block=3),
+    ],
+)
+def test_typed_keywords_of_a_load_are_still_checked(tmp_path, load):
+    CeiTModel(CeiTConfig(d_model=64, encoder_num_heads=2, num_encoder_blocks=2)).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="unknown option '(layer_norm_epsilon|num_encoder_block)'; did you mean"):
+        load(tmp_path)
 
 
 def test_lca_heads_follow_the_encoder_heads_unless_given():

@@ -16,6 +16,7 @@ import tempfile
 import numpy as np
 import pytest
 import torch
+from huggingface_hub.errors import StrictDataclassClassValidationError
 from hypothesis import assume, given, note, settings
 from hypothesis import strategies as st
 
@@ -472,8 +473,9 @@ def test_invalid_values_set_after_construction_are_refused_on_save(case):
     config = CeiTConfig(**kwargs)
     for key, value in changes.items():
         setattr(config, key, value)
-    with pytest.raises(ValueError) as error:
+    with pytest.raises(StrictDataclassClassValidationError) as error:  # transformers' `@strict` wraps the ValueError
         config.validate()
+    assert isinstance(error.value.__cause__, ValueError)
     assert any(name in str(error.value) for name in names), str(error.value)
 
 

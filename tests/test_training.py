@@ -631,13 +631,15 @@ def test_push_to_hub_uploads_the_model_not_the_checkpoints(tmp_path, monkeypatch
     assert files["model.safetensors"] == (tmp_path / "run" / "model.safetensors").read_bytes()
 
 
-def test_a_typo_in_config_overrides_is_refused_with_a_suggestion():
+def test_a_typo_in_config_overrides_is_refused_with_a_suggestion(tmp_path):
     from ceit_hf.training.arguments import ModelArguments, RecipeArguments
     from ceit_hf.training.run import build_model
 
+    CeiTForImageClassification(tiny_config()).save_pretrained(tmp_path)
     for flag, suggestion in (("num_encoder_block=3", "num_encoder_blocks"), ("num_clases=5", "num_classes")):
-        with pytest.raises(SystemExit, match=f"did you mean '{suggestion}'"):
-            build_model(ModelArguments(config_overrides=flag), RecipeArguments(), ["a", "b"], 32)
+        for source in ({}, {"model_name_or_path": str(tmp_path)}):  # a new model, and one loaded to fine-tune
+            with pytest.raises(SystemExit, match=f"did you mean '{suggestion}'"):
+                build_model(ModelArguments(config_overrides=flag, **source), RecipeArguments(), ["a", "b"], 32)
     model = build_model(ModelArguments(config_overrides="num_encoder_blocks=1"), RecipeArguments(), ["a", "b"], 32)
     assert model.config.num_encoder_blocks == 1
 
