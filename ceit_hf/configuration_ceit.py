@@ -123,7 +123,7 @@ def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
 # `@strict` runs the `validate_*` rules at init and on save. Its per-assignment type checks read the field annotations,
 # which `from __future__ import annotations` leaves as strings it does not check: `_check_options` checks every field
 # instead, so numpy scalars and ints for floats are taken, and each error names the option and the rule.
-@strict(accept_kwargs=True)
+@strict
 class CeiTConfig(BackboneConfigMixin, PreTrainedConfig):
     r"""
     image_size (`int` or `list[int]`, *optional*, defaults to 224):
@@ -227,6 +227,7 @@ class CeiTConfig(BackboneConfigMixin, PreTrainedConfig):
     attribute_map = ALIASES
 
     image_size: int | list[int] = 224
+    # trf-ignore: TRF023 (the seed API's option names are this config's contract; `hidden_size` is an alias of it)
     d_model: int = 768
     patch_size: int = 4
     dropout: float = 0.0

@@ -1,4 +1,16 @@
-# Copyright 2026 The ceit_hf authors. Licensed under the Apache License, Version 2.0.
+# Copyright 2026 The ceit_hf authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
 """Image processors for CeiT: the official evaluation transform (shorter side to `int(256 / 224 * crop)`, bicubic;
 center crop; rescale; ImageNet normalisation) on transformers' torchvision backend (`CeiTImageProcessor`) and its PIL
 backend (`CeiTImageProcessorPil`). Hub remote code: imports only numpy, torch and transformers.
@@ -21,7 +33,7 @@ from transformers.image_utils import (
     load_image,
 )
 from transformers.processing_utils import ImagesKwargs, Unpack
-from transformers.utils import is_torch_tensor, logging
+from transformers.utils import auto_docstring, is_torch_tensor, logging
 
 
 logger = logging.get_logger(__name__)
@@ -225,8 +237,8 @@ class CeiTImageProcessingMixin:
         )
 
 
-class CeiTImageProcessor(CeiTImageProcessingMixin, TorchvisionBackend):
-    r"""
+@auto_docstring(
+    custom_intro="""
     CeiT image processor on transformers' torchvision backend (batched, on an accelerator when `device` is given).
     The defaults are the official evaluation transform: shorter side to 256 pixels (bicubic), center crop 224x224,
     rescale by 1/255, ImageNet mean/std; transformers' usual image-processor arguments apply at construction or call
@@ -240,15 +252,19 @@ class CeiTImageProcessor(CeiTImageProcessingMixin, TorchvisionBackend):
     torch.Size([1, 3, 224, 224])
     ```
     """
+)
+class CeiTImageProcessor(CeiTImageProcessingMixin, TorchvisionBackend):
+    pass
 
 
-class CeiTImageProcessorPil(CeiTImageProcessingMixin, PilBackend):
-    r"""
+@auto_docstring(
+    custom_intro="""
     CeiT image processor on transformers' PIL backend: resizes with Pillow one image at a time, like the official
     pipeline, and needs no torchvision. The same arguments, inputs and outputs as [`CeiTImageProcessor`], up to
     resampling differences between Pillow and torchvision.
     """
-
+)
+class CeiTImageProcessorPil(CeiTImageProcessingMixin, PilBackend):
     def process_image(self, image, *args, **kwargs):
         if is_torch_tensor(image):  # this backend works on numpy arrays
             image = image.detach().cpu().numpy()

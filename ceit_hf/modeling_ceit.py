@@ -1,4 +1,16 @@
-# Copyright 2026 The ceit_hf authors. Licensed under the Apache License, Version 2.0.
+# Copyright 2026 The ceit_hf authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
 """PyTorch CeiT: Incorporating Convolution Designs into Visual Transformers (Yuan et al., ICCV 2021).
 
 The modules follow the paper: an Image-to-Tokens stem (I2T, Sec. 3.2), encoder blocks whose feed-forward is the
@@ -32,6 +44,7 @@ from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 from .configuration_ceit import CeiTConfig
 
 
+@auto_docstring(custom_intro="Output of [`CeiTModel`]: the encoder's tokens and the LCA's class token.")
 @dataclass
 class CeiTModelOutput(BaseModelOutputWithPooling):
     r"""
@@ -51,9 +64,15 @@ class CeiTModelOutput(BaseModelOutputWithPooling):
     lca_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
+@auto_docstring(
+    custom_intro="Output of [`CeiTForImageClassification`]: `ImageClassifierOutput` plus `lca_attentions`."
+)
 @dataclass
 class CeiTImageClassifierOutput(ImageClassifierOutput):
-    r"""`ImageClassifierOutput` plus `lca_attentions`, as in [`CeiTModelOutput`]."""
+    r"""
+    lca_attentions (`tuple(torch.FloatTensor)`, *optional*):
+        As in [`CeiTModelOutput`]: how the last block's class token attends to the class tokens of all blocks.
+    """
 
     lca_attentions: tuple[torch.FloatTensor, ...] | None = None
 
@@ -126,14 +145,20 @@ def eager_attention_forward(
 
 
 class CeiTAttention(nn.Module):
-    """Multi-head attention with the official fused query/key/value projection (rows [q | k | v]). Queries come from
-    the last `num_queries` tokens (all of them by default); the attention function is the configured one."""
+    """Multi-head attention with the official fused query/key/value projection (rows [q | k | v]). The encoder blocks'
+    self-attention and the LCA's class attention each read their own options. Queries come from the last
+    `num_queries` tokens (all of them by default); the attention function is the configured one."""
 
-    def __init__(
-        self, config: CeiTConfig, num_heads: int, qkv_bias: bool, attention_dropout: float, proj_dropout: float
-    ):
+    def __init__(self, config: CeiTConfig, is_class_attention: bool = False):
         super().__init__()
         self.config = config
+        if is_class_attention:
+            num_heads, qkv_bias = config.lca_encoder_num_heads, config.lca_encoder_qkv_bias
+            attention_dropout = config.lca_encoder_attention_dropout
+            proj_dropout = config.lca_encoder_projection_dropout
+        else:
+            num_heads, qkv_bias = config.encoder_num_heads, config.qkv_bias
+            attention_dropout, proj_dropout = config.encoder_attention_dropout, config.encoder_projection_dropout
         self.num_heads = num_heads
         self.head_dim = config.d_model // num_heads
         self.scaling = self.head_dim**-0.5
@@ -170,13 +195,7 @@ class CeiTSelfAttention(CeiTAttention):
     """Multi-head self-attention of the encoder blocks."""
 
     def __init__(self, config: CeiTConfig):
-        super().__init__(
-            config,
-            config.encoder_num_heads,
-            config.qkv_bias,
-            config.encoder_attention_dropout,
-            config.encoder_projection_dropout,
-        )
+        super().__init__(config)
 
 
 class CeiTClassAttention(CeiTAttention):
@@ -184,13 +203,7 @@ class CeiTClassAttention(CeiTAttention):
     blocks, itself included."""
 
     def __init__(self, config: CeiTConfig):
-        super().__init__(
-            config,
-            config.lca_encoder_num_heads,
-            config.lca_encoder_qkv_bias,
-            config.lca_encoder_attention_dropout,
-            config.lca_encoder_projection_dropout,
-        )
+        super().__init__(config, is_class_attention=True)
 
     def forward(self, class_tokens: torch.Tensor, **kwargs):
         # `qkv` runs on all L class tokens (L = number of blocks, a negligible cost) so that the layer is called as a
@@ -236,6 +249,7 @@ class CeiTPatchEmbeddings(nn.Module):
             self.projection = nn.Conv2d(channels, config.d_model, kernel_size=p, stride=p)
         else:
             self.projection = _pointwise_convolution(channels * p * p, config.d_model)
+        # CODEPATH: the seed API's default has a patch LayerNorm; the official CeiT-T/S/B checkpoints have none.
         self.norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps) if config.patch_norm else nn.Identity()
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
@@ -310,8 +324,12 @@ class CeiTEmbeddings(nn.Module):
         return self.dropout(tokens + self.interpolate_pos_encoding(grid_size))
 
     def forward(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False):
+        """(the tokens, class token first; their grid size; the I2T feature map, a backbone's "stem" stage). Models
+        call the embeddings through this forward only, so that hooks on the module (FSDP's all-gather of its
+        parameters) run around all of it."""
         grid_size = self.check_pixel_values(pixel_values, interpolate_pos_encoding)
-        return self.tokens(self.image_to_tokens(pixel_values), grid_size), grid_size
+        stem = self.image_to_tokens(pixel_values.to(self.cls_token.dtype))
+        return self.tokens(stem, grid_size), grid_size, stem
 
 
 class CeiTLeFF(nn.Module):
@@ -325,6 +343,7 @@ class CeiTLeFF(nn.Module):
     def __init__(self, config: CeiTConfig):
         super().__init__()
         dim, hidden = config.d_model, config.leff_expand_ratio * config.d_model
+        # CODEPATH: every official checkpoint and the seed API's default have LeFF's BatchNorms; off, a plain LeFF.
         batch_norm = nn.BatchNorm1d if config.leff_batch_norm else (lambda channels: nn.Identity())
         self.expand = _pointwise_convolution(dim, hidden)
         self.expand_norm = batch_norm(hidden)
@@ -336,12 +355,14 @@ class CeiTLeFF(nn.Module):
             padding=config.leff_depthwise_padding,
             groups=hidden,
         )
+        # CODEPATH: the seed API's default adds a pointwise layer (depthwise-separable); official CeiT-T/S/B do not.
         self.pointwise = _pointwise_convolution(hidden, hidden) if config.leff_depthwise_separable else nn.Identity()
         self.depthwise_norm = batch_norm(hidden)
         self.act = nn.GELU()
         self.dropout = nn.Dropout(config.encoder_dropout)
         self.reduce = _pointwise_convolution(hidden, dim)
         self.reduce_norm = batch_norm(dim)
+        # CODEPATH: the seed API's default has the paper's last GELU; the official checkpoints end on the BatchNorm.
         self.final_act = nn.GELU() if config.leff_final_activation else nn.Identity()
         # Runtime switches, not configuration (`CeiTPreTrainedModel.set_leff_recompute`, activation checkpointing).
         self.recompute_activations: bool | None = None  # None: on CPU tensors, where it was measured faster
@@ -423,10 +444,10 @@ class CeiTLayerClassAttention(nn.Module):
         super().__init__()
         dim = config.d_model
         self.pre_norm = config.lca_encoder_ln_order == "pre"
+        # CODEPATH: official CeiT-T/S/B and the seed API's default add the layer-position embedding; off, none.
+        position = config.lca_layer_position_embedding
         self.layer_position_embeddings = (
-            nn.Parameter(torch.zeros(1, config.num_encoder_blocks, dim))
-            if config.lca_layer_position_embedding
-            else None
+            nn.Parameter(torch.zeros(1, config.num_encoder_blocks, dim)) if position else None
         )
         self.norm1 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
         self.attention = CeiTClassAttention(config)
@@ -522,6 +543,7 @@ def _lca_attentions_with_attentions(forward: Callable) -> Callable:
     return wrapper
 
 
+@auto_docstring(custom_intro="Weights initialisation, loading and the runtime switches shared by every CeiT model.")
 class CeiTPreTrainedModel(PreTrainedModel):
     config: CeiTConfig
     config_class = CeiTConfig
@@ -575,6 +597,7 @@ class CeiTPreTrainedModel(PreTrainedModel):
                     if isinstance(leff, CeiTLeFF):
                         leff.layer_checkpointed = bool(layer.gradient_checkpointing)
 
+    # trf-ignore: TRF033 (a runtime speed/memory switch, like gradient checkpointing: kept out of config.json)
     def set_leff_recompute(self, enabled: bool | str = "auto"):
         """Recompute LeFF's BatchNorm/GELU/depthwise activations in the backward pass of training instead of storing
         them (`True`), store them (`False`), or `"auto"`: recompute on CPU, where it made the step faster and CeiT-T's
@@ -588,6 +611,15 @@ class CeiTPreTrainedModel(PreTrainedModel):
                 module.recompute_activations = None if enabled == "auto" else enabled
 
     def save_pretrained(self, save_directory, *args, **kwargs):
+        sharded_class = type(self)
+        if sharded_class.__name__.startswith("FSDP") and sharded_class.__bases__[-1].__module__ == __name__:
+            # FSDP2 makes the model an instance of `FSDP<class>`, a subclass defined in torch's FSDP module: the code
+            # saved with the weights, and the auto_map naming it, would be FSDP's. Saved as its CeiT class instead.
+            self.__class__ = sharded_class.__bases__[-1]
+            try:
+                return self.save_pretrained(save_directory, *args, **kwargs)
+            finally:
+                self.__class__ = sharded_class
         # `register_for_auto_class` maps only the saving class; a CeiT folder also loads as its base model.
         if self.is_remote_code():
             module = __name__.rsplit(".", 1)[-1]  # modeling_ceit, also when loaded as remote code
@@ -645,9 +677,9 @@ class CeiTModel(CeiTPreTrainedModel):
         if unknown := set(kwargs) - _FORWARD_KEYWORDS:
             # transformers passes unknown keywords on unread: a `head_mask` would be ignored without a word.
             raise TypeError(f"CeiT's forward got unexpected keyword arguments {sorted(unknown)}.")
-        if isinstance(pixel_values, torch.Tensor) and pixel_values.is_floating_point():
-            pixel_values = pixel_values.to(self.embeddings.cls_token.dtype)
-        embeddings, grid_size = self.embeddings(pixel_values, interpolate_pos_encoding=bool(interpolate_pos_encoding))
+        embeddings, grid_size, _ = self.embeddings(
+            pixel_values, interpolate_pos_encoding=bool(interpolate_pos_encoding)
+        )
         last_hidden_state, class_tokens = self.encoder(embeddings, grid_size, **kwargs)
         pooled, _ = self.lca(class_tokens, **kwargs)
         return CeiTModelOutput(last_hidden_state=last_hidden_state, pooler_output=self.layernorm(pooled))
@@ -677,6 +709,7 @@ class CeiTForImageClassification(CeiTPreTrainedModel):
         self.ceit = CeiTModel(config)
         if config.num_labels == 0:
             self.classifier = nn.Identity()
+        # CODEPATH: official CeiT-T/S/B have one Linear head (None); the seed API's default an MLP head (2048).
         elif config.classifier_mlp_d is None:
             self.classifier = nn.Linear(config.d_model, config.num_labels)
         else:
@@ -714,13 +747,16 @@ class CeiTForImageClassification(CeiTPreTrainedModel):
         )
 
 
+@auto_docstring(
+    custom_intro="""
+    CeiT as a backbone for dense prediction (`AutoBackbone`, `backbone_config=CeiTConfig(...)` of UperNet, DPT, ...):
+    the stages are the Image-to-Tokens map ("stem", `(batch, i2t_out_channels, H/4, W/4)` with the default stem) and
+    each block's patch tokens as a map ("stage1" ... "stageN", `(batch, d_model, h, w)`, class token dropped), through
+    a shared LayerNorm when `config.apply_layernorm`. Loads the backbone weights of a classification checkpoint; the
+    LCA and classifier are not part of it.
+    """
+)
 class CeiTBackbone(BackboneMixin, CeiTPreTrainedModel):
-    """CeiT as a backbone for dense prediction (`AutoBackbone`, `backbone_config=CeiTConfig(...)` of UperNet, DPT,
-    ...): the stages are the Image-to-Tokens map ("stem", `(batch, i2t_out_channels, H/4, W/4)` with the default
-    stem) and each block's patch tokens as a map ("stage1" ... "stageN", `(batch, d_model, h, w)`, class token
-    dropped), through a shared LayerNorm when `config.apply_layernorm`. Loads the backbone weights of a
-    classification checkpoint; the LCA and classifier are not part of it."""
-
     has_attentions = False
     _keys_to_ignore_on_load_unexpected = [r"^(ceit\.)?lca\.", r"^classifier\."]
     _keys_to_ignore_on_load_missing = [r"^layernorm\."]
@@ -751,10 +787,10 @@ class CeiTBackbone(BackboneMixin, CeiTPreTrainedModel):
         """
         if pixel_values is None:
             raise ValueError("You have to specify pixel_values.")
-        embeddings = self.embeddings
-        grid_size = embeddings.check_pixel_values(pixel_values, interpolate_pos_encoding is not False)
-        stem = embeddings.image_to_tokens(pixel_values.to(embeddings.cls_token.dtype))
-        hidden_states = [embeddings.tokens(stem, grid_size)]
+        embeddings, grid_size, stem = self.embeddings(
+            pixel_values, interpolate_pos_encoding=interpolate_pos_encoding is not False
+        )
+        hidden_states = [embeddings]
         for layer in self.encoder.layers:
             hidden_states.append(layer(hidden_states[-1], grid_size, **kwargs))
         feature_maps = []
@@ -765,8 +801,10 @@ class CeiTBackbone(BackboneMixin, CeiTPreTrainedModel):
                 feature_maps.append(stem)
                 continue
             tokens = hidden_state[:, 1:]
+            # CODEPATH: no released checkpoint; dense-prediction heads take normalised maps by default (as DINOv2's).
             if self.config.apply_layernorm:
                 tokens = self.layernorm(tokens)
+            # CODEPATH: no released checkpoint; maps for convolutional heads by default, tokens for transformer heads.
             if self.config.reshape_hidden_states:
                 tokens = tokens.transpose(1, 2).reshape(tokens.shape[0], -1, *grid_size)
             feature_maps.append(tokens)

@@ -284,7 +284,8 @@ def test_local_classes_win_without_trust_remote_code(saved):
 
 # ------------------------------------------------------------------------------------ what the code files import
 
-THIRD_PARTY_ALLOWED = {"torch", "numpy", "transformers"}
+# huggingface_hub: a requirement of transformers itself (its configs import `strict` from it)
+THIRD_PARTY_ALLOWED = {"torch", "numpy", "transformers", "huggingface_hub"}
 OPTIONAL = {"PIL", "torchvision"}  # only behind an ImportError guard or an availability check
 
 
