@@ -2,8 +2,8 @@
 # Downloads into .whl/ (ignored by git) the wheels that `scripts/gpu_check.sh` installs on the GPU machine, which is
 # offline: run this here, once, before a device run, and carry .whl with it (docs/gpu.md).
 #
-# What that machine lacks, from setup.cfg's install_requires and the device's package list
-# (/work/.library/device/KINDS.md: Python 3.12, torch 2.11, torchvision 0.26, transformers 5.17, accelerate 1.15,
+# What that machine lacks, from setup.cfg's install_requires and the GPU machine's package list (one H200, offline:
+# Python 3.12, torch 2.11, torchvision 0.26, transformers 5.17, accelerate 1.15,
 # huggingface_hub 1.33, tokenizers 0.23, safetensors 0.8, pyarrow, pandas, xxhash, scikit-learn, ...):
 #   transformers 5.24.0   the project needs >= 5.24 (the device has 5.17); its own needs are there (it checks
 #                         huggingface_hub >= 1.31, tokenizers 0.23, safetensors >= 0.8, regex at import)
@@ -28,4 +28,4 @@ python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3
     --platform manylinux1_x86_64 -d .whl "${WHEELS[@]}"
 
 ls -l .whl
-echo "$(ls .whl | wc -l) wheels, $(du -sh .whl | cut -f1) in .whl/ (the device tool carries at most 64 MiB in all)"
+echo "$(ls .whl | wc -l) wheels, $(du -sh .whl | cut -f1) in .whl/ (copy it to the GPU machine with the checkout)"
