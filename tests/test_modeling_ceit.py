@@ -1,6 +1,7 @@
 """CeiT model tests, in the layout of transformers' `tests/models/vit/test_modeling_vit.py`: `CeiTModelTest` over
-`CeiTModelTester` covers what transformers' common model tests check (run locally against transformers'
-`ModelTesterMixin`, see the README), followed by CeiT's own: every option, the official model, outputs, sizes."""
+`CeiTModelTester` checks the transformers contract quickly (transformers' own `ModelTesterMixin` and siblings run in
+CI's next step: tests/transformers_suite/run.py), followed by CeiT's own: every option, the official model, outputs,
+sizes."""
 
 import copy
 import inspect
