@@ -18,7 +18,7 @@ from transformers.utils import find_adapter_config_file
 from .inference import optimize_if_ceit
 from .metrics import TopKAccuracy
 from .training import DataArguments, ModelArguments, label_names, load_image_datasets, load_image_processor
-from .training.data import BadImageError, check_image_folder, decode_image, undecoded
+from .training.data import BadImageError, decode_image, image_folder_dataset, undecoded
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,8 +67,7 @@ def load_split(args):
     import datasets
 
     if args.validation_dir is not None:
-        check_image_folder(args.validation_dir, "--validation_dir", decode_limit=DataArguments.verify_images_limit)
-        return datasets.load_dataset("imagefolder", data_dir=args.validation_dir, split="train")
+        return image_folder_dataset(args.validation_dir, "--validation_dir", DataArguments.verify_images_limit)[0]
     if args.dataset_name is not None:
         raw = datasets.load_dataset(args.dataset_name, args.dataset_config_name)
         split = args.split or next((s for s in ("validation", "val", "test") if s in raw), None)

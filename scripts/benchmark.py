@@ -8,6 +8,7 @@ the training pipeline (JPEG decode + the DeiT recipe's augmentation) with 1 work
     python scripts/benchmark.py                                   # CPU, fp32: CeiT-T/S vs DeiT-T/S
     python scripts/benchmark.py --device cuda --dtypes bfloat16 --batch_sizes 1 32 256 --train_batch_size 256
     python scripts/benchmark.py --data_loader_only --data_loader_workers 1 16
+    python scripts/benchmark.py --startup --startup_images 10000 100000   # image-folder start-up of train.py
 
 Prints a Markdown table and writes the JSON (--output_json) and the table (--output_markdown), both rewritten
 after the data loader and after each size, so a killed run keeps what it finished.
@@ -15,7 +16,7 @@ after the data loader and after each size, so a killed run keeps what it finishe
 
 import argparse
 
-from ceit_hf.benchmarking import data_loader_throughput, format_table, run_benchmark, write_json
+from ceit_hf.benchmarking import data_loader_throughput, format_table, run_benchmark, startup_benchmark, write_json
 from ceit_hf.training import parse_config_overrides
 
 
@@ -44,6 +45,22 @@ def main(argv=None):
     loader.add_argument("--data_loader_seconds", type=float, default=5.0, help="time each worker count this long")
     loader.add_argument("--data_loader_images", type=int, default=64, help="distinct synthetic JPEGs")
     loader.add_argument("--data_loader_batch_size", type=int, default=32)
+    startup = parser.add_argument_group("start-up (instead of everything else)")
+    startup.add_argument(
+        "--startup",
+        action="store_true",
+        help="measure only train.py's start on image folders of tiny JPEGs: time to the first step, first and "
+        "second run, and peak memory, beside torchvision's ImageFolder and datasets' imagefolder indexing",
+    )
+    startup.add_argument("--startup_images", nargs="+", type=int, default=[10_000], help="folder sizes")
+    startup.add_argument("--startup_classes", type=int, default=10)
+    startup.add_argument("--startup_baseline", type=int, default=200, help="the small folder the others add to")
+    startup.add_argument("--startup_root", default="startup_images", help="where the folders are written (kept)")
+    startup.add_argument(
+        "--startup_skip_imagefolder",
+        action="store_true",
+        help='leave out datasets.load_dataset("imagefolder") (it takes minutes from 100k files on)',
+    )
     parser.add_argument("--output_json", default="benchmark.json")
     parser.add_argument("--output_markdown", help="also write the table here (e.g. benchmarks/cpu_fp32.md)")
     args = parser.parse_args(argv)
@@ -51,6 +68,17 @@ def main(argv=None):
         parser.error("--data_loader_only and --no_data_loader leave nothing to measure")
 
     results = {}
+    if args.startup:
+        results["startup"] = startup_benchmark(
+            images=args.startup_images,
+            classes=args.startup_classes,
+            baseline=args.startup_baseline,
+            root=args.startup_root,
+            imagefolder=not args.startup_skip_imagefolder,
+        )
+        write_json(results, args.output_json)
+        print(format_table(results))
+        return
 
     def save(partial):
         """The results so far, as JSON and table: rewritten after each part, so a killed run keeps what it finished."""

@@ -51,7 +51,15 @@ def test_a_truncated_image_is_named_before_training(tmp_path, bad):
     assert not list(out.glob("checkpoint-*")) and not (out / "model.safetensors").exists()
 
 
-def test_skip_trains_on_without_the_files_that_fail_to_decode_and_names_them(tmp_path):
+def test_skip_trains_on_without_the_files_that_fail_to_decode_and_leaves_them_out_of_the_evaluation(tmp_path):
+    """`--bad_image_policy skip`: in training the next decodable image takes a bad one's place (batches stay full);
+    in evaluation a bad image is left out and counted (`eval_bad_images`, in the log and all_results.json), so the
+    score is the folder's without it: what evaluate.py gives on the folder with the bad files removed."""
+    import json
+    import shutil
+
+    from ceit_hf import evaluation
+
     folder = image_folder(tmp_path / "images", truncated=(EARLY, LATE))
     out = tmp_path / "out"
     logger = logging.getLogger("ceit_hf")  # (it does not propagate to the root logger, where caplog listens)
@@ -59,30 +67,44 @@ def test_skip_trains_on_without_the_files_that_fail_to_decode_and_names_them(tmp
     logger.addHandler(records)
     try:
         metrics = main(
-            [
-                "--train_dir",
-                str(folder),
-                "--validation_dir",
-                str(folder),
-                "--output_dir",
-                str(out),
-                "--verify_images_limit",
-                "0",
-                "--dataloader_num_workers",
-                "0",
-                *TINY_RUN,
-            ]
+            ["--train_dir", str(folder), "--validation_dir", str(folder), "--output_dir", str(out)]
+            + ["--verify_images_limit", "0", "--dataloader_num_workers", "0", *TINY_RUN]
         )
     finally:
         logger.removeHandler(records)
     assert np.isfinite(metrics["eval_loss"]) and (out / "model.safetensors").is_file()
     warnings = [r.getMessage() for r in records.buffer if r.levelno == logging.WARNING]
     skipped = [message for message in warnings if message.startswith("Skipping")]
-    # each bad file once in training (16 images in 2 steps of 8) and once in the evaluation, counted per transform
+    left_out = [message for message in warnings if message.startswith("Leaving out of the evaluation")]
+    # each bad file once in training (16 images in 2 steps of 8) and once in the evaluation
     for bad in (EARLY, LATE):
-        assert sum(str(folder / bad) in message for message in skipped) == 2, skipped
-    assert any("2 skipped so far in this process" in message for message in skipped)
+        assert sum(str(folder / bad) in message for message in skipped) == 1, skipped
+        assert sum(str(folder / bad) in message for message in left_out) == 1, left_out
+    assert any("2 so far in this process" in message for message in skipped)
     assert any(str(folder / EARLY) in message and "image size" in message for message in warnings)
+    results = json.loads((out / "all_results.json").read_text())
+    assert metrics["eval_bad_images"] == results["eval_bad_images"] == 2
+    clean = shutil.copytree(folder, tmp_path / "clean")
+    for bad in (EARLY, LATE):
+        (clean / bad).unlink()
+    alone = evaluation.main(["--model", str(out), "--validation_dir", str(clean), "--no_optimize"])
+    assert alone["num_images"] == 14
+    assert metrics["eval_accuracy"] == pytest.approx(alone["eval_accuracy"], abs=1e-9)
+
+
+def test_stop_fails_naming_a_validation_file_that_fails_to_decode(tmp_path):
+    """`--bad_image_policy stop`: a bad image met only in the evaluation ends the run naming it."""
+    train = image_folder(tmp_path / "train", truncated=())
+    validation = image_folder(tmp_path / "val", truncated=(LATE,))
+    with pytest.raises(SystemExit) as error:
+        main(
+            ["--train_dir", str(train), "--validation_dir", str(validation), "--output_dir", str(tmp_path / "out")]
+            + ["--verify_images_limit", "0", "--bad_image_policy", "stop", "--dataloader_num_workers", "0"]
+            + TINY_RUN
+        )
+    assert re.fullmatch(
+        rf"error: cannot decode {re.escape(str(validation / LATE))} \(OSError: .*\)\.", error.value.code
+    )
 
 
 @pytest.mark.parametrize("workers", [0, 1])  # with 1, the error crosses from the DataLoader worker process
@@ -115,6 +137,76 @@ def test_stop_fails_naming_the_file_that_fails_to_decode(tmp_path, workers, monk
     gc.collect()  # with the shorter interval
     with pytest.raises(SystemExit, match=r"error: --bad_image_policy must be one of \('skip', 'stop'\), got 'drop'"):
         main(["--train_dir", str(folder), "--output_dir", str(out), "--bad_image_policy", "drop", *TINY_RUN])
+
+
+def test_a_folder_is_indexed_once_as_torchvision_does_and_the_index_is_reused_until_a_folder_changes(
+    tmp_path, monkeypatch
+):
+    """The index lists what torchvision's ImageFolder lists (the same files, the same class numbers), is kept in the
+    cache and reused by the next load without a walk of the folder, and is rebuilt when a file is added (at the top
+    of a class folder or deeper)."""
+    from torchvision.datasets import ImageFolder
+
+    from ceit_hf.training import data
+
+    folder = image_folder(tmp_path / "images", truncated=())
+    (folder / "b" / "nested").mkdir()
+    Image.new("RGB", (8, 8)).save(folder / "b" / "nested" / "x.png")
+    (folder / "a" / "notes.txt").write_text("not an image")
+    cache = tmp_path / "cache"
+
+    def load():
+        dataset, counts = data.image_folder_dataset(str(folder), "--train_dir", decode_limit=0, cache_dir=str(cache))
+        paths = dataset.data.column("image").combine_chunks().field("path").to_pylist()
+        return sorted(zip(paths, dataset.data.column("label").to_pylist())), counts, dataset
+
+    listed, counts, dataset = load()
+    assert listed == sorted(ImageFolder(str(folder)).samples) and counts == [8, 9]
+    assert dataset.features["label"].names == ["a", "b"] and dataset.cache_files  # memory-mapped from the cache
+
+    walks = []
+    scan = data.scan_image_folder
+    monkeypatch.setattr(data, "scan_image_folder", lambda *args: walks.append(args) or scan(*args))
+    assert load()[:2] == (listed, counts) and walks == []
+    for added in ("a/8.png", "b/nested/y.png"):
+        Image.new("RGB", (8, 8)).save(folder / added)
+        again, counts, _ = load()
+        assert (str(folder / added), "ab".index(added[0])) in again and len(again) == len(listed) + 1
+        listed = again
+    assert len(walks) == 2 and counts == [9, 10]
+
+
+def test_validation_folder_labels_follow_the_training_classes_and_a_split_is_stratified(tmp_path):
+    """A --validation_dir missing a class keeps the training folder's class numbers (by name); a class the training
+    folder lacks is refused naming it. Without --validation_dir each class gives ceil(15%) of its images."""
+    from ceit_hf.training import DataArguments, ModelArguments, load_image_datasets
+    from ceit_hf.training.data import stratified_split
+
+    train = image_folder(tmp_path / "train", truncated=())
+    (train / "c").mkdir()
+    for i in range(4):
+        Image.new("RGB", (8, 8)).save(train / "c" / f"{i}.png")
+    validation = tmp_path / "val"
+    (validation / "c").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(validation / "c" / "0.png")
+    args = DataArguments(train_dir=str(train), validation_dir=str(validation), verify_images_limit=0)
+    raw = load_image_datasets(args, ModelArguments(cache_dir=str(tmp_path / "cache")), seed=0)
+    assert raw["validation"]["label"] == [2] and raw["validation"].features["label"].names == ["a", "b", "c"]
+    (validation / "d").mkdir()
+    Image.new("RGB", (8, 8)).save(validation / "d" / "0.png")
+    with pytest.raises(SystemExit, match=r"--validation_dir .*the class folder\(s\) \['d'\] are not classes of"):
+        load_image_datasets(args, ModelArguments(cache_dir=str(tmp_path / "cache")), seed=0)
+
+    raw = load_image_datasets(
+        DataArguments(train_dir=str(train), verify_images_limit=0),
+        ModelArguments(cache_dir=str(tmp_path / "cache")),
+        0,
+    )
+    assert sorted(raw["validation"]["label"]) == [0, 0, 1, 1, 2] and len(raw["train"]) == 15
+    kept, held = stratified_split([100, 7, 1], 0.15, seed=0)
+    assert np.bincount(np.searchsorted([100, 107], held, side="right"), minlength=3).tolist() == [15, 2, 0]
+    assert sorted([*kept, *held]) == list(range(108)) and not set(kept) & set(held)
+    assert not np.array_equal(held, stratified_split([100, 7, 1], 0.15, seed=1)[1])
 
 
 def test_data_loader_defaults(tmp_path, monkeypatch):
