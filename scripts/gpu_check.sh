@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU suite (issue 16; docs/gpu.md) in one command, for one H200 in under 8 minutes: tests/gpu (attention
-# implementations, optimize_for_inference, a compiled training step, FSDP2 bf16), two 300-step bf16 trainings of
-# CeiT-T through `accelerate launch` (plain and FSDP), and scripts/benchmark.py (CeiT-T/S vs DeiT-T/S in bf16 at
+# implementations, optimize_for_inference, a compiled training step, FSDP2 bf16 of every model class and the sharded
+# EMA), two 300-step bf16 trainings of CeiT-T through `accelerate launch` (plain, and FSDP with the DeiT recipe and
+# its sharded EMA), and scripts/benchmark.py (CeiT-T/S vs DeiT-T/S in bf16 at
 # batch 256, eager and compiled; the data loader's images/s per worker). Writes benchmarks/gpu_<gpu>.{json,md,log}
 # (and the same three files to $OUT when it is set), rewritten after every part; a failed or timed-out part is
 # recorded and the next one runs. The runner is tests/gpu/suite.py (its --help lists --parts, --budget, ...).
@@ -13,6 +14,7 @@
 #     bash scripts/gpu_check.sh
 # Anywhere, the same parts at tiny sizes on the CPU, no install (CI runs it; ~25 s):
 #     bash scripts/gpu_check.sh --cpu --output_dir /tmp/gpu_check
+# The interpreter is $PYTHON (default: python3 on PATH); the parts run under the same one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

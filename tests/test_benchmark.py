@@ -4,6 +4,7 @@ not in tests)."""
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -250,7 +251,7 @@ def test_gpu_check_cpu_mode_runs_every_part_and_writes_the_report(tmp_path):
             str(tmp_path / "work"),
         ],
         cwd=ROOT,
-        env={**env, "OMP_NUM_THREADS": "1"},
+        env={**env, "OMP_NUM_THREADS": "1", "PYTHON": sys.executable},  # the interpreter running the tests
         capture_output=True,
         text=True,
         timeout=600,

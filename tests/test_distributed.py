@@ -1,6 +1,8 @@
 """Multi-process training on CPU processes (gloo), as users run it on GPUs: FSDP2 in bf16 through the package's
-wrapping (`ceit_hf.distributed`), DDP through `scripts/train.py` under torchrun (the README's multi-node command,
-as 2 nodes of 1 process on localhost), and accelerate's FSDP config on CPU processes (which runs DDP, and says so)."""
+wrapping (`ceit_hf.distributed`) and through train.py's Trainer with the DeiT recipe (one launch of
+tests/fsdp_worker.py for all FSDP checks), DDP through `scripts/train.py` under torchrun (the README's multi-node
+command, as 2 nodes of 1 process on localhost), and accelerate's FSDP config on CPU processes (which runs DDP, and
+says so)."""
 
 import json
 import os
@@ -13,7 +15,7 @@ import torch
 from conftest import free_port
 from safetensors.torch import load_file
 
-from ceit_hf.training.run import match_gradient_layout, prepare_distributed
+from ceit_hf.training.run import match_gradient_layout
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,37 +40,118 @@ def finish(processes, timeout=300):
     return outputs
 
 
-def test_fsdp2_bf16_trains_resumes_exactly_and_saves_a_loadable_folder(tmp_path):
-    """`fully_shard_ceit` with a bf16 policy on 2 processes: BatchNorms stay fp32, the loss falls, a sharded
-    checkpoint resumes to the same weights, the gathered folder loads with from_pretrained; `shard_for_accelerator`
-    (train.py's FSDP path on GPUs) broadcasts rank 0's weights and keeps the BatchNorms fp32."""
+@pytest.fixture(scope="module")
+def fsdp_run(tmp_path_factory):
+    """tests/fsdp_worker.py on 2 gloo processes, started once for the FSDP tests below by `accelerate launch` with
+    configs/accelerate/fsdp.yaml (the environment train.py gets from it): what rank 0 saw, and the log."""
+    out = tmp_path_factory.mktemp("fsdp")
     command = [
         sys.executable,
         "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
+        "accelerate.commands.launch",
+        "--config_file",
+        "configs/accelerate/fsdp.yaml",
+        "--num_processes",
         "2",
-        "--master_port",
+        "--main_process_port",
         str(free_port()),
         "tests/fsdp_worker.py",
-        str(tmp_path),
+        str(out),
     ]
     process = subprocess.Popen(
         command, cwd=ROOT, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    finish([process])
-    result = json.loads((tmp_path / "result.json").read_text())
+    (log,) = finish([process])
+    return json.loads((out / "result.json").read_text()), log
+
+
+def test_fsdp2_bf16_dtypes_inside_forward(fsdp_run):
+    """Inside forward (hooks; outside it FSDP2 keeps every sharded parameter in fp32): a BatchNorm's input and weight
+    fp32 (its own unit), its output bf16 for the next layer; a Linear of a block gathered in bf16; bf16 logits."""
+    result, _ = fsdp_run
     assert result["world_size"] == 2
-    assert result["batch_norm_dtypes"] == ["torch.float32"] and result["logits_dtype"] == "torch.bfloat16"
+    assert result["dtypes"] == {
+        "batch_norm": {
+            "input": "torch.float32",
+            "weight": "torch.float32",
+            "weight_sharded": False,
+            "output": "torch.bfloat16",
+        },
+        "linear": {
+            "input": "torch.bfloat16",
+            "weight": "torch.bfloat16",
+            "weight_sharded": False,
+            "output": "torch.bfloat16",
+        },
+    }
+    assert result["logits_dtype"] == "torch.bfloat16"
     losses = result["losses_same_batch"]
     assert losses[-1] < losses[0], losses
+
+
+def test_fsdp2_batch_norm_statistics_are_the_mean_over_ranks(fsdp_run):
+    """At each of 4 steps on different data per rank: the ranks' statistics differ before the averaging, and after
+    it they are equal on both ranks and the mean of what each rank had alone."""
+    steps = fsdp_run[0]["batch_norm"]
+    assert len(steps) == 4
+    for step in steps:
+        assert step["ranks_differ_before"] > 1e-4 and step["ranks_differ_after"] == 0.0, step
+        assert step["from_mean"] < 1e-6, step
+
+
+def test_sharded_ema_equals_the_ema_of_the_full_weights_and_saves_a_loadable_folder(fsdp_run):
+    """`ShardedEMA` (each rank its shards) gathered equals torch's `AveragedModel` updated with the gathered full
+    weights (BatchNorm statistics included) exactly; saved in the model's place it is a folder that from_pretrained
+    loads, with CeiT's code and auto_map (not FSDP's), the model's own weights back after it; it resumes exactly."""
+    result, _ = fsdp_run
+    assert result["ema_keys_equal"] and result["ema_max_difference"] == 0.0
+    assert result["ema_moved_from_weights"] > 1e-4  # a 0.9 EMA over 4 steps is not the weights
+    assert result["ema_folder_max_difference"] == 0.0 and result["weights_restored_after_swap"]
+    assert not [name for name in result["ema_folder_files"] if "fsdp" in name]
+    assert "modeling_ceit.py" in result["ema_folder_files"]
+    assert all(
+        value.split(".")[0] in ("modeling_ceit", "configuration_ceit")
+        for value in result["ema_folder_auto_map"].values()
+    )
+    assert result["ema_resumed_equal"]
+
+
+def test_fsdp2_checkpoint_resumes_exactly_and_saves_a_loadable_folder(fsdp_run):
+    """A sharded checkpoint (torch.distributed.checkpoint) resumes to the same weights; the gathered folder loads
+    with from_pretrained; `shard_for_accelerator` (train.py's FSDP path) broadcasts rank 0's weights."""
+    result, _ = fsdp_run
     assert result["resumed"] == result["after_checkpoint"] and result["resume_max_difference"] == 0.0
     assert result["saved_keys_equal"] and result["saved_max_difference"] == 0.0
-    assert result["accelerate_path"] == {
-        "equal_to_rank0": True,
-        "norm_param_dtype": "torch.float32",
-        "loss_finite": True,
-    }
+    assert result["accelerate_path"] == {"equal_to_rank0": True, "loss_finite": True}
+
+
+def test_every_ceit_model_shards_and_trains_a_bf16_step(fsdp_run):
+    """CeiTModel, CeiTBackbone (alone and under UperNet) and a LoRA model, sharded by `fully_shard_ceit`: one bf16
+    step each, with a finite loss, that changes the stem's weights (every unit entered through its forward) or the
+    adapters."""
+    models = fsdp_run[0]["models"]
+    assert sorted(models) == ["CeiTBackbone", "CeiTModel", "LoRA", "UperNet"]
+    for name, model in models.items():
+        assert model["loss_finite"] and model["watched"] and model["changed"], (name, model)
+
+
+def test_train_py_deit_recipe_under_fsdp_through_trainer(fsdp_run):
+    """scripts/train.py's `main` with `--recipe deit` under FSDP (a real Trainer; accelerate's GPU check passed
+    over): sharded by `prepare_distributed`, each parameter once in the optimizer, the BatchNorm statistics averaged
+    before the sharded EMA takes them (equal on both ranks, in the model and in the EMA), a checkpoint with the EMA,
+    and an `ema/` folder (auto-loadable) that holds the checkpoint's EMA, evaluated."""
+    result, log = fsdp_run
+    assert log.count("FSDP, precision bf16 (FSDP2 mixed precision, BatchNorms in fp32)") == 2, log[-3000:]
+    trainer = result["trainer"]
+    assert trainer["batch_norm_ranks_differ"] == 0.0 and trainer["ema_batch_norm_ranks_differ"] == 0.0
+    assert (
+        trainer["fsdp"] and trainer["sharded_ema"] == "ShardedEMA" and trainer["optimizer_holds_each_parameter_once"]
+    )
+    assert trainer["callbacks"] == ["BatchNormStatisticsCallback", "ModelEMACallback"]
+    assert trainer["ema_folder_equals_checkpoint_ema"] and trainer["ema_differs_from_model"]
+    assert 0.0 <= trainer["eval_ema_accuracy"] <= 1.0 and trainer["eval_loss_finite"]
+    assert {"ema.safetensors", "modeling_ceit.py", "optimizer.bin"} <= set(trainer["checkpoint_files"])
+    assert not [name for name in trainer["checkpoint_files"] if "fsdp" in name and name.endswith(".py")]
 
 
 def test_two_nodes_train_evaluate_save_with_equal_weights(tmp_path):
@@ -111,32 +194,47 @@ def test_two_nodes_train_evaluate_save_with_equal_weights(tmp_path):
         assert "The trained weights are identical on all 2 processes." in log
     results = json.loads((tmp_path / "all_results.json").read_text())
     assert "eval_accuracy" in results and "eval_ema_accuracy" in results
-    for folder in (tmp_path, tmp_path / "ema"):
-        assert set(load_file(folder / "model.safetensors")) == set(load_file(tmp_path / "model.safetensors"))
+    model, ema = load_file(tmp_path / "model.safetensors"), load_file(tmp_path / "ema" / "model.safetensors")
+    assert set(ema) == set(model)
+    assert any(not torch.equal(ema[k], v) for k, v in model.items() if v.is_floating_point())  # the EMA, no copy
 
 
 def test_fsdp_and_bf16_asked_for_by_accelerate_on_cpu_are_reported(tmp_path, monkeypatch, ceit_log):
     """What `accelerate launch --config_file configs/accelerate/fsdp.yaml` passes on (its environment), in one
-    process on the CPU: accelerate cannot shard there, and the setup log says so and reports the config's bf16."""
+    process on the CPU with the DeiT recipe: accelerate cannot shard there, and the setup log says so and reports the
+    config's bf16; the recipe's EMA is trained and evaluated."""
     from ceit_hf.training import main
 
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_VERSION", "2")
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
-    main(
-        [
-            "--output_dir",
-            str(tmp_path),
-            "--max_steps",
-            "1",
-            "--eval_strategy",
-            "no",
-            "--save_strategy",
-            "no",
-            *TINY_RUN,
-        ]
+    metrics = main(
+        ["--output_dir", str(tmp_path), "--max_steps", "1", "--save_strategy", "no", "--recipe", "deit", *TINY_RUN]
     )
     log = "\n".join(record.getMessage() for record in ceit_log)
     assert "FSDP was asked for, but accelerate runs FSDP only on GPUs" in log and "precision bf16 autocast" in log
+    assert "this cpu process trains alone" in log and "eval_ema_accuracy" in metrics
+
+
+@pytest.mark.parametrize(
+    "environment, named",
+    [
+        ({"FSDP_VERSION": "1"}, "set `fsdp_version: 2` in the accelerate config"),
+        ({"FSDP_VERSION": "2", "FSDP_ACTIVATION_CHECKPOINTING": "true"}, "set `fsdp_activation_checkpointing: false`"),
+    ],
+    ids=["fsdp_version_1", "fsdp_activation_checkpointing"],
+)
+def test_fsdp_settings_train_py_cannot_run_are_refused_before_the_data_load(tmp_path, monkeypatch, environment, named):
+    """An accelerate FSDP config that train.py's FSDP path cannot run stops the run before any data is loaded, with
+    the setting to change (also on CPU processes, which run DDP: the config is meant for GPUs)."""
+    from ceit_hf.training import main, run
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(run, "prepare_job", lambda *args, **kwargs: pytest.fail("the data was loaded first"))
+    with pytest.raises(SystemExit, match=named):
+        main(["--output_dir", str(tmp_path), "--recipe", "deit", *TINY_RUN])
 
 
 @pytest.mark.slow
@@ -162,6 +260,8 @@ def test_accelerate_fsdp_config_on_cpu_processes_says_it_runs_ddp(tmp_path):
         "no",
         "--save_strategy",
         "no",
+        "--recipe",
+        "deit",
         *TINY_RUN,
     ]
     (log,) = finish(
@@ -172,17 +272,11 @@ def test_accelerate_fsdp_config_on_cpu_processes_says_it_runs_ddp(tmp_path):
         ]
     )
     assert "FSDP was asked for, but accelerate runs FSDP only on GPUs" in log
+    assert "these 2 cpu processes train with DDP (MULTI_CPU)" in log
     assert log.count("precision bf16 autocast") == 2 and "world size 2" in log
-    assert (tmp_path / "out" / "model.safetensors").is_file()
-
-
-def test_ema_is_refused_under_fsdp_with_the_alternative():
-    """Under FSDP the EMA callback would need the full weights on every rank: refused, naming DDP."""
-    from types import SimpleNamespace
-
-    trainer = SimpleNamespace(is_fsdp_enabled=True)
-    with pytest.raises(SystemExit, match=r"--model_ema_decay is not supported under FSDP.*multi_gpu\.yaml"):
-        prepare_distributed(trainer, SimpleNamespace(model_ema_decay=0.999))
+    assert (tmp_path / "out" / "model.safetensors").is_file() and (
+        tmp_path / "out" / "ema" / "model.safetensors"
+    ).is_file()
 
 
 def test_depthwise_weights_take_the_strides_of_their_gradients():

@@ -105,16 +105,29 @@ class DataArguments:
         default=20000,
         metadata={
             "help": "Decode every image of a --train_dir/--validation_dir of at most this many images before "
-            "training, and stop naming the files that fail; larger folders only have each file's header read "
-            "(0: headers only)."
+            "training, and stop naming the files that fail; in a larger folder a file that fails is found when "
+            "it is read (--bad_image_policy)."
         },
     )
     bad_image_policy: str = field(
         default="skip",
         metadata={
-            "help": "An image that fails to decode during training or evaluation: 'skip' (a warning names "
-            "it and the next decodable example takes its place) or 'stop' (an error names it)."
+            "help": "An image that fails to decode: 'skip' (a warning names it; in training the next decodable "
+            "example takes its place, or a stream goes on to the next; in evaluation it is left out and counted, "
+            "eval_bad_images) or 'stop' (an error names it)."
         },
+    )
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "Stream --dataset_name (a Hub id, or a local folder of parquet shards or webdataset tars) "
+            "instead of downloading it: each process reads its own shards, shuffled in a buffer with a seed that "
+            "changes each pass. Needs --max_steps; checkpoints keep the stream's position."
+        },
+    )
+    shuffle_buffer_size: int = field(
+        default=1000,
+        metadata={"help": "With --streaming: examples held in each data-loading process's shuffle buffer."},
     )
 
     @property
@@ -212,6 +225,16 @@ DIGITS_DEFAULTS = {
     "torch_threads": 1,
 }
 
+# --streaming: a stream has no epochs (it is read pass after pass until --max_steps), so evaluations and checkpoints
+# come every so many steps; a resumed stream starts where its checkpoint says (Trainer's own skipping would read the
+# skipped batches again).
+STREAMING_DEFAULTS = {
+    "eval_strategy": "steps",
+    "eval_steps": 500,
+    "save_strategy": "steps",
+    "save_steps": 500,
+}
+
 # --leff_recompute -> the argument of CeiTPreTrainedModel.set_leff_recompute
 LEFF_RECOMPUTE = {"on": True, "off": False, "auto": "auto"}
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, RecipeArguments, TrainingArguments)
@@ -237,6 +260,8 @@ def job_defaults(given: dict) -> dict:
         defaults.update(SMALL_MODEL_DEFAULTS)
     if given.get("recipe") == "deit":
         defaults.update(DEIT_RECIPE)
+    if given.get("streaming"):
+        defaults.update(STREAMING_DEFAULTS)
     from .data import data_loader_defaults
 
     defaults.update(data_loader_defaults(given))
@@ -270,6 +295,7 @@ def parse_args(argv: list[str] | None = None):
         raise SystemExit("error: --merge_lora merges LoRA adapters: give --lora_rank too.")
     if training_args.push_to_hub and not training_args.hub_model_id:
         raise SystemExit("error: --push_to_hub needs --hub_model_id NAMESPACE/NAME.")
+    check_streaming(data_args, training_args)
     if recipe_args.recipe == "deit" and "learning_rate" not in given:  # needs the world size: not a plain default
         global_batch = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
         training_args.learning_rate = DEIT_BASE_LR * global_batch * training_args.world_size / 512
@@ -277,6 +303,28 @@ def parse_args(argv: list[str] | None = None):
         training_args.resume_from_checkpoint, training_args.output_dir, ema=bool(recipe_args.model_ema_decay)
     )
     return model_args, data_args, recipe_args, training_args
+
+
+def check_streaming(data_args: DataArguments, training_args) -> None:
+    """Refuses, before any data is read, what a `--streaming` run cannot do; makes Trainer leave the resumed stream
+    where its checkpoint put it."""
+    if not data_args.streaming:
+        return
+    if data_args.dataset_name is None:
+        raise SystemExit(
+            "error: --streaming reads --dataset_name (a Hub id, or a local folder of parquet shards or webdataset "
+            "tars); --train_dir folders are indexed instead (no --streaming)."
+        )
+    if training_args.max_steps is None or training_args.max_steps <= 0:
+        raise SystemExit(
+            "error: --streaming needs --max_steps N (N > 0): a stream has no length to count epochs in, so the run "
+            "is sized in optimizer steps."
+        )
+    if data_args.max_train_samples is not None:
+        raise SystemExit("error: --max_train_samples does not apply to --streaming: size the run with --max_steps.")
+    if data_args.shuffle_buffer_size < 1:
+        raise SystemExit(f"error: --shuffle_buffer_size must be at least 1, got {data_args.shuffle_buffer_size}.")
+    training_args.ignore_data_skip = True
 
 
 # ------------------------------------------------------------------------------------------------------- resume

@@ -12,8 +12,11 @@ from .arguments import EMA_FILE
 
 
 class ModelEMACallback(TrainerCallback):
-    """An exponential moving average of the weights (BatchNorm statistics included, torch's `AveragedModel`),
-    updated after every optimizer step, written to each checkpoint (`ema.safetensors`) and restored on resume."""
+    """An exponential moving average of the weights (BatchNorm statistics included), updated after every optimizer
+    step, written to each checkpoint (`ema.safetensors`, the full weights) and restored on resume. Of an unsharded
+    model, torch's `AveragedModel`; of an FSDP2-sharded one, `ceit_hf.distributed.ShardedEMA`, which keeps each rank's
+    shards (same rule, same checkpoint file). Under FSDP its `on_save` is a collective, as Trainer calls it on every
+    rank; `BatchNormStatisticsCallback` goes before it, so that it averages the statistics all ranks share."""
 
     def __init__(self, decay: float, resume_from: str | None = None):
         self.decay = decay
@@ -21,9 +24,15 @@ class ModelEMACallback(TrainerCallback):
         self.ema = None
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
+        from torch.distributed.fsdp import FSDPModule
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-        self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(self.decay), use_buffers=True)
+        from ..distributed import ShardedEMA
+
+        if isinstance(model, FSDPModule):
+            self.ema = ShardedEMA(model, self.decay)
+        else:
+            self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(self.decay), use_buffers=True)
         if self.resume_from and (Path(self.resume_from) / EMA_FILE).is_file():
             from safetensors.torch import load_file
 
@@ -33,15 +42,32 @@ class ModelEMACallback(TrainerCallback):
         self.ema.update_parameters(model)
 
     def on_save(self, args, state, control, **kwargs):
+        weights = self.ema.state_dict()  # gathered to process 0 under FSDP: on every process
         if state.is_world_process_zero:
             from safetensors.torch import save_file
 
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             folder.mkdir(parents=True, exist_ok=True)
-            save_file({k: v.detach().cpu().contiguous() for k, v in self.ema.state_dict().items()}, folder / EMA_FILE)
+            save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, folder / EMA_FILE)
+
+    def swapped_into(self, model):
+        """A context in which `model` (the trained model, sharded or not) holds the EMA's weights, to evaluate and
+        save them as the model is; the trained weights are back after it."""
+        from torch.optim.swa_utils import AveragedModel
+
+        from ..distributed import exchanged
+
+        if not isinstance(self.ema, AveragedModel):
+            return self.ema.swapped_into(model)
+        averaged = self.ema.module
+        return exchanged(
+            zip([*model.parameters(), *model.buffers()], [*averaged.parameters(), *averaged.buffers()], strict=True)
+        )
 
     @property
     def model(self):
+        """The EMA as a model of its own (of an unsharded model only: a sharded EMA is evaluated and saved in the
+        trained model's place, `swapped_into`)."""
         return self.ema.module
 
 

@@ -17,14 +17,19 @@ from pathlib import Path
 from .arguments import LEFF_RECOMPUTE, DataArguments, ModelArguments, RecipeArguments, parse_args
 from .callbacks import EpochCallback, ModelEMACallback
 from .data import (
+    IGNORE_INDEX,
     BadImageError,
     SeededAugmentation,
+    StreamedExamples,
+    StreamPositionCallback,
     batch_mixer,
     check_labels,
     choose_image_size,
     eval_transform,
+    example_count,
     label_names,
     load_image_datasets,
+    streamed_splits,
     train_transform,
     with_transform,
 )
@@ -89,14 +94,17 @@ def build_model(model_args: ModelArguments, recipe_args: RecipeArguments, labels
             "token": model_args.token,
             "trust_remote_code": model_args.trust_remote_code,
         }
-        config = AutoConfig.from_pretrained(
-            model_args.model_name_or_path,
-            num_labels=len(labels),
-            id2label=id2label,
-            label2id={v: k for k, v in id2label.items()},
-            **hub,
-            **overrides,
-        )
+        try:
+            config = AutoConfig.from_pretrained(
+                model_args.model_name_or_path,
+                num_labels=len(labels),
+                id2label=id2label,
+                label2id={v: k for k, v in id2label.items()},
+                **hub,
+                **overrides,
+            )
+        except ValueError as error:  # a typo in --config_overrides
+            raise SystemExit(f"error: cannot load the model config with --config_overrides: {error}") from None
         return AutoModelForImageClassification.from_pretrained(
             model_args.model_name_or_path,
             config=config,
@@ -213,6 +221,11 @@ def _trainer_class():
                 inputs["pixel_values"], inputs["labels"] = self.batch_mix(inputs["pixel_values"], inputs["labels"])
             return super().training_step(model, inputs, *args, **kwargs)
 
+        def get_train_dataloader(self):
+            if isinstance(self.train_dataset, StreamedExamples):  # split between the processes already
+                return self.train_dataset.data_loader(self.args)
+            return super().get_train_dataloader()
+
     return CeiTTrainer
 
 
@@ -229,13 +242,20 @@ def soft_target_loss(smoothing: float):
 
 
 def compute_metrics_fn(num_labels: int):
+    import numpy as np
+
     from ..metrics import TopKAccuracy
 
     metric = TopKAccuracy(top_k=(5,) if num_labels >= 5 else ())
 
     def compute(eval_pred):
+        """Top-1/top-5 accuracy of the images that decoded, and the number of those that did not (`bad_images`,
+        labelled `IGNORE_INDEX` by `--bad_image_policy skip`)."""
         logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
-        return metric.compute(predictions=logits, references=eval_pred.label_ids)
+        labels = np.asarray(eval_pred.label_ids)
+        kept = labels != IGNORE_INDEX
+        results = metric.compute(predictions=np.asarray(logits)[kept], references=labels[kept])
+        return {**results, "bad_images": int((~kept).sum())}
 
     return compute
 
@@ -251,26 +271,34 @@ def train_and_evaluate(
     import torch
     from transformers import default_data_collator
 
-    for split in ("train", "validation"):
+    for split in ("train", "validation"):  # (a stream checks each example as it is read)
         check_labels(raw[split], data_args.label_column_name, model.config.num_labels, split)
     if recipe_args.sync_batchnorm:
         if not torch.cuda.is_available():
             raise SystemExit("error: --sync_batchnorm needs CUDA devices (SyncBatchNorm has no CPU implementation).")
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     logger.info(
-        "Model: %s, %s parameters, image size %s, %d classes; %d training / %d validation images",
+        "Model: %s, %s parameters, image size %s, %d classes; %s training / %s validation images",
         type(model).__name__,
         f"{sum(p.numel() for p in model.parameters()):,}",
         (processor.crop_size["height"], processor.crop_size["width"]),
         len(labels),
-        len(raw["train"]),
-        len(raw["validation"]),
+        example_count(raw["train"]),
+        example_count(raw["validation"]),
     )
     columns = (data_args.image_column_name, data_args.label_column_name)
     augmentation = SeededAugmentation(train_transform(processor, recipe_args), seed=training_args.seed)
-    train_set = with_transform(raw["train"], *columns, augmentation, data_args.bad_image_policy)
-    eval_set = with_transform(raw["validation"], *columns, eval_transform(processor), data_args.bad_image_policy)
     callbacks = [EpochCallback(augmentation)]
+    if data_args.streaming:
+        train_set, eval_set = streamed_splits(
+            raw, data_args, len(labels), augmentation, eval_transform(processor), training_args
+        )
+        callbacks.append(StreamPositionCallback(train_set, resume_from=training_args.resume_from_checkpoint))
+    else:
+        train_set = with_transform(raw["train"], *columns, augmentation, data_args.bad_image_policy)
+        eval_set = with_transform(
+            raw["validation"], *columns, eval_transform(processor), data_args.bad_image_policy, evaluation=True
+        )
     ema = None
     if recipe_args.model_ema_decay:
         ema = ModelEMACallback(recipe_args.model_ema_decay, resume_from=training_args.resume_from_checkpoint)
@@ -294,7 +322,7 @@ def train_and_evaluate(
         **common,
     )
     logger.info(describe_setup(trainer))
-    prepare_distributed(trainer, recipe_args)
+    prepare_distributed(trainer)
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     if training_args.world_size > 1 and not trainer.is_fsdp_enabled:
         from ..distributed import replicas_agree
@@ -309,10 +337,10 @@ def train_and_evaluate(
     trainer.save_state()
     metrics = trainer.evaluate()
     if ema is not None:
-        metrics.update(CeiTTrainer(model=ema.model, **common).evaluate(metric_key_prefix="eval_ema"))
-        if trainer.is_world_process_zero():
-            ema.model.save_pretrained(Path(training_args.output_dir) / "ema")
-            processor.save_pretrained(Path(training_args.output_dir) / "ema")
+        # The EMA in the trained model's place (sharded under FSDP), evaluated and saved as the model was
+        with ema.swapped_into(trainer.model):
+            metrics.update(trainer.evaluate(metric_key_prefix="eval_ema"))
+            trainer.save_model(Path(training_args.output_dir) / "ema")
     trainer.log_metrics("eval", metrics)
     trainer.save_metrics("eval", metrics)
     return trainer, metrics
@@ -407,30 +435,52 @@ def match_gradient_layout(model) -> None:
             module.weight.data.copy_(weight)
 
 
-def prepare_distributed(trainer, recipe_args) -> None:
+def check_fsdp_request(args) -> None:
+    """Refuses, before any data is loaded, FSDP settings that train.py cannot run (`ceit_hf.distributed.
+    check_fsdp_settings`), naming the setting to change; also on CPU processes, where accelerate runs DDP instead:
+    the config is the one for GPUs."""
+    from transformers.utils import strtobool
+
+    from ..distributed import check_fsdp_settings
+
+    if not fsdp_requested(args):
+        return
+    plugin = getattr(args, "fsdp_plugin_args", None)  # from --fsdp/--fsdp_config, else accelerate's environment
+    if plugin:
+        version, checkpointing = plugin["fsdp_version"], plugin.get("activation_checkpointing", False)
+    else:
+        version = os.environ.get("FSDP_VERSION", "1")
+        checkpointing = strtobool(os.environ.get("FSDP_ACTIVATION_CHECKPOINTING", "false"))
+    try:
+        check_fsdp_settings(int(version), bool(checkpointing))
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+def prepare_distributed(trainer) -> None:
     """What a multi-process run needs before `trainer.train()`. Under FSDP: CeiT's own FSDP2 sharding (BatchNorms
-    in fp32 units, `ceit_hf.distributed`), BatchNorm statistics averaged over the ranks after each step; the EMA is
-    refused. FSDP asked for where accelerate cannot give it (CPU processes) is logged with what runs instead."""
+    in fp32 units, `ceit_hf.distributed`), BatchNorm statistics averaged over the ranks after each step, before the
+    EMA (if any, which is then kept sharded) takes them. FSDP asked for where accelerate cannot give it (CPU
+    processes) is logged with what runs instead."""
     from .callbacks import BatchNormStatisticsCallback
 
     if trainer.is_fsdp_enabled:
-        if recipe_args.model_ema_decay:
-            raise SystemExit(
-                "error: --model_ema_decay is not supported under FSDP (the EMA would keep a full copy of the weights "
-                "on every GPU); train with DDP (configs/accelerate/multi_gpu.yaml) or leave out --model_ema_decay."
-            )
         from ..distributed import shard_for_accelerator
 
         shard_for_accelerator(trainer.model, trainer.accelerator)
+        ema = trainer.pop_callback(ModelEMACallback)
         trainer.add_callback(BatchNormStatisticsCallback())
+        if ema is not None:
+            trainer.add_callback(ema)
         return
     if fsdp_requested(trainer.args):
+        device, processes = trainer.args.device.type, trainer.args.world_size
         logger.warning(
-            "FSDP was asked for, but accelerate runs FSDP only on GPUs and other accelerators: these %d %s "
-            "process(es) train as %s instead, without sharding.",
-            trainer.args.world_size,
-            trainer.args.device.type,
-            trainer.accelerator.distributed_type.value,
+            "FSDP was asked for, but accelerate runs FSDP only on GPUs and other accelerators: %s instead, without "
+            "sharding (the EMA, if any, is a full copy on each process).",
+            f"these {processes} {device} processes train with DDP ({trainer.accelerator.distributed_type.value})"
+            if processes > 1
+            else f"this {device} process trains alone",
         )
     if trainer.args.world_size > 1:
         match_gradient_layout(trainer.model)
@@ -485,6 +535,7 @@ def main(argv: list[str] | None = None) -> dict:
     if training_args.process_index == 0:
         check_output_dir(training_args.output_dir)
     set_torch_threads(recipe_args.torch_threads)
+    check_fsdp_request(training_args)
 
     from transformers import set_seed
 

@@ -258,9 +258,13 @@ def suite_parts(cpu: bool, work: Path, python: str = sys.executable, cpus: int |
         ),
         Part(
             "train_fsdp",
-            "accelerate launch (fsdp.yaml, 1 process): the same under FSDP2 (fully_shard_ceit)",
+            "accelerate launch (fsdp.yaml, 1 process): the same under FSDP2 (fully_shard_ceit) with the DeiT recipe "
+            "(its EMA sharded) and a checkpoint at the last step",
             75,
-            training_command(python, "configs/accelerate/fsdp.yaml", work / "train_fsdp", cpu),
+            [
+                *training_command(python, "configs/accelerate/fsdp.yaml", work / "train_fsdp", cpu),
+                *["--recipe", "deit", "--save_strategy", "steps", "--save_steps", "300"],
+            ],
             skip="accelerate shards on GPUs only (tests/test_distributed.py checks its CPU fallback)" if cpu else None,
             outputs=[work / "train_fsdp"],
         ),
@@ -637,6 +641,8 @@ def markdown(report: dict) -> str:  # noqa: C901 (the report section by section)
             loss = f"{run['first_loss']:.3f} -> {run['last_loss']:.3f}" if run["first_loss"] is not None else "n/a"
             speed = metrics.get("train_samples_per_second")
             accuracy = metrics.get("eval_accuracy")
+            if accuracy is not None and metrics.get("eval_ema_accuracy") is not None:
+                accuracy = f"{accuracy} (EMA {metrics['eval_ema_accuracy']})"
             lines.append(
                 f"| {name} | {run['global_step']} | {speed if speed is not None else 'n/a'} | "
                 f"{accuracy if accuracy is not None else 'n/a'} | {loss} | {run['saved']} | "
