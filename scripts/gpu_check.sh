@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU suite (issue 16; docs/gpu.md) in one command, for one H200 in under 8 minutes: tests/gpu (attention
+# The GPU suite (docs/gpu.md) in one command, for one H200 in under 8 minutes: tests/gpu (attention
 # implementations, optimize_for_inference, a compiled training step, FSDP2 bf16 of every model class and the sharded
 # EMA), two 300-step bf16 trainings of CeiT-T through `accelerate launch` (plain, and FSDP with the DeiT recipe and
 # its sharded EMA), and scripts/benchmark.py (CeiT-T/S vs DeiT-T/S in bf16 at
@@ -7,10 +7,10 @@
 # (and the same three files to $OUT when it is set), rewritten after every part; a failed or timed-out part is
 # recorded and the next one runs. The runner is tests/gpu/suite.py (its --help lists --parts, --budget, ...).
 #
-# The device machine is offline, with torch 2.11 and transformers 5.17 but no datasets or evaluate. Beforehand, on a
+# The GPU machine is offline, with torch 2.11 and transformers 5.17 but no datasets or evaluate. Beforehand, on a
 # machine with a registry (the wheels land in .whl/, ignored by git, about 14 MiB):
 #     bash scripts/prepare_gpu_wheels.sh
-# then on the device, carrying .whl:
+# then on the GPU machine, with .whl/ copied beside the checkout:
 #     bash scripts/gpu_check.sh
 # Anywhere, the same parts at tiny sizes on the CPU, no install (CI runs it; ~25 s):
 #     bash scripts/gpu_check.sh --cpu --output_dir /tmp/gpu_check
@@ -25,7 +25,7 @@ for arg in "$@"; do
     if [[ $arg == --cpu ]]; then cpu=1; fi
 done
 
-# The checkout itself is the package on the device (nothing is pip-installed there); harmless where it is.
+# The checkout itself is the package on the GPU machine (nothing is pip-installed there); harmless where it is.
 site=""
 if [[ $cpu == 0 ]]; then
     if compgen -G ".whl/*.whl" >/dev/null; then

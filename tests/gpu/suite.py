@@ -6,7 +6,7 @@ Each part is a separate process with its own time budget, after which its proces
 (CeiT-T/S vs DeiT-T/S in bf16 at batch 256, eager and compiled, and the data loader's images/s per worker). A part
 that fails or runs out of time is recorded as such and the suite goes on to the next; the report (`gpu_<name>.json`
 and `.md`, where `<name>` comes from the GPU, and the parts' output in `gpu_<name>.log`) is rewritten after every
-part, so a lease that ends early still returns what was done. From the figures it checks the issue's targets and
+part, so a lease that ends early still returns what was done. From the figures it checks the project's GPU targets and
 projects the paper's 300-epoch ImageNet-1k CeiT-T run onto 8 such GPUs (GPU-hours, data-loader cores).
 
 `--cpu` runs the same parts at tiny sizes on the CPU (CI runs it: ~25 s).
@@ -403,7 +403,7 @@ def measurement_keys(benchmark: dict, size: str = "tiny") -> tuple[str | None, s
 
 
 def targets(benchmark: dict | None) -> dict:
-    """The issue's targets on the measured figures: CeiT-T's bf16 training step >= 0.9x DeiT-T's and its inference
+    """The project's GPU targets on the measured figures: CeiT-T's bf16 training step >= 0.9x DeiT-T's and its inference
     >= 1.0x, each the fastest CeiT variant against the fastest DeiT variant (eager or compiled), with the eager/eager
     and compiled/compiled ratios beside."""
     if not benchmark:
@@ -610,7 +610,7 @@ def markdown(report: dict) -> str:  # noqa: C901 (the report section by section)
             f"{part['description']} |"
         )
     if report.get("targets"):
-        lines += ["", "## Targets (issue 16)", "", *targets_table(report["targets"])]
+        lines += ["", "## Targets", "", *targets_table(report["targets"])]
     if report.get("leff_recompute"):
         lines += ["", leff_recompute_text(report["leff_recompute"])]
     if report.get("benchmark_markdown"):
@@ -827,7 +827,7 @@ def main(argv: list[str] | None = None) -> int:
         "--output_dir",
         default=None,
         help="where gpu_<name>.{json,md,log} go (default: benchmarks, "
-        "or a temporary folder with --cpu); also $OUT when it is set (the device machine)",
+        "or a temporary folder with --cpu); also $OUT when it is set (the GPU machine)",
     )
     run.add_argument("--work_dir", help="the parts' outputs (models, logs; default: a temporary folder)")
     run.add_argument("--parts", help="comma-separated subset of: tests,train_bf16,train_fsdp,benchmark")
