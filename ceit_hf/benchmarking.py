@@ -720,6 +720,17 @@ def format_table(results: dict) -> str:
         lines += ([""] if lines else []) + format_data_loader(results["data_loader"])
     if "startup" in results:
         lines += ([""] if lines else []) + format_startup(results["startup"])
+    if "levers" in results:
+        from .step_levers import format_levers  # it builds on this module
+
+        setup = results["levers_setup"]
+        lines += [
+            *([""] if lines else []),
+            f"Machine: {setup['machine']}; {setup['dtype']}, batch {setup['batch_size']}, CeiT-T's shapes; median "
+            f"of {setup['rounds']} alternating rounds.",
+            "",
+            *format_levers(results["levers"]),
+        ]
     return "\n".join(lines)
 
 

@@ -9,6 +9,7 @@ the training pipeline (JPEG decode + the DeiT recipe's augmentation) with 1 work
     python scripts/benchmark.py --device cuda --dtypes bfloat16 --batch_sizes 1 32 256 --train_batch_size 256
     python scripts/benchmark.py --data_loader_only --data_loader_workers 1 16
     python scripts/benchmark.py --startup --startup_images 10000 100000   # image-folder start-up of train.py
+    python scripts/benchmark.py --levers            # other forms of the training step's heaviest parts (all levers)
 
 Prints a Markdown table and writes the JSON (--output_json) and the table (--output_markdown), both rewritten
 after the data loader and after each size, so a killed run keeps what it finished.
@@ -16,7 +17,17 @@ after the data loader and after each size, so a killed run keeps what it finishe
 
 import argparse
 
-from ceit_hf.benchmarking import data_loader_throughput, format_table, run_benchmark, startup_benchmark, write_json
+import torch
+
+from ceit_hf.benchmarking import (
+    data_loader_throughput,
+    format_table,
+    machine_description,
+    run_benchmark,
+    startup_benchmark,
+    write_json,
+)
+from ceit_hf.step_levers import LEVERS, measure_levers
 from ceit_hf.training import parse_config_overrides
 
 
@@ -61,6 +72,14 @@ def main(argv=None):
         action="store_true",
         help='leave out datasets.load_dataset("imagefolder") (it takes minutes from 100k files on)',
     )
+    levers = parser.add_argument_group("levers (instead of everything else)")
+    levers.add_argument(
+        "--levers",
+        nargs="*",
+        choices=LEVERS,
+        help="time other forms of the training step's heaviest parts against the model's, at CeiT-T's shapes and "
+        "--train_batch_size, on --device in the first of --dtypes (all levers when none is named; ceit_hf.step_levers)",
+    )
     parser.add_argument("--output_json", default="benchmark.json")
     parser.add_argument("--output_markdown", help="also write the table here (e.g. benchmarks/cpu_fp32.md)")
     args = parser.parse_args(argv)
@@ -68,6 +87,30 @@ def main(argv=None):
         parser.error("--data_loader_only and --no_data_loader leave nothing to measure")
 
     results = {}
+    if args.levers is not None:
+        device = torch.device(args.device)
+        results["levers_setup"] = {
+            "machine": machine_description(device),
+            "dtype": args.dtypes[0],
+            "batch_size": args.train_batch_size,
+            "rounds": args.rounds,
+        }
+        results["levers"] = {}
+        for lever in args.levers or LEVERS:  # the JSON rewritten after each, so a killed run keeps what it finished
+            results["levers"] |= measure_levers(
+                [lever],
+                batch_size=args.train_batch_size,
+                device=device,
+                dtype=getattr(torch, args.dtypes[0]),
+                rounds=args.rounds,
+                seconds=args.min_seconds,
+            )
+            write_json(results, args.output_json)
+            if args.output_markdown:
+                with open(args.output_markdown, "w", encoding="utf-8") as handle:
+                    handle.write(format_table(results) + "\n")
+        print(format_table(results))
+        return
     if args.startup:
         results["startup"] = startup_benchmark(
             images=args.startup_images,

@@ -236,6 +236,23 @@ def test_a_part_over_its_budget_is_killed_with_its_children(tmp_path):
     assert state in ("gone", "Z")
 
 
+def test_levers_compute_what_the_model_computes_and_report_against_it():
+    """`scripts/benchmark.py --levers`: every form of a lever gives the model's output and input gradient, and the
+    table sets each against the model's form (the region compile is left to the GPU suite and slow runs)."""
+    from ceit_hf.benchmarking import format_table
+    from ceit_hf.step_levers import measure_levers
+
+    levers = measure_levers(("depthwise", "batchnorm_gelu", "stem"), batch_size=1, rounds=1, seconds=0.0, log=None)
+    for lever, entry in levers.items():
+        assert len(entry["ms"]) >= 2 and next(iter(entry["ratio"].values())) == 1.0, lever
+        assert max(entry["max_difference"].values()) < 1e-4, (lever, entry["max_difference"])
+        assert max(entry["max_input_grad_difference"].values(), default=0.0) < 1e-4, lever
+    assert levers["batchnorm_gelu"]["max_input_grad_difference"]["autograd function, plain ops"] > 0  # compared
+    setup = {"machine": "cpu", "dtype": "float32", "batch_size": 1, "rounds": 1}
+    table = format_table({"levers": levers, "levers_setup": setup})
+    assert "| depthwise | nine shifted multiply-adds |" in table and "| stem | convolution (model) |" in table
+
+
 def test_gpu_check_cpu_mode_runs_every_part_and_writes_the_report(tmp_path):
     """`bash scripts/gpu_check.sh --cpu`: the GPU suite's own code (tests/gpu, accelerate launch of train.py,
     scripts/benchmark.py, the report) at tiny sizes on the CPU, so a device run does not find its mistakes."""
@@ -264,6 +281,7 @@ def test_gpu_check_cpu_mode_runs_every_part_and_writes_the_report(tmp_path):
         "tests": "passed",
         "train_bf16": "passed",
         "train_fsdp": "skipped",
+        "levers": "passed",
         "benchmark": "passed",
     }
     tests = report["tests"]
@@ -279,4 +297,5 @@ def test_gpu_check_cpu_mode_runs_every_part_and_writes_the_report(tmp_path):
     assert report["projection"]["gpu_hours"] > 0 and report["projection"]["workers_per_gpu"] >= 1
     markdown = (tmp_path / "out" / "gpu_cpu.md").read_text()
     assert "| tests | passed |" in markdown and "## Targets" in markdown and "| workers | images/s |" in markdown
+    assert set(report["levers"]) == {"depthwise", "batchnorm_gelu", "stem"} and "## Training-step levers" in markdown
     assert "===== benchmark: passed" in (tmp_path / "out" / "gpu_cpu.log").read_text()

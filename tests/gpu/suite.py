@@ -215,9 +215,39 @@ def benchmark_command(python: str, work: Path, cpu: bool, cpus: int) -> list[str
     ]
 
 
+def levers_command(python: str, work: Path, cpu: bool) -> list[str]:
+    """scripts/benchmark.py --levers: the other forms of the training step's heaviest parts against the model's, bf16
+    at batch 256 on the GPU (the region compile last: it compiles the longest); on the CPU the three that compile
+    nothing, at batch 1."""
+    command = [python, "scripts/benchmark.py", "--output_json", str(work / "levers.json")]
+    command += ["--output_markdown", str(work / "levers.md"), "--levers"]
+    if cpu:
+        return (
+            command
+            + ["depthwise", "batchnorm_gelu", "stem", "--train_batch_size", "1", "--rounds", "1"]
+            + [
+                "--min_seconds",
+                "0",
+            ]
+        )
+    return (
+        command
+        + ["depthwise", "batchnorm_gelu", "stem", "leff_stage", "--device", "cuda", "--dtypes"]
+        + [
+            "bfloat16",
+            "--train_batch_size",
+            "256",
+            "--rounds",
+            "3",
+            "--min_seconds",
+            "0.3",
+        ]
+    )
+
+
 def suite_parts(cpu: bool, work: Path, python: str = sys.executable, cpus: int | None = None) -> list[Part]:
     """The parts in the order they run. The benchmark, whose compiling (four graphs per size) takes the longest and
-    the least predictable time, runs last with whatever is left of `SUITE_SECONDS` (at least 150 s when the others
+    the least predictable time, runs last with whatever is left of `SUITE_SECONDS` (at least 105 s when the others
     use their whole budgets): CeiT-T first, and the JSON rewritten after each size, so running out of time loses at
     most CeiT-S."""
     cpus = cpus or len(os.sched_getaffinity(0))
@@ -267,6 +297,14 @@ def suite_parts(cpu: bool, work: Path, python: str = sys.executable, cpus: int |
             ],
             skip="accelerate shards on GPUs only (tests/test_distributed.py checks its CPU fallback)" if cpu else None,
             outputs=[work / "train_fsdp"],
+        ),
+        Part(
+            "levers",
+            "scripts/benchmark.py --levers: other forms of LeFF's depthwise convolution, BatchNorm+GELU and stage, "
+            "and of the stem, against the model's (bf16, batch 256)",
+            45,
+            levers_command(python, work, cpu),
+            outputs=[work / "levers.json", work / "levers.md"],
         ),
         Part(
             "benchmark",
@@ -615,6 +653,8 @@ def markdown(report: dict) -> str:  # noqa: C901 (the report section by section)
         lines += ["", leff_recompute_text(report["leff_recompute"])]
     if report.get("benchmark_markdown"):
         lines += ["", "## Benchmark", "", report["benchmark_markdown"].strip()]
+    if report.get("levers_markdown"):
+        lines += ["", "## Training-step levers", "", report["levers_markdown"].strip()]
     tests = report.get("tests")
     if tests:
         lines += [
@@ -768,6 +808,10 @@ class Suite:
         elif name.startswith("train_"):
             training = training_results(self.work / name, self.work / f"{name}.log")
             self.report.setdefault("training", {})[name] = training
+        elif name == "levers":
+            self.report["levers"] = (read_json(self.work / "levers.json") or {}).get("levers")
+            md = self.work / "levers.md"
+            self.report["levers_markdown"] = md.read_text() if md.exists() else None
         elif name == "benchmark":
             self.report["benchmark"] = read_json(self.work / "benchmark.json")
             md = self.work / "benchmark.md"
