@@ -874,7 +874,7 @@ def main(argv: list[str] | None = None) -> int:
         "or a temporary folder with --cpu); also $OUT when it is set (the GPU machine)",
     )
     run.add_argument("--work_dir", help="the parts' outputs (models, logs; default: a temporary folder)")
-    run.add_argument("--parts", help="comma-separated subset of: tests,train_bf16,train_fsdp,benchmark")
+    run.add_argument("--parts", help="comma-separated subset of: tests,train_bf16,train_fsdp,levers,benchmark")
     run.add_argument("--budget", action="append", default=[], metavar="PART=SECONDS", help="a part's time budget")
     run.add_argument("--deadline", type=float, default=SUITE_SECONDS, help="seconds for all parts together")
     run.add_argument(
