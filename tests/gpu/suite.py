@@ -220,28 +220,12 @@ def levers_command(python: str, work: Path, cpu: bool) -> list[str]:
     at batch 256 on the GPU (the region compile last: it compiles the longest); on the CPU the three that compile
     nothing, at batch 1."""
     command = [python, "scripts/benchmark.py", "--output_json", str(work / "levers.json")]
-    command += ["--output_markdown", str(work / "levers.md"), "--levers"]
+    command += ["--output_markdown", str(work / "levers.md"), "--levers", "depthwise", "batchnorm_gelu", "stem"]
     if cpu:
-        return (
-            command
-            + ["depthwise", "batchnorm_gelu", "stem", "--train_batch_size", "1", "--rounds", "1"]
-            + [
-                "--min_seconds",
-                "0",
-            ]
-        )
+        return command + "--train_batch_size 1 --rounds 1 --min_seconds 0".split()
     return (
         command
-        + ["depthwise", "batchnorm_gelu", "stem", "leff_stage", "--device", "cuda", "--dtypes"]
-        + [
-            "bfloat16",
-            "--train_batch_size",
-            "256",
-            "--rounds",
-            "3",
-            "--min_seconds",
-            "0.3",
-        ]
+        + "leff_stage --device cuda --dtypes bfloat16 --train_batch_size 256 --rounds 3 --min_seconds 0.3".split()
     )
 
 
