@@ -382,6 +382,62 @@ def run_benchmark(  # noqa: C901 (the measurement loop in one place)
 IMAGENET_LIKE_SIZE = (500, 375)
 
 
+def profile_training_step(
+    size: str = "tiny",
+    batch_size: int = 32,
+    steps: int = 2,
+    device="cpu",
+    overrides: dict | None = None,
+    top: int = 12,
+) -> dict:
+    """Where each model's training step (forward, backward, AdamW) spends its time, by operator: torch.profiler over
+    `steps` steps after two warm-up steps, each operator's own time (not its children's) per step. {model: {"step_ms":
+    the sum, "ops": {operator: {"ms", "calls"} per step, the `top` largest}}}."""
+    from torch.profiler import ProfilerActivity, profile
+
+    device = torch.device(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    results = {}
+    for name, model in build_pair(size, **(overrides or {})).items():
+        model.to(device)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        image_size = CeiTConfig.from_preset(SIZES[size][0], **(overrides or {})).image_hw
+        step = _step_fn(model, optimizer, Measurement("train", batch_size, True, torch.float32, image_size), device)
+        for _ in range(2):
+            step()
+        _sync(device)
+        with profile(activities=activities) as profiler:
+            for _ in range(steps):
+                step()
+            _sync(device)
+        time_of = (lambda e: e.self_device_time_total) if device.type == "cuda" else (lambda e: e.self_cpu_time_total)
+        events = [e for e in profiler.key_averages() if e.key.startswith("aten::")]
+        events.sort(key=time_of, reverse=True)
+        results[name] = {
+            "step_ms": sum(time_of(e) for e in events) / steps / 1000,
+            "ops": {e.key: {"ms": time_of(e) / steps / 1000, "calls": e.count // steps} for e in events[:top]},
+        }
+        model.to("cpu")
+    return results
+
+
+def format_profile(profile: dict) -> list[str]:
+    """The profiles side by side: one row per operator (the union of each model's largest), ms per step and calls."""
+    names = list(profile)
+    ops = list(dict.fromkeys(op for name in names for op in profile[name]["ops"]))
+    header = " | ".join(f"{name} ms (calls)" for name in names)
+    lines = [f"| operator | {header} |", "|---|" + "---|" * len(names)]
+    for op in sorted(ops, key=lambda op: -max(profile[n]["ops"].get(op, {"ms": 0})["ms"] for n in names)):
+        cells = []
+        for name in names:
+            entry = profile[name]["ops"].get(op)
+            cells.append(f"{entry['ms']:.1f} ({entry['calls']})" if entry else "-")
+        lines.append(f"| {op} | {' | '.join(cells)} |")
+    totals = " | ".join(f"**{profile[name]['step_ms']:.0f}**" for name in names)
+    lines.append(f"| all aten operators | {totals} |")
+    return lines
+
+
 def synthetic_jpegs(count: int, size: tuple[int, int] = IMAGENET_LIKE_SIZE, quality: int = 93, seed: int = 0):
     """`count` JPEG files (bytes) of `size` (width, height), encoded once in memory. Smooth random colour fields with
     fine noise, about 105 KiB each at 500x375: they compress and decode like photographs (pure noise would be several
@@ -720,6 +776,15 @@ def format_table(results: dict) -> str:
         lines += ([""] if lines else []) + format_data_loader(results["data_loader"])
     if "startup" in results:
         lines += ([""] if lines else []) + format_startup(results["startup"])
+    if "profile" in results:
+        setup = results["profile_setup"]
+        lines += [
+            *([""] if lines else []),
+            f"Machine: {setup['machine']}; training step (forward, backward, AdamW), fp32, batch "
+            f"{setup['batch_size']}; each operator's own time per step (torch.profiler, {setup['steps']} steps).",
+            "",
+            *format_profile(results["profile"]),
+        ]
     if "levers" in results:
         from .step_levers import format_levers  # it builds on this module
 

@@ -10,6 +10,7 @@ the training pipeline (JPEG decode + the DeiT recipe's augmentation) with 1 work
     python scripts/benchmark.py --data_loader_only --data_loader_workers 1 16
     python scripts/benchmark.py --startup --startup_images 10000 100000   # image-folder start-up of train.py
     python scripts/benchmark.py --levers            # other forms of the training step's heaviest parts (all levers)
+    python scripts/benchmark.py --profile --sizes tiny    # the training step by operator, CeiT beside DeiT
 
 Prints a Markdown table and writes the JSON (--output_json) and the table (--output_markdown), both rewritten
 after the data loader and after each size, so a killed run keeps what it finished.
@@ -23,6 +24,7 @@ from ceit_hf.benchmarking import (
     data_loader_throughput,
     format_table,
     machine_description,
+    profile_training_step,
     run_benchmark,
     startup_benchmark,
     write_json,
@@ -80,6 +82,12 @@ def main(argv=None):
         help="time other forms of the training step's heaviest parts against the model's, at CeiT-T's shapes and "
         "--train_batch_size, on --device in the first of --dtypes (all levers when none is named; ceit_hf.step_levers)",
     )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="instead of everything else: each model's training step by operator (torch.profiler), at the first of "
+        "--sizes and --train_batch_size, fp32",
+    )
     parser.add_argument("--output_json", default="benchmark.json")
     parser.add_argument("--output_markdown", help="also write the table here (e.g. benchmarks/cpu_fp32.md)")
     args = parser.parse_args(argv)
@@ -87,41 +95,6 @@ def main(argv=None):
         parser.error("--data_loader_only and --no_data_loader leave nothing to measure")
 
     results = {}
-    if args.levers is not None:
-        device = torch.device(args.device)
-        results["levers_setup"] = {
-            "machine": machine_description(device),
-            "dtype": args.dtypes[0],
-            "batch_size": args.train_batch_size,
-            "rounds": args.rounds,
-        }
-        results["levers"] = {}
-        for lever in args.levers or LEVERS:  # the JSON rewritten after each, so a killed run keeps what it finished
-            results["levers"] |= measure_levers(
-                [lever],
-                batch_size=args.train_batch_size,
-                device=device,
-                dtype=getattr(torch, args.dtypes[0]),
-                rounds=args.rounds,
-                seconds=args.min_seconds,
-            )
-            write_json(results, args.output_json)
-            if args.output_markdown:
-                with open(args.output_markdown, "w", encoding="utf-8") as handle:
-                    handle.write(format_table(results) + "\n")
-        print(format_table(results))
-        return
-    if args.startup:
-        results["startup"] = startup_benchmark(
-            images=args.startup_images,
-            classes=args.startup_classes,
-            baseline=args.startup_baseline,
-            root=args.startup_root,
-            imagefolder=not args.startup_skip_imagefolder,
-        )
-        write_json(results, args.output_json)
-        print(format_table(results))
-        return
 
     def save(partial):
         """The results so far, as JSON and table: rewritten after each part, so a killed run keeps what it finished."""
@@ -130,6 +103,38 @@ def main(argv=None):
         if args.output_markdown:
             with open(args.output_markdown, "w", encoding="utf-8") as handle:
                 handle.write(format_table(results) + "\n")
+
+    device = torch.device(args.device)
+    if args.profile:
+        setup = {"machine": machine_description(device), "batch_size": args.train_batch_size, "steps": 2}
+        overrides = parse_config_overrides(args.config_overrides)
+        profile = profile_training_step(args.sizes[0], args.train_batch_size, 2, device, overrides)
+        save({"profile_setup": setup, "profile": profile})
+        print(format_table(results))
+        return
+    if args.levers is not None:
+        setup = {"machine": machine_description(device), "dtype": args.dtypes[0], "batch_size": args.train_batch_size}
+        save({"levers_setup": {**setup, "rounds": args.rounds}, "levers": {}})
+        dtype = getattr(torch, args.dtypes[0])
+        for lever in args.levers or LEVERS:  # saved after each, so a killed run keeps what it finished
+            measured = measure_levers([lever], args.train_batch_size, device, dtype, args.rounds, args.min_seconds)
+            save({"levers": results["levers"] | measured})
+        print(format_table(results))
+        return
+    if args.startup:
+        save(
+            {
+                "startup": startup_benchmark(
+                    images=args.startup_images,
+                    classes=args.startup_classes,
+                    baseline=args.startup_baseline,
+                    root=args.startup_root,
+                    imagefolder=not args.startup_skip_imagefolder,
+                )
+            }
+        )
+        print(format_table(results))
+        return
 
     # the data loader first: it is short and bounded (--data_loader_seconds per worker count), so a model
     # measurement that runs out of time (compiling) does not take it along

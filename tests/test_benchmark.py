@@ -253,6 +253,23 @@ def test_levers_compute_what_the_model_computes_and_report_against_it():
     assert "| depthwise | nine shifted multiply-adds |" in table and "| stem | convolution (model) |" in table
 
 
+def test_profile_lists_each_models_operators_side_by_side():
+    """`scripts/benchmark.py --profile`: the training step of both models by operator; CeiT has BatchNorms and
+    convolutions where DeiT has none, and the table shows both columns."""
+    from ceit_hf.benchmarking import format_profile, profile_training_step
+
+    profile = profile_training_step("tiny", 2, 1, "cpu", {"image_size": 32, "num_encoder_blocks": 1}, top=40)
+    assert set(profile) == {"ceit_tiny", "deit_tiny"}
+    assert "aten::native_batch_norm" in profile["ceit_tiny"]["ops"]
+    assert "aten::native_batch_norm" not in profile["deit_tiny"]["ops"]
+    for entry in profile.values():
+        assert entry["step_ms"] >= sum(op["ms"] for op in entry["ops"].values()) > 0
+    table = format_profile(profile)
+    assert (
+        table[0] == "| operator | ceit_tiny ms (calls) | deit_tiny ms (calls) |" and "all aten operators" in table[-1]
+    )
+
+
 def test_gpu_check_cpu_mode_runs_every_part_and_writes_the_report(tmp_path):
     """`bash scripts/gpu_check.sh --cpu`: the GPU suite's own code (tests/gpu, accelerate launch of train.py,
     scripts/benchmark.py, the report) at tiny sizes on the CPU, so a device run does not find its mistakes."""
