@@ -28,6 +28,10 @@ class CeiTImageProcessingTester(ImageProcessingTester):
 @require_vision
 class CeiTImageProcessingTest(ImageProcessingTestMixin, unittest.TestCase):
     image_processor_tester_class = CeiTImageProcessingTester
+    # Pillow's and torchvision's antialiased bicubic downscaling differ at single pixels: over 150 batches of the
+    # mixin's random-noise images, the largest difference reached 0.105 (above the default 0.1 in 1 batch of 150),
+    # while the mean difference, whose limit stays 5e-3, stayed below 2.2e-3.
+    backend_equivalence_atol = 0.15
 
     def test_image_processor_properties(self):
         for image_processing_class in self.image_processing_classes.values():
