@@ -17,6 +17,7 @@ one that starts passing, fails the run.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -185,8 +186,6 @@ def build_tree(archive: Path, root: Path) -> Path:
 
 
 def run(config: str, tree: Path, pytest_args: list[str]) -> int:
-    import json
-
     env = {
         **os.environ,
         "CEIT_TESTER_CONFIG": config,
