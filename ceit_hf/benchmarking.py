@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import ctypes
 import functools
 import io
 import json
@@ -34,13 +35,23 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import DeiTConfig, DeiTForImageClassification
 
 from .configuration_ceit import CeiTConfig
+from .cpu_memory import glibc
 from .inference import optimize_for_inference
 from .modeling_ceit import CeiTForImageClassification
 
 
 SIZES = {"tiny": ("ceit_tiny_patch16_224", 192, 3), "small": ("ceit_small_patch16_224", 384, 6)}
 INFERENCE_VARIANTS = ("ceit", "ceit_optimized", "ceit_optimized_compiled", "deit", "deit_compiled")
-TRAINING_VARIANTS = ("ceit", "ceit_compiled", "ceit_leff_recompute", "ceit_leff_stored", "deit", "deit_compiled")
+TRAINING_VARIANTS = (
+    "ceit",
+    "ceit_compiled",
+    "ceit_leff_recompute",
+    "ceit_leff_stored",
+    "ceit_stem_recompute",
+    "ceit_stem_stored",
+    "deit",
+    "deit_compiled",
+)
 
 
 def deit_config_for(ceit_config, extra_blocks: int = 0) -> DeiTConfig:
@@ -91,15 +102,17 @@ def build_variants(
     """The plain CeiT, its inference form (and compiled), DeiT (and compiled), on `device`, keyed by variant name.
     `ceit_compiled` (the plain model compiled) is the training variant: the compiled inference form is
     `ceit_optimized_compiled`. A compiled variant shares its parameters with the eager one. The other choice of
-    `set_leff_recompute` than the plain model's "auto" (which recomputes LeFF's activations on the CPU only, where it
-    was measured faster): `ceit_leff_recompute` off the CPU, `ceit_leff_stored` on it."""
+    `set_leff_recompute` and of `set_stem_recompute` than the plain model's "auto" (which recomputes on the CPU only):
+    `ceit_leff_recompute` and `ceit_stem_recompute` off the CPU, `ceit_leff_stored` and `ceit_stem_stored` on it."""
     models = build_pair(size, **(overrides or {}))
     ceit, deit = models[f"ceit_{size}"].to(device), models[f"deit_{size}"].to(device)
     optimized = optimize_for_inference(ceit.eval())
     variants = {"ceit": ceit, "ceit_compiled": ceit}
-    other = "ceit_leff_stored" if device.type == "cpu" else "ceit_leff_recompute"
-    variants[other] = copy.deepcopy(ceit)
-    variants[other].set_leff_recompute(device.type != "cpu")
+    recompute = device.type != "cpu"  # the other choice than "auto"'s
+    for part in ("leff", "stem"):
+        other = f"ceit_{part}_{'recompute' if recompute else 'stored'}"
+        variants[other] = copy.deepcopy(ceit)
+        getattr(variants[other], f"set_{part}_recompute")(recompute)
     variants.update(ceit_optimized=optimized, ceit_optimized_compiled=optimized, deit=deit, deit_compiled=deit)
     compiled = functools.partial(torch.compile, backend=compile_backend)
     return {
@@ -137,8 +150,6 @@ def flops_per_image(model: torch.nn.Module, m: Measurement, device: torch.device
 
 def _malloc_in_use():
     """Bytes currently allocated through glibc's malloc (small blocks + mmapped large ones), or None."""
-    import ctypes
-    import ctypes.util
 
     class MallInfo2(ctypes.Structure):
         _fields_ = [
@@ -157,11 +168,10 @@ def _malloc_in_use():
             )
         ]
 
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"))
-        libc.mallinfo2.restype = MallInfo2
-    except (OSError, AttributeError):
+    libc = glibc()
+    if libc is None:
         return None
+    libc.mallinfo2.restype = MallInfo2
 
     def in_use():
         info = libc.mallinfo2()
@@ -752,9 +762,11 @@ def format_table(results: dict) -> str:
     lines = []
     if results.get("ratios"):
         roofs = results["matmul_roof_gflops"]
+        kept = {True: "; freed CPU memory kept (glibc's heap)", False: "; glibc's default allocation"}
         lines += [
             f"Machine: {results['machine']}; median of {results['rounds']} alternating rounds; matrix-multiply roof: "
-            + ", ".join(f"{v:.0f} GFLOP/s ({k})" for k, v in roofs.items()),
+            + ", ".join(f"{v:.0f} GFLOP/s ({k})" for k, v in roofs.items())
+            + kept.get(results.get("cpu_memory_kept"), ""),
             "",
             "| size | measurement | variant | img/s | vs DeiT eager | GFLOP/img | % of roof | peak MiB |",
             "|---|---|---|---|---|---|---|---|",

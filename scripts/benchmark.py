@@ -29,6 +29,7 @@ from ceit_hf.benchmarking import (
     startup_benchmark,
     write_json,
 )
+from ceit_hf.cpu_memory import keep_freed_cpu_memory_if
 from ceit_hf.step_levers import LEVERS, measure_levers
 from ceit_hf.training import parse_config_overrides
 
@@ -49,6 +50,12 @@ def main(argv=None):
         help="torch.compile backend of the compiled variants ('eager' only traces: smoke runs)",
     )
     parser.add_argument("--config_overrides", help="config keys for both models, 'k=v,...' (e.g. image_size=32)")
+    parser.add_argument(
+        "--keep_freed_cpu_memory",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="keep freed CPU memory in glibc's heap for reuse, as train.py does ('auto': on for --device cpu)",
+    )
     parser.add_argument("--roof_size", type=int, help="matrix size of the roof (default: 2048 on CPU, 8192 on GPU)")
     parser.add_argument("--roof_seconds", type=float, default=1.0)
     loader = parser.add_argument_group("data loader")
@@ -105,6 +112,7 @@ def main(argv=None):
                 handle.write(format_table(results) + "\n")
 
     device = torch.device(args.device)
+    save({"cpu_memory_kept": keep_freed_cpu_memory_if(args.keep_freed_cpu_memory, device)})
     if args.profile:
         setup = {"machine": machine_description(device), "batch_size": args.train_batch_size, "steps": 2}
         overrides = parse_config_overrides(args.config_overrides)

@@ -118,6 +118,7 @@ def test_compiled_training_variants_are_measured_and_a_failing_one_is_left_out(m
     assert measured == {
         "ceit_tiny": {"infer_bs1_float32", "train_bs2_float32"},
         "ceit_leff_stored_tiny": {"train_bs2_float32"},  # on the CPU, "auto" recomputes: the other choice
+        "ceit_stem_stored_tiny": {"train_bs2_float32"},
         "ceit_optimized_tiny": {"infer_bs1_float32"},
         "ceit_optimized_compiled_tiny": {"infer_bs1_float32"},
         "deit_tiny": {"infer_bs1_float32", "train_bs2_float32"},

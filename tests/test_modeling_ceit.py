@@ -22,7 +22,7 @@ from transformers.modeling_outputs import ImageClassifierOutput
 
 from ceit_hf import CeiTBackbone, CeiTConfig, CeiTForImageClassification, CeiTModel
 from ceit_hf.conversion import convert_official_state_dict, infer_config
-from ceit_hf.modeling_ceit import CeiTLayerScale, CeiTPatchEmbeddings
+from ceit_hf.modeling_ceit import CeiTLayerScale, CeiTPatchEmbeddings, _recomputes
 
 
 class CeiTModelTest(unittest.TestCase):
@@ -734,15 +734,54 @@ def test_leff_recomputation_changes_no_result(layer_checkpointing):
     assert recomputed.ceit.encoder.layers[0].leff.expand_norm.num_batches_tracked.item() == 1
 
 
-def test_leff_recompute_is_a_runtime_switch(tmp_path):
+def saved_tensor_bytes(model, x, labels) -> int:
+    """Bytes of the tensors autograd keeps for the backward pass of one training forward (each storage once)."""
+    storages = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model.train()(x, labels=labels)
+    return sum(storages.values())
+
+
+def test_stem_recomputation_changes_no_result_and_keeps_less():
+    """Recomputing the stem's BatchNorm output and max-pool indices gives the same loss, gradients and BatchNorm
+    statistics (updated once) as storing them, runs the pool once more, and keeps at least the normalised map and
+    the indices (1.5x the convolution's output) out of what autograd saves."""
+    stored, recomputed = CeiTForImageClassification(tiny_config()), CeiTForImageClassification(tiny_config())
+    recomputed.load_state_dict(stored.state_dict())
+    stored.set_stem_recompute(False)
+    recomputed.set_stem_recompute(True)
+    x, labels = pixels(batch=4), torch.tensor([0, 1, 2, 3])
+    calls = {"stored": [], "recomputed": []}
+    for name, model in (("stored", stored), ("recomputed", recomputed)):
+        # A pre-hook: the replay stops inside the pool once it has what the backward pass needs.
+        model.ceit.embeddings.image_to_tokens.pool.register_forward_pre_hook(lambda *a, n=name: calls[n].append(1))
+        model.train()(x, labels=labels).loss.backward()
+    assert (len(calls["stored"]), len(calls["recomputed"])) == (1, 2)
+    assert_same_training_results(recomputed, stored)
+    assert recomputed.ceit.embeddings.image_to_tokens.norm.num_batches_tracked.item() == 1
+    stem_map = stored.ceit.embeddings.image_to_tokens.conv(x).numel() * x.element_size()
+    saved = {name: saved_tensor_bytes(model, x, labels) for name, model in (("stored", stored), ("re", recomputed))}
+    assert saved["stored"] - saved["re"] >= 1.5 * stem_map
+
+
+@pytest.mark.parametrize("switch", ["set_leff_recompute", "set_stem_recompute"])
+def test_recompute_is_a_runtime_switch(tmp_path, switch):
     """ "auto" recomputes on CPU only; the switch is not saved, and configs saved with the old key still load."""
     model = CeiTForImageClassification(tiny_config()).train()
-    leff = model.ceit.encoder.layers[0].leff
-    assert leff.recomputes(torch.zeros(1)) and not leff.recomputes(torch.zeros(1, device="meta"))
-    model.set_leff_recompute(False)
-    assert not leff.recomputes(torch.zeros(1))
-    with pytest.raises(ValueError, match="True, False or 'auto'"):
-        model.set_leff_recompute("yes")
+    embeddings, layer = model.ceit.embeddings, model.ceit.encoder.layers[0]
+    module = layer.leff if switch == "set_leff_recompute" else embeddings.image_to_tokens
+    assert _recomputes(module, module.recompute_activations, torch.zeros(1))
+    assert not _recomputes(module, module.recompute_activations, torch.zeros(1, device="meta"))
+    getattr(model, switch)(False)
+    assert not _recomputes(module, module.recompute_activations, torch.zeros(1))
+    with pytest.raises(ValueError, match=f"{switch} takes True, False or 'auto'"):
+        getattr(model, switch)("yes")
     model.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())
     assert not any("recompute" in key for key in saved)

@@ -528,6 +528,23 @@ def test_main_job_defaults_and_user_flags(tmp_path):
         parse_args(["--output_dir", str(tmp_path), "--preset", "ceit_huge"])
 
 
+@pytest.mark.parametrize("flag", ["--leff_recompute", "--stem_recompute", "--keep_freed_cpu_memory"])
+def test_runtime_switch_flags_take_on_off_auto(tmp_path, flag):
+    with pytest.raises(SystemExit, match=f"error: {flag} must be one of \\['auto', 'off', 'on'\\], got 'yes'"):
+        parse_args(["--output_dir", str(tmp_path), flag, "yes"])
+
+
+def test_recompute_flags_reach_the_model(tmp_path, monkeypatch):
+    """--leff_recompute / --stem_recompute set the model's runtime switches ("auto" when not given)."""
+    calls = {}
+    for switch in ("set_leff_recompute", "set_stem_recompute"):
+        monkeypatch.setattr(
+            CeiTForImageClassification, switch, lambda self, enabled, s=switch: calls.__setitem__(s, enabled)
+        )
+    main(["--output_dir", str(tmp_path), "--stem_recompute", "off", *TWO_STEPS, *SHORT])
+    assert calls == {"set_leff_recompute": "auto", "set_stem_recompute": False}
+
+
 def test_unwritable_output_dir_fails_before_training(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")

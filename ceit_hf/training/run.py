@@ -14,7 +14,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .arguments import LEFF_RECOMPUTE, DataArguments, ModelArguments, RecipeArguments, parse_args
+from ..cpu_memory import keep_freed_cpu_memory_if
+from .arguments import SWITCH, DataArguments, ModelArguments, RecipeArguments, parse_args
 from .callbacks import EpochCallback, ModelEMACallback
 from .data import (
     IGNORE_INDEX,
@@ -520,7 +521,8 @@ def prepare_job(model_args, data_args, recipe_args, data_seed: int):
     image_size = choose_image_size(model_args, data_args, raw["train"])
     model = build_model(model_args, recipe_args, labels, image_size)
     if hasattr(model, "set_leff_recompute"):  # a CeiT (train.py also fine-tunes other classifiers)
-        model.set_leff_recompute(LEFF_RECOMPUTE[model_args.leff_recompute])
+        model.set_leff_recompute(SWITCH[model_args.leff_recompute])
+        model.set_stem_recompute(SWITCH[model_args.stem_recompute])
     processor = image_processor_for(model_args, model)
     if model_args.lora_rank:
         model = add_lora_adapters(model, model_args)
@@ -535,6 +537,8 @@ def main(argv: list[str] | None = None) -> dict:
     if training_args.process_index == 0:
         check_output_dir(training_args.output_dir)
     set_torch_threads(recipe_args.torch_threads)
+    if keep_freed_cpu_memory_if(recipe_args.keep_freed_cpu_memory, training_args.device):
+        logger.info("Freed CPU memory is kept for the next step (glibc's heap; --keep_freed_cpu_memory)")
     check_fsdp_request(training_args)
 
     from transformers import set_seed
