@@ -137,6 +137,20 @@ def matmul_roof(device: torch.device, dtype: torch.dtype, size: int | None = Non
     return 2 * size**3 * calls / (time.perf_counter() - start) / 1e9
 
 
+def stream_bandwidth(device: torch.device, shape=(32 * 196, 768), seconds: float = 1.0) -> float:
+    """GB/s of a copy between two tensors of `shape` (default: LeFF's 4x-wide activations of CeiT-T at batch 32),
+    counting one read and one write: what one pass of an elementwise operator over such a tensor can reach here."""
+    source, target = torch.randn(shape, device=device), torch.empty(shape, device=device)
+    target.copy_(source)
+    _sync(device)
+    calls, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        target.copy_(source)
+        calls += 1
+    _sync(device)
+    return 2 * source.nbytes * calls / (time.perf_counter() - start) / 1e9
+
+
 def flops_per_image(model: torch.nn.Module, m: Measurement, device: torch.device) -> float:
     """Forward FLOPs of one image counted by torch's FLOP counter (matrix multiplications, convolutions, attention);
     a training step counts 3x (the backward pass costs about twice the forward: torch's counter misprices the
@@ -793,7 +807,14 @@ def format_table(results: dict) -> str:
         lines += [
             *([""] if lines else []),
             f"Machine: {setup['machine']}; training step (forward, backward, AdamW), fp32, batch "
-            f"{setup['batch_size']}; each operator's own time per step (torch.profiler, {setup['steps']} steps).",
+            f"{setup['batch_size']}; each operator's own time per step (torch.profiler, {setup['steps']} steps)"
+            + (
+                f"; matrix-multiply roof {setup['matmul_roof_gflops']:.0f} GFLOP/s, copy of a 4x-wide LeFF tensor "
+                f"{setup['stream_gb_per_s']:.0f} GB/s (read + write)"
+                if "stream_gb_per_s" in setup
+                else ""
+            )
+            + ".",
             "",
             *format_profile(results["profile"]),
         ]

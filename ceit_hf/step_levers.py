@@ -13,6 +13,9 @@ device it would run on; the model itself stays as it is (its forward plain), wha
   one autograd function of plain torch ops that keeps only its input and recomputes the rest in the backward pass.
 - leff_stage: LeFF's local enhancement (BatchNorm-GELU-depthwise-BatchNorm-GELU) as a whole: stored activations,
   recomputed in the backward pass (`set_leff_recompute`), and compiled as one region (`torch.compile`).
+- expand_batchnorm: LeFF's expansion, its BatchNorm and GELU: the modules (the model), and the BatchNorm folded into
+  the expansion's weights (its batch statistics from the narrow input's covariance, `W cov(x) W^T`, so that no
+  pass over the 4x-wide tensor normalises it, forward or backward).
 - stem: the Image-to-Tokens convolution (7x7/2, 3 -> 64 channels, a weight gradient only): the convolution (the
   model), and im2col with one matrix product.
 """
@@ -35,7 +38,7 @@ from .modeling_ceit import CeiTLeFF
 
 GRID = (14, 14)  # 224 / 16
 FASTER = 0.95  # an alternative pays when it takes at most this share of the model's time
-LEVERS = ("depthwise", "batchnorm_gelu", "leff_stage", "stem")
+LEVERS = ("depthwise", "batchnorm_gelu", "expand_batchnorm", "leff_stage", "stem")
 
 
 def _depthwise_shifted(grid: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -74,6 +77,20 @@ class _BatchNormGelu(torch.autograd.Function):
         return grad_x, grad_weight, grad_bias, None
 
 
+def _expand_folded(linear: torch.nn.Linear, norm: torch.nn.BatchNorm1d, x: torch.Tensor) -> torch.Tensor:
+    """`norm(linear(x))` in training (batch statistics; running statistics left alone) as one Linear: the output's
+    mean is `linear(mean(x))` and its variance the diagonal of `W cov(x) W^T`, so the normalisation folds into the
+    weights and the bias (which the mean cancels)."""
+    with torch.autocast(x.device.type, enabled=False):  # statistics in fp32, as BatchNorm keeps them under autocast
+        rows = x.reshape(-1, x.shape[-1]).float()
+        mean = rows.mean(0)
+        centered = rows - mean
+        variance = ((linear.weight @ (centered.T @ centered / rows.shape[0])) * linear.weight).sum(1)
+        scale = norm.weight * torch.rsqrt(variance + norm.eps)
+        bias = torch.addcmul(norm.bias, scale, linear.bias - F.linear(mean, linear.weight, linear.bias))
+    return F.linear(x, linear.weight * scale[:, None], bias)
+
+
 def _forms(lever: str, batch_size: int, device: torch.device) -> tuple[dict[str, Callable], Callable]:
     """({form name: forward of the lever's input}, a maker of that input), the model's form first."""
     config = CeiTConfig.from_preset("ceit_tiny_patch16_224")
@@ -98,6 +115,14 @@ def _forms(lever: str, batch_size: int, device: torch.device) -> tuple[dict[str,
             "autograd function, plain ops": lambda x: _BatchNormGelu.apply(x, norm.weight, norm.bias, norm.eps),
         }
         return forms, lambda: torch.randn(batch_size * tokens, hidden, device=device, requires_grad=True)
+    if lever == "expand_batchnorm":
+        linear = torch.nn.Linear(config.d_model, hidden).to(device)
+        norm = torch.nn.BatchNorm1d(hidden, track_running_stats=False).to(device)
+        forms = {
+            "Linear + BatchNorm1d + GELU modules (model)": lambda x: F.gelu(norm(linear(x))),
+            "BatchNorm folded into the Linear": lambda x: F.gelu(_expand_folded(linear, norm, x)),
+        }
+        return forms, lambda: torch.randn(batch_size * tokens, config.d_model, device=device, requires_grad=True)
     if lever == "leff_stage":
         stored = CeiTLeFF(config).to(device).train()
         stored.recompute_activations = False

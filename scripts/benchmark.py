@@ -24,9 +24,11 @@ from ceit_hf.benchmarking import (
     data_loader_throughput,
     format_table,
     machine_description,
+    matmul_roof,
     profile_training_step,
     run_benchmark,
     startup_benchmark,
+    stream_bandwidth,
     write_json,
 )
 from ceit_hf.cpu_memory import keep_freed_cpu_memory_if
@@ -115,6 +117,7 @@ def main(argv=None):
     save({"cpu_memory_kept": keep_freed_cpu_memory_if(args.keep_freed_cpu_memory, device)})
     if args.profile:
         setup = {"machine": machine_description(device), "batch_size": args.train_batch_size, "steps": 2}
+        setup.update(matmul_roof_gflops=matmul_roof(device, torch.float32), stream_gb_per_s=stream_bandwidth(device))
         overrides = parse_config_overrides(args.config_overrides)
         profile = profile_training_step(args.sizes[0], args.train_batch_size, 2, device, overrides)
         save({"profile_setup": setup, "profile": profile})

@@ -135,18 +135,19 @@ def test_compiled_training_variants_are_measured_and_a_failing_one_is_left_out(m
 def fake_benchmark(ceit_train, deit_train, ceit_infer, deit_infer, per_worker=250.0, cpus=16):
     """A benchmark JSON with the given images/s: (eager, compiled) pairs for training, eager/optimized/compiled
     for CeiT inference and (eager, compiled) for DeiT inference; CeiT with LeFF recomputation trains at 0.8x the
-    eager CeiT in half its memory (2000 MiB; DeiT 1000)."""
+    eager CeiT in half its memory (2000 MiB; DeiT 1000), with the stem's recomputation at 0.95x in 0.9x."""
     train, infer = "train_bs256_bfloat16", "infer_bs256_bfloat16"
     speeds = {
         "ceit": {train: ceit_train[0], infer: ceit_infer[0]},
         "ceit_compiled": {train: ceit_train[1]},
         "ceit_leff_recompute": {train: 0.8 * ceit_train[0]},
+        "ceit_stem_recompute": {train: 0.95 * ceit_train[0]},
         "ceit_optimized": {infer: ceit_infer[1]},
         "ceit_optimized_compiled": {infer: ceit_infer[2]},
         "deit": {train: deit_train[0], infer: deit_infer[0]},
         "deit_compiled": {train: deit_train[1], infer: deit_infer[1]},
     }
-    memory = {"ceit": 2000.0, "ceit_leff_recompute": 1000.0, "deit": 1000.0}
+    memory = {"ceit": 2000.0, "ceit_leff_recompute": 1000.0, "ceit_stem_recompute": 1800.0, "deit": 1000.0}
     models = {
         f"{name}_tiny": {"images_per_second": v, "peak_memory_mib": {train: memory.get(name, 1.0)}}
         for name, v in speeds.items()
@@ -200,15 +201,19 @@ def test_report_markdown_and_docs_block(tmp_path):
         "benchmark": fake_benchmark((900, 1000), (1000, 1100), (2000, 2500, 3300), (2800, 3000)),
     }
     report["targets"] = gpu_report.targets(report["benchmark"])
-    report["leff_recompute"] = gpu_report.leff_recompute(report["benchmark"])
+    report["leff_recompute"] = gpu_report.recompute(report["benchmark"], "leff")
+    report["stem_recompute"] = gpu_report.recompute(report["benchmark"], "stem")
     report["projection"] = gpu_report.paper_projection(report)
     assert report["projection"]["train_variant"] == "ceit_compiled"
     text = gpu_report.markdown(report)
     assert "| train_fsdp | timeout (rc -15) |" in text and "0.91x (ceit_compiled / deit_compiled) |" in text
     assert "GPU-hours" in text and "workers (CPU cores) per GPU" in text
-    recompute = gpu_report.leff_recompute(report["benchmark"])
+    recompute = gpu_report.recompute(report["benchmark"], "leff")
     assert (recompute["speed_vs_storing"], recompute["memory_vs_storing"]) == (0.8, 0.5)
     assert recompute["memory_vs_deit"] == {"recompute": 1.0, "store": 2.0}
+    stem = gpu_report.recompute(report["benchmark"], "stem")
+    assert (stem["speed_vs_storing"], stem["memory_vs_storing"]) == (0.95, 0.9)
+    assert "LeFF recomputation (`set_leff_recompute`) on this GPU" in text and "Stem recomputation" in text
     docs = tmp_path / "gpu.md"
     docs.write_text(f"# GPU\n\nintro\n\n{gpu_report.DOCS_BEGIN}\nold\n{gpu_report.DOCS_END}\n\nafter\n")
     gpu_report.update_docs(report, "benchmarks/gpu_nvidia_h200.json", docs)
@@ -216,7 +221,7 @@ def test_report_markdown_and_docs_block(tmp_path):
     assert "old" not in updated and updated.startswith("# GPU\n\nintro\n") and updated.endswith("\n\nafter\n")
     row = "| train_step_vs_deit_tiny >= 0.9x (train_bs256_bfloat16) | 0.91x (ceit_compiled / deit_compiled) |"
     assert row in updated
-    assert "LeFF recomputation on this GPU" in updated
+    assert "LeFF recomputation (`set_leff_recompute`) on this GPU" in updated and "Stem recomputation" in updated
     assert "Parts that did not pass: train_fsdp" in updated
 
 
@@ -243,12 +248,15 @@ def test_levers_compute_what_the_model_computes_and_report_against_it():
     from ceit_hf.benchmarking import format_table
     from ceit_hf.step_levers import measure_levers
 
-    levers = measure_levers(("depthwise", "batchnorm_gelu", "stem"), batch_size=1, rounds=1, seconds=0.0, log=None)
+    levers = measure_levers(
+        ("depthwise", "batchnorm_gelu", "expand_batchnorm", "stem"), batch_size=1, rounds=1, seconds=0.0, log=None
+    )
     for lever, entry in levers.items():
         assert len(entry["ms"]) >= 2 and next(iter(entry["ratio"].values())) == 1.0, lever
         assert max(entry["max_difference"].values()) < 1e-4, (lever, entry["max_difference"])
         assert max(entry["max_input_grad_difference"].values(), default=0.0) < 1e-4, lever
     assert levers["batchnorm_gelu"]["max_input_grad_difference"]["autograd function, plain ops"] > 0  # compared
+    assert levers["expand_batchnorm"]["max_input_grad_difference"]["BatchNorm folded into the Linear"] > 0
     setup = {"machine": "cpu", "dtype": "float32", "batch_size": 1, "rounds": 1}
     table = format_table({"levers": levers, "levers_setup": setup})
     assert "| depthwise | nine shifted multiply-adds |" in table and "| stem | convolution (model) |" in table
@@ -315,5 +323,8 @@ def test_gpu_check_cpu_mode_runs_every_part_and_writes_the_report(tmp_path):
     assert report["projection"]["gpu_hours"] > 0 and report["projection"]["workers_per_gpu"] >= 1
     markdown = (tmp_path / "out" / "gpu_cpu.md").read_text()
     assert "| tests | passed |" in markdown and "## Targets" in markdown and "| workers | images/s |" in markdown
-    assert set(report["levers"]) == {"depthwise", "batchnorm_gelu", "stem"} and "## Training-step levers" in markdown
+    assert (
+        set(report["levers"]) == {"depthwise", "batchnorm_gelu", "expand_batchnorm", "stem"}
+        and "## Training-step levers" in markdown
+    )
     assert "===== benchmark: passed" in (tmp_path / "out" / "gpu_cpu.log").read_text()

@@ -217,10 +217,11 @@ def benchmark_command(python: str, work: Path, cpu: bool, cpus: int) -> list[str
 
 def levers_command(python: str, work: Path, cpu: bool) -> list[str]:
     """scripts/benchmark.py --levers: the other forms of the training step's heaviest parts against the model's, bf16
-    at batch 256 on the GPU (the region compile last: it compiles the longest); on the CPU the three that compile
+    at batch 256 on the GPU (the region compile last: it compiles the longest); on the CPU the four that compile
     nothing, at batch 1."""
     command = [python, "scripts/benchmark.py", "--output_json", str(work / "levers.json")]
-    command += ["--output_markdown", str(work / "levers.md"), "--levers", "depthwise", "batchnorm_gelu", "stem"]
+    command += ["--output_markdown", str(work / "levers.md"), "--levers", "depthwise", "batchnorm_gelu"]
+    command += ["expand_batchnorm", "stem"]
     if cpu:
         return command + "--train_batch_size 1 --rounds 1 --min_seconds 0".split()
     return (
@@ -284,7 +285,8 @@ def suite_parts(cpu: bool, work: Path, python: str = sys.executable, cpus: int |
         ),
         Part(
             "levers",
-            "scripts/benchmark.py --levers: other forms of LeFF's depthwise convolution, BatchNorm+GELU and stage, "
+            "scripts/benchmark.py --levers: other forms of LeFF's depthwise convolution, BatchNorm+GELU, expansion "
+            "BatchNorm and stage, "
             "and of the stem, against the model's (bf16, batch 256)",
             45,
             levers_command(python, work, cpu),
@@ -464,14 +466,20 @@ def targets(benchmark: dict | None) -> dict:
     return results
 
 
-def leff_recompute(benchmark: dict | None) -> dict:
-    """CeiT-T's eager training step with LeFF's activations recomputed (`set_leff_recompute(True)`) against the
-    default, which stores them on a GPU: speed and peak memory, each also against DeiT-T. What decides whether
-    "auto" should recompute on GPUs too (docs/performance.md)."""
+RECOMPUTED_PARTS = {
+    "leff": "LeFF recomputation (`set_leff_recompute`)",
+    "stem": "Stem recomputation (`set_stem_recompute`: its BatchNorm output and max-pool indices)",
+}
+
+
+def recompute(benchmark: dict | None, part: str = "leff") -> dict:
+    """CeiT-T's eager training step with `part`'s activations recomputed (the `ceit_<part>_recompute` variant)
+    against the default, which stores them on a GPU: speed and peak memory, each also against DeiT-T. What decides
+    whether "auto" should recompute on GPUs too (docs/performance.md)."""
     train, _ = measurement_keys(benchmark or {})
     models = (benchmark or {}).get("models", {})
     try:
-        on, off, deit = (models[f"{name}_tiny"] for name in ("ceit_leff_recompute", "ceit", "deit"))
+        on, off, deit = (models[f"{name}_tiny"] for name in (f"ceit_{part}_recompute", "ceit", "deit"))
         return {
             "measurement": train,
             "speed_vs_storing": on["images_per_second"][train] / off["images_per_second"][train],
@@ -489,13 +497,22 @@ def leff_recompute(benchmark: dict | None) -> dict:
         return {}
 
 
-def leff_recompute_text(r: dict) -> str:
+def recompute_text(r: dict, part: str = "leff") -> str:
     return (
-        f"LeFF recomputation on this GPU ({r['measurement']}, eager CeiT-T): {r['speed_vs_storing']:.2f}x the "
+        f"{RECOMPUTED_PARTS[part]} on this GPU ({r['measurement']}, eager CeiT-T): {r['speed_vs_storing']:.2f}x the "
         f"speed and {r['memory_vs_storing']:.2f}x the peak memory of storing the activations (vs DeiT-T: speed "
         f"{r['speed_vs_deit']['recompute']:.2f}x recomputing, {r['speed_vs_deit']['store']:.2f}x storing; memory "
         f"{r['memory_vs_deit']['recompute']:.2f}x / {r['memory_vs_deit']['store']:.2f}x)."
     )
+
+
+def recompute_lines(report: dict) -> list[str]:
+    return [
+        line
+        for part in RECOMPUTED_PARTS
+        if report.get(f"{part}_recompute")
+        for line in ("", recompute_text(report[f"{part}_recompute"], part))
+    ]
 
 
 def projection(
@@ -633,8 +650,7 @@ def markdown(report: dict) -> str:  # noqa: C901 (the report section by section)
         )
     if report.get("targets"):
         lines += ["", "## Targets", "", *targets_table(report["targets"])]
-    if report.get("leff_recompute"):
-        lines += ["", leff_recompute_text(report["leff_recompute"])]
+    lines += recompute_lines(report)
     if report.get("benchmark_markdown"):
         lines += ["", "## Benchmark", "", report["benchmark_markdown"].strip()]
     if report.get("levers_markdown"):
@@ -728,8 +744,7 @@ def docs_block(report: dict, source: str) -> str:
     """docs/gpu.md's generated section: the latest report's targets and projection."""
     lines = [DOCS_BEGIN, f"Latest report: `{source}` ({report['gpu']}, {report['started']}).", ""]
     lines += targets_table(report.get("targets", {}))
-    if report.get("leff_recompute"):
-        lines += ["", leff_recompute_text(report["leff_recompute"])]
+    lines += recompute_lines(report)
     if report.get("projection"):
         lines += ["", projection_text(report["projection"])]
     if failed := failed_parts(report):
@@ -806,7 +821,8 @@ class Suite:
         training, which may finish in either order), to every output folder."""
         if self.report.get("benchmark"):
             self.report["targets"] = targets(self.report["benchmark"])
-            self.report["leff_recompute"] = leff_recompute(self.report["benchmark"])
+            for part in RECOMPUTED_PARTS:
+                self.report[f"{part}_recompute"] = recompute(self.report["benchmark"], part)
             self.report["projection"] = paper_projection(self.report)
         self.report["wall_seconds"] = round(time.monotonic() - self.started, 1)
         for folder in self.output_dirs:
