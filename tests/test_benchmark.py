@@ -28,6 +28,7 @@ def test_pair_has_the_same_width_depth_and_heads():
 
 
 def test_benchmark_reports_medians_ratios_flops_and_memory(tmp_path):
+    # CeiT-T and DeiT-T at 224 pixels with one block each (the measurement, not the models' size, is under test)
     results = run_benchmark(
         sizes=("tiny",),
         batch_sizes=(1,),
@@ -36,6 +37,7 @@ def test_benchmark_reports_medians_ratios_flops_and_memory(tmp_path):
         min_seconds=0.0,
         compile=False,
         log=lambda _: None,
+        overrides={"num_encoder_blocks": 1},
         roof_size=256,
         roof_seconds=0.05,
     )
@@ -44,7 +46,8 @@ def test_benchmark_reports_medians_ratios_flops_and_memory(tmp_path):
         model = results["models"][f"{name}_tiny"]
         assert all(len(v) == 2 for v in model["all_rounds"].values())
         assert all(v > 0 for v in model["images_per_second"].values())
-        assert model["gflops_per_image"]["infer_bs1_float32"] > 1.0  # CeiT-T/DeiT-T: 2.2-2.5 GFLOP per image
+        # one block of CeiT-T/DeiT-T: 0.15-0.45 GFLOP per image (CeiT's stem 0.24 of it)
+        assert model["gflops_per_image"]["infer_bs1_float32"] > 0.1
     assert set(results["models"]["ceit_tiny"]["images_per_second"]) == {"infer_bs1_float32", "train_bs2_float32"}
     assert set(results["models"]["ceit_optimized_tiny"]["images_per_second"]) == {"infer_bs1_float32"}
     ceit = results["models"]["ceit_tiny"]
