@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from ceit_hf import benchmarking
 from ceit_hf.benchmarking import build_pair, format_table, run_benchmark, write_json
@@ -282,20 +283,12 @@ def test_profile_lists_each_models_operators_side_by_side():
     )
 
 
-def test_gpu_check_cpu_mode_runs_every_part_and_writes_the_report(tmp_path):
-    """`bash scripts/gpu_check.sh --cpu`: the GPU suite's own code (tests/gpu, accelerate launch of train.py,
-    scripts/benchmark.py, the report) at tiny sizes on the CPU, so a device run does not find its mistakes."""
+def run_gpu_check_on_cpu(tmp_path, *arguments) -> dict:
+    """`bash scripts/gpu_check.sh --cpu ...`: the report it wrote (its folder holds exactly the three files)."""
     env = {k: v for k, v in os.environ.items() if k != "OUT"}
+    command = ["bash", "scripts/gpu_check.sh", "--cpu", "--output_dir", str(tmp_path / "out")]
     result = subprocess.run(
-        [
-            "bash",
-            "scripts/gpu_check.sh",
-            "--cpu",
-            "--output_dir",
-            str(tmp_path / "out"),
-            "--work_dir",
-            str(tmp_path / "work"),
-        ],
+        [*command, "--work_dir", str(tmp_path / "work"), *arguments],
         cwd=ROOT,
         env={**env, "OMP_NUM_THREADS": "1", "PYTHON": sys.executable},  # the interpreter running the tests
         capture_output=True,
@@ -306,24 +299,26 @@ def test_gpu_check_cpu_mode_runs_every_part_and_writes_the_report(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["gpu_cpu.json", "gpu_cpu.log", "gpu_cpu.md"]
     report = json.loads((tmp_path / "out" / "gpu_cpu.json").read_text())
     assert report["mode"] == "cpu" and report["environment"]["packages"]["torch"]
+    return report
+
+
+def test_gpu_check_cpu_mode_runs_the_tests_levers_and_benchmark_parts(tmp_path):
+    """`bash scripts/gpu_check.sh --cpu --parts tests,levers,benchmark`: the GPU suite's own code (tests/gpu,
+    scripts/benchmark.py, the report) at tiny sizes on the CPU, so a device run does not find its mistakes. Its
+    training part is checked in process below, and all parts together by the slow test after it."""
+    report = run_gpu_check_on_cpu(tmp_path, "--parts", "tests,levers,benchmark")
     assert {name: part["status"] for name, part in report["parts"].items()} == {
         "tests": "passed",
-        "train_bf16": "passed",
-        "train_fsdp": "skipped",
         "levers": "passed",
         "benchmark": "passed",
     }
     tests = report["tests"]
     assert tests["failed"] == tests["error"] == 0 and tests["passed"] >= 6
     assert any(c["outcome"] == "skipped" and "CUDA" in c["message"] for c in tests["cases"])  # flash attention
-    training = report["training"]["train_bf16"]
-    assert training["saved"] and training["global_step"] == 2 and "bf16" in training["setup"]
-    assert np.isfinite(training["metrics"]["eval_loss"])
     benchmark = report["benchmark"]
     assert benchmark["models"]["ceit_tiny"]["images_per_second"]["train_bs4_bfloat16"] > 0
     assert set(benchmark["data_loader"]["workers"]) == {"1", str(report["environment"]["cpus"])}
     assert report["targets"]["train_step_vs_deit_tiny"]["measurement"] == "train_bs4_bfloat16"
-    assert report["projection"]["gpu_hours"] > 0 and report["projection"]["workers_per_gpu"] >= 1
     markdown = (tmp_path / "out" / "gpu_cpu.md").read_text()
     assert "| tests | passed |" in markdown and "## Targets" in markdown and "| workers | images/s |" in markdown
     assert (
@@ -331,3 +326,36 @@ def test_gpu_check_cpu_mode_runs_every_part_and_writes_the_report(tmp_path):
         and "## Training-step levers" in markdown
     )
     assert "===== benchmark: passed" in (tmp_path / "out" / "gpu_cpu.log").read_text()
+
+
+def test_gpu_suite_training_part_trains_bf16_and_its_results_are_read(tmp_path, capsys):
+    """The training part's own command (train.py's arguments after `accelerate launch --cpu`, which
+    tests/test_distributed.py launches for real) trains two bf16 steps, and `training_results` reads what it left."""
+    from gpu import suite as gpu_report
+
+    from ceit_hf.training import main
+
+    command = gpu_report.training_command(sys.executable, "configs/accelerate/multi_gpu.yaml", tmp_path / "run", True)
+    main(command[command.index("scripts/train.py") + 1 :])
+    (tmp_path / "train.log").write_text(capsys.readouterr().out)  # train.py logs to stdout
+    training = gpu_report.training_results(tmp_path / "run", tmp_path / "train.log")
+    assert training["saved"] and training["global_step"] == 2 and "bf16" in training["setup"]
+    assert np.isfinite(training["metrics"]["eval_loss"]) and training["first_loss"] is not None
+
+
+@pytest.mark.slow
+def test_gpu_check_cpu_mode_runs_every_part_and_writes_the_report(tmp_path):
+    """`bash scripts/gpu_check.sh --cpu`, every part, as the GPU run does (30 s on 2 cores)."""
+    report = run_gpu_check_on_cpu(tmp_path)
+    assert {name: part["status"] for name, part in report["parts"].items()} == {
+        "tests": "passed",
+        "train_bf16": "passed",
+        "train_fsdp": "skipped",
+        "levers": "passed",
+        "benchmark": "passed",
+    }
+    training = report["training"]["train_bf16"]
+    assert training["saved"] and training["global_step"] == 2 and "bf16" in training["setup"]
+    assert np.isfinite(training["metrics"]["eval_loss"])
+    assert report["projection"]["gpu_hours"] > 0 and report["projection"]["workers_per_gpu"] >= 1
+    assert "===== train_bf16: passed" in (tmp_path / "out" / "gpu_cpu.log").read_text()
