@@ -300,6 +300,9 @@ def test_bad_data_is_one_line_without_a_traceback_and_help_lists_every_flag(tmp_
         "--push_to_hub",
         "--lora_rank",
         "--merge_lora",
+        "--leff_recompute",
+        "--stem_recompute",
+        "--keep_freed_cpu_memory",
     ):
         assert f"\n  {flag} " in help_text, flag
 
