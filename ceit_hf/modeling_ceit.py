@@ -617,17 +617,18 @@ class CeiTPreTrainedModel(PreTrainedModel):
     # trf-ignore: TRF033 (a runtime speed/memory switch, like gradient checkpointing: kept out of config.json)
     def set_leff_recompute(self, enabled: bool | str = "auto"):
         """Recompute LeFF's BatchNorm/GELU/depthwise activations in the backward pass of training instead of storing
-        them (`True`), store them (`False`), or `"auto"`: recompute on CPU, where it made the step faster and CeiT-T's
-        training memory 1.4x DeiT-T's instead of 2.4x (docs/performance.md), store on accelerators. A runtime switch
-        like activation checkpointing: not saved with the model, and changes no result. Inside a layer that
-        activation checkpointing already replays, LeFF is not recomputed a second time."""
+        them (`True`), store them (`False`), or `"auto"`: recompute on CPU, where with the stem's recomputation it holds
+        CeiT-T's training memory at 1.28x DeiT-T's instead of 2.17x for about 6% of the step (docs/performance.md),
+        store on accelerators. A runtime switch like activation checkpointing: not saved with the model, and changes
+        no result. Inside a layer that activation checkpointing already replays, LeFF is not recomputed a second
+        time."""
         self._set_recompute(CeiTLeFF, "set_leff_recompute", enabled)
 
     # trf-ignore: TRF033 (a runtime memory switch, like gradient checkpointing: kept out of config.json)
     def set_stem_recompute(self, enabled: bool | str = "auto"):
         """Recompute the I2T stem's BatchNorm output and max-pool indices in the backward pass of training instead of
         storing them (`True`), store them (`False`), or `"auto"`: recompute on CPU, where it brought CeiT-T's training
-        memory from 1.44x DeiT-T's to 1.28x for about 2% of the step (docs/performance.md), store on accelerators. A
+        memory from 1.44x DeiT-T's to 1.28x for 2-4% of the step (docs/performance.md), store on accelerators. A
         runtime switch: not saved with the model, and changes no result."""
         self._set_recompute(CeiTImage2Tokens, "set_stem_recompute", enabled)
 

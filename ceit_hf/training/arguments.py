@@ -73,8 +73,9 @@ class ModelArguments:
         default="auto",
         metadata={
             "help": "Recompute LeFF's BatchNorm/GELU/depthwise activations in the backward pass instead of "
-            "storing them: 'on', 'off', or 'auto' (on for CPU training, where it is faster and uses less "
-            "memory; off on GPUs). Never together with --activation_checkpointing inside the same block."
+            "storing them: 'on', 'off', or 'auto' (on for CPU training, where it holds the memory near DeiT's "
+            "for about 6%% of the step; off on GPUs). Never together with --activation_checkpointing inside the "
+            "same block."
         },
     )
     stem_recompute: str = field(
@@ -82,7 +83,7 @@ class ModelArguments:
         metadata={
             "help": "Recompute the I2T stem's BatchNorm output and max-pool indices in the backward pass instead of "
             "storing them: 'on', 'off', or 'auto' (on for CPU training, where it cuts CeiT-T's training memory by "
-            "about a tenth for about 2%% of the step; off on GPUs)."
+            "about a tenth for 2-4%% of the step; off on GPUs)."
         },
     )
     merge_lora: bool = field(
