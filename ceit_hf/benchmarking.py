@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import ctypes
 import functools
 import io
 import json
@@ -127,28 +126,26 @@ def matmul_roof(device: torch.device, dtype: torch.dtype, size: int | None = Non
     size is 2048 on a CPU and 8192 on a GPU (a 2048^3 product is too short to fill an H100/H200)."""
     size = size or (8192 if device.type == "cuda" else 2048)
     a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
-    a @ b
+    return 2 * size**3 * _calls_per_second(lambda: a @ b, device, seconds) / 1e9
+
+
+def _calls_per_second(work: Callable[[], object], device: torch.device, seconds: float) -> float:
+    """How many times a second `work` runs, over at least `seconds` after one untimed call."""
+    work()
     _sync(device)
     calls, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        a @ b
+        work()
         calls += 1
     _sync(device)
-    return 2 * size**3 * calls / (time.perf_counter() - start) / 1e9
+    return calls / (time.perf_counter() - start)
 
 
 def stream_bandwidth(device: torch.device, shape=(32 * 196, 768), seconds: float = 1.0) -> float:
     """GB/s of a copy between two tensors of `shape` (default: LeFF's 4x-wide activations of CeiT-T at batch 32),
     counting one read and one write: what one pass of an elementwise operator over such a tensor can reach here."""
     source, target = torch.randn(shape, device=device), torch.empty(shape, device=device)
-    target.copy_(source)
-    _sync(device)
-    calls, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        target.copy_(source)
-        calls += 1
-    _sync(device)
-    return 2 * source.nbytes * calls / (time.perf_counter() - start) / 1e9
+    return 2 * source.nbytes * _calls_per_second(lambda: target.copy_(source), device, seconds) / 1e9
 
 
 def flops_per_image(model: torch.nn.Module, m: Measurement, device: torch.device) -> float:
@@ -164,28 +161,9 @@ def flops_per_image(model: torch.nn.Module, m: Measurement, device: torch.device
 
 def _malloc_in_use():
     """Bytes currently allocated through glibc's malloc (small blocks + mmapped large ones), or None."""
-
-    class MallInfo2(ctypes.Structure):
-        _fields_ = [
-            (name, ctypes.c_size_t)
-            for name in (
-                "arena",
-                "ordblks",
-                "smblks",
-                "hblks",
-                "hblkhd",
-                "usmblks",
-                "fsmblks",
-                "uordblks",
-                "fordblks",
-                "keepcost",
-            )
-        ]
-
     libc = glibc()
     if libc is None:
         return None
-    libc.mallinfo2.restype = MallInfo2
 
     def in_use():
         info = libc.mallinfo2()

@@ -15,14 +15,11 @@ from ceit_hf.cpu_memory import glibc
 # much resident memory the free gave back (MiB). First with glibc's
 # defaults, then with freed memory kept. Loads ceit_hf/cpu_memory.py alone (without transformers' import time).
 PROBE = """
-import ctypes, importlib.util, sys, torch
+import importlib.util, sys, torch
 spec = importlib.util.spec_from_file_location("cpu_memory", sys.argv[1])
 cpu_memory = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(cpu_memory)
-class Info(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_size_t) for n in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
 libc = cpu_memory.glibc()
-libc.mallinfo2.restype = Info
 def resident():
     return int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0]) // 1024
 def round():
