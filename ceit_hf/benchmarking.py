@@ -8,7 +8,7 @@ over rounds. Achieved GFLOP/s (matrix multiplications, convolutions and attentio
 `torch.utils.flop_counter`) are set against a matrix-multiply roof measured in the same run.
 
 `data_loader_throughput` measures the other side of a training run: how many images per second one data-loader
-worker process decodes and augments with the training pipeline of `ceit_hf.training.data` (the DeiT recipe).
+worker process decodes and augments with the training pipeline of `ceit_hf.data` (the DeiT recipe).
 `startup_benchmark` measures what an image folder adds to the start of `scripts/train.py` (`--startup`).
 
 The engine of `scripts/benchmark.py`.
@@ -469,9 +469,10 @@ def training_pipeline_dataset(jpegs: list[bytes], image_size: int = 224, seed: i
 
     import datasets
 
+    from .data.decoding import with_transform
+    from .data.transforms import SeededAugmentation, train_transform
     from .image_processing_ceit import CeiTImageProcessor
     from .training.arguments import DEIT_RECIPE, RecipeArguments
-    from .training.data import SeededAugmentation, train_transform, with_transform
 
     fields = {f.name for f in dataclasses.fields(RecipeArguments)}
     recipe = RecipeArguments(**{k: v for k, v in DEIT_RECIPE.items() if k in fields})

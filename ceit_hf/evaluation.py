@@ -15,10 +15,11 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForImageClassification
 from transformers.utils import find_adapter_config_file
 
+from .data.decoding import BadImageError, decode_image, undecoded
+from .data.sources import DataSource, image_folder_dataset, label_names, load_image_datasets
 from .inference import optimize_if_ceit
 from .metrics import TopKAccuracy
-from .training import DataArguments, ModelArguments, label_names, load_image_datasets, load_image_processor
-from .training.data import BadImageError, decode_image, image_folder_dataset, undecoded
+from .training import load_image_processor
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,14 +68,14 @@ def load_split(args):
     import datasets
 
     if args.validation_dir is not None:
-        return image_folder_dataset(args.validation_dir, "--validation_dir", DataArguments.verify_images_limit)[0]
+        return image_folder_dataset(args.validation_dir, "--validation_dir", DataSource.verify_images_limit)[0]
     if args.dataset_name is not None:
         raw = datasets.load_dataset(args.dataset_name, args.dataset_config_name)
         split = args.split or next((s for s in ("validation", "val", "test") if s in raw), None)
         if split not in raw:
             raise SystemExit(f"error: split {split!r} is not in the dataset (splits: {list(raw)}); pass --split.")
         return raw[split]
-    return load_image_datasets(DataArguments(), ModelArguments(), seed=0)["validation"]
+    return load_image_datasets(DataSource(), seed=0)["validation"]
 
 
 def label_mapping(dataset, label_column: str, config) -> np.ndarray | None:

@@ -14,8 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers import TrainingArguments, default_data_collator
 
-from ceit_hf.training import data
-from ceit_hf.training.arguments import DataArguments, ModelArguments
+from ceit_hf.data import sources, streams
 from ceit_hf.training.run import _trainer_class, compute_metrics_fn
 
 
@@ -69,9 +68,19 @@ def train(shards: str, output_dir: Path, max_steps: int, resume_from: str | None
         disable_tqdm=True,
         seed=0,
     )
-    data_args = DataArguments(dataset_name=shards, streaming=True, shuffle_buffer_size=4)
-    raw = data.load_image_datasets(data_args, ModelArguments(), seed=0)
-    stream, evaluation = data.streamed_splits(raw, data_args, NUM_LABELS, as_tensor, as_tensor, args)
+    source = sources.DataSource(dataset_name=shards, streaming=True)
+    raw = sources.load_image_datasets(source, seed=0)
+    stream, evaluation = streams.streamed_splits(
+        raw,
+        source,
+        NUM_LABELS,
+        as_tensor,
+        as_tensor,
+        seed=0,
+        shuffle_buffer_size=4,
+        rank=args.process_index,
+        world_size=args.world_size,
+    )
     model = Recorder()
     trainer = _trainer_class()(
         model=model,
@@ -80,7 +89,7 @@ def train(shards: str, output_dir: Path, max_steps: int, resume_from: str | None
         eval_dataset=evaluation,
         data_collator=default_data_collator,
         compute_metrics=compute_metrics_fn(NUM_LABELS),
-        callbacks=[data.StreamPositionCallback(stream, resume_from=resume_from)],
+        callbacks=[streams.StreamPositionCallback(stream, resume_from=resume_from)],
     )
     trainer.train(resume_from_checkpoint=resume_from)
     return model.steps, trainer
@@ -95,10 +104,10 @@ def main():
     resumed, _ = train(shards, out / "b", max_steps=5, resume_from=str(out / "a" / "checkpoint-2"))
 
     walks = []
-    scan = data.scan_image_folder
-    data.scan_image_folder = lambda *args: walks.append(args) or scan(*args)
-    folder_args = DataArguments(train_dir=folder, verify_images_limit=0)
-    raw = data.load_image_datasets(folder_args, ModelArguments(cache_dir=str(out / "cache")), seed=0)
+    scan = sources.scan_image_folder
+    sources.scan_image_folder = lambda *args: walks.append(args) or scan(*args)
+    folder_source = sources.DataSource(train_dir=folder, verify_images_limit=0, cache_dir=str(out / "cache"))
+    raw = sources.load_image_datasets(folder_source, seed=0)
     result = {
         "rank": rank,
         "world_size": trainer.args.world_size,

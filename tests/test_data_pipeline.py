@@ -15,8 +15,9 @@ from PIL import Image
 from torchvision.transforms import v2
 from transformers import Trainer, TrainingArguments, default_data_collator
 
-from ceit_hf.training import EpochCallback, SeededAugmentation, main, parse_args
-from ceit_hf.training.data import default_num_workers, with_transform
+from ceit_hf.data import default_num_workers, with_transform
+from ceit_hf.data.transforms import SeededAugmentation
+from ceit_hf.training import EpochCallback, main, parse_args
 
 
 # Two steps of a one-block model on 16 images of 16x16 (all of them: 2 batches of 8), no evaluation or checkpoint
@@ -147,7 +148,7 @@ def test_a_folder_is_indexed_once_as_torchvision_does_and_the_index_is_reused_un
     of a class folder or deeper)."""
     from torchvision.datasets import ImageFolder
 
-    from ceit_hf.training import data
+    from ceit_hf.data import sources as data
 
     folder = image_folder(tmp_path / "images", truncated=())
     (folder / "b" / "nested").mkdir()
@@ -179,8 +180,7 @@ def test_a_folder_is_indexed_once_as_torchvision_does_and_the_index_is_reused_un
 def test_validation_folder_labels_follow_the_training_classes_and_a_split_is_stratified(tmp_path):
     """A --validation_dir missing a class keeps the training folder's class numbers (by name); a class the training
     folder lacks is refused naming it. Without --validation_dir each class gives ceil(15%) of its images."""
-    from ceit_hf.training import DataArguments, ModelArguments, load_image_datasets
-    from ceit_hf.training.data import stratified_split
+    from ceit_hf.data.sources import DataSource, load_image_datasets, stratified_split
 
     train = image_folder(tmp_path / "train", truncated=())
     (train / "c").mkdir()
@@ -189,18 +189,18 @@ def test_validation_folder_labels_follow_the_training_classes_and_a_split_is_str
     validation = tmp_path / "val"
     (validation / "c").mkdir(parents=True)
     Image.new("RGB", (8, 8)).save(validation / "c" / "0.png")
-    args = DataArguments(train_dir=str(train), validation_dir=str(validation), verify_images_limit=0)
-    raw = load_image_datasets(args, ModelArguments(cache_dir=str(tmp_path / "cache")), seed=0)
+    args = DataSource(
+        train_dir=str(train), validation_dir=str(validation), verify_images_limit=0, cache_dir=str(tmp_path / "cache")
+    )
+    raw = load_image_datasets(args, seed=0)
     assert raw["validation"]["label"] == [2] and raw["validation"].features["label"].names == ["a", "b", "c"]
     (validation / "d").mkdir()
     Image.new("RGB", (8, 8)).save(validation / "d" / "0.png")
     with pytest.raises(SystemExit, match=r"--validation_dir .*the class folder\(s\) \['d'\] are not classes of"):
-        load_image_datasets(args, ModelArguments(cache_dir=str(tmp_path / "cache")), seed=0)
+        load_image_datasets(args, seed=0)
 
     raw = load_image_datasets(
-        DataArguments(train_dir=str(train), verify_images_limit=0),
-        ModelArguments(cache_dir=str(tmp_path / "cache")),
-        0,
+        DataSource(train_dir=str(train), verify_images_limit=0, cache_dir=str(tmp_path / "cache")), 0
     )
     assert sorted(raw["validation"]["label"]) == [0, 0, 1, 1, 2] and len(raw["train"]) == 15
     kept, held = stratified_split([100, 7, 1], 0.15, seed=0)
@@ -309,12 +309,12 @@ def test_evaluation_names_a_file_that_fails_to_decode(tmp_path, monkeypatch):
     """evaluate.py decodes a small --validation_dir up front, and a larger one image by image: either way a truncated
     file ends the run with one line naming it (a score without it would not be the folder's)."""
     from ceit_hf import evaluation
-    from ceit_hf.training.arguments import DataArguments
+    from ceit_hf.data import DataSource
 
     folder = image_folder(tmp_path / "val", truncated=(LATE,))
     model = Path(__file__).parent / "fixtures" / "digits_model"
     with pytest.raises(SystemExit, match=rf"error: --validation_dir .*1 file\(s\) are not readable images: {LATE}"):
         evaluation.main(["--model", str(model), "--validation_dir", str(folder)])
-    monkeypatch.setattr(DataArguments, "verify_images_limit", 0)  # headers only, as for a folder of ImageNet's size
+    monkeypatch.setattr(DataSource, "verify_images_limit", 0)  # headers only, as for a folder of ImageNet's size
     with pytest.raises(SystemExit, match=rf"error: cannot decode .*{LATE} \(OSError"):
         evaluation.main(["--model", str(model), "--validation_dir", str(folder), "--batch_size", "4"])

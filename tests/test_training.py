@@ -18,17 +18,15 @@ from safetensors.torch import load_file
 from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
 
 from ceit_hf import CeiTForImageClassification
+from ceit_hf.data import check_labels, digits_dataset
+from ceit_hf.data.transforms import SeededAugmentation, batch_mixer
 from ceit_hf.training import (
     DEIT_RECIPE,
-    SeededAugmentation,
-    check_labels,
-    digits_dataset,
     main,
     parse_args,
     parse_config_overrides,
     soft_target_loss,
 )
-from ceit_hf.training.data import batch_mixer
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -738,13 +736,13 @@ def test_a_val_valid_or_test_split_becomes_the_validation_split(splits, monkeypa
     (the others are left as they are), and nothing is split off the training data."""
     import datasets
 
-    from ceit_hf.training import DataArguments, ModelArguments, load_image_datasets
+    from ceit_hf.data import DataSource, load_image_datasets
 
     def split(labels):
         return datasets.Dataset.from_dict({"image": [Image.new("RGB", (8, 8))] * len(labels), "label": labels})
 
     given = datasets.DatasetDict(train=split([0, 1] * 4), **{name: split([1, 0, i]) for i, name in enumerate(splits)})
     monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: given)
-    raw = load_image_datasets(DataArguments(dataset_name="someone/data"), ModelArguments(), seed=0)
+    raw = load_image_datasets(DataSource(dataset_name="someone/data"), seed=0)
     assert set(raw) == {"train", "validation", *splits[1:]}
     assert raw["validation"]["label"] == [1, 0, 0] and len(raw["train"]) == 8

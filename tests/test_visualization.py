@@ -37,7 +37,7 @@ def _script():
 @pytest.fixture(scope="module")
 def digits():
     """The main job's model (tests/fixtures/digits_model), its processor and 360 held-out digits (8x8, 0-255)."""
-    from ceit_hf.training import digits_dataset
+    from ceit_hf.data import digits_dataset
 
     validation = digits_dataset()["validation"]
     model = CeiTForImageClassification.from_pretrained(DIGITS_MODEL)

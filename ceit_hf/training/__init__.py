@@ -1,8 +1,7 @@
 # Copyright 2026 The ceit_hf authors. Licensed under the Apache License, Version 2.0.
-"""Training CeiT through transformers' `Trainer` (`scripts/train.py`), in four parts:
+"""Training CeiT through transformers' `Trainer` (`scripts/train.py`), in three parts (the data is `ceit_hf.data`):
 
 - `arguments`: the command line (dataclasses, the job's and the DeiT recipe's defaults, resume checks);
-- `data`: digits / image folders / Hub datasets, their checks, and the torchvision v2 augmentation;
 - `callbacks`: the EMA of the weights and the epoch of the seeded augmentation;
 - `run`: the model, the Trainer, `main()`.
 
@@ -19,18 +18,11 @@ from .arguments import (
     resolve_resume_checkpoint,
 )
 from .callbacks import EpochCallback, ModelEMACallback
-from .data import (
-    DIGITS_IMAGE_SIZE,
-    SeededAugmentation,
-    check_labels,
-    choose_image_size,
-    digits_dataset,
-    label_names,
-    load_image_datasets,
-)
 from .run import (
     build_model,
     check_output_dir,
+    choose_image_size,
+    data_source,
     describe_setup,
     image_processor_for,
     load_image_processor,

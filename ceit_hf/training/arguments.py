@@ -281,7 +281,7 @@ def job_defaults(given: dict) -> dict:
         defaults.update(DEIT_RECIPE)
     if given.get("streaming"):
         defaults.update(STREAMING_DEFAULTS)
-    from .data import data_loader_defaults
+    from ..data.loader import data_loader_defaults
 
     defaults.update(data_loader_defaults(given))
     return defaults

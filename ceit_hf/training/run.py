@@ -15,30 +15,48 @@ import tempfile
 from pathlib import Path
 
 from ..cpu_memory import keep_freed_cpu_memory_if
-from .arguments import SWITCH, DataArguments, ModelArguments, RecipeArguments, parse_args
-from .callbacks import EpochCallback, ModelEMACallback
-from .data import (
-    IGNORE_INDEX,
-    BadImageError,
-    SeededAugmentation,
-    StreamedExamples,
-    StreamPositionCallback,
-    batch_mixer,
+from ..data.decoding import IGNORE_INDEX, BadImageError, with_transform
+from ..data.sources import (
+    DIGITS_IMAGE_SIZE,
+    DataSource,
     check_labels,
-    choose_image_size,
-    eval_transform,
     example_count,
+    image_size_from_data,
     label_names,
     load_image_datasets,
-    streamed_splits,
-    train_transform,
-    with_transform,
 )
+from ..data.streams import StreamedExamples, StreamPositionCallback, streamed_splits
+from ..data.transforms import SeededAugmentation, batch_mixer, eval_transform, train_transform
+from .arguments import SWITCH, DataArguments, ModelArguments, RecipeArguments, parse_args
+from .callbacks import EpochCallback, ModelEMACallback
 
 
 logger = logging.getLogger("ceit_hf.training")
 # Less free space than this in --output_dir fails the run before training (the main job's checkpoints take ~8 MiB).
 MIN_FREE_BYTES = 16 * 1024 * 1024
+
+
+# ------------------------------------------------------------------------------------------------------- data
+
+
+def data_source(data_args: DataArguments, model_args: ModelArguments | None = None, **changes) -> DataSource:
+    """The `ceit_hf.data` description of what the command line asks to load."""
+    fields = {name: getattr(data_args, name) for name in DataSource.__dataclass_fields__ if hasattr(data_args, name)}
+    if model_args is not None:
+        fields.update(
+            cache_dir=model_args.cache_dir, token=model_args.token, trust_remote_code=model_args.trust_remote_code
+        )
+    return DataSource(**{**fields, **changes})
+
+
+def choose_image_size(model_args: ModelArguments, data_args: DataArguments, train) -> int | None:
+    """The crop size of a model trained from scratch: `--image_size`, 32 for the digits, else one chosen from the
+    training images (`image_size_from_data`). None for pretrained models and presets (their own size)."""
+    if model_args.image_size is not None or model_args.model_name_or_path or model_args.preset:
+        return model_args.image_size
+    if data_args.bundled:
+        return DIGITS_IMAGE_SIZE
+    return image_size_from_data(train, data_args.image_column_name)
 
 
 # ------------------------------------------------------------------------------------------------------ model
@@ -292,7 +310,15 @@ def train_and_evaluate(
     callbacks = [EpochCallback(augmentation)]
     if data_args.streaming:
         train_set, eval_set = streamed_splits(
-            raw, data_args, len(labels), augmentation, eval_transform(processor), training_args
+            raw,
+            data_source(data_args),
+            len(labels),
+            augmentation,
+            eval_transform(processor),
+            seed=training_args.seed,
+            shuffle_buffer_size=data_args.shuffle_buffer_size,
+            rank=training_args.process_index,
+            world_size=training_args.world_size,
         )
         callbacks.append(StreamPositionCallback(train_set, resume_from=training_args.resume_from_checkpoint))
     else:
@@ -516,7 +542,7 @@ def write_model_card(output_dir, model, model_args, data_args, training_args, me
 
 def prepare_job(model_args, data_args, recipe_args, data_seed: int):
     """(the data splits, the class names, the image size, the model, its image processor) of a run."""
-    raw = load_image_datasets(data_args, model_args, data_seed)
+    raw = load_image_datasets(data_source(data_args, model_args), data_seed)
     labels = label_names(raw["train"], data_args.label_column_name)
     image_size = choose_image_size(model_args, data_args, raw["train"])
     model = build_model(model_args, recipe_args, labels, image_size)
