@@ -461,28 +461,23 @@ def synthetic_jpegs(count: int, size: tuple[int, int] = IMAGENET_LIKE_SIZE, qual
 
 
 def training_pipeline_dataset(jpegs: list[bytes], image_size: int = 224, seed: int = 0):
-    """`jpegs` as the training job sees its data: a `datasets` image column decoded on access, and the DeiT recipe's
-    augmentation (`train_transform` with `DEIT_RECIPE`'s RandAugment 2/9, ColorJitter 0.4, RandomErasing 0.25 and a
-    bicubic RandomResizedCrop to `image_size`) applied through `SeededAugmentation` and `with_transform`. Mixup and
-    CutMix are left out: they run on the training process's batch, not in the loader."""
-    import dataclasses
-
+    """`jpegs` as the training job sees its data under `--recipe deit`: a `datasets` image column decoded on access
+    (JPEGs to arrays), and the official recipe's worker side (`train_transform`: bicubic RandomResizedCrop to
+    `image_size`, flip, RandAugment rand-m9-mstd0.5-inc1, uint8 out) through `SeededAugmentation` and
+    `with_transform`. Normalisation, random erasing and Mixup/CutMix run on the training process's batch, not in
+    the loader."""
     import datasets
 
     from .data.decoding import with_transform
-    from .data.transforms import SeededAugmentation, train_transform
-    from .image_processing_ceit import CeiTImageProcessor
-    from .training.arguments import DEIT_RECIPE, RecipeArguments
+    from .data.transforms import OFFICIAL_AUTO_AUGMENT, SeededAugmentation, train_transform
 
-    fields = {f.name for f in dataclasses.fields(RecipeArguments)}
-    recipe = RecipeArguments(**{k: v for k, v in DEIT_RECIPE.items() if k in fields})
-    processor = CeiTImageProcessor(crop_size={"height": image_size, "width": image_size})
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(num_classes=1000)})
     dataset = datasets.Dataset.from_dict(
         {"image": [{"bytes": data, "path": None} for data in jpegs], "label": [i % 1000 for i in range(len(jpegs))]},
         features=features,
     )
-    return with_transform(dataset, "image", "label", SeededAugmentation(train_transform(processor, recipe), seed))
+    transform = train_transform(image_size, auto_augment=OFFICIAL_AUTO_AUGMENT)
+    return with_transform(dataset, "image", "label", SeededAugmentation(transform, seed))
 
 
 def available_cpus() -> int:
@@ -548,7 +543,7 @@ def data_loader_throughput(
         "batch_size": batch_size,
         "distinct_images": len(jpegs),
         "cpus": available_cpus(),
-        "pipeline": "datasets Image decode + train_transform(DEIT_RECIPE) through SeededAugmentation",
+        "pipeline": "datasets Image decode (JPEG arrays) + train_transform(rand-m9-mstd0.5-inc1, uint8) per example",
         "workers": runs,
         # the lowest per-worker rate: with many workers they share memory bandwidth and caches
         "per_worker_images_per_second": min(run["per_worker_images_per_second"] for run in runs.values()),

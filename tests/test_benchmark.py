@@ -352,10 +352,55 @@ def test_gpu_check_cpu_mode_runs_every_part_and_writes_the_report(tmp_path):
         "train_bf16": "passed",
         "train_fsdp": "skipped",
         "levers": "passed",
+        "feed": "passed",
         "benchmark": "passed",
     }
+    assert report["feed"]["runs"] and "## Feeding the GPU" in (tmp_path / "out" / "gpu_cpu.md").read_text()
     training = report["training"]["train_bf16"]
     assert training["saved"] and training["global_step"] == 2 and "bf16" in training["setup"]
     assert np.isfinite(training["metrics"]["eval_loss"])
     assert report["projection"]["gpu_hours"] > 0 and report["projection"]["workers_per_gpu"] >= 1
     assert "===== train_bf16: passed" in (tmp_path / "out" / "gpu_cpu.log").read_text()
+
+
+# ------------------------------------------------------------------------------------------ the data-loader benchmark
+
+
+def data_loader_benchmark():
+    """benchmarks/data_loader.py as a module (the benchmarks folder is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("data_loader_benchmark", ROOT / "benchmarks" / "data_loader.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_data_loader_benchmark_compares_the_pipelines_per_core_and_writes_its_table(tmp_path):
+    """The per-core benchmark at a smoke size: every pipeline delivers images, the table sets each against timm's
+    prefetcher form, and the step breakdown and the draft share are filled."""
+    benchmark = data_loader_benchmark()
+    result = benchmark.main(
+        ["--images", "12", "--rounds", "1", "--batches", "1", "--batch_size", "4", "--image_size", "64"]
+        + ["--output", str(tmp_path / "loader")]
+    )
+    rates = result["median_images_per_second"]
+    assert set(rates) == set(benchmark.PIPELINES) and all(rate > 0 for rate in rates.values())
+    table = (tmp_path / "loader.md").read_text()
+    assert "| timm_prefetcher |" in table and "| ceit_hf |" in table and "1.00x" in table
+    # crops of 64 px from 300-500 px images: most could be served by a half-scale draft decode
+    assert result["breakdown_ms"]["horizontal flip 0.5"] > 0 and 0.5 < result["draft_share"] <= 1
+
+
+def test_data_loader_benchmark_feed_mode_times_the_loader_feeding_a_training_step(tmp_path):
+    """--feed at a smoke size on the CPU: the loader's and the step's images/s apart and together, and the share of
+    the step spent waiting for data, for each prefetch factor."""
+    result = data_loader_benchmark().main(
+        "--feed --device cpu --workers 1 --images 8 --batch_size 4 --image_size 32 --steps 2".split()
+        + ["--prefetch_factors", "2", "4", "--config_overrides", "num_encoder_blocks=1"]
+        + ["--output", str(tmp_path / "feed")]
+    )
+    assert result["loader_images_per_second"] > 0 and result["step_images_per_second"] > 0
+    assert [run["prefetch_factor"] for run in result["runs"]] == [2, 4]
+    assert all(0 <= run["waiting_share"] <= 1 and run["images_per_second"] > 0 for run in result["runs"])
+    assert "share of the step waiting for data" in (tmp_path / "feed.md").read_text()

@@ -212,10 +212,10 @@ def test_validation_folder_labels_follow_the_training_classes_and_a_split_is_str
 def test_data_loader_defaults(tmp_path, monkeypatch):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
     _, _, _, args = parse_args(["--output_dir", str(tmp_path), "--train_dir", str(tmp_path)])
-    assert args.dataloader_num_workers == default_num_workers() and 0 <= default_num_workers() <= 8
+    assert args.dataloader_num_workers == default_num_workers() >= 0
     assert args.dataloader_persistent_workers == (default_num_workers() > 0)
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(64)), raising=False)
-    assert default_num_workers() == 8
+    assert default_num_workers() == 63  # every core but the training process's: no cap where the cores exist
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "16")  # 4 CPUs for each of 16 local processes: 3 workers each
     assert default_num_workers() == 3
     _, _, _, args = parse_args(

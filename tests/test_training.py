@@ -38,7 +38,8 @@ SHORT = (
 # Two training steps, no evaluation or checkpoint in between (the final evaluation still runs).
 TWO_STEPS = "--max_steps 2 --eval_strategy no --save_strategy no".split()
 RECIPE = (
-    "--mixup_alpha 0.8 --cutmix_alpha 1.0 --random_erasing 0.25 --rand_augment_ops 2 --color_jitter 0.4 "
+    "--mixup_alpha 0.8 --cutmix_alpha 1.0 --random_erasing 0.25 --auto_augment rand-m9-mstd0.5-inc1 --color_jitter 0.4 "
+    "--repeated_augmentation 3 "
     "--label_smoothing_factor 0.1 --model_ema_decay 0.9 --drop_path 0.1"
 ).split()
 
@@ -464,16 +465,17 @@ def test_model_ema_callback_follows_the_decay_rule():
 
 
 def test_batch_mixer_makes_soft_targets():
-    """Mixup mixes each image and its one-hot target with those of the batch rolled by one, by the same lambda."""
+    """Mixup mixes each image and its one-hot target with those of the batch reversed (timm's "batch" mode), by the
+    same lambda; CutMix's targets are mixed one-hots too."""
     assert batch_mixer(5) is None
     pixels, labels = torch.randn(8, 3, 16, 16), torch.arange(8) % 5
-    mixed, targets = batch_mixer(5, mixup_alpha=0.8)(pixels, labels)
+    mixed, targets = batch_mixer(5, mixup_alpha=0.8)(pixels.clone(), labels)
     one_hot = torch.nn.functional.one_hot(labels, 5).float()
     lam = targets[0, labels[0]].item()
     assert 0 < lam < 1 and targets.shape == (8, 5)
-    torch.testing.assert_close(targets, lam * one_hot + (1 - lam) * one_hot.roll(1, 0))
-    torch.testing.assert_close(mixed, lam * pixels + (1 - lam) * pixels.roll(1, 0))
-    _, cut = batch_mixer(5, cutmix_alpha=1.0)(pixels, labels)
+    torch.testing.assert_close(targets, lam * one_hot + (1 - lam) * one_hot.flip(0))
+    torch.testing.assert_close(mixed, lam * pixels + (1 - lam) * pixels.flip(0))
+    _, cut = batch_mixer(5, cutmix_alpha=1.0)(pixels.clone(), labels)
     assert torch.allclose(cut.sum(-1), torch.ones(8)) and not torch.equal(cut, one_hot)
 
 
@@ -497,7 +499,8 @@ def test_deit_recipe_fills_only_what_is_not_given(tmp_path):
         ["--output_dir", str(tmp_path), "--recipe", "deit", "--per_device_train_batch_size", "64"]
     )
     assert (recipe.mixup_alpha, recipe.cutmix_alpha, recipe.random_erasing) == (0.8, 1.0, 0.25)
-    assert (recipe.rand_augment_ops, recipe.rand_augment_magnitude, recipe.color_jitter) == (2, 9, 0.4)
+    assert (recipe.auto_augment, recipe.color_jitter, recipe.repeated_augmentation) == ("rand-m9-mstd0.5-inc1", 0, 3)
+    assert args.per_device_eval_batch_size == 384  # the official evaluation batch, 1.5 x 256
     assert (recipe.drop_path, recipe.model_ema_decay) == (0.1, 0.99996)
     assert args.label_smoothing_factor == 0.1 and args.weight_decay == 0.05 and args.num_train_epochs == 300
     assert args.lr_scheduler_type.value == "cosine_with_min_lr" and args.lr_scheduler_kwargs == {"min_lr": 1e-5}

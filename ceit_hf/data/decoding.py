@@ -6,6 +6,7 @@ evaluation: a score is never that of another image)."""
 from __future__ import annotations
 
 import logging
+import os
 
 from PIL import Image
 
@@ -46,14 +47,61 @@ def undecoded(dataset, column: str):
     return dataset.cast_column(column, datasets.Image(mode=feature.mode, decode=False))
 
 
-def decode_image(value, feature):
+class DecodedJPEG:
+    """A JPEG decoded to a (height, width, 3) RGB uint8 array (`pixels`), for the training transform to crop before
+    it makes a PIL image of the crop alone (`transforms.crop_resized`): libjpeg-turbo through simplejpeg gives
+    Pillow's pixels (the same library, the same IDCT and upsampling) without Pillow's copy of the whole image, and
+    the crop is a view."""
+
+    mode = "RGB"
+
+    def __init__(self, pixels):
+        self.pixels = pixels
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.pixels.shape[1], self.pixels.shape[0]
+
+    def convert(self, mode: str = "RGB"):
+        image = Image.fromarray(self.pixels)
+        return image if mode == "RGB" else image.convert(mode)
+
+
+def read_jpeg(value, feature):
+    """`value` (a `datasets.Image` column's {'bytes', 'path'}) as a `DecodedJPEG` when it is a plain colour JPEG
+    that `datasets` would decode to RGB as it is: three components, no EXIF (whose orientation `datasets` applies),
+    the feature's mode RGB or none. None for anything else (Pillow decodes it), or when simplejpeg is missing.
+    simplejpeg raises ValueError for a damaged or truncated file (strict), as Pillow raises OSError."""
+    try:
+        import simplejpeg
+    except ImportError:
+        return None
+    if feature.mode not in (None, "RGB"):
+        return None
+    data, path = value.get("bytes"), value.get("path")
+    if data is None:
+        if path is None or not os.path.isfile(path):
+            return None
+        with open(path, "rb") as file:
+            data = file.read()
+    if data[:3] != b"\xff\xd8\xff" or data.find(b"Exif\x00\x00", 0, 65536) >= 0:
+        return None
+    if simplejpeg.decode_jpeg_header(data)[2] != "YCbCr":  # (height, width, colorspace, subsampling)
+        return None
+    return DecodedJPEG(simplejpeg.decode_jpeg(data, colorspace="RGB"))
+
+
+def decode_image(value, feature, jpeg_arrays: bool = False):
     """The image `value` of a column of type `feature` decoded in full as `datasets` would, or `BadImageError`
-    naming its file (or its row's bytes). Values of other columns (already images) are returned as they are."""
+    naming its file (or its row's bytes). Values of other columns (already images) are returned as they are. With
+    `jpeg_arrays`, a plain colour JPEG comes as a `DecodedJPEG` (the training transform's fast path)."""
     import datasets
 
     if not isinstance(feature, datasets.Image) or not isinstance(value, dict):
         return value
     try:
+        if jpeg_arrays and (image := read_jpeg(value, feature)) is not None:
+            return image
         return feature.decode_example(value)
     except IMAGE_ERRORS as error:
         name = value.get("path") or f"an image of {len(value.get('bytes') or b'')} bytes"
@@ -75,9 +123,10 @@ class ExampleDecoder:
         self.skipped, self.last_skipped = 0, None  # per process: each DataLoader worker counts its own
 
     def decode(self, value):
-        """The decoded image, or None for a bad one under "skip" (named in a warning and counted)."""
+        """The decoded image, or None for a bad one under "skip" (named in a warning and counted). In training, a
+        plain colour JPEG comes as a `DecodedJPEG` (`decode_image`)."""
         try:
-            return decode_image(value, self.feature)
+            return decode_image(value, self.feature, jpeg_arrays=not self.evaluation)
         except BadImageError as error:
             if self.policy == "stop":
                 raise
@@ -95,7 +144,10 @@ class ExampleDecoder:
 class DecodedExamples(ExampleDecoder):
     """A map-style dataset over the rows of a `datasets.Dataset` yielding `pixel_values` and `labels` (what
     `default_data_collator` stacks): a batch of rows is read in one go (`__getitems__`, as `datasets` itself), its
-    images decoded (`ExampleDecoder`), then `transform` is applied to the images and their row indices.
+    images decoded (`ExampleDecoder`), then `transform` is applied to the images and their keys. A key is the row
+    index, or a row index plus a multiple of the dataset's length: the k-th repeat of a row in an epoch under
+    repeated augmentation (`loader.RepeatedAugmentationSampler`), the same row with a key, and so an augmentation,
+    of its own.
 
     A bad image under "skip": in training the next decodable example of the dataset (and its label) takes its place,
     a deterministic choice that keeps batches full, which data-parallel processes need (they step together); in
@@ -112,13 +164,14 @@ class DecodedExamples(ExampleDecoder):
     def __getitem__(self, index: int) -> dict:
         return self.__getitems__([index])[0]
 
-    def __getitems__(self, indices: list[int]) -> list[dict]:
-        rows = self.source[[int(index) for index in indices]]
+    def __getitems__(self, keys: list[int]) -> list[dict]:
+        indices = [int(key) % len(self.source) for key in keys]
+        rows = self.source[indices]
         examples = [
             self.example(value, label, index)
             for value, label, index in zip(rows[self.image_column], rows[self.label_column], indices)
         ]
-        pixel_values = self.transform([image for image, _ in examples], indices)
+        pixel_values = self.transform([image for image, _ in examples], keys)
         return [{"pixel_values": pixels, "labels": label} for pixels, (_, label) in zip(pixel_values, examples)]
 
     def example(self, value, label, index: int):

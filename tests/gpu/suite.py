@@ -230,9 +230,26 @@ def levers_command(python: str, work: Path, cpu: bool) -> list[str]:
     )
 
 
+def feed_command(python: str, work: Path, cpu: bool, cpus: int) -> list[str]:
+    """benchmarks/data_loader.py --feed: the training DataLoader (one worker per CPU but the training process's)
+    feeding CeiT-T's bf16 training step at batch 256 (on the CPU: a 32-pixel one-block CeiT-T, batches of 4)."""
+    command = [python, "benchmarks/data_loader.py", "--feed", "--output", str(work / "feed")]
+    command += ["--workers", str(max(1, cpus - 1))]
+    if cpu:
+        return (
+            command
+            + "--device cpu --images 16 --batch_size 4 --image_size 32 --steps 2 --prefetch_factors 2".split()
+            + [
+                "--config_overrides",
+                "num_encoder_blocks=1",
+            ]
+        )
+    return command + "--device cuda --images 1024 --batch_size 256 --steps 12".split()
+
+
 def suite_parts(cpu: bool, work: Path, python: str = sys.executable, cpus: int | None = None) -> list[Part]:
     """The parts in the order they run. The benchmark, whose compiling (four graphs per size) takes the longest and
-    the least predictable time, runs last with whatever is left of `SUITE_SECONDS` (at least 105 s when the others
+    the least predictable time, runs last with whatever is left of `SUITE_SECONDS` (at least 65 s when the others
     use their whole budgets): CeiT-T first, and the JSON rewritten after each size, so running out of time loses at
     most CeiT-S."""
     cpus = cpus or len(os.sched_getaffinity(0))
@@ -291,6 +308,14 @@ def suite_parts(cpu: bool, work: Path, python: str = sys.executable, cpus: int |
             45,
             levers_command(python, work, cpu),
             outputs=[work / "levers.json", work / "levers.md"],
+        ),
+        Part(
+            "feed",
+            "benchmarks/data_loader.py --feed: the training DataLoader's workers feeding CeiT-T's bf16 training step "
+            "(batch 256): loader and step images/s, share of each step waiting for data, pinned memory and prefetch",
+            40,
+            feed_command(python, work, cpu, cpus),
+            outputs=[work / "feed.json", work / "feed.md"],
         ),
         Part(
             "benchmark",
@@ -655,6 +680,13 @@ def markdown(report: dict) -> str:  # noqa: C901 (the report section by section)
         lines += ["", "## Benchmark", "", report["benchmark_markdown"].strip()]
     if report.get("levers_markdown"):
         lines += ["", "## Training-step levers", "", report["levers_markdown"].strip()]
+    if report.get("feed_markdown"):
+        lines += [
+            "",
+            "## Feeding the GPU (data loader and training step together)",
+            "",
+            report["feed_markdown"].strip(),
+        ]
     tests = report.get("tests")
     if tests:
         lines += [
@@ -811,6 +843,10 @@ class Suite:
             self.report["levers"] = (read_json(self.work / "levers.json") or {}).get("levers")
             md = self.work / "levers.md"
             self.report["levers_markdown"] = md.read_text() if md.exists() else None
+        elif name == "feed":
+            self.report["feed"] = read_json(self.work / "feed.json")
+            md = self.work / "feed.md"
+            self.report["feed_markdown"] = md.read_text() if md.exists() else None
         elif name == "benchmark":
             self.report["benchmark"] = read_json(self.work / "benchmark.json")
             md = self.work / "benchmark.md"
@@ -874,7 +910,7 @@ def main(argv: list[str] | None = None) -> int:
         "or a temporary folder with --cpu); also $OUT when it is set (the GPU machine)",
     )
     run.add_argument("--work_dir", help="the parts' outputs (models, logs; default: a temporary folder)")
-    run.add_argument("--parts", help="comma-separated subset of: tests,train_bf16,train_fsdp,levers,benchmark")
+    run.add_argument("--parts", help="comma-separated subset of: tests,train_bf16,train_fsdp,levers,feed,benchmark")
     run.add_argument("--budget", action="append", default=[], metavar="PART=SECONDS", help="a part's time budget")
     run.add_argument("--deadline", type=float, default=SUITE_SECONDS, help="seconds for all parts together")
     run.add_argument(

@@ -1,0 +1,227 @@
+"""The official training recipe against the official code's own pipeline (timm): the worker-side augmentation gives
+timm's `create_transform(..., use_prefetcher=True)` images bit for bit with the same seeds, the training-process
+side gives timm's `PrefetchLoader` + `Mixup` batches and its soft-target loss, the posterize guard holds where timm
+crashes on Pillow 13, and the repeated-augmentation sampler deals each rank the official `RASampler`'s examples
+through Trainer's own (accelerate-sharded) DataLoader."""
+
+import io
+import math
+import random
+
+import numpy as np
+import PIL
+import pytest
+import torch
+from PIL import Image, ImageOps
+
+
+timm = pytest.importorskip("timm")
+from timm.data import create_transform  # noqa: E402
+from timm.data.loader import PrefetchLoader  # noqa: E402
+from timm.data.mixup import Mixup  # noqa: E402
+
+from ceit_hf.data.decoding import DecodedExamples  # noqa: E402
+from ceit_hf.data.loader import RepeatedAugmentationSampler  # noqa: E402
+from ceit_hf.data.transforms import (  # noqa: E402
+    OFFICIAL_AUTO_AUGMENT,
+    BatchAugmentation,
+    BatchMixing,
+    SeededAugmentation,
+    rand_augment,
+    train_transform,
+)
+from ceit_hf.training import soft_target_loss  # noqa: E402
+
+
+def photos(count: int, seed: int = 0) -> list:
+    """`count` decoded JPEGs of 48-96 px sides: smooth colour fields with noise, as photographs compress."""
+    rng = np.random.default_rng(seed)
+    images = []
+    for _ in range(count):
+        width, height = (int(v) for v in rng.integers(48, 97, 2))
+        coarse = rng.integers(0, 256, (height // 8 + 2, width // 8 + 2, 3), dtype=np.uint8)
+        smooth = np.asarray(Image.fromarray(coarse).resize((width, height), Image.BICUBIC), dtype=np.float32)
+        pixels = np.clip(smooth + rng.normal(0, 10, smooth.shape), 0, 255).astype(np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+        images.append(Image.open(io.BytesIO(buffer.getvalue())))
+        images[-1].load()
+    return images
+
+
+def seeded(transform, image, seed: int):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return transform(image)
+
+
+def pillow_12_posterize(image, bits):
+    """ImageOps.posterize as Pillow did it before 13: 0 bits keep nothing (a black image)."""
+    return image.point([i & ~(2 ** (8 - bits) - 1) for i in range(256)] * len(image.getbands()))
+
+
+def test_training_transform_gives_timms_images_bit_for_bit(monkeypatch):
+    """400 draws of the official recipe's worker side (bicubic crop, flip, rand-m9-mstd0.5-inc1) give the uint8
+    images of timm's `create_transform` with the official arguments in its prefetcher form, seed for seed. timm's
+    posterize is given Pillow 12's 0-bit behaviour, which ours keeps on every Pillow (see the guard test)."""
+    monkeypatch.setattr(ImageOps, "posterize", pillow_12_posterize)
+    official = create_transform(
+        64,
+        is_training=True,
+        auto_augment=OFFICIAL_AUTO_AUGMENT,
+        interpolation="bicubic",
+        color_jitter=0.4,  # the official main.py's: timm turns it off with RandAugment on
+        re_prob=0.25,
+        re_mode="pixel",
+        use_prefetcher=True,  # uint8 out; normalisation and erasing go to the training process
+    )
+    ours = train_transform(64, auto_augment=OFFICIAL_AUTO_AUGMENT)
+    images = photos(40)
+    for seed in range(400):
+        image = images[seed % len(images)]
+        expected, got = seeded(official, image, seed), seeded(ours, image, seed)
+        assert got.dtype == torch.uint8 and got.shape == (3, 64, 64)
+        assert torch.equal(got, expected), f"seed {seed}"
+
+
+def test_posterize_guard_gives_a_black_image_where_timm_crashes():
+    """The increasing posterize at the top magnitude keeps 0 bits: timm's op raises on Pillow 13, ours gives the
+    black image older Pillow gave (and the official runs saw)."""
+    from timm.data.auto_augment import rand_augment_transform
+
+    image = photos(1)[0].convert("RGB")
+    ours = next(op for op in rand_augment(OFFICIAL_AUTO_AUGMENT, 64).ops if op.name == "PosterizeIncreasing")
+    theirs = next(op for op in rand_augment_transform(OFFICIAL_AUTO_AUGMENT, {}).ops if op.name == ours.name)
+    for op in (ours, theirs):
+        op.prob, op.magnitude, op.magnitude_std = 1.0, 10, 0.0
+    black = ours(image)
+    assert black.size == image.size and black.mode == "RGB" and not np.asarray(black).any()
+    if tuple(int(v) for v in PIL.__version__.split(".")[:1]) >= (13,):
+        with pytest.raises(ValueError, match="bits"):
+            theirs(image)
+    ours.magnitude = 5  # 2 bits kept: Pillow's own posterize
+    assert np.array_equal(np.asarray(ours(image)), np.asarray(ImageOps.posterize(image, 2)))
+
+
+def test_batch_side_matches_timms_prefetcher_mixup_and_soft_target_loss():
+    """A uint8 batch through `BatchAugmentation` (normalise, random erasing 0.25 in pixel mode, Mixup 0.8 / CutMix
+    1.0 switching at 0.5) gives timm's `PrefetchLoader` + `Mixup` batch and targets, seed for seed, for Mixup and
+    CutMix batches alike; the loss with label smoothing 0.1 on those targets is timm's soft-target loss on its
+    smoothed targets (the official recipe folds the smoothing into Mixup's targets)."""
+    from timm.loss import SoftTargetCrossEntropy
+
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    generator = torch.Generator().manual_seed(0)
+    kinds = set()
+    for seed in range(12):
+        batch = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8, generator=generator)
+        labels = torch.randint(0, 10, (6,), generator=generator)
+        random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
+        prefetch = PrefetchLoader(
+            [(batch.clone(), labels)], mean, std, device=torch.device("cpu"), re_prob=0.25, re_mode="pixel"
+        )
+        timm_mix = Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1, num_classes=10)
+        expected, expected_targets = timm_mix(*next(iter(prefetch)))
+        random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
+        ours = BatchAugmentation(mean, std, 0.25, BatchMixing(10, mixup_alpha=0.8, cutmix_alpha=1.0))
+        got, targets = ours(batch.clone(), labels)
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+        np.random.seed(seed)  # Mixup alone draws from numpy: which kind this batch was
+        kinds.add(timm_mix._params_per_batch()[1])
+        logits = torch.randn(6, 10, generator=generator)
+        torch.testing.assert_close(
+            soft_target_loss(0.1)({"logits": logits}, targets), SoftTargetCrossEntropy()(logits, expected_targets)
+        )
+    assert kinds == {True, False}  # CutMix and Mixup batches both compared
+    odd = BatchAugmentation(mix=BatchMixing(10, mixup_alpha=0.8))(
+        torch.zeros(5, 3, 4, 4, dtype=torch.uint8), labels[:5]
+    )
+    assert odd[0].dtype == torch.float32 and odd[1].shape == (5, 10)  # timm's Mixup refuses odd batches
+
+
+def official_rank_indices(length: int, world_size: int, rank: int, epoch: int) -> list[int]:
+    """DeiT's / CeiT's `RASampler.__iter__` as the official code writes it (3 repeats, seeded by the epoch)."""
+    generator = torch.Generator()
+    generator.manual_seed(epoch)
+    indices = torch.randperm(length, generator=generator).tolist()
+    indices = [index for index in indices for _ in range(3)]
+    total = math.ceil(length * 3.0 / world_size) * world_size
+    indices += indices[: total - len(indices)]
+    indices = indices[rank:total:world_size]
+    return indices[: math.floor(length // 256 * 256 / world_size)]
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 4])
+def test_repeated_augmentation_deals_each_rank_the_official_samplers_examples(world_size):
+    """Through accelerate's sharding of Trainer's DataLoader (`prepare_data_loader`, as each of `world_size`
+    processes would), each rank gets the rows of the official RASampler's list in its order, for two epochs; the
+    epoch is counted as the official sampler counts it; a row's repeats carry different keys."""
+    from accelerate.data_loader import prepare_data_loader
+    from torch.utils.data import DataLoader
+
+    length, batch = 1000, 32
+    sampler = RepeatedAugmentationSampler(length, 3, world_size=world_size, batch_size=batch, seed=0)
+    for epoch in (0, 7):
+        for rank in range(world_size):
+            official = official_rank_indices(length, world_size, rank, epoch)
+            loader = DataLoader(range(length * 3), batch_size=batch, sampler=sampler)
+            loader = prepare_data_loader(loader, num_processes=world_size, process_index=rank, put_on_device=False)
+            loader.set_epoch(epoch)
+            keys = [int(key) for keys in loader for key in keys]
+            assert [key % length for key in keys] == official, (epoch, rank)
+            assert len(set(keys)) == len(keys)  # every repeat its own key, so its own augmentation
+    assert len(sampler) == length // 256 * 256  # 768: the official epoch over all ranks
+
+
+def test_repeats_of_a_row_are_augmented_differently():
+    """`DecodedExamples` reads row `key % length` and seeds the augmentation with the key: the three repeats of
+    a row are three augmentations of the same image, each the same again on a second read."""
+    import datasets
+
+    rows = datasets.Dataset.from_dict({"image": photos(4), "label": [0, 1, 2, 3]})
+    augment = SeededAugmentation(train_transform(32, auto_augment=OFFICIAL_AUTO_AUGMENT), seed=0)
+    examples = DecodedExamples(rows, "image", "label", augment)
+    repeats = examples.__getitems__([2, 6, 10])
+    assert [example["labels"] for example in repeats] == [2, 2, 2]
+    pixels = [example["pixel_values"] for example in repeats]
+    assert not torch.equal(pixels[0], pixels[1]) and not torch.equal(pixels[1], pixels[2])
+    assert torch.equal(examples.__getitems__([6])[0]["pixel_values"], pixels[1])
+
+
+def jpeg_bytes(image, **save) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90, **save)
+    return buffer.getvalue()
+
+
+def test_training_decodes_plain_jpegs_to_arrays_with_pillows_pixels_and_the_same_augmentation():
+    """In training a plain colour JPEG is decoded by simplejpeg to an array and cropped before it becomes a PIL
+    image: the augmented images equal those of Pillow's decode, seed for seed. A JPEG with EXIF (orientation to
+    apply), a grey one and a PNG take Pillow's path; a truncated JPEG is a bad image named as Pillow's would be."""
+    import datasets
+
+    from ceit_hf.data.decoding import BadImageError, DecodedJPEG, decode_image
+
+    feature = datasets.Image()
+    images = [image.convert("RGB") for image in photos(6, seed=1)]
+    rows = [{"bytes": jpeg_bytes(image), "path": None} for image in images]
+    assert all(isinstance(decode_image(row, feature, jpeg_arrays=True), DecodedJPEG) for row in rows)
+    transform = train_transform(32, auto_augment=OFFICIAL_AUTO_AUGMENT)
+    for seed, row in enumerate(rows * 5):
+        fast = seeded(transform, decode_image(row, feature, jpeg_arrays=True), seed)
+        assert torch.equal(fast, seeded(transform, decode_image(row, feature), seed)), seed
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated: datasets turns it upright
+    others = [
+        {"bytes": jpeg_bytes(images[0], exif=exif), "path": None},
+        {"bytes": jpeg_bytes(images[0].convert("L")), "path": None},
+        {"bytes": (buffer := io.BytesIO(), images[0].save(buffer, format="PNG"), buffer.getvalue())[2], "path": None},
+    ]
+    for row in others:
+        decoded = decode_image(row, feature, jpeg_arrays=True)
+        assert isinstance(decoded, Image.Image) and decoded.size == decode_image(row, feature).size
+    assert decode_image(others[0], feature, jpeg_arrays=True).size == images[0].size[::-1]
+    with pytest.raises(BadImageError, match=r"cannot decode an image of \d+ bytes \(ValueError"):
+        decode_image({"bytes": rows[0]["bytes"][:2000], "path": None}, feature, jpeg_arrays=True)
