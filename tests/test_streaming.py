@@ -1,6 +1,8 @@
-"""`--streaming`: local parquet shards read as a stream, split between 2 gloo processes (one run,
-tests/streaming_worker.py, that checks several things), resumed from a checkpoint's stream position, with the
-bad-image policy; and train.py's streaming run and its flag checks in one process."""
+"""`--streaming`: local parquet shards (and webdataset tars) read as a stream, split between 2 gloo processes and
+their data-loading workers (tests/streaming_worker.py runs several jobs in one torchrun launch), resumed exactly
+from a checkpoint (the same final weights as an uninterrupted run), evaluated by each process on its own share; the
+bad-image policy, the checkpoint checks, the class names of integer labels and the errors of a stream in one
+process."""
 
 import io
 import json
@@ -8,11 +10,13 @@ import os
 import re
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import datasets
 import numpy as np
 import pytest
+import torch
 from conftest import free_port
 from PIL import Image
 
@@ -34,69 +38,183 @@ def png(identity: int, truncated: bool = False) -> dict:
     return {"bytes": data[:60] if truncated else data, "path": f"{identity}.png"}
 
 
-def write_shards(folder: Path, shards: int = 4, per_shard: int = 12, validation: int = 6, bad=()) -> Path:
+def write_shards(folder: Path, shards: int = 4, per_shard: int = 12, validation=(6,), bad=()) -> Path:
     """Parquet shards as `datasets` writes them (ClassLabel names in the file): train-0000K-of-0000N.parquet with
-    the ids 0.., validation-00000-of-00001.parquet with the ids 1000..; the ids in `bad` truncated."""
+    the ids 0.., and a validation-0000K-of-0000M.parquet of each size in `validation` (none: no validation split)
+    with the ids 1000..; the ids in `bad` truncated."""
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=CLASSES)})
     folder.mkdir(parents=True)
     splits = [(f"train-{k:05d}-of-{shards:05d}", range(k * per_shard, (k + 1) * per_shard)) for k in range(shards)]
-    splits.append(("validation-00000-of-00001", range(1000, 1000 + validation)))
+    starts = np.cumsum([1000, *validation])
+    for k, size in enumerate(validation):
+        splits.append((f"validation-{k:05d}-of-{len(validation):05d}", range(starts[k], starts[k] + size)))
     for name, identities in splits:
         rows = {"image": [png(i, i in bad) for i in identities], "label": [i % len(CLASSES) for i in identities]}
         datasets.Dataset.from_dict(rows, features=features).to_parquet(folder / f"{name}.parquet")
     return folder
 
 
-def test_two_processes_split_the_stream_reshuffle_each_pass_resume_and_evaluate(tmp_path):
-    """2 processes, 4 shards of 12 examples, batches of 4, a shuffle buffer of 4 (one worker each):
+def torchrun(tmp_path: Path, jobs: dict, timeout: int = 600) -> None:
+    """tests/streaming_worker.py's `jobs` in 2 gloo processes (one launch)."""
+    spec = tmp_path / "jobs.json"
+    spec.write_text(json.dumps(jobs))
+    launch = f"-m torch.distributed.run --nproc_per_node 2 --master_port {free_port()} tests/streaming_worker.py"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(
+        [sys.executable, *launch.split(), str(spec)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert run.returncode == 0, (run.stdout + run.stderr)[-6000:]
+
+
+def train_py(shards: Path, out: Path, workers: int, max_steps: int, save_steps: int, resume: Path | None = None):
+    """The command line of a train.py run of a tiny CeiT on the stream `shards`, with no validation split."""
+    argv = (
+        f"--dataset_name {shards} --streaming --eval_strategy no --shuffle_buffer_size 4 --per_device_train_batch_size 4 "
+        f"--config_overrides num_encoder_blocks=1 --dataloader_num_workers {workers} --max_steps {max_steps} "
+        f"--save_steps {save_steps} --save_total_limit 10 --use_cpu --torch_threads 1 --seed 0 --logging_steps 100 "
+        f"--disable_tqdm true --report_to none --output_dir {out}"
+    ).split()
+    return argv + (["--resume_from_checkpoint", str(resume)] if resume else [])
+
+
+def resumed_after(folder: Path, step: int) -> bool:
+    """Whether the run in `folder` trained only after `step` (a resumed run saves no checkpoint up to it)."""
+    saved = [int(path.name.split("-")[1]) for path in folder.glob("checkpoint-*")]
+    return bool(saved) and min(saved) > step
+
+
+def same_weights(first: Path, second: Path) -> bool:
+    from safetensors.torch import load_file
+
+    a, b = load_file(first / "model.safetensors"), load_file(second / "model.safetensors")
+    return a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
+
+
+def test_two_processes_split_the_stream_resume_exactly_and_evaluate_their_own_shares(tmp_path):
+    """2 processes x 2 data-loading workers, 4 shards of 12 examples (no validation split), batches of 4, a shuffle
+    buffer of 4: each worker reads one shard a pass (3 batches), the DataLoader takes batches from its workers in
+    turn. Checkpoint 5 comes where worker 0 has given its whole pass (the resumed pass is empty) and worker 1 has 4
+    examples left, all in its shuffle buffer, and worker 1 is due next.
 
     - a pass (6 steps) gives every example once over both processes, and the next pass again, in another order;
-    - resumed from the checkpoint of step 2, each process goes on from its stream position: it never gives an
-      example of the 2 steps before again, and leaves out exactly the 4 examples that were in its shuffle buffer
-      (what a resume does not keep);
-    - the evaluation stream (one bad image of 6) is read once, the bad image left out and counted on both;
+    - resumed from checkpoint 5, each process trains on exactly the batches of the uninterrupted run, and
+      train.py (`ceit_hf.training.main`, `--eval_strategy no`) resumed there ends with the same weights;
+    - the validation stream (shards of 4 and 1 examples, one bad image) is decoded by each process for its own
+      share only (uneven: one process runs out a step early), and both report the metrics of one process;
     - an image folder is indexed by the first process, the other reuses its index."""
-    shards = write_shards(tmp_path / "shards", bad=(1003,))
-    folder = tmp_path / "images"
+    shards = write_shards(tmp_path / "shards", validation=())
+    evaluation = write_shards(tmp_path / "evaluation", shards=1, per_shard=2, validation=(4, 1), bad=(1003,))
     for name in CLASSES[:2]:
-        (folder / name).mkdir(parents=True)
+        (tmp_path / "images" / name).mkdir(parents=True)
         for i in range(3):
-            Image.fromarray(np.full((8, 8), i, np.uint8)).save(folder / name / f"{i}.png")
-    launch = f"-m torch.distributed.run --nproc_per_node 2 --master_port {free_port()} tests/streaming_worker.py"
-    command = [sys.executable, *launch.split(), str(shards), str(folder), str(tmp_path / "out")]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
-    results = [json.loads((tmp_path / "out" / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+            Image.fromarray(np.full((8, 8), i, np.uint8)).save(tmp_path / "images" / name / f"{i}.png")
+    out = tmp_path / "out"
+    runs = [
+        train_py(shards, out / "train", workers=2, max_steps=8, save_steps=5),
+        train_py(shards, out / "resumed", workers=2, max_steps=8, save_steps=5, resume=out / "train" / "checkpoint-5"),
+    ]
+    torchrun(tmp_path, {"record": [str(shards), str(evaluation), str(out)], "main": runs})
+    results = [json.loads((out / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     assert [r["world_size"] for r in results] == [2, 2]
 
     passes = [[sum(r["steps"][6 * p : 6 * (p + 1)], []) for r in results] for p in (0, 1)]
     for number, (first, second) in enumerate(passes):
         assert sorted(first + second) == list(range(48)), number  # every example once across the processes
     assert passes[0] != passes[1]
-
-    for rank, result in enumerate(results):
-        position = result["position"]
-        assert (position["world_size"], position["num_workers"], list(position["workers"])) == (2, 1, ["0"])
-        assert position["workers"]["0"]["given"] == 8 and position["workers"]["0"]["pass"] == 0
-        before = set(sum(result["steps"][:2], []))
-        resumed = sum(result["resumed"], [])
-        assert len(result["resumed"]) == 3 and len(set(resumed)) == 12, result["resumed"]
-        assert not before & set(resumed), (before, resumed)
-        lost = set(passes[0][rank]) - before - set(resumed)
-        assert set(resumed) <= set(passes[0][rank]) and len(lost) == 4, lost
-
-    # validation ids 1000..1005, 1003 bad: 5 evaluated, the even ids 1000, 1002, 1004 right
     for result in results:
-        assert result["metrics"]["eval_bad_images"] == 1
-        assert result["metrics"]["eval_accuracy"] == pytest.approx(3 / 5)
+        position = result["position"]
+        assert (position["world_size"], position["num_workers"], position["next_worker"]) == (2, 2, 1)
+        assert position["workers"] == {"0": {"pass": 0, "given": 12}, "1": {"pass": 0, "given": 8}}
+        assert result["resumed"] == result["steps"][5:]  # the same batches in the same order
+    assert resumed_after(out / "resumed", 5) and same_weights(out / "train", out / "resumed")
+
+    # validation ids 1000..1003 (process 0) and 1004 (process 1), 1003 bad: 4 evaluated, the even ids right
+    decoded = [{int(i) for i in (out / f"decoded_rank{rank}.txt").read_text().split()} - {0} for rank in (0, 1)]
+    assert decoded == [{1000, 1001, 1002}, {1004}]  # (0: the blank image of a bad one or of padding)
+    from streaming_worker import evaluate
+
+    alone = evaluate(str(evaluation), tmp_path / "alone", log=tmp_path / "alone.txt")  # this one process
+    for result in results:
+        assert result["metrics"]["eval_bad_images"] == alone["eval_bad_images"] == 1
+        assert result["metrics"]["eval_accuracy"] == alone["eval_accuracy"] == pytest.approx(3 / 4)
+        assert np.isfinite(result["metrics"]["eval_loss"])  # (a padded step's loss is left out)
     assert [r["walked"] for r in results] == [1, 0] and {r["folder_images"] for r in results} == {6}
+
+
+@pytest.mark.slow
+def test_train_py_resumes_exactly_with_0_and_2_workers_mid_pass_and_at_the_end_of_a_pass(tmp_path):
+    """train.py (`main`) on 2 processes, 4 shards of 12 examples, batches of 4, no validation split: resumed from
+    each checkpoint below it ends with the weights of the uninterrupted run.
+
+    - 0 workers (each process reads 2 shards, 6 batches a pass): checkpoint 3 (mid-pass), 6 (the pass given in
+      full: the resumed pass is empty);
+    - 2 workers (one shard each, 3 batches a pass, batches taken in turn): checkpoint 2 (each worker mid-pass),
+      5 (worker 0's pass given in full, worker 1's last 4 examples in its shuffle buffer, worker 1 due next)."""
+    shards = write_shards(tmp_path / "shards", validation=())
+    out = tmp_path / "out"
+    cases = {0: (9, 3, (3, 6)), 2: (8, 1, (2, 5))}  # workers: (max steps, save steps, checkpoints resumed from)
+    runs = []
+    for workers, (steps, every, resumes) in cases.items():
+        runs.append(train_py(shards, out / f"{workers}", workers, steps, every))
+        for k in resumes:
+            checkpoint = out / f"{workers}" / f"checkpoint-{k}"
+            runs.append(train_py(shards, out / f"{workers}-{k}", workers, steps, every, resume=checkpoint))
+    torchrun(tmp_path, {"main": runs})
+    for workers, (_, _, resumes) in cases.items():
+        for k in resumes:
+            resumed = out / f"{workers}-{k}"
+            assert resumed_after(resumed, k) and same_weights(out / f"{workers}", resumed), (workers, k)
+
+
+@pytest.mark.slow
+def test_torchrun_train_py_streams_digits_shards_and_resumes_exactly(tmp_path):
+    """`torchrun --nproc_per_node 2 scripts/train.py --streaming` over 4 parquet shards of 450 digits, the default
+    model and batch, no validation split under `--eval_strategy no`: resumed from checkpoint 4 with
+    `--resume_from_checkpoint auto` (a copy of the run's folder up to it), it ends with the uninterrupted run's
+    weights."""
+    import shutil
+
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=list("0123456789"))})
+    images = [Image.fromarray((image * 255 / 16).astype(np.uint8)) for image in digits.images[:450]]
+    full = datasets.Dataset.from_dict({"image": images, "label": digits.target[:450].tolist()}, features=features)
+    (tmp_path / "shards").mkdir()
+    for k in range(4):
+        full.shard(4, k).to_parquet(tmp_path / "shards" / f"train-{k:05d}-of-00004.parquet")
+
+    def torchrun_train_py(out: Path, *extra: str) -> None:
+        command = (
+            f"{sys.executable} -m torch.distributed.run --nproc_per_node 2 --master_port {free_port()} "
+            f"scripts/train.py --dataset_name {tmp_path / 'shards'} --streaming --eval_strategy no --max_steps 8 "
+            f"--save_steps 4 --shuffle_buffer_size 64 --torch_threads 1 --use_cpu --report_to none --output_dir {out}"
+        ).split()
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+        run = subprocess.run([*command, *extra], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, (run.stdout + run.stderr)[-6000:]
+
+    torchrun_train_py(tmp_path / "run")
+    shutil.copytree(tmp_path / "run" / "checkpoint-4", tmp_path / "resumed" / "checkpoint-4")
+    copied = (tmp_path / "resumed" / "checkpoint-4" / "model.safetensors").stat().st_mtime_ns
+    torchrun_train_py(tmp_path / "resumed", "--resume_from_checkpoint", "auto")
+    # resumed: checkpoint 4 was not written again, as a run from the start would have
+    assert (tmp_path / "resumed" / "checkpoint-4" / "model.safetensors").stat().st_mtime_ns == copied
+    assert same_weights(tmp_path / "run", tmp_path / "resumed")
 
 
 def test_train_py_streams_local_shards_skipping_or_stopping_at_a_bad_image(tmp_path, ceit_log):
     """train.py --streaming on local shards: a bad training image is skipped (named in a warning, the stream goes
-    on), a bad validation image left out and counted in all_results.json; with `stop` the run ends naming it."""
-    shards = write_shards(tmp_path / "shards", shards=2, per_shard=6, validation=4, bad=(3, 1001))
+    on), a bad validation image left out and counted in all_results.json; with `stop` the run ends naming the
+    training image (no evaluation before it is read)."""
+    from ceit_hf.training import checkpoint_problems
+
+    shards = write_shards(tmp_path / "shards", shards=2, per_shard=6, validation=(4,), bad=(3, 1001))
     run = (
         f"--dataset_name {shards} --streaming --max_steps 3 --per_device_train_batch_size 4 --save_steps 2 "
         "--eval_steps 2 --shuffle_buffer_size 4 --config_overrides num_encoder_blocks=1 --dataloader_num_workers 0 "
@@ -107,9 +225,111 @@ def test_train_py_streams_local_shards_skipping_or_stopping_at_a_bad_image(tmp_p
     assert len(skipped) == 1 and "3.png" in skipped[0]
     results = json.loads((tmp_path / "out" / "all_results.json").read_text())
     assert results["eval_bad_images"] == metrics["eval_bad_images"] == 1
-    assert (tmp_path / "out" / "checkpoint-2" / "stream_state_rank0.json").is_file()
+    assert checkpoint_problems(tmp_path / "out" / "checkpoint-2", streams=1) == []  # its stream position included
     with pytest.raises(SystemExit, match=re.escape("error: cannot decode 3.png (")):
-        main([*run, "--output_dir", str(tmp_path / "stop"), "--bad_image_policy", "stop"])
+        main([*run, "--output_dir", str(tmp_path / "stop"), "--bad_image_policy", "stop", "--eval_strategy", "no"])
+
+
+def test_resume_skips_or_refuses_a_checkpoint_without_its_stream_position(tmp_path):
+    """Trainer writes trainer_state.json before the callbacks write the stream position: a checkpoint without it
+    (a run killed in between) is skipped by `--resume_from_checkpoint auto`, refused by `latest` and by its path."""
+    from safetensors.torch import save_file
+
+    for step in (2, 4):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        save_file({"weight": torch.zeros(2)}, folder / "model.safetensors")
+        (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    (tmp_path / "checkpoint-2" / "stream_state_rank0.json").write_text(json.dumps({"workers": {}}))
+    given = ["--output_dir", str(tmp_path), "--dataset_name", "d", "--streaming", "--max_steps", "5"]
+    assert parse_args([*given, "--resume_from_checkpoint", "auto"])[3].resume_from_checkpoint == str(
+        tmp_path / "checkpoint-2"
+    )
+    expected = "stream_state_rank0.json (the stream position of process 0, written after the trainer state) is missing"
+    with pytest.raises(SystemExit, match=re.escape(expected)):
+        parse_args([*given, "--resume_from_checkpoint", str(tmp_path / "checkpoint-4")])
+    (tmp_path / "checkpoint-2" / "stream_state_rank0.json").unlink()
+    with pytest.raises(SystemExit, match="--resume_from_checkpoint latest: no complete checkpoint"):
+        parse_args([*given, "--resume_from_checkpoint", "latest"])
+    # without --streaming no stream position is needed
+    assert parse_args(["--output_dir", str(tmp_path), "--resume_from_checkpoint", "auto"])[3].resume_from_checkpoint
+
+
+def test_a_stream_needs_a_validation_split_only_when_something_evaluates_it(tmp_path):
+    from ceit_hf.data import DataSource, load_image_datasets
+
+    shards = write_shards(tmp_path / "shards", shards=1, validation=())
+    with pytest.raises(SystemExit, match=r"--streaming needs a validation split to evaluate .* --eval_strategy no"):
+        load_image_datasets(DataSource(dataset_name=str(shards), streaming=True), seed=0)
+    raw = load_image_datasets(DataSource(dataset_name=str(shards), streaming=True, needs_validation=False), seed=0)
+    assert list(raw) == ["train"]
+
+
+def write_webdataset(folder: Path, shards: int = 2, per_shard: int = 4) -> Path:
+    """Webdataset tars as webdataset writes them: KEY.png and KEY.cls (the integer label as text) per example."""
+    folder.mkdir(parents=True)
+    for shard in range(shards):
+        with tarfile.open(folder / f"train-{shard:05d}.tar", "w") as tar:
+            for i in range(shard * per_shard, (shard + 1) * per_shard):
+                for suffix, data in (("png", png(i)["bytes"]), ("cls", str(i % 3).encode())):
+                    member = tarfile.TarInfo(f"{i:06d}.{suffix}")
+                    member.size = len(data)
+                    tar.addfile(member, io.BytesIO(data))
+    return folder
+
+
+def test_webdataset_tars_with_integer_labels_take_their_class_names_from_a_flag_or_classes_txt(tmp_path):
+    """`datasets` reads .cls as integers (no class names): --class_names (names, or a file of one name a line),
+    else classes.txt beside the shards, gives them; without either the run is refused in one line. No validation
+    split: trained under --eval_strategy no."""
+    from transformers import AutoConfig
+
+    tars = write_webdataset(tmp_path / "tars")
+    run = (
+        f"--dataset_name {tars} --streaming --image_column_name png --label_column_name cls --eval_strategy no "
+        "--max_steps 2 --per_device_train_batch_size 2 --shuffle_buffer_size 2 --save_steps 10 "
+        "--config_overrides num_encoder_blocks=1 --dataloader_num_workers 0 --disable_tqdm true --report_to none"
+    ).split()
+    with pytest.raises(SystemExit, match="--streaming needs the class names: .* --class_names a,b,c"):
+        main([*run, "--output_dir", str(tmp_path / "none")])
+    main([*run, "--output_dir", str(tmp_path / "flag"), "--class_names", "cat, dog,bird"])
+    (tmp_path / "names.txt").write_text("x\ny\nz\n")
+    main([*run, "--output_dir", str(tmp_path / "file"), "--class_names", str(tmp_path / "names.txt")])
+    (tars / "classes.txt").write_text("one\ntwo\nthree\n")
+    # (with 2 data-loading workers, a tar each, and an EMA, saved although nothing evaluates it)
+    main([*run, "--output_dir", str(tmp_path / "beside"), "--dataloader_num_workers", "2", "--model_ema_decay", "0.9"])
+    assert (tmp_path / "beside" / "ema" / "model.safetensors").is_file()
+    for name, labels in (("flag", ["cat", "dog", "bird"]), ("file", list("xyz")), ("beside", ["one", "two", "three"])):
+        assert list(AutoConfig.from_pretrained(tmp_path / name).id2label.values()) == labels
+    with pytest.raises(SystemExit, match="error: --class_names 'a,a': expected distinct class names"):
+        main([*run, "--output_dir", str(tmp_path / "twice"), "--class_names", "a,a"])
+
+
+@pytest.mark.parametrize("streaming", [True, False])
+def test_an_unknown_hub_id_offline_fails_in_one_line(tmp_path, streaming):
+    run = ["--dataset_name", "someone/unknown", "--max_steps", "2", "--output_dir", str(tmp_path)]
+    expected = (
+        "error: --dataset_name 'someone/unknown' is not found locally (no such folder, nor in the datasets cache)"
+    )
+    with pytest.raises(SystemExit, match=re.escape(expected) + r" and the Hub is offline \(HF_HUB_OFFLINE=1\)"):
+        main(run + (["--streaming"] if streaming else []))
+
+
+def test_a_worker_without_shards_or_without_examples_stops_the_run_in_one_line(tmp_path):
+    """More data-loading workers than shards would leave a worker without data: refused before training. A worker
+    whose shard is empty ends the run naming it instead of leaving the others to carry on."""
+    shards = write_shards(tmp_path / "shards", shards=2, per_shard=4, validation=())
+    run = (
+        f"--dataset_name {shards} --streaming --eval_strategy no --max_steps 2 --per_device_train_batch_size 2 "
+        "--config_overrides num_encoder_blocks=1 --disable_tqdm true --report_to none"
+    ).split()
+    expected = "fewer than its 3 data-loading workers, which read whole shards: expected --dataloader_num_workers 2"
+    with pytest.raises(SystemExit, match=re.escape(expected)):
+        main([*run, "--output_dir", str(tmp_path / "three"), "--dataloader_num_workers", "3"])
+    empty = datasets.Dataset.from_parquet(str(shards / "train-00001-of-00002.parquet")).select([])
+    empty.to_parquet(shards / "train-00001-of-00002.parquet")
+    with pytest.raises(SystemExit, match=r"^error: the stream gave data-loading worker \d of process 0 no examples"):
+        main([*run, "--output_dir", str(tmp_path / "empty"), "--dataloader_num_workers", "2"])
 
 
 def test_streaming_flags_are_checked_before_any_data_is_read(tmp_path):

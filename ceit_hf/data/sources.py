@@ -49,6 +49,8 @@ class DataSource:
     streaming: bool = False
     # a stream trains without a validation split when nothing evaluates it
     needs_validation: bool = True
+    # the names of integer labels: "a,b,c" or a file of one name per line (`class_names_of`)
+    class_names: str | None = None
     cache_dir: str | None = None
     token: str | None = None
     trust_remote_code: bool = False
@@ -406,17 +408,33 @@ def image_folders(source: DataSource, decode_limit: int, seed: int):
 
 
 def load_hub_dataset(source: DataSource, streaming: bool = False):
-    """`--dataset_name` (a Hub id or a local folder) with `datasets.load_dataset`, downloaded or as streams."""
+    """`--dataset_name` (a Hub id or a local folder) with `datasets.load_dataset`, downloaded or as streams. A Hub
+    id that cannot be had (offline and not in the cache, or not on the Hub) fails in one line naming it."""
     import datasets
+    from datasets.exceptions import DatasetNotFoundError
 
-    return datasets.load_dataset(
-        source.dataset_name,
-        source.dataset_config_name,
-        cache_dir=source.cache_dir,
-        token=source.token,
-        trust_remote_code=source.trust_remote_code,
-        streaming=streaming,
-    )
+    name = source.dataset_name
+    try:
+        return datasets.load_dataset(
+            name,
+            source.dataset_config_name,
+            cache_dir=source.cache_dir,
+            token=source.token,
+            trust_remote_code=source.trust_remote_code,
+            streaming=streaming,
+        )
+    except ConnectionError as error:
+        if datasets.config.HF_HUB_OFFLINE:
+            raise SystemExit(
+                f"error: --dataset_name {name!r} is not found locally (no such folder, nor in the datasets cache) and "
+                "the Hub is offline (HF_HUB_OFFLINE=1): expected a local dataset folder, a dataset loaded once online, "
+                "or a run with HF_HUB_OFFLINE unset."
+            ) from None
+        raise SystemExit(f"error: --dataset_name {name!r}: cannot reach the Hub ({error}).") from None
+    except DatasetNotFoundError as error:
+        raise SystemExit(
+            f"error: --dataset_name {name!r} is neither a local folder nor a dataset on the Hub ({error})."
+        ) from None
 
 
 def name_validation_split(raw) -> bool:
@@ -449,28 +467,70 @@ def load_streams(source: DataSource):
         raise SystemExit(f"error: the dataset has no 'train' split (splits: {list(raw)}).")
     check_columns(raw["train"], source)
     if not name_validation_split(raw):
+        if not source.needs_validation:  # nothing evaluates it (--eval_strategy no): training alone
+            return raw
         raise SystemExit(
-            f"error: --streaming needs a validation split (splits: {list(raw)}); expected a split named "
-            "'validation', 'val', 'valid' or 'test' (for local shards: files named validation-*.parquet, ...)."
+            f"error: --streaming needs a validation split to evaluate (splits: {list(raw)}); expected a split named "
+            "'validation', 'val', 'valid' or 'test' (for local shards: files named validation-*.parquet, ...), or "
+            "--eval_strategy no to train without one."
         )
     if source.max_eval_samples is not None:
         raw["validation"] = raw["validation"].take(source.max_eval_samples)
     return raw
 
 
-def label_names(dataset, label_column: str) -> list[str]:
-    """Class names from a `ClassLabel` column, else the sorted distinct label values (a stream needs a ClassLabel:
-    it is not read in full before training)."""
+CLASS_NAMES_FILE = "classes.txt"
+
+
+def class_names_of(source: DataSource) -> list[str] | None:
+    """The class names given for integer labels: `--class_names` (names separated by commas, or a file of one name
+    per line), else the file `classes.txt` (one name per line) in the local --dataset_name folder, beside its shards;
+    else None. Label i is the i-th name."""
+    given, where = source.class_names, "--class_names"
+    if given is None and source.dataset_name is not None:
+        beside = os.path.join(source.dataset_name, CLASS_NAMES_FILE)
+        if os.path.isfile(beside):
+            given, where = beside, "the class names file"
+    if given is None:
+        return None
+    if os.path.isfile(given):
+        try:
+            with open(given, encoding="utf-8") as file:
+                names = [line.strip() for line in file if line.strip()]
+        except (OSError, UnicodeDecodeError) as error:
+            raise SystemExit(f"error: {where} {given!r} cannot be read ({error}).") from None
+    else:
+        names = [name.strip() for name in given.split(",") if name.strip()]
+    if not names or len(set(names)) != len(names):
+        raise SystemExit(
+            f"error: {where} {given!r}: expected distinct class names, label 0's first (separated by commas, or a "
+            f"file of one name per line); got {names[:10]}."
+        )
+    return names
+
+
+def label_names(dataset, label_column: str, class_names: list[str] | None = None) -> list[str]:
+    """Class names from a `ClassLabel` column (`class_names`, when given, must be the same), else `class_names`
+    (`class_names_of`: the labels are their indices), else the sorted distinct label values (a stream needs a
+    ClassLabel or `class_names`: it is not read in full before training)."""
     import datasets
     import pyarrow.compute as pc
 
     feature = dataset.features[label_column] if dataset.features else None
     if isinstance(feature, datasets.ClassLabel):
+        if class_names is not None and list(class_names) != list(feature.names):
+            raise SystemExit(
+                f"error: the class names given ({class_names[:10]}) differ from those of the dataset's label column "
+                f"{label_column!r} ({feature.names[:10]}): expected the same, or none given."
+            )
         return list(feature.names)
+    if class_names is not None:
+        return list(class_names)
     if isinstance(dataset, datasets.IterableDataset):
         raise SystemExit(
             f"error: --streaming needs the class names: the label column {label_column!r} is {feature}, expected a "
-            "ClassLabel (datasets keeps its names in the dataset card's dataset_info or in parquet files it wrote)."
+            "ClassLabel (datasets keeps its names in the dataset card's dataset_info or in parquet files it wrote), "
+            f"--class_names a,b,c (or a file of one name per line), or a file {CLASS_NAMES_FILE} beside the shards."
         )
     values = pc.unique(dataset.data.column(label_column)).to_pylist()  # the whole table: no per-row Python
     values = sorted(values)

@@ -108,6 +108,14 @@ class DataArguments:
     )
     image_column_name: str = field(default="image", metadata={"help": "The dataset column holding the images."})
     label_column_name: str = field(default="label", metadata={"help": "The dataset column holding the labels."})
+    class_names: str | None = field(
+        default=None,
+        metadata={
+            "help": "The class names of integer labels, label 0's first: 'a,b,c', or a file of one name per line "
+            "(default: classes.txt in the local --dataset_name folder, beside its shards, when there is one). "
+            "Needed by --streaming when the label column is not a ClassLabel (webdataset tars' .cls files)."
+        },
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep this many training examples."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep this many evaluation examples."})
     verify_images_limit: int = field(
@@ -130,13 +138,19 @@ class DataArguments:
         default=False,
         metadata={
             "help": "Stream --dataset_name (a Hub id, or a local folder of parquet shards or webdataset tars) "
-            "instead of downloading it: each process reads its own shards, shuffled in a buffer with a seed that "
-            "changes each pass. Needs --max_steps; checkpoints keep the stream's position."
+            "instead of downloading it: each data-loading worker of each process reads its own shards, shuffled in a "
+            "buffer with a seed that changes each pass. Needs --max_steps, and a validation split unless "
+            "--eval_strategy no. Checkpoints keep the stream's position: a resumed run sees the same examples in the "
+            "same order as an uninterrupted one (same processes, --dataloader_num_workers, --seed, "
+            "--shuffle_buffer_size)."
         },
     )
     shuffle_buffer_size: int = field(
         default=1000,
-        metadata={"help": "With --streaming: examples held in each data-loading process's shuffle buffer."},
+        metadata={
+            "help": "With --streaming: examples held (undecoded) in each data-loading worker's shuffle buffer; a "
+            "resume reads, without decoding, up to a pass of a worker's shards again to refill it exactly."
+        },
     )
 
     @property
@@ -312,7 +326,10 @@ def parse_args(argv: list[str] | None = None):
         global_batch = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
         training_args.learning_rate = DEIT_BASE_LR * global_batch * training_args.world_size / 512
     training_args.resume_from_checkpoint = resolve_resume_checkpoint(
-        training_args.resume_from_checkpoint, training_args.output_dir, ema=bool(recipe_args.model_ema_decay)
+        training_args.resume_from_checkpoint,
+        training_args.output_dir,
+        ema=bool(recipe_args.model_ema_decay),
+        streams=training_args.world_size if data_args.streaming else 0,
     )
     return model_args, data_args, recipe_args, training_args
 
@@ -357,14 +374,16 @@ def check_streaming(data_args: DataArguments, training_args) -> None:
 # ------------------------------------------------------------------------------------------------------- resume
 
 EMA_FILE = "ema.safetensors"
+STREAM_STATE_FILE = "stream_state_rank{rank}.json"  # (ceit_hf.data.streams writes it: not imported, --help stays fast)
 
 
-def checkpoint_problems(folder, ema: bool = False) -> list[str]:
-    """What keeps `folder` from being a complete Trainer checkpoint (nothing when it is one).
+def checkpoint_problems(folder, ema: bool = False, streams: int = 0) -> list[str]:
+    """What keeps `folder` from being a complete Trainer checkpoint (nothing when it is one), with the EMA (`ema`)
+    and the stream positions of `streams` processes (`--streaming`: `stream_state_rank<R>.json`, R < streams).
 
     Trainer writes a checkpoint file by file into the final `checkpoint-N` folder, the weights first and
-    `trainer_state.json` last (then the EMA): a run killed while saving leaves a folder without its trainer state
-    (or EMA), or with truncated weights."""
+    `trainer_state.json` last, then the callbacks write theirs (the EMA, each process's stream position): a run killed
+    while saving leaves a folder without its trainer state (or EMA, or stream positions), or with truncated weights."""
     from ..hub import safetensors_problem
 
     folder = Path(folder)
@@ -383,11 +402,21 @@ def checkpoint_problems(folder, ema: bool = False) -> list[str]:
         problems.append("the model weights are missing")
     if ema and not (folder / EMA_FILE).is_file():
         problems.append(f"{EMA_FILE} (the EMA of the weights, written after the trainer state) is missing")
+    for rank in range(streams):
+        name = STREAM_STATE_FILE.format(rank=rank)
+        try:
+            json.loads((folder / name).read_text(encoding="utf-8"))["workers"]
+        except (OSError, ValueError, KeyError, TypeError):
+            problems.append(
+                f"{name} (the stream position of process {rank}, written after the trainer state) is missing or "
+                "incomplete"
+            )
     return problems
 
 
-def resolve_resume_checkpoint(value: str | None, output_dir: str, ema: bool = False) -> str | None:
-    """The checkpoint `--resume_from_checkpoint` names, checked to be complete (see `checkpoint_problems`).
+def resolve_resume_checkpoint(value: str | None, output_dir: str, ema: bool = False, streams: int = 0) -> str | None:
+    """The checkpoint `--resume_from_checkpoint` names, checked to be complete (see `checkpoint_problems`, which
+    `ema` and `streams` go to).
 
     `auto` picks the newest complete `checkpoint-N` of `output_dir` (transformers' `sort_checkpoints` order, as
     its `get_last_checkpoint`, skipping incomplete ones) and starts afresh when there is none; `latest` fails then."""
@@ -396,7 +425,7 @@ def resolve_resume_checkpoint(value: str | None, output_dir: str, ema: bool = Fa
     if value in ("auto", "latest"):
         found = sort_checkpoints(output_dir) if Path(output_dir).is_dir() else []
         for path in reversed(found):
-            problems = checkpoint_problems(path, ema)
+            problems = checkpoint_problems(path, ema, streams)
             if not problems:
                 logger.info("Resuming from %s, the newest complete checkpoint in %s", path, output_dir)
                 return str(path)
@@ -404,7 +433,7 @@ def resolve_resume_checkpoint(value: str | None, output_dir: str, ema: bool = Fa
         if value == "latest":
             raise SystemExit(f"error: --resume_from_checkpoint latest: no complete checkpoint in {output_dir!r}.")
         return None
-    problems = checkpoint_problems(value, ema)
+    problems = checkpoint_problems(value, ema, streams)
     if problems:
         raise SystemExit(
             f"error: --resume_from_checkpoint {value!r} is not a complete checkpoint: {'; '.join(problems)}. "

@@ -20,12 +20,13 @@ from ..data.sources import (
     DIGITS_IMAGE_SIZE,
     DataSource,
     check_labels,
+    class_names_of,
     example_count,
     image_size_from_data,
     label_names,
     load_image_datasets,
 )
-from ..data.streams import StreamedExamples, StreamPositionCallback, streamed_splits
+from ..data.streams import StreamedExamples, StreamError, StreamPositionCallback, streamed_splits
 from ..data.transforms import SeededAugmentation, batch_mixer, eval_transform, train_transform
 from .arguments import SWITCH, DataArguments, ModelArguments, RecipeArguments, parse_args
 from .callbacks import EpochCallback, ModelEMACallback
@@ -245,6 +246,19 @@ def _trainer_class():
                 return self.train_dataset.data_loader(self.args)
             return super().get_train_dataloader()
 
+        def get_eval_dataloader(self, eval_dataset=None):
+            """A stream's evaluation: each process reads its own share (accelerate would have process 0 read it all
+            and send the batches), in step with the others, and the gathering drops the padding that keeps them in
+            step (`streams.EvaluationLoader`; the evaluation loop resets `gather_function` when it ends)."""
+            dataset = self.eval_dataset if eval_dataset is None else eval_dataset
+            if isinstance(eval_dataset, str) and isinstance(self.eval_dataset, dict):
+                dataset = self.eval_dataset[eval_dataset]
+            if isinstance(dataset, StreamedExamples):
+                loader = dataset.evaluation_loader(self.args, self.accelerator)
+                self.gather_function = loader.gather
+                return loader
+            return super().get_eval_dataloader(eval_dataset)
+
     return CeiTTrainer
 
 
@@ -290,7 +304,8 @@ def train_and_evaluate(
     import torch
     from transformers import default_data_collator
 
-    for split in ("train", "validation"):  # (a stream checks each example as it is read)
+    # (a stream checks each example as it is read; one trained without evaluation may have no validation split)
+    for split in sorted({"train", "validation"} & set(raw)):
         check_labels(raw[split], data_args.label_column_name, model.config.num_labels, split)
     if recipe_args.sync_batchnorm:
         if not torch.cuda.is_available():
@@ -303,7 +318,7 @@ def train_and_evaluate(
         (processor.crop_size["height"], processor.crop_size["width"]),
         len(labels),
         example_count(raw["train"]),
-        example_count(raw["validation"]),
+        example_count(raw["validation"]) if "validation" in raw else "no",
     )
     columns = (data_args.image_column_name, data_args.label_column_name)
     augmentation = SeededAugmentation(train_transform(processor, recipe_args), seed=training_args.seed)
@@ -362,15 +377,27 @@ def train_and_evaluate(
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)
     trainer.save_state()
+    return trainer, final_evaluation(trainer, ema, training_args.output_dir)
+
+
+def final_evaluation(trainer, ema, output_dir) -> dict:
+    """The metrics of the trained model and of its EMA (if any, in the trained model's place, sharded under FSDP,
+    evaluated and saved to OUTPUT_DIR/ema as the model was), logged and written. No metrics without an evaluation
+    set: a stream without a validation split, trained under --eval_strategy no."""
+    if trainer.eval_dataset is None:
+        logger.info("No validation split: the trained model is not evaluated.")
+        if ema is not None:
+            with ema.swapped_into(trainer.model):
+                trainer.save_model(Path(output_dir) / "ema")
+        return {}
     metrics = trainer.evaluate()
     if ema is not None:
-        # The EMA in the trained model's place (sharded under FSDP), evaluated and saved as the model was
         with ema.swapped_into(trainer.model):
             metrics.update(trainer.evaluate(metric_key_prefix="eval_ema"))
-            trainer.save_model(Path(training_args.output_dir) / "ema")
+            trainer.save_model(Path(output_dir) / "ema")
     trainer.log_metrics("eval", metrics)
     trainer.save_metrics("eval", metrics)
-    return trainer, metrics
+    return metrics
 
 
 # -------------------------------------------------------------------------------------------------------- run
@@ -540,10 +567,12 @@ def write_model_card(output_dir, model, model_args, data_args, training_args, me
     card.save(Path(output_dir) / "README.md")
 
 
-def prepare_job(model_args, data_args, recipe_args, data_seed: int):
-    """(the data splits, the class names, the image size, the model, its image processor) of a run."""
-    raw = load_image_datasets(data_source(data_args, model_args), data_seed)
-    labels = label_names(raw["train"], data_args.label_column_name)
+def prepare_job(model_args, data_args, recipe_args, data_seed: int, needs_validation: bool = True):
+    """(the data splits, the class names, the image size, the model, its image processor) of a run. Without
+    `needs_validation` (nothing evaluates during training) a stream may have no validation split."""
+    source = data_source(data_args, model_args, needs_validation=needs_validation)
+    raw = load_image_datasets(source, data_seed)
+    labels = label_names(raw["train"], data_args.label_column_name, class_names_of(source))
     image_size = choose_image_size(model_args, data_args, raw["train"])
     model = build_model(model_args, recipe_args, labels, image_size)
     if hasattr(model, "set_leff_recompute"):  # a CeiT (train.py also fine-tunes other classifiers)
@@ -570,19 +599,26 @@ def main(argv: list[str] | None = None) -> dict:
     from transformers import set_seed
 
     set_seed(training_args.seed)
-    raw, labels, _, model, processor = prepare_job(model_args, data_args, recipe_args, data_seed=training_args.seed)
+    evaluates = training_args.eval_strategy != "no"  # (an IntervalStrategy, a str enum)
+    raw, labels, _, model, processor = prepare_job(
+        model_args, data_args, recipe_args, data_seed=training_args.seed, needs_validation=evaluates
+    )
     # Trainer would push every checkpoint (with its pickled optimizer state); the final model is pushed below.
     push_requested, training_args.push_to_hub = training_args.push_to_hub, False
     try:
         trainer, metrics = train_and_evaluate(model, raw, processor, labels, data_args, recipe_args, training_args)
-    except BadImageError as error:  # --bad_image_policy stop: the file's name, no traceback
+    except (BadImageError, StreamError) as error:  # --bad_image_policy stop, a stream that cannot go on: one line
         raise SystemExit(str(error)) from None
     if trainer.is_world_process_zero() and model_args.merge_lora:
         logger.info(
             "LoRA adapters merged into %s", save_merged_lora(trainer.model, processor, training_args.output_dir)
         )
     if trainer.is_world_process_zero():
-        write_model_card(training_args.output_dir, trainer.model, model_args, data_args, training_args, metrics, argv)
+        if "eval_accuracy" in metrics:  # (a stream trained without a validation split has no score to report)
+            card_args = (model_args, data_args, training_args, metrics, argv)
+            write_model_card(training_args.output_dir, trainer.model, *card_args)
+        else:
+            logger.info("No model card: the model was not evaluated (no validation split).")
         if push_requested:
             from ..hub import push_model_folder
 
