@@ -7,10 +7,11 @@
 # huggingface_hub 1.33, tokenizers 0.23, safetensors 0.8, pyarrow, pandas, xxhash, scikit-learn, ...):
 #   transformers 5.24.0   the project needs >= 5.24 (the device has 5.17); its own needs are there (it checks
 #                         huggingface_hub >= 1.31, tokenizers 0.23, safetensors >= 0.8, regex at import)
-#   datasets              the training data (ceit_hf.training.data), not on the device; with dill and
+#   datasets              the training data (ceit_hf.data), not on the device; with dill and
 #   dill, multiprocess    multiprocess, the two of its needs the device lacks (pyarrow, pandas, fsspec, xxhash,
 #                         huggingface_hub are there)
 #   evaluate              ceit_hf.metrics (the training job's accuracy) is an evaluate.Metric; not on the device
+#   simplejpeg            ceit_hf.data decodes plain JPEGs with it in training; not on the device (timm is)
 # accelerate (1.15), huggingface_hub (1.33 >= 1.31), torch and torchvision are there and stay as they are.
 #
 #     bash scripts/prepare_gpu_wheels.sh                 # the wheels above
@@ -18,7 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-WHEELS=(transformers==5.24.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 evaluate==0.4.6 "$@")
+WHEELS=(transformers==5.24.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 evaluate==0.4.6 simplejpeg==1.9.0 "$@")
 
 rm -rf .whl
 mkdir -p .whl

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..cpu_memory import keep_freed_cpu_memory_if
 from ..data.decoding import IGNORE_INDEX, BadImageError, with_transform
+from ..data.loader import RepeatedAugmentationSampler
 from ..data.sources import (
     DIGITS_IMAGE_SIZE,
     DataSource,
@@ -27,7 +28,7 @@ from ..data.sources import (
     load_image_datasets,
 )
 from ..data.streams import StreamedExamples, StreamError, StreamPositionCallback, streamed_splits
-from ..data.transforms import SeededAugmentation, batch_mixer, eval_transform, train_transform
+from ..data.transforms import BatchAugmentation, SeededAugmentation, batch_mixer, eval_transform, train_transform
 from .arguments import SWITCH, DataArguments, ModelArguments, RecipeArguments, parse_args
 from .callbacks import EpochCallback, ModelEMACallback
 
@@ -224,22 +225,46 @@ def image_processor_for(model_args: ModelArguments, model):
 # ---------------------------------------------------------------------------------------------------- trainer
 
 
-def _trainer_class():
+def _trainer_class():  # noqa: C901 (the overrides of the Trainer subclass count as its branches)
+    import torch
     from transformers import Trainer
 
     class CeiTTrainer(Trainer):
-        """`Trainer` that mixes training batches (Mixup/CutMix) right before the step, so evaluation batches keep
-        their labels. The mixing draws from torch's global RNG, which Trainer checkpoints and restores."""
+        """`Trainer` with the recipe's batch-level steps (`data.transforms.BatchAugmentation`): uint8 batches
+        normalised on the device they train or evaluate on, then, in training only, random erasing and Mixup/CutMix
+        right before the step (so evaluation batches keep their labels); and, with `repeated_augmentation` > 1, the
+        official recipe's repeated-augmentation sampling (`data.loader.RepeatedAugmentationSampler`). The random
+        steps draw from the training process's global generators, which Trainer checkpoints and restores."""
 
-        def __init__(self, *args, batch_mix=None, **kwargs):
+        def __init__(self, *args, batch_augmentation=None, repeated_augmentation: int = 0, **kwargs):
             super().__init__(*args, **kwargs)
-            self.batch_mix = batch_mix
+            self.batch_augmentation = batch_augmentation or BatchAugmentation()
+            self.repeated_augmentation = repeated_augmentation
+
+        def _prepare_inputs(self, inputs):
+            inputs = super()._prepare_inputs(inputs)
+            if "pixel_values" in inputs:
+                inputs["pixel_values"] = self.batch_augmentation.normalize(inputs["pixel_values"])
+            return inputs
 
         def training_step(self, model, inputs, *args, **kwargs):
-            if self.batch_mix is not None and len(inputs["labels"]) > 1:
-                inputs = dict(inputs)
-                inputs["pixel_values"], inputs["labels"] = self.batch_mix(inputs["pixel_values"], inputs["labels"])
+            inputs = self._prepare_inputs(inputs)
+            inputs["pixel_values"], inputs["labels"] = self.batch_augmentation(
+                inputs["pixel_values"], inputs["labels"]
+            )
             return super().training_step(model, inputs, *args, **kwargs)
+
+        def _get_train_sampler(self, train_dataset=None):
+            dataset = self.train_dataset if train_dataset is None else train_dataset
+            if self.repeated_augmentation > 1 and not isinstance(dataset, torch.utils.data.IterableDataset):
+                return RepeatedAugmentationSampler(
+                    len(dataset),
+                    self.repeated_augmentation,
+                    world_size=self.args.world_size,
+                    batch_size=self.args.per_device_train_batch_size,
+                    seed=self.args.seed,
+                )
+            return super()._get_train_sampler(train_dataset)
 
         def get_train_dataloader(self):
             if isinstance(self.train_dataset, StreamedExamples):  # split between the processes already
@@ -293,6 +318,19 @@ def compute_metrics_fn(num_labels: int):
     return compute
 
 
+def training_transform(processor, recipe_args: RecipeArguments):
+    """The worker side of the training augmentation (`data.transforms.train_transform`) for `processor`'s crop size
+    and the recipe flags."""
+    return train_transform(
+        (processor.crop_size["height"], processor.crop_size["width"]),
+        crop_min_scale=recipe_args.crop_min_scale,
+        hflip=recipe_args.hflip,
+        auto_augment=recipe_args.auto_augment,
+        color_jitter=recipe_args.color_jitter,
+        mean=processor.image_mean,
+    )
+
+
 def train_and_evaluate(
     model, raw, processor, labels: list[str], data_args: DataArguments, recipe_args: RecipeArguments, training_args
 ):
@@ -321,7 +359,7 @@ def train_and_evaluate(
         example_count(raw["validation"]) if "validation" in raw else "no",
     )
     columns = (data_args.image_column_name, data_args.label_column_name)
-    augmentation = SeededAugmentation(train_transform(processor, recipe_args), seed=training_args.seed)
+    augmentation = SeededAugmentation(training_transform(processor, recipe_args), seed=training_args.seed)
     callbacks = [EpochCallback(augmentation)]
     if data_args.streaming:
         train_set, eval_set = streamed_splits(
@@ -360,7 +398,13 @@ def train_and_evaluate(
         processing_class=processor,
         callbacks=callbacks,
         compute_loss_func=soft_target_loss(smoothing) if (mixing or smoothing) else None,
-        batch_mix=batch_mixer(len(labels), recipe_args.mixup_alpha, recipe_args.cutmix_alpha),
+        batch_augmentation=BatchAugmentation(
+            processor.image_mean,
+            processor.image_std,
+            recipe_args.random_erasing,
+            batch_mixer(len(labels), recipe_args.mixup_alpha, recipe_args.cutmix_alpha),
+        ),
+        repeated_augmentation=recipe_args.repeated_augmentation,
         **common,
     )
     logger.info(describe_setup(trainer))

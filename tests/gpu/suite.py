@@ -63,6 +63,8 @@ PACKAGES = (
     "pyarrow",
     "numpy",
     "pillow",
+    "timm",
+    "simplejpeg",
     "scikit-learn",
     "flash_attn",
     "kernels",
