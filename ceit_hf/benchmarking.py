@@ -461,8 +461,8 @@ def synthetic_jpegs(count: int, size: tuple[int, int] = IMAGENET_LIKE_SIZE, qual
 
 
 def training_pipeline_dataset(jpegs: list[bytes], image_size: int = 224, seed: int = 0):
-    """`jpegs` as the training job sees its data under `--recipe deit`: a `datasets` image column decoded on access
-    (JPEGs to arrays), and the official recipe's worker side (`train_transform`: bicubic RandomResizedCrop to
+    """`jpegs` as the training job sees its data under `--recipe deit`: a `datasets` image column decoded on access,
+    and the official recipe's worker side (`train_transform`: bicubic RandomResizedCrop to
     `image_size`, flip, RandAugment rand-m9-mstd0.5-inc1, uint8 out) through `SeededAugmentation` and
     `with_transform`. Normalisation, random erasing and Mixup/CutMix run on the training process's batch, not in
     the loader."""
@@ -543,7 +543,7 @@ def data_loader_throughput(
         "batch_size": batch_size,
         "distinct_images": len(jpegs),
         "cpus": available_cpus(),
-        "pipeline": "datasets Image decode (JPEG arrays) + train_transform(rand-m9-mstd0.5-inc1, uint8) per example",
+        "pipeline": "datasets Image decode + train_transform(rand-m9-mstd0.5-inc1, uint8) per example",
         "workers": runs,
         # the lowest per-worker rate: with many workers they share memory bandwidth and caches
         "per_worker_images_per_second": min(run["per_worker_images_per_second"] for run in runs.values()),

@@ -11,7 +11,6 @@
 #   dill, multiprocess    multiprocess, the two of its needs the device lacks (pyarrow, pandas, fsspec, xxhash,
 #                         huggingface_hub are there)
 #   evaluate              ceit_hf.metrics (the training job's accuracy) is an evaluate.Metric; not on the device
-#   simplejpeg            ceit_hf.data decodes plain JPEGs with it in training; not on the device (timm is)
 # accelerate (1.15), huggingface_hub (1.33 >= 1.31), torch and torchvision are there and stay as they are.
 #
 #     bash scripts/prepare_gpu_wheels.sh                 # the wheels above
@@ -19,7 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-WHEELS=(transformers==5.24.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 evaluate==0.4.6 simplejpeg==1.9.0 "$@")
+WHEELS=(transformers==5.24.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 evaluate==0.4.6 "$@")
 
 rm -rf .whl
 mkdir -p .whl

@@ -6,7 +6,6 @@ evaluation: a score is never that of another image)."""
 from __future__ import annotations
 
 import logging
-import os
 
 from PIL import Image
 
@@ -47,61 +46,14 @@ def undecoded(dataset, column: str):
     return dataset.cast_column(column, datasets.Image(mode=feature.mode, decode=False))
 
 
-class DecodedJPEG:
-    """A JPEG decoded to a (height, width, 3) RGB uint8 array (`pixels`), for the training transform to crop before
-    it makes a PIL image of the crop alone (`transforms.crop_resized`): libjpeg-turbo through simplejpeg gives
-    Pillow's pixels (the same library, the same IDCT and upsampling) without Pillow's copy of the whole image, and
-    the crop is a view."""
-
-    mode = "RGB"
-
-    def __init__(self, pixels):
-        self.pixels = pixels
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return self.pixels.shape[1], self.pixels.shape[0]
-
-    def convert(self, mode: str = "RGB"):
-        image = Image.fromarray(self.pixels)
-        return image if mode == "RGB" else image.convert(mode)
-
-
-def read_jpeg(value, feature):
-    """`value` (a `datasets.Image` column's {'bytes', 'path'}) as a `DecodedJPEG` when it is a plain colour JPEG
-    that `datasets` would decode to RGB as it is: three components, no EXIF (whose orientation `datasets` applies),
-    the feature's mode RGB or none. None for anything else (Pillow decodes it), or when simplejpeg is missing.
-    simplejpeg raises ValueError for a damaged or truncated file (strict), as Pillow raises OSError."""
-    try:
-        import simplejpeg
-    except ImportError:
-        return None
-    if feature.mode not in (None, "RGB"):
-        return None
-    data, path = value.get("bytes"), value.get("path")
-    if data is None:
-        if path is None or not os.path.isfile(path):
-            return None
-        with open(path, "rb") as file:
-            data = file.read()
-    if data[:3] != b"\xff\xd8\xff" or data.find(b"Exif\x00\x00", 0, 65536) >= 0:
-        return None
-    if simplejpeg.decode_jpeg_header(data)[2] != "YCbCr":  # (height, width, colorspace, subsampling)
-        return None
-    return DecodedJPEG(simplejpeg.decode_jpeg(data, colorspace="RGB"))
-
-
-def decode_image(value, feature, jpeg_arrays: bool = False):
+def decode_image(value, feature):
     """The image `value` of a column of type `feature` decoded in full as `datasets` would, or `BadImageError`
-    naming its file (or its row's bytes). Values of other columns (already images) are returned as they are. With
-    `jpeg_arrays`, a plain colour JPEG comes as a `DecodedJPEG` (the training transform's fast path)."""
+    naming its file (or its row's bytes). Values of other columns (already images) are returned as they are."""
     import datasets
 
     if not isinstance(feature, datasets.Image) or not isinstance(value, dict):
         return value
     try:
-        if jpeg_arrays and (image := read_jpeg(value, feature)) is not None:
-            return image
         return feature.decode_example(value)
     except IMAGE_ERRORS as error:
         name = value.get("path") or f"an image of {len(value.get('bytes') or b'')} bytes"
@@ -123,10 +75,9 @@ class ExampleDecoder:
         self.skipped, self.last_skipped = 0, None  # per process: each DataLoader worker counts its own
 
     def decode(self, value):
-        """The decoded image, or None for a bad one under "skip" (named in a warning and counted). In training, a
-        plain colour JPEG comes as a `DecodedJPEG` (`decode_image`)."""
+        """The decoded image, or None for a bad one under "skip" (named in a warning and counted)."""
         try:
-            return decode_image(value, self.feature, jpeg_arrays=not self.evaluation)
+            return decode_image(value, self.feature)
         except BadImageError as error:
             if self.policy == "stop":
                 raise

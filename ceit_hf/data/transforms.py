@@ -71,30 +71,6 @@ def rgb(image):
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-class RandomResizedCrop:
-    """timm's `RandomResizedCropAndInterpolation` (bicubic), also of a `decoding.DecodedJPEG`: the crop is then cut
-    from the decoded array and only the crop becomes a PIL image (the same pixels as cropping Pillow's decode, one
-    copy of the whole image fewer)."""
-
-    def __init__(self, size, scale=(0.08, 1.0)):
-        from timm.data.transforms import RandomResizedCropAndInterpolation
-
-        self.crop = RandomResizedCropAndInterpolation(size, scale=scale, interpolation="bicubic")
-
-    def __call__(self, image):
-        from .decoding import DecodedJPEG
-
-        if not isinstance(image, DecodedJPEG):
-            return self.crop(image)
-        width, height = image.size
-        # the parameters drawn as timm draws them, from the image's size alone (a shape without data)
-        top, left, crop_height, crop_width = self.crop.get_params(
-            torch.empty((), dtype=torch.uint8).expand(height, width), self.crop.scale, self.crop.ratio
-        )
-        crop = Image.fromarray(image.pixels[top : top + crop_height, left : left + crop_width])
-        return crop.resize(self.crop.size[::-1], Image.BICUBIC)
-
-
 def train_transform(
     image_size: int | tuple[int, int],
     crop_min_scale: float = 0.08,
@@ -108,11 +84,11 @@ def train_transform(
     `auto_augment` (`rand_augment`), colour jitter of strength `color_jitter` (brightness, contrast, saturation;
     timm leaves it out whenever RandAugment is on, and so does the official recipe: here it is applied when asked
     for), then a uint8 tensor. timm's op classes, in timm's order: with the same seeds of `random`, numpy and torch,
-    the same images as timm's `create_transform(..., use_prefetcher=True)`. Takes PIL images and the training
-    decoder's `DecodedJPEG`s."""
+    the same images as timm's `create_transform(..., use_prefetcher=True)`."""
+    from timm.data.transforms import RandomResizedCropAndInterpolation
     from torchvision import transforms
 
-    steps = [rgb, RandomResizedCrop(image_size, scale=(crop_min_scale, 1.0))]
+    steps = [rgb, RandomResizedCropAndInterpolation(image_size, scale=(crop_min_scale, 1.0), interpolation="bicubic")]
     if hflip > 0:
         steps.append(transforms.RandomHorizontalFlip(p=hflip))
     if auto_augment:

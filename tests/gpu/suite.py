@@ -64,7 +64,6 @@ PACKAGES = (
     "numpy",
     "pillow",
     "timm",
-    "simplejpeg",
     "scikit-learn",
     "flash_attn",
     "kernels",
