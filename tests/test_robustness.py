@@ -233,7 +233,7 @@ def test_training_killed_while_saving_resumes_to_the_same_weights(tmp_path):
     assert state["global_step"] == 12
 
 
-def test_an_incomplete_checkpoint_is_skipped_on_resume(tmp_path, caplog, monkeypatch):
+def test_an_incomplete_checkpoint_is_skipped_on_resume(tmp_path, capsys, monkeypatch):
     """An 8-step run saving every 4 steps, then its newest checkpoint damaged (truncated weights) and its final model
     removed, as a run killed while writing checkpoint-8 leaves them: `--resume_from_checkpoint auto` skips
     checkpoint-8 with a warning naming the damage, resumes from checkpoint-4 (left as it was: not retrained from
@@ -248,15 +248,16 @@ def test_an_incomplete_checkpoint_is_skipped_on_resume(tmp_path, caplog, monkeyp
     kept = run / "checkpoint-4" / "model.safetensors"
     kept_state = (kept.read_bytes(), kept.stat().st_mtime_ns)
 
-    monkeypatch.setattr(logging.getLogger("ceit_hf"), "propagate", True)  # (main's logging setup turns it off)
-    with caplog.at_level(logging.INFO, logger="ceit_hf.training"):
-        main(["--output_dir", str(run), *steps, "--resume_from_checkpoint", "auto"])
+    monkeypatch.setattr(logging.getLogger("ceit_hf"), "handlers", [])  # as in a new process: main sets them up
+    capsys.readouterr()
+    main(["--output_dir", str(run), *steps, "--resume_from_checkpoint", "auto"])
+    shown = capsys.readouterr().out  # what the user sees (the choice is made while parsing, before training)
     assert re.search(
         rf"Skipping the incomplete checkpoint {re.escape(str(run / 'checkpoint-8'))}: model.safetensors "
         "is damaged or truncated",
-        caplog.text,
+        shown,
     )
-    assert f"Resuming from {run / 'checkpoint-4'}," in caplog.text
+    assert f"Resuming from {run / 'checkpoint-4'}," in shown
     assert (kept.read_bytes(), kept.stat().st_mtime_ns) == kept_state
     assert checkpoint_problems(run / "checkpoint-8") == []  # written again
     resumed = load_file(run / "model.safetensors")

@@ -474,9 +474,10 @@ def set_torch_threads(threads: int | None) -> int:
     return previous
 
 
-def setup_logging(args):
+def setup_logging(args=None):
     """INFO logs of `ceit_hf` on every process (rank-tagged by the setup line), transformers' own at the level
-    Trainer chooses for this process."""
+    Trainer chooses for this process (once `args` are parsed: `main` sets up ceit_hf's first, so that what parsing
+    logs, such as the checkpoint `--resume_from_checkpoint auto` picks or skips, is shown)."""
     import transformers
 
     root = logging.getLogger("ceit_hf")
@@ -486,7 +487,8 @@ def setup_logging(args):
         root.addHandler(handler)
         root.propagate = False
     root.setLevel(logging.INFO)
-    transformers.utils.logging.set_verbosity(args.get_process_log_level())
+    if args is not None:
+        transformers.utils.logging.set_verbosity(args.get_process_log_level())
 
 
 def describe_setup(trainer) -> str:
@@ -631,6 +633,7 @@ def prepare_job(model_args, data_args, recipe_args, data_seed: int, needs_valida
 def main(argv: list[str] | None = None) -> dict:
     """The training job: parse, load data, build the model, train with Trainer, evaluate, save, card, push."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    setup_logging()
     model_args, data_args, recipe_args, training_args = parse_args(argv)
     setup_logging(training_args)
     if training_args.process_index == 0:
