@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import difflib
 import math
 from numbers import Integral, Real
@@ -285,8 +286,8 @@ class CeiTConfig(BackboneConfigMixin, PreTrainedConfig):
         self._take_aliases_and_labels(kwargs)
         if isinstance(self.image_size, (tuple, list)):
             self.image_size = [_plain(size) for size in self.image_size]
-        for field in self.__dataclass_fields__:
-            setattr(self, field, _plain(getattr(self, field)))
+        for field in dataclasses.fields(self):  # (`__dataclass_fields__` also lists class variables)
+            setattr(self, field.name, _plain(getattr(self, field.name)))
         if self.lca_encoder_num_heads is None:
             self.lca_encoder_num_heads = self.encoder_num_heads
         if self.i2t_conv_padding is None and _int(self.i2t_conv_kernel_size):

@@ -353,3 +353,24 @@ def test_lca_heads_follow_the_encoder_heads_unless_given():
     assert CeiTConfig(d_model=64, encoder_num_heads=2, lca_encoder_num_heads=4).lca_encoder_num_heads == 4
     assert CeiTConfig.from_preset("ceit_small_patch16_224").lca_encoder_num_heads == 6
     assert CeiTConfig.from_preset("ceit_small_patch16_224", encoder_num_heads=8).lca_encoder_num_heads == 8
+
+
+def test_a_saved_config_holds_only_its_fields_and_transformers_standard_keys(tmp_path):
+    """config.json (of a config, and of a model folder) has the dataclass's fields and transformers' standard keys,
+    and nothing else: no class attribute (transformers 5.25 lists its class variables among the dataclass fields that
+    `__dataclass_fields__` walks), whatever the installed transformers."""
+    import dataclasses
+    import json
+
+    from ceit_hf import CeiTForImageClassification
+
+    standard = {"model_type", "transformers_version", "architectures", "auto_map", "dtype"}
+    backbone = {"out_features", "out_indices", "stage_names"}  # BackboneConfigMixin's, as DINOv2's config saves them
+    fields = {field.name for field in dataclasses.fields(CeiTConfig)}
+    config = CeiTConfig.from_preset("ceit_tiny_patch16_224", num_encoder_blocks=1, num_classes=3)
+    config.save_pretrained(tmp_path / "config")
+    CeiTForImageClassification(config).save_pretrained(tmp_path / "model")
+    for folder in ("config", "model"):
+        saved = set(json.loads((tmp_path / folder / "config.json").read_text()))
+        assert saved - fields - standard - backbone == set(), folder
+        assert {"d_model", "num_encoder_blocks", "model_type"} <= saved
