@@ -792,17 +792,6 @@ def format_table(results: dict) -> str:
             "",
             *format_profile(results["profile"]),
         ]
-    if "levers" in results:
-        from .step_levers import format_levers  # it builds on this module
-
-        setup = results["levers_setup"]
-        lines += [
-            *([""] if lines else []),
-            f"Machine: {setup['machine']}; {setup['dtype']}, batch {setup['batch_size']}, CeiT-T's shapes; median "
-            f"of {setup['rounds']} alternating rounds.",
-            "",
-            *format_levers(results["levers"]),
-        ]
     return "\n".join(lines)
 
 

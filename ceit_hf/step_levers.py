@@ -225,3 +225,18 @@ def format_levers(levers: dict) -> list[str]:
             difference = entry["max_difference"][name]
             lines.append(f"| {lever} | {name} | {ms:.1f} | {ratio:.2f}x | {verdict} | {difference:.1e} |")
     return lines
+
+
+def format_levers_table(results: dict) -> str:
+    """The levers part of a benchmark's results (`levers`, `levers_setup`) as Markdown, "" when there is none (the
+    rest of the results: `benchmarking.format_table`)."""
+    if "levers" not in results:
+        return ""
+    setup = results["levers_setup"]
+    lines = [
+        f"Machine: {setup['machine']}; {setup['dtype']}, batch {setup['batch_size']}, CeiT-T's shapes; median "
+        f"of {setup['rounds']} alternating rounds.",
+        "",
+        *format_levers(results["levers"]),
+    ]
+    return "\n".join(lines)

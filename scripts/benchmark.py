@@ -32,8 +32,13 @@ from ceit_hf.benchmarking import (
     write_json,
 )
 from ceit_hf.cpu_memory import keep_freed_cpu_memory_if
-from ceit_hf.step_levers import LEVERS, measure_levers
+from ceit_hf.step_levers import LEVERS, format_levers_table, measure_levers
 from ceit_hf.training import parse_config_overrides
+
+
+def report(results: dict) -> str:
+    """The results as Markdown: the benchmark's tables, then the levers' (each when measured)."""
+    return "\n\n".join(table for table in (format_table(results), format_levers_table(results)) if table)
 
 
 def main(argv=None):
@@ -111,7 +116,7 @@ def main(argv=None):
         write_json(results, args.output_json)
         if args.output_markdown:
             with open(args.output_markdown, "w", encoding="utf-8") as handle:
-                handle.write(format_table(results) + "\n")
+                handle.write(report(results) + "\n")
 
     device = torch.device(args.device)
     save({"cpu_memory_kept": keep_freed_cpu_memory_if(args.keep_freed_cpu_memory, device)})
@@ -121,7 +126,7 @@ def main(argv=None):
         overrides = parse_config_overrides(args.config_overrides)
         profile = profile_training_step(args.sizes[0], args.train_batch_size, 2, device, overrides)
         save({"profile_setup": setup, "profile": profile})
-        print(format_table(results))
+        print(report(results))
         return
     if args.levers is not None:
         setup = {"machine": machine_description(device), "dtype": args.dtypes[0], "batch_size": args.train_batch_size}
@@ -130,7 +135,7 @@ def main(argv=None):
         for lever in args.levers or LEVERS:  # saved after each, so a killed run keeps what it finished
             measured = measure_levers([lever], args.train_batch_size, device, dtype, args.rounds, args.min_seconds)
             save({"levers": results["levers"] | measured})
-        print(format_table(results))
+        print(report(results))
         return
     if args.startup:
         save(
@@ -144,7 +149,7 @@ def main(argv=None):
                 )
             }
         )
-        print(format_table(results))
+        print(report(results))
         return
 
     # the data loader first: it is short and bounded (--data_loader_seconds per worker count), so a model
@@ -176,7 +181,7 @@ def main(argv=None):
             roof_seconds=args.roof_seconds,
             checkpoint=save,
         )
-    print(format_table(results))
+    print(report(results))
     print(f"\nWritten to {args.output_json}" + (f" and {args.output_markdown}" if args.output_markdown else ""))
 
 

@@ -249,8 +249,7 @@ def test_a_part_over_its_budget_is_killed_with_its_children(tmp_path):
 def test_levers_compute_what_the_model_computes_and_report_against_it():
     """`scripts/benchmark.py --levers`: every form of a lever gives the model's output and input gradient, and the
     table sets each against the model's form (the region compile is left to the GPU suite and slow runs)."""
-    from ceit_hf.benchmarking import format_table
-    from ceit_hf.step_levers import measure_levers
+    from ceit_hf.step_levers import format_levers_table, measure_levers
 
     levers = measure_levers(
         ("depthwise", "batchnorm_gelu", "expand_batchnorm", "stem"), batch_size=1, rounds=1, seconds=0.0, log=None
@@ -262,7 +261,7 @@ def test_levers_compute_what_the_model_computes_and_report_against_it():
     assert levers["batchnorm_gelu"]["max_input_grad_difference"]["autograd function, plain ops"] > 0  # compared
     assert levers["expand_batchnorm"]["max_input_grad_difference"]["BatchNorm folded into the Linear"] > 0
     setup = {"machine": "cpu", "dtype": "float32", "batch_size": 1, "rounds": 1}
-    table = format_table({"levers": levers, "levers_setup": setup})
+    table = format_levers_table({"levers": levers, "levers_setup": setup})
     assert "| depthwise | nine shifted multiply-adds |" in table and "| stem | convolution (model) |" in table
 
 
