@@ -2,8 +2,8 @@
 # The GPU suite (docs/gpu.md) in one command, for one H200 in under 8 minutes: tests/gpu (attention
 # implementations, optimize_for_inference, a compiled training step, FSDP2 bf16 of every model class and the sharded
 # EMA), two 300-step bf16 trainings of CeiT-T through `accelerate launch` (plain, and FSDP with the DeiT recipe and
-# its sharded EMA), scripts/benchmark.py --levers (other forms of LeFF's and the stem's kernels, bf16, batch 256) and
-# scripts/benchmark.py (CeiT-T/S vs DeiT-T/S in bf16 at batch 256, eager and compiled; the data loader's images/s per
+# its sharded EMA), benchmarks/benchmark.py --levers (other forms of LeFF's and the stem's kernels, bf16, batch 256) and
+# benchmarks/benchmark.py (CeiT-T/S vs DeiT-T/S in bf16 at batch 256, eager and compiled; the data loader's images/s per
 # worker). Writes benchmarks/gpu_<gpu>.{json,md,log}
 # (and the same three files to $OUT when it is set), rewritten after every part; a failed or timed-out part is
 # recorded and the next one runs. The runner is tests/gpu/suite.py (its --help lists --parts, --budget, ...).

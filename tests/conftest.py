@@ -7,11 +7,18 @@ import socket
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
 from ceit_hf import CeiTConfig  # noqa: E402
+
+
+# The measurements (benchmarks/, beside the package and not installed) import as `benchmarks` from the repository root.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 # Property-based tests (tests/test_properties.py): "ci" is the default, a few examples per property so the file runs

@@ -1,4 +1,4 @@
-"""The benchmark harness runs and reports what it claims (speed targets live in scripts/benchmark.py's output,
+"""The benchmark harness runs and reports what it claims (speed targets live in benchmarks/benchmark.py's output,
 not in tests)."""
 
 import json
@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ceit_hf import benchmarking
-from ceit_hf.benchmarking import build_pair, format_table, run_benchmark, write_json
+from benchmarks import models as benchmarking
+from benchmarks.common import write_json
+from benchmarks.models import build_pair, format_table, run_benchmark
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -247,9 +248,9 @@ def test_a_part_over_its_budget_is_killed_with_its_children(tmp_path):
 
 
 def test_levers_compute_what_the_model_computes_and_report_against_it():
-    """`scripts/benchmark.py --levers`: every form of a lever gives the model's output and input gradient, and the
+    """`benchmarks/benchmark.py --levers`: every form of a lever gives the model's output and input gradient, and the
     table sets each against the model's form (the region compile is left to the GPU suite and slow runs)."""
-    from ceit_hf.step_levers import format_levers_table, measure_levers
+    from benchmarks.step_levers import format_levers_table, measure_levers
 
     levers = measure_levers(
         ("depthwise", "batchnorm_gelu", "expand_batchnorm", "stem"), batch_size=1, rounds=1, seconds=0.0, log=None
@@ -266,9 +267,9 @@ def test_levers_compute_what_the_model_computes_and_report_against_it():
 
 
 def test_profile_lists_each_models_operators_side_by_side():
-    """`scripts/benchmark.py --profile`: the training step of both models by operator; CeiT has BatchNorms and
+    """`benchmarks/benchmark.py --profile`: the training step of both models by operator; CeiT has BatchNorms and
     convolutions where DeiT has none, and the table shows both columns."""
-    from ceit_hf.benchmarking import format_profile, profile_training_step
+    from benchmarks.models import format_profile, profile_training_step
 
     profile = profile_training_step("tiny", 2, 1, "cpu", {"image_size": 32, "num_encoder_blocks": 1}, top=40)
     assert set(profile) == {"ceit_tiny", "deit_tiny"}
@@ -303,7 +304,7 @@ def run_gpu_check_on_cpu(tmp_path, *arguments) -> dict:
 
 def test_gpu_check_cpu_mode_runs_the_tests_levers_and_benchmark_parts(tmp_path):
     """`bash scripts/gpu_check.sh --cpu --parts tests,levers,benchmark`: the GPU suite's own code (tests/gpu,
-    scripts/benchmark.py, the report) at tiny sizes on the CPU, so a device run does not find its mistakes. Its
+    benchmarks/benchmark.py, the report) at tiny sizes on the CPU, so a device run does not find its mistakes. Its
     training part is checked in process below, and all parts together by the slow test after it."""
     report = run_gpu_check_on_cpu(tmp_path, "--parts", "tests,levers,benchmark")
     assert {name: part["status"] for name, part in report["parts"].items()} == {
@@ -366,13 +367,10 @@ def test_gpu_check_cpu_mode_runs_every_part_and_writes_the_report(tmp_path):
 
 
 def data_loader_benchmark():
-    """benchmarks/data_loader.py as a module (the benchmarks folder is not a package)."""
-    import importlib.util
+    """benchmarks/data_loader.py, the module its command line runs."""
+    from benchmarks import data_loader
 
-    spec = importlib.util.spec_from_file_location("data_loader_benchmark", ROOT / "benchmarks" / "data_loader.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return data_loader
 
 
 def test_data_loader_benchmark_compares_the_pipelines_per_core_and_writes_its_table(tmp_path):

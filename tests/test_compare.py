@@ -1,4 +1,4 @@
-"""CeiT vs DeiT comparison (scripts/compare_with_deit.py -> ceit_hf.comparison)."""
+"""CeiT vs DeiT comparison (examples/compare_with_deit.py -> examples/comparison.py)."""
 
 import json
 import struct
@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from ceit_hf.comparison import (
+from ceit_hf.training import small_config
+from examples.comparison import (
     deit_config_for,
     epochs_to_reach_summary,
     eval_curve,
@@ -14,7 +15,6 @@ from ceit_hf.comparison import (
     run_comparison,
     split_args,
 )
-from ceit_hf.training import small_config
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,7 +24,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def test_script_on_a_tiny_budget(tmp_path):
     """The script's job end to end (in-process: a second interpreter costs seconds of imports): 2 epochs, 2 seeds,
     a few digits; both models through the training job."""
-    from ceit_hf.comparison import main
+    from examples.comparison import main
 
     out = tmp_path / "compare"
     main(

@@ -1,4 +1,4 @@
-"""`scripts/benchmark.py --startup`: the image folders it writes, how it times a command to its first training step
+"""`benchmarks/benchmark.py --startup`: the image folders it writes, how it times a command to its first training step
 (and stops it there), its table; and, slow, the whole mode on tiny folders. (No timing targets here: the numbers
 are taken on a quiet machine, docs/performance.md.)"""
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ceit_hf.benchmarking import format_startup, time_to_first_step, write_image_folder
+from benchmarks.startup import format_startup, time_to_first_step, write_image_folder
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +45,7 @@ def test_folder_first_step_timing_and_table(tmp_path):
 @pytest.mark.slow
 def test_startup_mode_runs_train_py_on_tiny_folders(tmp_path):
     out = tmp_path / "startup.json"
-    command = [sys.executable, "scripts/benchmark.py", "--startup", "--startup_images", "60"]
+    command = [sys.executable, "benchmarks/benchmark.py", "--startup", "--startup_images", "60"]
     command += ["--startup_baseline", "20", "--startup_classes", "3", "--startup_root", str(tmp_path / "images")]
     command += ["--output_json", str(out)]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)

@@ -336,7 +336,7 @@ def train_and_evaluate(
 ):
     """The job once the model is built: checks the labels, applies the recipe's transforms (seeded training
     augmentation, `processor`'s evaluation transform) to the `train`/`validation` splits of `raw`, trains `model`
-    (any image classifier of transformers: `main` passes a CeiT, `ceit_hf.comparison` also a DeiT), saves it to
+    (any image classifier of transformers: `main` passes a CeiT, `examples/comparison.py` also a DeiT), saves it to
     `training_args.output_dir`, evaluates it (and its EMA) and writes the metrics. Returns the trainer (its
     `state.log_history` holds the per-epoch evaluations) and the final metrics. Pushing is left to the caller."""
     import torch

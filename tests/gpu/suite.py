@@ -2,7 +2,7 @@
 """The GPU suite (`bash scripts/gpu_check.sh`, docs/gpu.md): runs its parts and writes the report.
 
 Each part is a separate process with its own time budget, after which its process group is killed: the tests of
-`tests/gpu`, two short bf16 trainings through `accelerate launch` (plain and FSDP), and `scripts/benchmark.py`
+`tests/gpu`, two short bf16 trainings through `accelerate launch` (plain and FSDP), and `benchmarks/benchmark.py`
 (CeiT-T/S vs DeiT-T/S in bf16 at batch 256, eager and compiled, and the data loader's images/s per worker). A part
 that fails or runs out of time is recorded as such and the suite goes on to the next; the report (`gpu_<name>.json`
 and `.md`, where `<name>` comes from the GPU, and the parts' output in `gpu_<name>.log`) is rewritten after every
@@ -152,11 +152,11 @@ def training_command(python: str, config: str, output_dir: Path, cpu: bool) -> l
 
 
 def benchmark_command(python: str, work: Path, cpu: bool, cpus: int) -> list[str]:
-    """scripts/benchmark.py: the data loader (1 and `cpus` workers), then CeiT-T/S vs DeiT-T/S in bf16 (on the CPU:
+    """benchmarks/benchmark.py: the data loader (1 and `cpus` workers), then CeiT-T/S vs DeiT-T/S in bf16 (on the CPU:
     a 32-pixel one-block CeiT-T, no compiled variants, one round)."""
     command = [
         python,
-        "scripts/benchmark.py",
+        "benchmarks/benchmark.py",
         "--dtypes",
         "bfloat16",
         "--output_json",
@@ -217,10 +217,10 @@ def benchmark_command(python: str, work: Path, cpu: bool, cpus: int) -> list[str
 
 
 def levers_command(python: str, work: Path, cpu: bool) -> list[str]:
-    """scripts/benchmark.py --levers: the other forms of the training step's heaviest parts against the model's, bf16
+    """benchmarks/benchmark.py --levers: the other forms of the training step's heaviest parts against the model's, bf16
     at batch 256 on the GPU (the region compile last: it compiles the longest); on the CPU the four that compile
     nothing, at batch 1."""
-    command = [python, "scripts/benchmark.py", "--output_json", str(work / "levers.json")]
+    command = [python, "benchmarks/benchmark.py", "--output_json", str(work / "levers.json")]
     command += ["--output_markdown", str(work / "levers.md"), "--levers", "depthwise", "batchnorm_gelu"]
     command += ["expand_batchnorm", "stem"]
     if cpu:
@@ -303,7 +303,7 @@ def suite_parts(cpu: bool, work: Path, python: str = sys.executable, cpus: int |
         ),
         Part(
             "levers",
-            "scripts/benchmark.py --levers: other forms of LeFF's depthwise convolution, BatchNorm+GELU, expansion "
+            "benchmarks/benchmark.py --levers: other forms of LeFF's depthwise convolution, BatchNorm+GELU, expansion "
             "BatchNorm and stage, "
             "and of the stem, against the model's (bf16, batch 256)",
             45,
@@ -320,7 +320,7 @@ def suite_parts(cpu: bool, work: Path, python: str = sys.executable, cpus: int |
         ),
         Part(
             "benchmark",
-            "scripts/benchmark.py: data loader, then CeiT-T/S vs DeiT-T/S bf16 batch 256",
+            "benchmarks/benchmark.py: data loader, then CeiT-T/S vs DeiT-T/S bf16 batch 256",
             None,
             benchmark_command(python, work, cpu, cpus),
             outputs=[work / "benchmark.json", work / "benchmark.md"],

@@ -1,7 +1,7 @@
 # Copyright 2026 The ceit_hf authors. Licensed under the Apache License, Version 2.0.
 """CeiT vs DeiT of (nearly) equal size under one training budget: the paper's convergence claim at small scale.
 
-`run_comparison(argv)` (the logic of `scripts/compare_with_deit.py`) trains, for every seed, the small CeiT that
+`run_comparison(argv)` (the logic of `examples/compare_with_deit.py`) trains, for every seed, the small CeiT that
 the project's main job trains (`ceit_hf.training.small_config`) and a transformers `DeiTForImageClassification`
 matched to it, both through the project's own training job (`ceit_hf.training.train_and_evaluate`: the same
 `CeiTTrainer`, data, image size, augmentation, optimizer, learning-rate schedule, epoch budget and seed), evaluates
@@ -39,9 +39,9 @@ from pathlib import Path
 
 import torch
 
-from .benchmarking import deit_config_for as _deit_config_for
-from .benchmarking import machine_info
-from .training import (
+from benchmarks.common import machine_info
+from benchmarks.models import deit_config_for as _deit_config_for
+from ceit_hf.training import (
     build_model,
     check_output_dir,
     parse_args,
@@ -52,7 +52,7 @@ from .training import (
 )
 
 
-logger = logging.getLogger("ceit_hf.comparison")
+logger = logging.getLogger("ceit_hf.examples.comparison")
 
 MODELS = ("ceit", "deit")
 LABELS = {"ceit": "CeiT", "deit": "DeiT"}
@@ -428,7 +428,7 @@ def _run(options: argparse.Namespace, training: list[str], argv: list[str]) -> d
     }
     result["machine"] = machine_info()
     result["wall_time_s"] = round(time.perf_counter() - started, 1)
-    result["command"] = shlex.join(["python", "scripts/compare_with_deit.py", *argv])
+    result["command"] = shlex.join(["python", "examples/compare_with_deit.py", *argv])
 
     (output_dir / "comparison.json").write_text(json.dumps(result, indent=2) + "\n")
     plot_comparison(result, output_dir / "comparison.png")

@@ -1,5 +1,5 @@
 """Other ways to run the parts of CeiT's training step that weigh most against DeiT's, measured against what the
-model runs: `scripts/benchmark.py --levers`.
+model runs: `benchmarks/benchmark.py --levers`.
 
 Each lever is one part of the step at CeiT-T's shapes (batch `batch_size`, 224x224 images: 196 tokens, LeFF width
 768), forward and backward, in the model's form and in its alternatives; every form computes the same function
@@ -31,9 +31,9 @@ from collections.abc import Callable
 import torch
 from torch.nn import functional as F
 
-from .benchmarking import _autocast, _sync
-from .configuration_ceit import CeiTConfig
-from .modeling_ceit import CeiTLeFF
+from benchmarks.common import autocast, sync
+from ceit_hf.configuration_ceit import CeiTConfig
+from ceit_hf.modeling_ceit import CeiTLeFF
 
 
 GRID = (14, 14)  # 224 / 16
@@ -154,11 +154,11 @@ def _time(form: Callable, x: torch.Tensor, grad: torch.Tensor, device, dtype, se
     """Milliseconds per forward + backward, over at least `seconds`."""
     calls, start = 0, time.perf_counter()
     while True:
-        with _autocast(device, dtype):
+        with autocast(device, dtype):
             out = form(x)
         out.backward(grad.to(out.dtype))
         calls += 1
-        _sync(device)
+        sync(device)
         elapsed = time.perf_counter() - start
         if elapsed >= seconds:
             return 1000 * elapsed / calls
@@ -184,7 +184,7 @@ def measure_levers(
         x = make_input()
         outputs, input_grads = {}, {}
         for name, form in forms.items():
-            with _autocast(device, dtype):
+            with autocast(device, dtype):
                 outputs[name] = form(x).float()
             if x.requires_grad:
                 (input_grads[name],) = torch.autograd.grad(outputs[name].sum(), x)

@@ -5,40 +5,45 @@ training step (forward, backward, AdamW; eager and with the model compiled) at b
 GFLOP/s against a matrix-multiply roof measured in the run. Before those, the data loader: images/s per worker of
 the training pipeline (JPEG decode + the DeiT recipe's augmentation) with 1 worker and with one per CPU.
 
-    python scripts/benchmark.py                                   # CPU, fp32: CeiT-T/S vs DeiT-T/S
-    python scripts/benchmark.py --device cuda --dtypes bfloat16 --batch_sizes 1 32 256 --train_batch_size 256
-    python scripts/benchmark.py --data_loader_only --data_loader_workers 1 16
-    python scripts/benchmark.py --startup --startup_images 10000 100000   # image-folder start-up of train.py
-    python scripts/benchmark.py --levers            # other forms of the training step's heaviest parts (all levers)
-    python scripts/benchmark.py --profile --sizes tiny    # the training step by operator, CeiT beside DeiT
+    python benchmarks/benchmark.py                                   # CPU, fp32: CeiT-T/S vs DeiT-T/S
+    python benchmarks/benchmark.py --device cuda --dtypes bfloat16 --batch_sizes 1 32 256 --train_batch_size 256
+    python benchmarks/benchmark.py --data_loader_only --data_loader_workers 1 16
+    python benchmarks/benchmark.py --startup --startup_images 10000 100000   # image-folder start-up of train.py
+    python benchmarks/benchmark.py --levers            # other forms of the training step's heaviest parts (all levers)
+    python benchmarks/benchmark.py --profile --sizes tiny    # the training step by operator, CeiT beside DeiT
 
 Prints a Markdown table and writes the JSON (--output_json) and the table (--output_markdown), both rewritten
 after the data loader and after each size, so a killed run keeps what it finished.
 """
 
 import argparse
+import sys
+from pathlib import Path
 
-import torch
 
-from ceit_hf.benchmarking import (
-    data_loader_throughput,
-    format_table,
-    machine_description,
-    matmul_roof,
-    profile_training_step,
-    run_benchmark,
-    startup_benchmark,
-    stream_bandwidth,
-    write_json,
-)
-from ceit_hf.cpu_memory import keep_freed_cpu_memory_if
-from ceit_hf.step_levers import LEVERS, format_levers_table, measure_levers
-from ceit_hf.training import parse_config_overrides
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run by path: the repository root's `benchmarks`
+
+import torch  # noqa: E402
+
+from benchmarks.common import machine_description, matmul_roof, stream_bandwidth, write_json  # noqa: E402
+from benchmarks.models import format_table, profile_training_step, run_benchmark  # noqa: E402
+from benchmarks.startup import format_startup, startup_benchmark  # noqa: E402
+from benchmarks.step_levers import LEVERS, format_levers_table, measure_levers  # noqa: E402
+from benchmarks.workers import data_loader_throughput, format_data_loader  # noqa: E402
+from ceit_hf.cpu_memory import keep_freed_cpu_memory_if  # noqa: E402
+from ceit_hf.training import parse_config_overrides  # noqa: E402
 
 
 def report(results: dict) -> str:
-    """The results as Markdown: the benchmark's tables, then the levers' (each when measured)."""
-    return "\n\n".join(table for table in (format_table(results), format_levers_table(results)) if table)
+    """The results as Markdown: the models' tables (and profile), the data-loader workers, the start-up, the levers
+    (each when measured)."""
+    tables = [
+        format_table(results),
+        "\n".join(format_data_loader(results["data_loader"])) if "data_loader" in results else "",
+        "\n".join(format_startup(results["startup"])) if "startup" in results else "",
+        format_levers_table(results),
+    ]
+    return "\n\n".join(table for table in tables if table)
 
 
 def main(argv=None):
