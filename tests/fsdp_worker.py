@@ -22,7 +22,10 @@ import math
 import sys
 from pathlib import Path
 
-import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # launched by path: the root's `examples`
+
+import torch  # noqa: E402
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
@@ -200,7 +203,7 @@ def every_model_shards(mesh, rank) -> dict:
     `fully_shard_ceit`: the loss is finite and the step changed the weights of the stem (or the LoRA adapters)."""
     from peft import LoraConfig, get_peft_model
 
-    from ceit_hf.segmentation import small_upernet
+    from examples.segmentation import small_upernet
 
     generator = torch.Generator().manual_seed(rank)
     pixels = torch.randn(4, 3, 32, 32, generator=generator)

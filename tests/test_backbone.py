@@ -6,7 +6,7 @@ from conftest import tiny_config
 from transformers import AutoBackbone, AutoConfig, UperNetForSemanticSegmentation
 
 from ceit_hf import CeiTBackbone, CeiTConfig, CeiTForImageClassification
-from ceit_hf.segmentation import NUM_LABELS, digit_canvases, mean_iou, small_upernet, train_segmentation
+from examples.segmentation import NUM_LABELS, digit_canvases, mean_iou, small_upernet, train_segmentation
 
 
 def test_auto_backbone_from_config_gives_the_requested_stages():
@@ -93,6 +93,6 @@ def test_a_short_training_lowers_the_loss_and_raises_the_mean_iou():
 
 @pytest.mark.slow
 def test_the_documented_example_learns_the_digits():
-    """`scripts/segmentation_example.py`'s default run (800 steps, about 2 minutes on 2 cores)."""
+    """`examples/segmentation_example.py`'s default run (800 steps, about 2 minutes on 2 cores)."""
     _, history = train_segmentation(log=None)
     assert history["after"]["mean_iou"] > 0.5 and history["after"]["loss"] < 0.1 * history["before"]["loss"]

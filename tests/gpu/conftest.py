@@ -7,11 +7,17 @@ compiles); on the CPU a 32-pixel CeiT-T of one or two blocks.
 """
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from .helpers import DEVICE_VARIABLE
+
+
+# `examples.segmentation` (a UperNet over CeiT) imports from the repository root, also under `pytest tests/gpu`.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 
 @pytest.fixture(scope="session")

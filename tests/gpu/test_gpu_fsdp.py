@@ -94,7 +94,7 @@ def test_every_ceit_model_shards_and_trains_a_bf16_step(device, process_group, n
     from torch.distributed.fsdp import MixedPrecisionPolicy
 
     from ceit_hf import CeiTBackbone, CeiTModel
-    from ceit_hf.segmentation import small_upernet
+    from examples.segmentation import small_upernet
 
     torch.manual_seed(0)
     classifier = make_model(device, blocks=2)

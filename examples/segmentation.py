@@ -10,7 +10,7 @@ import torch
 from torch.nn import functional as F
 from transformers import UperNetConfig, UperNetForSemanticSegmentation
 
-from .configuration_ceit import CeiTConfig
+from ceit_hf.configuration_ceit import CeiTConfig
 
 
 NUM_LABELS = 11  # background + digits 0-9

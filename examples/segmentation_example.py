@@ -2,12 +2,17 @@
 """CeiT as the backbone of transformers' UperNet, trained briefly on digits pasted on 64x64 canvases (each pixel
 labelled background or its digit): prints the held-out loss and mean IoU before and after.
 
-    python scripts/segmentation_example.py            # 800 steps, about 2 minutes on 2 CPU cores
+    python examples/segmentation_example.py            # 800 steps, about 2 minutes on 2 CPU cores
 """
 
 import argparse
+import sys
+from pathlib import Path
 
-from ceit_hf.segmentation import train_segmentation
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run by path: the repository root's packages
+
+from examples.segmentation import train_segmentation  # noqa: E402
 
 
 def main(argv=None):
