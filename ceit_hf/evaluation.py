@@ -1,6 +1,6 @@
 # Copyright 2026 The ceit_hf authors. Licensed under the Apache License, Version 2.0.
 """Evaluate an image classifier (a folder or a Hub repo, or a LoRA adapter of one) on a labelled dataset: top-1/top-5
-accuracy and throughput. The engine of `scripts/evaluate.py`."""
+accuracy and throughput. The engine of `scripts/validate.py`."""
 
 from __future__ import annotations
 

@@ -4,26 +4,9 @@ run time, which an offline machine cannot do)."""
 
 from __future__ import annotations
 
-import os
-import sys
-
 import datasets
+import evaluate
 import numpy as np
-
-
-def _import_evaluate():
-    # `python scripts/<name>.py` puts scripts/ first on sys.path, and this project's scripts/evaluate.py would
-    # then shadow the `evaluate` library: import the library with such folders skipped.
-    saved = list(sys.path)
-    sys.path[:] = [p for p in sys.path if not os.path.isfile(os.path.join(p or os.curdir, "evaluate.py"))]
-    try:
-        import evaluate
-    finally:
-        sys.path[:] = saved
-    return evaluate
-
-
-evaluate = _import_evaluate()
 
 
 class TopKAccuracy(evaluate.Metric):

@@ -55,7 +55,7 @@ def test_a_truncated_image_is_named_before_training(tmp_path, bad):
 def test_skip_trains_on_without_the_files_that_fail_to_decode_and_leaves_them_out_of_the_evaluation(tmp_path):
     """`--bad_image_policy skip`: in training the next decodable image takes a bad one's place (batches stay full);
     in evaluation a bad image is left out and counted (`eval_bad_images`, in the log and all_results.json), so the
-    score is the folder's without it: what evaluate.py gives on the folder with the bad files removed."""
+    score is the folder's without it: what validate.py gives on the folder with the bad files removed."""
     import json
     import shutil
 
@@ -306,7 +306,7 @@ def test_a_resumed_run_receives_the_batches_of_the_uninterrupted_one(tmp_path):
 
 
 def test_evaluation_names_a_file_that_fails_to_decode(tmp_path, monkeypatch):
-    """evaluate.py decodes a small --validation_dir up front, and a larger one image by image: either way a truncated
+    """validate.py decodes a small --validation_dir up front, and a larger one image by image: either way a truncated
     file ends the run with one line naming it (a score without it would not be the folder's)."""
     from ceit_hf import evaluation
     from ceit_hf.data import DataSource

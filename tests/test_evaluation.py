@@ -1,4 +1,4 @@
-"""`scripts/evaluate.py` (`ceit_hf.evaluation`): dataset labels matched to the model's by class name, `--split`,
+"""`scripts/validate.py` (`ceit_hf.evaluation`): dataset labels matched to the model's by class name, `--split`,
 `--dtype` and `--device`, on a tiny CeiT whose scores are fixed by its classifier's bias (zero weights), so that
 every accuracy is known by hand. (`--dtype bfloat16`: tests/test_inference.py; LoRA adapters:
 tests/test_lora_end_to_end.py.)"""

@@ -196,7 +196,7 @@ def test_low_precision_folds_in_fp32_then_casts():
 
 
 def test_evaluate_in_bfloat16_matches_float32(tmp_path):
-    """`evaluate.py --dtype bfloat16`: the optimized model runs in bf16 and scores as the fp32 one on the digits."""
+    """`validate.py --dtype bfloat16`: the optimized model runs in bf16 and scores as the fp32 one on the digits."""
     from ceit_hf import CeiTImageProcessor
     from ceit_hf.evaluation import main
 

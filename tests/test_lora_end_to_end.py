@@ -1,5 +1,5 @@
 """A LoRA adapter as a new user meets it: `train.py --lora_rank R --merge_lora` on a tiny digits model, then
-`scripts/evaluate.py` on the adapter folder and `scripts/push_to_hub.py` of it (against tests/test_hub_upload.py's
+`scripts/validate.py` on the adapter folder and `scripts/push_to_hub.py` of it (against tests/test_hub_upload.py's
 offline stand-in for the Hub)."""
 
 import json

@@ -85,7 +85,7 @@ def test_main_job_trains_digits_to_95_percent(tmp_path):
     assert np.mean([p == t for p, t in zip(predictions, truth)]) >= 0.9
 
     evaluation = run_script(
-        [sys.executable, "scripts/evaluate.py", "--model", str(out), "--output_json", str(tmp_path / "e.json")]
+        [sys.executable, "scripts/validate.py", "--model", str(out), "--output_json", str(tmp_path / "e.json")]
     )
     assert evaluation.returncode == 0, evaluation.stderr[-2000:]
     evaluated = json.loads((tmp_path / "e.json").read_text())
