@@ -32,6 +32,7 @@ from benchmarks.step_levers import LEVERS, format_levers_table, measure_levers  
 from benchmarks.workers import data_loader_throughput, format_data_loader  # noqa: E402
 from ceit_hf.cpu_memory import keep_freed_cpu_memory_if  # noqa: E402
 from ceit_hf.training import parse_config_overrides  # noqa: E402
+from ceit_hf.training.arguments import SWITCH  # noqa: E402
 
 
 def report(results: dict) -> str:
@@ -64,7 +65,7 @@ def main(argv=None):
     parser.add_argument("--config_overrides", help="config keys for both models, 'k=v,...' (e.g. image_size=32)")
     parser.add_argument(
         "--keep_freed_cpu_memory",
-        choices=["auto", "on", "off"],
+        choices=sorted(SWITCH),
         default="auto",
         help="keep freed CPU memory in glibc's heap for reuse, as train.py does ('auto': on for --device cpu)",
     )
@@ -124,7 +125,7 @@ def main(argv=None):
                 handle.write(report(results) + "\n")
 
     device = torch.device(args.device)
-    save({"cpu_memory_kept": keep_freed_cpu_memory_if(args.keep_freed_cpu_memory, device)})
+    save({"cpu_memory_kept": keep_freed_cpu_memory_if(SWITCH[args.keep_freed_cpu_memory], device)})
     if args.profile:
         setup = {"machine": machine_description(device), "batch_size": args.train_batch_size, "steps": 2}
         setup.update(matmul_roof_gflops=matmul_roof(device, torch.float32), stream_gb_per_s=stream_bandwidth(device))

@@ -58,11 +58,12 @@ def keep_freed_cpu_memory() -> bool:
     return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_ABOVE))
 
 
-def keep_freed_cpu_memory_if(choice: str, device) -> bool:
-    """`--keep_freed_cpu_memory` of train.py and the benchmark: 'on', or 'auto' when `device` is the CPU, calls
-    `keep_freed_cpu_memory`; 'off' leaves the allocator as it is. Returns whether freed memory is now kept."""
-    if choice not in ("on", "off", "auto"):
-        raise ValueError(f"keep_freed_cpu_memory takes 'on', 'off' or 'auto', got {choice!r}.")
-    if choice == "on" or (choice == "auto" and getattr(device, "type", device) == "cpu"):
+def keep_freed_cpu_memory_if(enabled: bool | str, device) -> bool:
+    """`--keep_freed_cpu_memory` of train.py and the benchmark, as the recompute switches take it: `True`, or
+    `"auto"` when `device` is the CPU, calls `keep_freed_cpu_memory`; `False` leaves the allocator as it is. Returns
+    whether freed memory is now kept."""
+    if enabled not in (True, False, "auto"):
+        raise ValueError(f"keep_freed_cpu_memory takes True, False or 'auto', got {enabled!r}.")
+    if enabled is True or (enabled == "auto" and getattr(device, "type", device) == "cpu"):
         return keep_freed_cpu_memory()
     return False

@@ -48,12 +48,14 @@ def test_large_blocks_come_from_the_heap_and_stay_there():
 
 @pytest.mark.parametrize(
     ("choice", "device", "kept"),
-    [("auto", "cpu", True), ("auto", "cuda", False), ("on", "cuda", True), ("off", "cpu", False)],
+    [("auto", "cpu", True), ("auto", "cuda", False), ("on", "cuda", True), ("off", "cpu", False)],  # flag words
 )
 def test_train_and_benchmark_keep_cpu_memory_when_they_run_on_the_cpu(monkeypatch, choice, device, kept):
     calls = []
     monkeypatch.setattr(cpu_memory, "keep_freed_cpu_memory", lambda: calls.append(1) or True)
-    assert cpu_memory.keep_freed_cpu_memory_if(choice, torch.device(device)) is kept
+    from ceit_hf.training.arguments import SWITCH  # the one parser of the on/off/auto flags
+
+    assert cpu_memory.keep_freed_cpu_memory_if(SWITCH[choice], torch.device(device)) is kept
     assert len(calls) == int(kept)
-    with pytest.raises(ValueError, match="'on', 'off' or 'auto'"):
-        cpu_memory.keep_freed_cpu_memory_if("yes", "cpu")
+    with pytest.raises(ValueError, match="True, False or 'auto'"):
+        cpu_memory.keep_freed_cpu_memory_if("on", "cpu")

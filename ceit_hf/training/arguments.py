@@ -293,7 +293,7 @@ STREAMING_DEFAULTS = {
 }
 
 # --leff_recompute, --stem_recompute -> the argument of CeiTPreTrainedModel.set_leff_recompute / set_stem_recompute;
-# --keep_freed_cpu_memory the same words
+# --keep_freed_cpu_memory (cpu_memory.keep_freed_cpu_memory_if) the same: the one parser of the on/off/auto flags
 SWITCH = {"on": True, "off": False, "auto": "auto"}
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, RecipeArguments, TrainingArguments)
 

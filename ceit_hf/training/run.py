@@ -639,7 +639,7 @@ def main(argv: list[str] | None = None) -> dict:
     if training_args.process_index == 0:
         check_output_dir(training_args.output_dir)
     set_torch_threads(recipe_args.torch_threads)
-    if keep_freed_cpu_memory_if(recipe_args.keep_freed_cpu_memory, training_args.device):
+    if keep_freed_cpu_memory_if(SWITCH[recipe_args.keep_freed_cpu_memory], training_args.device):
         logger.info("Freed CPU memory is kept for the next step (glibc's heap; --keep_freed_cpu_memory)")
     check_fsdp_request(training_args)
 
