@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import statistics
 import sys
@@ -45,9 +44,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run by path: the repository root's `benchmarks`
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
 
 OFFICIAL = {
@@ -478,20 +480,16 @@ def feed_table(result: dict) -> str:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    """The CPU, its count and the versions the pipelines depend on (`benchmarks.common.machine_info` and more)."""
     import PIL
     import timm
     import torchvision
 
+    from benchmarks.common import machine_info
+
+    info = machine_info()
     return (
-        f"{cpu}, {os.cpu_count()} CPUs; Python {platform.python_version()}, torch {torch.__version__}, "
+        f"{info['cpu']}, {info['cpu_count']} CPUs; Python {info['python']}, torch {info['torch']}, "
         f"torchvision {torchvision.__version__}, timm {timm.__version__}, Pillow {PIL.__version__}"
     )
 
