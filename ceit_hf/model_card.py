@@ -58,7 +58,7 @@ class Variant:
         return max(self.results, key=lambda result: result.epochs)
 
 
-# Parameter counts are exact (tests/test_model_cards.py re-counts them). Results are the authors', not measured here.
+# Parameter counts are exact (tests/hub/test_model_cards.py re-counts them). Results are the authors', not measured here.
 VARIANTS: dict[str, Variant] = {
     variant.name: variant
     for variant in (

@@ -20,8 +20,10 @@ from ceit_hf import CeiTConfig  # noqa: E402
 # The measurements (benchmarks/, beside the package and not installed) import as `benchmarks` from the repository root.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from hub_stand_in import fake_hub  # noqa: E402, F401 (the fixture of every test that uploads)
 
-# Property-based tests (tests/test_properties.py): "ci" is the default, a few examples per property so the file runs
+
+# Property-based tests (tests/models/test_properties.py): "ci" is the default, a few examples per property so the file runs
 # in well under a minute; "long" explores the config space for real (HYPOTHESIS_PROFILE=long, about 5 minutes).
 _PROFILE_COMMON = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow, HealthCheck.filter_too_much]}
 settings.register_profile("ci", max_examples=30, derandomize=True, print_blob=True, **_PROFILE_COMMON)
@@ -29,7 +31,7 @@ settings.register_profile("long", max_examples=2000, print_blob=True, **_PROFILE
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
-# Hub remote code: what a saved folder carries (tests/test_remote_code.py, tests/test_conversion.py).
+# Hub remote code: what a saved folder carries (tests/models/test_remote_code.py, tests/models/test_conversion.py).
 CODE_FILES = ("configuration_ceit.py", "modeling_ceit.py", "image_processing_ceit.py")
 IMAGE_PROCESSOR_MAP = {
     "torchvision": "image_processing_ceit.CeiTImageProcessor",

@@ -1,4 +1,4 @@
-"""One rank of the FSDP2 tests (tests/test_distributed.py), started once for all of them on 2 gloo CPU processes by
+"""One rank of the FSDP2 tests (tests/training/test_distributed.py), started once for all of them on 2 gloo CPU processes by
 `accelerate launch --config_file configs/accelerate/fsdp.yaml --num_processes 2 tests/fsdp_worker.py OUT` (the
 environment train.py gets from that config). Rank 0 writes what both ranks saw to OUT/result.json.
 

@@ -1,4 +1,4 @@
-"""One process of tests/test_streaming.py's 2-process runs (torchrun, gloo, CPU): `python streaming_worker.py SPEC`
+"""One process of tests/data/test_streaming.py's 2-process runs (torchrun, gloo, CPU): `python streaming_worker.py SPEC`
 runs, in every process, the jobs of the JSON file SPEC in one launch:
 
 - "record": [SHARDS, EVAL, OUT]: the training stream of the local parquet shards SHARDS through `CeiTTrainer` with a

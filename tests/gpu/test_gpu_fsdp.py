@@ -1,7 +1,7 @@
 """On the device: FSDP2 in bf16 with one process, through `ceit_hf.distributed.fully_shard_ceit` (the sharding that
 `scripts/train.py` applies when accelerate runs FSDP): against the same model trained unsharded under bf16 autocast,
 with the dtypes inside forward; one step of every CeiT model class; the sharded EMA against torch's `AveragedModel`.
-(The 2-process checks run on CPU processes in CI: tests/test_distributed.py.)"""
+(The 2-process checks run on CPU processes in CI: tests/training/test_distributed.py.)"""
 
 import copy
 import importlib

@@ -23,7 +23,7 @@ def missing(implementation: str, device: torch.device, dtype: torch.dtype) -> st
         # its kernel is compiled at the first call: about 25 s per dtype on a CPU (C++), a few seconds on a GPU
         return (
             "flex_attention compiles C++ kernels on the CPU (~25 s): checked on CUDA, and in fp32 by "
-            "tests/test_modeling_ceit.py"
+            "tests/models/test_modeling_ceit.py"
         )
     available = {"flash_attention_2": is_flash_attn_2_available, "flash_attention_3": is_flash_attn_3_available}
     if implementation not in available:

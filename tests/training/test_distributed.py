@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from ceit_hf.training.run import match_gradient_layout
 
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY_RUN = (
     "--use_cpu --max_train_samples 64 --max_eval_samples 32 --per_device_train_batch_size 8 "
     "--num_train_epochs 1 --config_overrides num_encoder_blocks=2 --disable_tqdm true --report_to none "

@@ -1,7 +1,7 @@
 """`scripts/validate.py` (`ceit_hf.evaluation`): dataset labels matched to the model's by class name, `--split`,
 `--dtype` and `--device`, on a tiny CeiT whose scores are fixed by its classifier's bias (zero weights), so that
-every accuracy is known by hand. (`--dtype bfloat16`: tests/test_inference.py; LoRA adapters:
-tests/test_lora_end_to_end.py.)"""
+every accuracy is known by hand. (`--dtype bfloat16`: tests/models/test_inference.py; LoRA adapters:
+tests/training/test_lora_end_to_end.py.)"""
 
 from pathlib import Path
 
@@ -102,7 +102,7 @@ def test_split(files):
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_dtype(files, dtype):
-    """`--dtype`: the model runs in that dtype (bfloat16: tests/test_inference.py), with the same results here."""
+    """`--dtype`: the model runs in that dtype (bfloat16: tests/models/test_inference.py), with the same results here."""
     results = main(["--model", str(files["model"]), "--validation_dir", str(files["val"]), "--dtype", dtype])
     assert results["dtype"] == dtype
     assert results["eval_accuracy"] == pytest.approx(3 / 13) and results["eval_top5_accuracy"] == pytest.approx(8 / 13)

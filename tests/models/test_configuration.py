@@ -93,7 +93,7 @@ SEED_VALUES = {
     "in_channels": 1,
 }
 
-SEED_API_FILE = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "seed_cv_ceit_api.txt"
+SEED_API_FILE = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "seed_cv_ceit_api.txt"
 
 
 def test_seed_keyword_table_is_complete():

@@ -30,7 +30,7 @@ from ceit_hf import (
 from ceit_hf.hub import check_model_folder
 
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 PACKAGE_DIR = Path(ceit_hf.__file__).resolve().parent
 EXPECTED_AUTO_MAP = MODEL_AUTO_MAP
 

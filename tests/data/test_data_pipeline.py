@@ -312,7 +312,7 @@ def test_evaluation_names_a_file_that_fails_to_decode(tmp_path, monkeypatch):
     from ceit_hf.data import DataSource
 
     folder = image_folder(tmp_path / "val", truncated=(LATE,))
-    model = Path(__file__).parent / "fixtures" / "digits_model"
+    model = Path(__file__).resolve().parents[1] / "fixtures" / "digits_model"
     with pytest.raises(SystemExit, match=rf"error: --validation_dir .*1 file\(s\) are not readable images: {LATE}"):
         evaluation.main(["--model", str(model), "--validation_dir", str(folder)])
     monkeypatch.setattr(DataSource, "verify_images_limit", 0)  # headers only, as for a folder of ImageNet's size

@@ -23,7 +23,7 @@ from ceit_hf.visualization import (
 )
 
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DIGITS_MODEL = ROOT / "tests" / "fixtures" / "digits_model"
 
 

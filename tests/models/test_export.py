@@ -11,7 +11,7 @@ from ceit_hf import CeiTConfig, CeiTForImageClassification
 from ceit_hf.export import export_onnx
 
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def trained_statistics(model, size=32, batch=8):

@@ -4,8 +4,8 @@ labels the model cannot represent.
 Each failure must be loud and clear (a `ValueError`/`OSError`/`SystemExit` that says what is wrong) and nothing may be
 silently wrong: no crash of the process on a damaged file, no resume from a half-written checkpoint, no training
 into a folder that cannot hold the result, no training on labels the model cannot represent. Complements
-tests/test_loading.py (bad model inputs, damaged and mismatched checkpoints, numerics across the presets),
-tests/test_image_processing.py (in-memory images of every mode and shape) and tests/test_training.py (exact resume
+tests/models/test_loading.py (bad model inputs, damaged and mismatched checkpoints, numerics across the presets),
+tests/models/test_image_processing.py (in-memory images of every mode and shape) and tests/training/test_training.py (exact resume
 from a complete checkpoint, bad image folders).
 """
 
@@ -35,7 +35,7 @@ from ceit_hf import CeiTForImageClassification, CeiTImageProcessor, CeiTImagePro
 from ceit_hf.training import checkpoint_problems, main, parse_args, resolve_resume_checkpoint, small_config
 
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PROCESSORS = [CeiTImageProcessor, CeiTImageProcessorPil]
 
 

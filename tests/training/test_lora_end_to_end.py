@@ -1,5 +1,5 @@
 """A LoRA adapter as a new user meets it: `train.py --lora_rank R --merge_lora` on a tiny digits model, then
-`scripts/validate.py` on the adapter folder and `scripts/push_to_hub.py` of it (against tests/test_hub_upload.py's
+`scripts/validate.py` on the adapter folder and `scripts/push_to_hub.py` of it (against tests/hub/test_hub_upload.py's
 offline stand-in for the Hub)."""
 
 import json
@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from test_hub_upload import fake_hub  # noqa: F401  (the fixture)
 from test_training import digit_subset_folders
 
 from ceit_hf import CeiTForImageClassification

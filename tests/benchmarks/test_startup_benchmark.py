@@ -12,7 +12,7 @@ import pytest
 from benchmarks.startup import format_startup, time_to_first_step, write_image_folder
 
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_folder_first_step_timing_and_table(tmp_path):

@@ -15,7 +15,7 @@ from benchmarks.common import write_json
 from benchmarks.models import build_pair, format_table, run_benchmark
 
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_pair_has_the_same_width_depth_and_heads():
@@ -330,7 +330,7 @@ def test_gpu_check_cpu_mode_runs_the_tests_levers_and_benchmark_parts(tmp_path):
 
 def test_gpu_suite_training_part_trains_bf16_and_its_results_are_read(tmp_path, capsys):
     """The training part's own command (train.py's arguments after `accelerate launch --cpu`, which
-    tests/test_distributed.py launches for real) trains two bf16 steps, and `training_results` reads what it left."""
+    tests/training/test_distributed.py launches for real) trains two bf16 steps, and `training_results` reads what it left."""
     from gpu import suite as gpu_report
 
     from ceit_hf.training import main

@@ -2,7 +2,7 @@
 
 Loading follows transformers' contract: weights missing from a checkpoint are initialised and listed in the load
 report, unknown ones are reported, mismatched shapes raise `RuntimeError` unless `ignore_mismatched_sizes=True`,
-damaged files raise. Strict key checking is the official-checkpoint converter's job (tests/test_conversion.py).
+damaged files raise. Strict key checking is the official-checkpoint converter's job (tests/models/test_conversion.py).
 """
 
 from __future__ import annotations
@@ -193,12 +193,12 @@ def test_preset_numerics(preset):
         bf16 = model.to(torch.bfloat16)
         low = bf16(x).logits
         assert low.dtype == torch.bfloat16 and torch.isfinite(low).all()
-        assert torch.isfinite(bf16(extremes["+-1e4"]).logits).all()  # agreement with fp32: tests/test_export.py
+        assert torch.isfinite(bf16(extremes["+-1e4"]).logits).all()  # agreement with fp32: tests/models/test_export.py
 
 
 # --- checkpoints saved by ceit_hf 0.1.0 (the version with BatchNorm folding in the forward) -----------------------
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "ceit_0_1_0"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "ceit_0_1_0"
 
 
 @pytest.mark.parametrize("name", ["official", "seed_api"])

@@ -653,7 +653,7 @@ def test_activation_checkpointing_every_n_layers_and_offload():
     assert checkpointed[1, True] < saved
 
 
-# --- bad inputs (more in tests/test_loading.py) ------------------------------------------------------------------
+# --- bad inputs (more in tests/models/test_loading.py) ------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,7 @@ from PIL import Image
 from ceit_hf.training import main, parse_args
 
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CLASSES = ["a", "b", "c"]
 
 

@@ -15,7 +15,7 @@ from ceit_hf import PRESETS, CeiTConfig, CeiTForImageClassification
 from ceit_hf.model_card import VARIANTS, generated_cards, training_card, variant_card
 
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CARDS_DIR = REPO_ROOT / "model_cards"
 
 # The authors' ImageNet-1k table (reference file), top-1 / top-5; ceit_base's model-index uses its 150-epoch row.

@@ -28,9 +28,9 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import CODE_FILES, IMAGE_PROCESSOR_MAP, MODEL_AUTO_MAP
+from hub_stand_in import FakeHub, cli_env
 from official_reference import official_forward, random_official_state_dict
 from safetensors.torch import load_file
-from test_hub_upload import FakeHub, _cli_env
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from ceit_hf import PRESETS, CeiTForImageClassification, CeiTImageProcessor
@@ -45,7 +45,7 @@ from ceit_hf.conversion import (
 from ceit_hf.model_card import VARIANTS, variant_card
 
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = REPO_ROOT / "scripts" / "convert_official_checkpoint.py"
 BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
@@ -151,7 +151,7 @@ def cli_runs(tmp_path_factory):
             torch.save(saved, checkpoint)
             runs[name] = Conversion(expected, size, root / name, other=sd if name == "ema" else None)
             if name not in in_process:
-                env = _cli_env(hub.url) if "--push_to_hub" in extra else _offline_env()
+                env = cli_env(hub.url) if "--push_to_hub" in extra else _offline_env()
                 processes[name] = _start_cli(["--checkpoint", checkpoint, "--output_dir", root / name, *extra], env)
         for name in sorted(in_process):
             output = io.StringIO()
