@@ -298,7 +298,9 @@ def suite_parts(cpu: bool, work: Path, python: str = sys.executable, cpus: int |
                 *training_command(python, "configs/accelerate/fsdp.yaml", work / "train_fsdp", cpu),
                 *["--recipe", "deit", "--save_strategy", "steps", "--save_steps", "300"],
             ],
-            skip="accelerate shards on GPUs only (tests/training/test_distributed.py checks its CPU fallback)" if cpu else None,
+            skip="accelerate shards on GPUs only (tests/training/test_distributed.py checks its CPU fallback)"
+            if cpu
+            else None,
             outputs=[work / "train_fsdp"],
         ),
         Part(
