@@ -404,3 +404,118 @@ def test_image_classification_pipeline(photo, tmp_path):
     for prediction in predictions:
         index = config.label2id[prediction["label"]]
         assert prediction["score"] == pytest.approx(probabilities[index].item(), abs=1e-5)
+
+
+# --- image files: damaged, unusual modes and depths, decoded alike as a path and as an opened image ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def image_files(tmp_path_factory) -> dict[str, Path]:
+    """A photo saved as PNG and JPEG, in several modes, and damaged copies of it."""
+    folder = tmp_path_factory.mktemp("images")
+    photo = Image.fromarray(load_sample_image("flower.jpg")).resize((160, 107))
+    files = {}
+
+    def save(name, image, **kwargs):
+        files[name] = folder / name
+        image.save(files[name], **kwargs)
+
+    save("photo.png", photo)
+    save("photo.jpg", photo, quality=95)
+    save("gray.png", photo.convert("L"))
+    save("gray16.png", Image.fromarray(np.asarray(photo.convert("L")).astype(np.uint16) * 257))
+    rgba = np.asarray(photo.convert("RGBA")).copy()
+    rgba[:, : rgba.shape[1] // 2, 3] = 0  # left half transparent
+    save("rgba.png", Image.fromarray(rgba))
+    save("la.png", photo.convert("LA"))
+    save("palette_transparent.png", photo.convert("P", palette=Image.Palette.ADAPTIVE), transparency=0)
+    save("cmyk.jpg", photo.convert("CMYK"), quality=95)
+    save("tall.png", photo.resize((3, 900)))
+
+    def damaged(name, source, change):
+        files[name] = folder / name
+        files[name].write_bytes(change(bytearray(files[source].read_bytes())))
+
+    damaged("truncated.png", "photo.png", lambda data: data[: len(data) // 2])
+    damaged("truncated.jpg", "photo.jpg", lambda data: data[: len(data) // 2])
+    damaged("header_only.png", "photo.png", lambda data: data[:64])
+    damaged("garbled.png", "photo.png", lambda data: data[:1000] + bytes(200) + data[1200:])
+    damaged("garbled.jpg", "photo.jpg", lambda data: data[:2000] + bytes(range(256)) + data[2256:])
+    damaged("empty.png", "photo.png", lambda data: b"")
+    damaged("not_an_image.png", "photo.png", lambda data: b"%PDF-1.4 not an image")
+    return files
+
+
+@pytest.mark.parametrize("name", ["truncated.png", "truncated.jpg", "header_only.png", "garbled.png"])
+@pytest.mark.parametrize("cls", PROCESSORS)
+def test_damaged_image_files_are_refused_as_path_and_as_opened_image(cls, name, image_files):
+    path = image_files[name]
+    with pytest.raises(ValueError, match=rf"Could not load an image: the file '.*{name}' is damaged, truncated"):
+        pixels(cls(), str(path))
+    # Pillow opens lazily (only the header): the damage shows when the processor decodes it.
+    with pytest.raises(ValueError, match="cannot be decoded, its file is damaged or truncated"):
+        pixels(cls(), Image.open(path))
+    with pytest.raises(ValueError, match="Input 1 of the batch cannot be decoded"):
+        pixels(cls(), [Image.open(image_files["photo.png"]), Image.open(path)])
+
+
+@pytest.mark.parametrize("name", ["empty.png", "not_an_image.png"])
+@pytest.mark.parametrize("cls", PROCESSORS)
+def test_files_that_are_no_image_are_refused(cls, name, image_files):
+    with pytest.raises(ValueError, match="is damaged, truncated or not an image"):
+        pixels(cls(), str(image_files[name]))
+
+
+@pytest.mark.parametrize("cls", PROCESSORS)
+def test_a_garbled_jpeg_is_refused(cls, image_files):
+    # 256 bytes of the entropy-coded data overwritten: Pillow's decoder reports the file as broken
+    with pytest.raises(ValueError, match=r"the file '.*garbled.jpg' is damaged"):
+        pixels(cls(), str(image_files["garbled.jpg"]))
+    with pytest.raises(ValueError, match="cannot be decoded, its file is damaged or truncated"):
+        pixels(cls(), Image.open(image_files["garbled.jpg"]))
+
+
+def test_a_garbled_png_path_does_not_crash_the_process(image_files, tmp_path):
+    """torchvision's PNG decoder (which transformers' torchvision backend uses for paths) dies with a segmentation
+    fault on this file; the processors decode files with Pillow. Run apart, so that a crash fails only this test."""
+    script = textwrap.dedent(
+        f"""
+        from ceit_hf import CeiTImageProcessor
+        try:
+            CeiTImageProcessor()({str(image_files["garbled.png"])!r}, return_tensors="pt")
+        except ValueError as error:
+            print("ValueError:", error)
+        """
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"exit code {result.returncode}: {result.stderr[-2000:]}"
+    assert "ValueError: Could not load an image: the file" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["photo.png", "photo.jpg", "gray16.png", "rgba.png", "la.png", "palette_transparent.png", "cmyk.jpg", "tall.png"],
+)
+@pytest.mark.parametrize("cls", PROCESSORS)
+def test_image_files_give_the_same_pixels_as_path_and_as_opened_image(cls, name, image_files):
+    """A path is decoded like the PIL image of the same file: transparency composited onto white, 16-bit scaled to 8
+    bits (transformers' own loaders convert to RGB first: transparent pixels keep their hidden colour, and 16-bit
+    grayscale comes out white)."""
+    processor = cls()
+    from_path = pixels(processor, str(image_files[name]))
+    assert from_path.shape == (1, 3, 224, 224) and torch.isfinite(from_path).all()
+    assert torch.equal(from_path, pixels(processor, Image.open(image_files[name])))
+
+
+@pytest.mark.parametrize("cls", PROCESSORS)
+def test_sixteen_bit_and_transparent_files_keep_their_picture(cls, image_files):
+    processor = cls()
+    assert torch.equal(
+        pixels(processor, str(image_files["gray16.png"])), pixels(processor, str(image_files["gray.png"]))
+    )
+    rgba = pixels(processor, str(image_files["rgba.png"]))
+    white = (1 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])
+    # the transparent left half is white, the opaque right half is the photo
+    torch.testing.assert_close(rgba[0, :, :, :90], white.view(3, 1, 1).expand(3, 224, 90), atol=1e-4, rtol=0)
+    assert not torch.allclose(rgba[0, :, :, -90:], white.view(3, 1, 1).expand(3, 224, 90), atol=0.1)
