@@ -19,9 +19,9 @@ def cpus_per_process() -> int:
 
 def default_num_workers() -> int:
     """Data-loading processes per training process: its share of the CPUs less one for the training process itself.
-    A worker decodes and augments about 380 ImageNet-size images/s with the official recipe (docs/performance.md:
-    `benchmarks/data_loader.py` on a 2-core AMD EPYC), and a GPU trains a CeiT-T at thousands: every core there is
-    is needed, so there is no cap."""
+    A worker decodes and augments about 300 ImageNet-size images/s with the official recipe (docs/performance.md:
+    `benchmarks/data_loader.py` on a 2-core AMD EPYC), and a GPU trains a CeiT-T at thousands: every available core is
+    needed, so there is no cap."""
     return max(0, cpus_per_process() - 1)
 
 

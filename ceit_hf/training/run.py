@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import ast
 import errno
 import logging
 import os
@@ -31,6 +30,7 @@ from ..data.streams import StreamedExamples, StreamError, StreamPositionCallback
 from ..data.transforms import BatchAugmentation, SeededAugmentation, batch_mixer, eval_transform, train_transform
 from .arguments import SWITCH, DataArguments, ModelArguments, RecipeArguments, parse_args
 from .callbacks import EpochCallback, ModelEMACallback
+from .model import add_lora_adapters, build_model, image_processor_for, save_merged_lora
 
 
 logger = logging.getLogger("ceit_hf.training")
@@ -59,167 +59,6 @@ def choose_image_size(model_args: ModelArguments, data_args: DataArguments, trai
     if data_args.bundled:
         return DIGITS_IMAGE_SIZE
     return image_size_from_data(train, data_args.image_column_name)
-
-
-# ------------------------------------------------------------------------------------------------------ model
-
-
-def small_config(image_size: int, id2label: dict[int, str], **overrides):
-    """The small CeiT the main job trains from scratch: the official architecture at width 64 with 4 blocks and
-    a 4x4 (images <= 64 px) or wider token grid."""
-    from ..configuration_ceit import CeiTConfig
-
-    settings = {
-        "image_size": image_size,
-        "d_model": 64,
-        "encoder_num_heads": 2,
-        "lca_encoder_num_heads": 2,
-        "num_encoder_blocks": 4,
-        "i2t_out_channels": 32,
-        "patch_size": 2 if image_size <= 64 else 4,
-        "id2label": id2label,
-    }
-    return CeiTConfig.from_preset("ceit_tiny_patch16_224", **{**settings, **overrides})
-
-
-def parse_config_overrides(text: str | None) -> dict:
-    """'k=v,k=v' -> {k: python value}; values are Python literals where they parse (1e-3, True, None), else text."""
-    overrides = {}
-    for item in filter(None, (part.strip() for part in (text or "").split(","))):
-        if "=" not in item:
-            raise SystemExit(f"error: --config_overrides item {item!r} is not of the form key=value.")
-        key, value = (s.strip() for s in item.split("=", 1))
-        try:
-            overrides[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            overrides[key] = value
-    return overrides
-
-
-def build_model(model_args: ModelArguments, recipe_args: RecipeArguments, labels: list[str], image_size: int | None):
-    """A new CeiT (`--preset`, else the small one, with `--config_overrides` as config keywords) or the pretrained
-    `--model_name_or_path` with a classifier for `labels`."""
-    from transformers import AutoConfig, AutoModelForImageClassification
-
-    from ..configuration_ceit import CeiTConfig
-    from ..modeling_ceit import CeiTForImageClassification
-
-    id2label = dict(enumerate(labels))
-    overrides = parse_config_overrides(model_args.config_overrides)
-    if recipe_args.drop_path:
-        overrides.update(stochastic_depth=True, stochastic_depth_mp=recipe_args.drop_path)
-    if model_args.model_name_or_path:
-        hub = {
-            "cache_dir": model_args.cache_dir,
-            "revision": model_args.model_revision,
-            "token": model_args.token,
-            "trust_remote_code": model_args.trust_remote_code,
-        }
-        try:
-            config = AutoConfig.from_pretrained(
-                model_args.model_name_or_path,
-                num_labels=len(labels),
-                id2label=id2label,
-                label2id={v: k for k, v in id2label.items()},
-                **hub,
-                **overrides,
-            )
-        except ValueError as error:  # a typo in --config_overrides
-            raise SystemExit(f"error: cannot load the model config with --config_overrides: {error}") from None
-        return AutoModelForImageClassification.from_pretrained(
-            model_args.model_name_or_path,
-            config=config,
-            ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
-            **hub,
-        )
-    try:
-        if model_args.preset:
-            if image_size is not None:
-                overrides.setdefault("image_size", image_size)
-            config = CeiTConfig.from_preset(model_args.preset, id2label=id2label, **overrides)
-        else:
-            config = small_config(image_size, id2label, **overrides)
-    except (TypeError, ValueError) as error:
-        raise SystemExit(f"error: cannot build the model from --preset/--config_overrides: {error}") from None
-    return CeiTForImageClassification(config)
-
-
-def add_lora_adapters(model, model_args: ModelArguments):
-    """`model` as a PEFT model with LoRA adapters on `--lora_target_modules` and the classifier trained in full."""
-    import torch
-
-    try:
-        import peft
-    except ImportError:
-        raise SystemExit("error: --lora_rank needs peft: pip install -e '.[peft]'.") from None
-    targets = [name.strip() for name in model_args.lora_target_modules.split(",") if name.strip()]
-    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    unknown = [name for name in targets if name not in names]
-    if unknown:
-        raise SystemExit(
-            f"error: --lora_target_modules {unknown} name no module of the model (e.g. qkv, proj, expand)."
-        )
-    # a name the configuration leaves as Identity (LeFF's `pointwise` without leff_depthwise_separable) has no weights
-    layers = {
-        name.rsplit(".", 1)[-1]
-        for name, m in model.named_modules()
-        if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))
-    }
-    targets = [name for name in targets if name in layers]
-    config = peft.LoraConfig(
-        r=model_args.lora_rank,
-        lora_alpha=model_args.lora_alpha or 2 * model_args.lora_rank,
-        lora_dropout=model_args.lora_dropout,
-        target_modules=targets,
-        modules_to_save=["classifier"],
-    )
-    # The pretrained BatchNorm statistics stay as they are (momentum 0; batches still normalise with their own
-    # statistics in training): the adapter file then holds everything that changed.
-    for module in model.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.momentum = 0.0
-    model = peft.get_peft_model(model, config)
-    trainable, total = model.get_nb_trainable_parameters()
-    logger.info("LoRA rank %d on %s: %s of %s parameters trainable", config.r, targets, f"{trainable:,}", f"{total:,}")
-    return model
-
-
-def save_merged_lora(model, processor, output_dir) -> Path:
-    """The adapters merged into a copy of the model, saved (with the processor) to OUTPUT_DIR/merged."""
-    import copy
-
-    merged = copy.deepcopy(model).merge_and_unload()
-    folder = Path(output_dir) / "merged"
-    merged.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
-
-
-def load_image_processor(source: str | None, model, **hub_kwargs):
-    """The image processor saved at `source` when there is one, else the CeiT evaluation transform at the model's
-    input size (a DeiT's `image_size` included)."""
-    from transformers import AutoImageProcessor
-
-    from ..image_processing_ceit import CeiTImageProcessor
-
-    if source:
-        try:
-            return AutoImageProcessor.from_pretrained(source, **hub_kwargs)
-        except (OSError, ValueError) as error:
-            logger.warning("No image processor in %s (%s); using the CeiT default.", source, error)
-    config = model.config
-    height, width = getattr(config, "image_hw", None) or (config.image_size, config.image_size)
-    return CeiTImageProcessor(crop_size={"height": height, "width": width})
-
-
-def image_processor_for(model_args: ModelArguments, model):
-    return load_image_processor(
-        model_args.image_processor_name or model_args.model_name_or_path,
-        model,
-        cache_dir=model_args.cache_dir,
-        token=model_args.token,
-        trust_remote_code=model_args.trust_remote_code,
-    )
 
 
 # ---------------------------------------------------------------------------------------------------- trainer

@@ -17,7 +17,7 @@ from ceit_hf.evaluation import load_lora_classifier
 from ceit_hf.evaluation import main as evaluate
 from ceit_hf.hub import push_model_folder
 from ceit_hf.training import main as train
-from ceit_hf.training.run import load_image_processor
+from ceit_hf.training.model import load_image_processor
 
 
 pytest.importorskip("peft")

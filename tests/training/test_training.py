@@ -654,7 +654,7 @@ def test_push_to_hub_uploads_the_model_not_the_checkpoints(tmp_path, monkeypatch
 
 def test_a_typo_in_config_overrides_is_refused_with_a_suggestion(tmp_path):
     from ceit_hf.training.arguments import ModelArguments, RecipeArguments
-    from ceit_hf.training.run import build_model
+    from ceit_hf.training.model import build_model
 
     CeiTForImageClassification(tiny_config()).save_pretrained(tmp_path)
     for flag, suggestion in (("num_encoder_block=3", "num_encoder_blocks"), ("num_clases=5", "num_classes")):
@@ -693,7 +693,7 @@ def test_lora_flags_are_checked():
 def test_lora_target_modules_unknown_names_are_refused_and_identity_ones_skipped():
     pytest.importorskip("peft")
     from ceit_hf.training import ModelArguments
-    from ceit_hf.training.run import add_lora_adapters
+    from ceit_hf.training.model import add_lora_adapters
 
     model = CeiTForImageClassification(tiny_config(leff_depthwise_separable=False))  # LeFF's pointwise: Identity
     with pytest.raises(SystemExit, match=r"--lora_target_modules \['attn', 'fc3'\] name no module of the model"):
