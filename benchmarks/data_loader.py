@@ -71,17 +71,16 @@ def posterize_as_pillow_12(image, bits):
 
 
 def write_jpegs(folder: Path, count: int, classes: int = 10, seed: int = 0) -> Path:
-    """`count` ImageNet-like JPEGs (sides of 300 to 500 px, quality 90; smooth colour fields with fine noise, which
-    compress and decode like photographs) in `classes` class folders."""
+    """`count` ImageNet-like JPEGs (`workers.synthetic_jpegs`: smooth colour fields with fine noise, which compress
+    and decode like photographs) with sides of 300 to 500 px, quality 90, in `classes` class folders."""
+    from benchmarks.workers import synthetic_jpegs
+
     rng = np.random.default_rng(seed)
     for index in range(count):
-        width, height = (int(v) for v in rng.integers(300, 501, 2))
-        coarse = rng.integers(0, 256, (height // 12 + 2, width // 12 + 2, 3), dtype=np.uint8)
-        smooth = np.asarray(Image.fromarray(coarse).resize((width, height), Image.BICUBIC), dtype=np.float32)
-        pixels = np.clip(smooth + rng.normal(0.0, 12.0, smooth.shape), 0, 255).astype(np.uint8)
+        size = tuple(int(v) for v in rng.integers(300, 501, 2))
         path = folder / f"class_{index % classes:03d}" / f"{index:06d}.jpg"
         path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(pixels).save(path, format="JPEG", quality=90)
+        path.write_bytes(synthetic_jpegs(1, size, quality=90, seed=seed * 1_000_003 + index)[0])
     return folder
 
 
