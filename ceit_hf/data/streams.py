@@ -212,6 +212,8 @@ class StreamedExamples(TorchIterableDataset):
             pin_memory=args.dataloader_pin_memory,
             persistent_workers=args.dataloader_persistent_workers and args.dataloader_num_workers > 0,
             prefetch_factor=args.dataloader_prefetch_factor if args.dataloader_num_workers else None,
+            # as Trainer's own loaders: "forkserver" or "spawn" keeps workers from forking a multi-threaded process
+            multiprocessing_context=args.dataloader_multiprocessing_context if args.dataloader_num_workers else None,
         )
         return StreamLoader(loader, self, max(1, args.dataloader_num_workers))
 
@@ -228,6 +230,7 @@ class StreamedExamples(TorchIterableDataset):
             num_workers=workers,
             pin_memory=args.dataloader_pin_memory,
             prefetch_factor=args.dataloader_prefetch_factor if workers else None,
+            multiprocessing_context=args.dataloader_multiprocessing_context if workers else None,
         )
         return EvaluationLoader(loader, self, accelerator)
 

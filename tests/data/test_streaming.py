@@ -362,3 +362,26 @@ def test_streaming_flags_are_checked_before_any_data_is_read(tmp_path):
         parse_args([*out, "--dataset_name", "d", "--streaming", "--max_steps", "5", "--max_train_samples", "8"])
     _, data, _, args = parse_args([*out, "--dataset_name", "someone/data", "--streaming", "--max_steps", "5"])
     assert data.streaming and args.ignore_data_skip and args.save_strategy.value == "steps"
+
+
+def test_a_streams_loaders_take_trainers_multiprocessing_context(tmp_path):
+    """`--dataloader_multiprocessing_context` reaches a stream's training and evaluation DataLoaders as it reaches
+    Trainer's own ("forkserver" or "spawn": workers that are not forked from the multi-threaded training process)."""
+    from types import SimpleNamespace
+
+    from transformers import TrainingArguments
+
+    from ceit_hf.data import sources, streams
+
+    shards = write_shards(tmp_path / "shards", shards=2, per_shard=4, validation=(4,))
+    source = sources.DataSource(dataset_name=str(shards), streaming=True)
+    raw = sources.load_image_datasets(source, seed=0)
+    train, evaluation = streams.streamed_splits(
+        raw, source, 3, None, None, seed=0, shuffle_buffer_size=4, rank=0, world_size=1
+    )
+    args = TrainingArguments(
+        str(tmp_path / "out"), dataloader_num_workers=1, dataloader_multiprocessing_context="spawn", use_cpu=True
+    )
+    assert train.data_loader(args).loader.multiprocessing_context.get_start_method() == "spawn"
+    one_process = SimpleNamespace(num_processes=1)  # what the evaluation loader reads of the accelerator up front
+    assert evaluation.evaluation_loader(args, one_process).loader.multiprocessing_context.get_start_method() == "spawn"
