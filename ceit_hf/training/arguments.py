@@ -1,12 +1,8 @@
 # Copyright 2026 The ceit_hf authors. Licensed under the Apache License, Version 2.0.
-"""The command line of `scripts/train.py`: transformers' `TrainingArguments` plus the model, data and recipe flags of
-transformers' `examples/pytorch/image-classification/run_image_classification.py`, `--preset`/`--config_overrides` to
-train from scratch, and the DeiT recipe's flags.
-
-The job's defaults depend on the kind of run (the bundled digits, own images with the small model, `--recipe deit`).
-They are given to the parser with argparse's `set_defaults`, so a flag on the command line always wins. Only light
-modules are imported here, so `--help` stays fast.
-"""
+"""The command line of `scripts/train.py`: `TrainingArguments` plus the model and data flags of transformers'
+`run_image_classification.py`, `--preset`/`--config_overrides` and the DeiT recipe's flags. The job's defaults depend
+on the kind of run and go to argparse's `set_defaults`, so a flag given always wins. Only light imports: `--help`
+stays fast."""
 
 from __future__ import annotations
 
@@ -26,132 +22,78 @@ from ..configuration_ceit import PRESETS
 logger = logging.getLogger("ceit_hf.training")
 
 
+def arg(default, help: str):
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class ModelArguments:
-    model_name_or_path: str | None = field(
-        default=None, metadata={"help": "A pretrained model to fine-tune: a Hub id or a local folder."}
+    model_name_or_path: str | None = arg(None, "A pretrained model to fine-tune: a Hub id or a local folder.")
+    preset: str | None = arg(None, f"Train this official architecture from scratch: one of {sorted(PRESETS)}.")
+    config_overrides: str | None = arg(
+        None, "Config options for training from scratch, 'k=v,k=v' (e.g. 'num_encoder_blocks=6,dropout=0.1')."
     )
-    preset: str | None = field(
-        default=None, metadata={"help": f"Train this official architecture from scratch: one of {sorted(PRESETS)}."}
+    image_size: int | None = arg(None, "Training/eval crop size when training from scratch (default: from the data).")
+    image_processor_name: str | None = arg(None, "Image processor to use instead of the model's.")
+    cache_dir: str | None = arg(None, "Where to cache downloaded models and datasets.")
+    model_revision: str = arg("main", "Model revision (branch, tag or commit).")
+    token: str | None = arg(None, "Hub token (default: the logged-in one).")
+    trust_remote_code: bool = arg(False, "Allow remote code of datasets/models.")
+    ignore_mismatched_sizes: bool = arg(False, "Re-initialise the classifier when the number of labels differs.")
+    lora_rank: int | None = arg(
+        None,
+        "Fine-tune --model_name_or_path with PEFT LoRA adapters of this rank (the classifier is trained in full); "
+        "needs `pip install -e '.[peft]'`. The output folder then holds the adapter.",
     )
-    config_overrides: str | None = field(
-        default=None,
-        metadata={
-            "help": "Config options for training from scratch, 'k=v,k=v' (e.g. 'num_encoder_blocks=6,dropout=0.1')."
-        },
+    lora_alpha: float | None = arg(None, "LoRA scaling alpha (default: 2 x rank).")
+    lora_dropout: float = arg(0.0, "Dropout on the LoRA adapters' input.")
+    lora_target_modules: str = arg(
+        "qkv,proj,expand,pointwise,reduce",
+        "Comma-separated module names that get adapters (default: the attention and LeFF Linear layers).",
     )
-    image_size: int | None = field(
-        default=None, metadata={"help": "Training/eval crop size when training from scratch (default: from the data)."}
+    leff_recompute: str = arg(
+        "auto",
+        "Recompute LeFF's BatchNorm/GELU/depthwise activations in the backward pass instead of storing them: 'on', "
+        "'off', or 'auto' (on for CPU training, where it holds the memory near DeiT's for about 6%% of the step).",
     )
-    image_processor_name: str | None = field(
-        default=None, metadata={"help": "Image processor to use instead of the model's."}
+    stem_recompute: str = arg(
+        "auto",
+        "Recompute the I2T stem's BatchNorm output and max-pool indices in the backward pass: 'on', 'off', or "
+        "'auto' (on for CPU training, where it cuts CeiT-T's training memory by about a tenth).",
     )
-    cache_dir: str | None = field(default=None, metadata={"help": "Where to cache downloaded models and datasets."})
-    model_revision: str = field(default="main", metadata={"help": "Model revision (branch, tag or commit)."})
-    token: str | None = field(default=None, metadata={"help": "Hub token (default: the logged-in one)."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow remote code of datasets/models."})
-    ignore_mismatched_sizes: bool = field(
-        default=False, metadata={"help": "Re-initialise the classifier when the number of labels differs."}
-    )
-    lora_rank: int | None = field(
-        default=None,
-        metadata={
-            "help": "Fine-tune --model_name_or_path with PEFT LoRA adapters of this rank (the classifier is "
-            "trained in full); needs `pip install -e '.[peft]'`. The output folder then holds the adapter."
-        },
-    )
-    lora_alpha: float | None = field(default=None, metadata={"help": "LoRA scaling alpha (default: 2 x rank)."})
-    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA adapters' input."})
-    lora_target_modules: str = field(
-        default="qkv,proj,expand,pointwise,reduce",
-        metadata={
-            "help": "Comma-separated module names that get adapters (default: the attention and LeFF Linear "
-            "layers of every block and of the LCA)."
-        },
-    )
-    leff_recompute: str = field(
-        default="auto",
-        metadata={
-            "help": "Recompute LeFF's BatchNorm/GELU/depthwise activations in the backward pass instead of "
-            "storing them: 'on', 'off', or 'auto' (on for CPU training, where it holds the memory near DeiT's "
-            "for about 6%% of the step; off on GPUs). Never together with --activation_checkpointing inside the "
-            "same block."
-        },
-    )
-    stem_recompute: str = field(
-        default="auto",
-        metadata={
-            "help": "Recompute the I2T stem's BatchNorm output and max-pool indices in the backward pass instead of "
-            "storing them: 'on', 'off', or 'auto' (on for CPU training, where it cuts CeiT-T's training memory by "
-            "about a tenth for 2-4%% of the step; off on GPUs)."
-        },
-    )
-    merge_lora: bool = field(
-        default=False,
-        metadata={
-            "help": "Also write the adapters merged into the model to OUTPUT_DIR/merged: a plain CeiT folder "
-            "that loads with from_pretrained."
-        },
-    )
+    merge_lora: bool = arg(False, "Also write the adapters merged into the model to OUTPUT_DIR/merged.")
 
 
 @dataclass
 class DataArguments:
-    dataset_name: str | None = field(
-        default=None, metadata={"help": "A dataset on the Hub (or a local dataset folder)."}
+    dataset_name: str | None = arg(None, "A dataset on the Hub (or a local dataset folder).")
+    dataset_config_name: str | None = arg(None, "The dataset's configuration.")
+    train_dir: str | None = arg(None, "Training images, one sub-folder per class.")
+    validation_dir: str | None = arg(None, "Validation images, one sub-folder per class.")
+    train_val_split: float = arg(0.15, "Held-out fraction of the training data when there is no validation split.")
+    image_column_name: str = arg("image", "The dataset column holding the images.")
+    label_column_name: str = arg("label", "The dataset column holding the labels.")
+    class_names: str | None = arg(
+        None,
+        "The class names of integer labels, label 0's first: 'a,b,c', or a file of one name per line (default: "
+        "classes.txt beside the shards of a local --dataset_name). Needed by --streaming of webdataset tars.",
     )
-    dataset_config_name: str | None = field(default=None, metadata={"help": "The dataset's configuration."})
-    train_dir: str | None = field(default=None, metadata={"help": "Training images, one sub-folder per class."})
-    validation_dir: str | None = field(default=None, metadata={"help": "Validation images, one sub-folder per class."})
-    train_val_split: float = field(
-        default=0.15, metadata={"help": "Held-out fraction of the training data when there is no validation split."}
+    max_train_samples: int | None = arg(None, "Keep this many training examples.")
+    max_eval_samples: int | None = arg(None, "Keep this many evaluation examples.")
+    verify_images_limit: int = arg(
+        20000, "Decode every image of a --train_dir/--validation_dir of at most this many images before training."
     )
-    image_column_name: str = field(default="image", metadata={"help": "The dataset column holding the images."})
-    label_column_name: str = field(default="label", metadata={"help": "The dataset column holding the labels."})
-    class_names: str | None = field(
-        default=None,
-        metadata={
-            "help": "The class names of integer labels, label 0's first: 'a,b,c', or a file of one name per line "
-            "(default: classes.txt in the local --dataset_name folder, beside its shards, when there is one). "
-            "Needed by --streaming when the label column is not a ClassLabel (webdataset tars' .cls files)."
-        },
+    bad_image_policy: str = arg(
+        "skip",
+        "An image that fails to decode: 'skip' (a warning names it; evaluation counts it, eval_bad_images) or "
+        "'stop' (an error names it).",
     )
-    max_train_samples: int | None = field(default=None, metadata={"help": "Keep this many training examples."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep this many evaluation examples."})
-    verify_images_limit: int = field(
-        default=20000,
-        metadata={
-            "help": "Decode every image of a --train_dir/--validation_dir of at most this many images before "
-            "training, and stop naming the files that fail; in a larger folder a file that fails is found when "
-            "it is read (--bad_image_policy)."
-        },
+    streaming: bool = arg(
+        False,
+        "Stream --dataset_name (a Hub id, or a local folder of parquet shards or webdataset tars) instead of "
+        "downloading it. Needs --max_steps; checkpoints keep the stream's position for an exact resume.",
     )
-    bad_image_policy: str = field(
-        default="skip",
-        metadata={
-            "help": "An image that fails to decode: 'skip' (a warning names it; in training the next decodable "
-            "example takes its place, or a stream goes on to the next; in evaluation it is left out and counted, "
-            "eval_bad_images) or 'stop' (an error names it)."
-        },
-    )
-    streaming: bool = field(
-        default=False,
-        metadata={
-            "help": "Stream --dataset_name (a Hub id, or a local folder of parquet shards or webdataset tars) "
-            "instead of downloading it: each data-loading worker of each process reads its own shards, shuffled in a "
-            "buffer with a seed that changes each pass. Needs --max_steps, and a validation split unless "
-            "--eval_strategy no. Checkpoints keep the stream's position: a resumed run sees the same examples in the "
-            "same order as an uninterrupted one (same processes, --dataloader_num_workers, --seed, "
-            "--shuffle_buffer_size)."
-        },
-    )
-    shuffle_buffer_size: int = field(
-        default=1000,
-        metadata={
-            "help": "With --streaming: examples held (undecoded) in each data-loading worker's shuffle buffer; a "
-            "resume reads, without decoding, up to a pass of a worker's shards again to refill it exactly."
-        },
-    )
+    shuffle_buffer_size: int = arg(1000, "With --streaming: each data-loading worker's shuffle buffer, in examples.")
 
     @property
     def bundled(self) -> bool:
@@ -161,71 +103,29 @@ class DataArguments:
 
 @dataclass
 class RecipeArguments:
-    recipe: str = field(
-        default="none",
-        metadata={"help": "'deit': the official CeiT/DeiT ImageNet recipe for every recipe flag left out."},
+    recipe: str = arg("none", "'deit': the official CeiT/DeiT ImageNet recipe for every recipe flag left out.")
+    auto_augment: str | None = arg(
+        None, "timm's RandAugment config string (e.g. 'rand-m9-mstd0.5-inc1', the official recipe's); 'none': off."
     )
-    auto_augment: str | None = field(
-        default=None,
-        metadata={
-            "help": "timm's RandAugment config string (e.g. 'rand-m9-mstd0.5-inc1', the official recipe's: 2 ops of "
-            "magnitude 9 with noise of std 0.5, increasing-severity posterize/solarize), applied with timm's own ops; "
-            "'none' or empty: off."
-        },
+    color_jitter: float = arg(0.0, "ColorJitter strength for brightness/contrast/saturation (--recipe deit: 0).")
+    hflip: float = arg(0.5, "Horizontal flip probability (0 for the digits).")
+    crop_min_scale: float = arg(0.08, "RandomResizedCrop's smallest crop, as a fraction of the image area.")
+    random_erasing: float = arg(0.0, "RandomErasing probability per image (pixel mode), applied on the device.")
+    repeated_augmentation: int = arg(
+        0, "Repeated augmentation (DeiT's RASampler): each image this many times per epoch; 0 or 1: off."
     )
-    color_jitter: float = field(
-        default=0.0,
-        metadata={
-            "help": "ColorJitter strength for brightness/contrast/saturation (applied as given; the official recipe "
-            "passes 0.4 but timm leaves it out whenever RandAugment is on, so --recipe deit sets 0)."
-        },
+    mixup_alpha: float = arg(0.0, "Mixup alpha (0: off).")
+    cutmix_alpha: float = arg(0.0, "CutMix alpha (0: off). With Mixup, each batch picks one.")
+    drop_path: float | None = arg(None, "Stochastic depth: largest drop-path rate.")
+    model_ema_decay: float | None = arg(None, "Keep an EMA of the weights with this decay.")
+    sync_batchnorm: bool = arg(False, "Convert BatchNorm to SyncBatchNorm (multi-GPU runs with small batches).")
+    torch_threads: int | None = arg(
+        None, "torch's intra-op CPU threads per process (on a small or shared CPU 1 is often much faster)."
     )
-    hflip: float = field(default=0.5, metadata={"help": "Horizontal flip probability (0 for the digits)."})
-    crop_min_scale: float = field(
-        default=0.08, metadata={"help": "RandomResizedCrop's smallest crop, as a fraction of the image area."}
-    )
-    random_erasing: float = field(
-        default=0.0,
-        metadata={
-            "help": "RandomErasing probability per image (pixel mode: normal noise), applied with the normalisation "
-            "in the training process on its device, as timm's training script does."
-        },
-    )
-    repeated_augmentation: int = field(
-        default=0,
-        metadata={
-            "help": "Repeated augmentation (the official recipe's RASampler): each image this many times per epoch, "
-            "in different augmentations and on different processes, an epoch being about one pass's worth of "
-            "examples in all; 0 or 1: off (plain shuffling)."
-        },
-    )
-    mixup_alpha: float = field(default=0.0, metadata={"help": "Mixup alpha (0: off)."})
-    cutmix_alpha: float = field(
-        default=0.0, metadata={"help": "CutMix alpha (0: off). With Mixup, each batch picks one."}
-    )
-    drop_path: float | None = field(default=None, metadata={"help": "Stochastic depth: largest drop-path rate."})
-    model_ema_decay: float | None = field(
-        default=None, metadata={"help": "Keep an EMA of the weights with this decay."}
-    )
-    sync_batchnorm: bool = field(
-        default=False,
-        metadata={"help": "Convert BatchNorm to SyncBatchNorm (multi-GPU runs with small per-GPU batches)."},
-    )
-    torch_threads: int | None = field(
-        default=None,
-        metadata={
-            "help": "torch's intra-op CPU threads per process (default: torch's choice; on a shared or small CPU "
-            "1 is often several times faster for these small models)."
-        },
-    )
-    keep_freed_cpu_memory: str = field(
-        default="auto",
-        metadata={
-            "help": "Serve every CPU allocation from glibc's heap and keep freed memory for the next step instead of "
-            "mapping large blocks anew each step: 'on', 'off', or 'auto' (on when training on the CPU on glibc, "
-            "where it made CeiT-T's step 12%% faster with --leff_recompute off; the process's memory then stays at "
-            "its peak)."
-        },
+    keep_freed_cpu_memory: str = arg(
+        "auto",
+        "Keep freed CPU memory in glibc's heap for the next step instead of mapping large blocks anew: 'on', 'off', "
+        "or 'auto' (on when training on the CPU).",
     )
 
 
@@ -258,8 +158,7 @@ RUN_DEFAULTS = {
     "save_strategy": "epoch",
     "save_total_limit": 2,
     "logging_steps": 10,
-    # Every CeiT parameter is in the loss' autograd graph (the last block's LeFF gets zero gradients through the
-    # class token's concatenation), so DDP's search for unused parameters would only add a graph walk per step.
+    # every CeiT parameter is in the loss' graph: DDP's search for unused ones would only add a graph walk per step
     "ddp_find_unused_parameters": False,
 }
 # Training from scratch with the small default model (the main job, or own images without model flags).
@@ -272,8 +171,7 @@ SMALL_MODEL_DEFAULTS = {
     "per_device_eval_batch_size": 128,
     "num_train_epochs": 10,
 }
-# One torch thread: the 280k-parameter model gains little from more, and on a busy 2-core machine two threads made the
-# main job many times slower (thread contention).
+# One torch thread: on a busy 2-core machine two made the 280k-parameter model many times slower (contention).
 DIGITS_DEFAULTS = {
     **SMALL_MODEL_DEFAULTS,
     "num_train_epochs": 20,
@@ -281,19 +179,10 @@ DIGITS_DEFAULTS = {
     "crop_min_scale": 0.5,
     "torch_threads": 1,
 }
+# A stream has no epochs: evaluate and save every so many steps.
+STREAMING_DEFAULTS = {"eval_strategy": "steps", "eval_steps": 500, "save_strategy": "steps", "save_steps": 500}
 
-# --streaming: a stream has no epochs (it is read pass after pass until --max_steps), so evaluations and checkpoints
-# come every so many steps; a resumed stream starts where its checkpoint says (Trainer's own skipping would read the
-# skipped batches again).
-STREAMING_DEFAULTS = {
-    "eval_strategy": "steps",
-    "eval_steps": 500,
-    "save_strategy": "steps",
-    "save_steps": 500,
-}
-
-# --leff_recompute, --stem_recompute -> the argument of CeiTPreTrainedModel.set_leff_recompute / set_stem_recompute;
-# --keep_freed_cpu_memory (cpu_memory.keep_freed_cpu_memory_if) the same: the one parser of the on/off/auto flags
+# The one parser of the on/off/auto flags (--leff_recompute, --stem_recompute, --keep_freed_cpu_memory)
 SWITCH = {"on": True, "off": False, "auto": "auto"}
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, RecipeArguments, TrainingArguments)
 
@@ -307,23 +196,21 @@ def given_flags(argv: list[str]) -> dict:
 
 
 def job_defaults(given: dict) -> dict:
-    """The defaults of the run that the given flags describe (see the module docstring)."""
+    """The defaults of the run that the given flags describe."""
     import torch
 
+    from ..data.loader import data_loader_defaults
+
     defaults = dict(RUN_DEFAULTS, dataloader_pin_memory=torch.cuda.is_available())  # pinning needs an accelerator
-    from_scratch = not {"model_name_or_path", "preset", "config_overrides"} & set(given)
     if "dataset_name" not in given and "train_dir" not in given:
         defaults.update(DIGITS_DEFAULTS)
-    elif from_scratch:
+    elif not {"model_name_or_path", "preset", "config_overrides"} & set(given):
         defaults.update(SMALL_MODEL_DEFAULTS)
     if given.get("recipe") == "deit":
         defaults.update(DEIT_RECIPE)
     if given.get("streaming"):
         defaults.update(STREAMING_DEFAULTS)
-    from ..data.loader import data_loader_defaults
-
-    defaults.update(data_loader_defaults(given))
-    return defaults
+    return defaults | data_loader_defaults(given)
 
 
 def parse_args(argv: list[str] | None = None):
@@ -335,18 +222,7 @@ def parse_args(argv: list[str] | None = None):
     model_args, data_args, recipe_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     if "output_dir" not in given:
         raise SystemExit("error: --output_dir is required (the folder the trained model is written to).")
-    check_choices(model_args, recipe_args)
-    if model_args.model_name_or_path and (model_args.preset or model_args.config_overrides):
-        raise SystemExit(
-            "error: --model_name_or_path fine-tunes a model; --preset/--config_overrides build a new one."
-        )
-    if model_args.lora_rank is not None and (model_args.lora_rank <= 0 or not model_args.model_name_or_path):
-        raise SystemExit("error: --lora_rank R (R > 0) fine-tunes a pretrained model: give --model_name_or_path too.")
-    if model_args.merge_lora and model_args.lora_rank is None:
-        raise SystemExit("error: --merge_lora merges LoRA adapters: give --lora_rank too.")
-    if training_args.push_to_hub and not training_args.hub_model_id:
-        raise SystemExit("error: --push_to_hub needs --hub_model_id NAMESPACE/NAME.")
-    check_streaming(data_args, training_args)
+    check_args(model_args, data_args, recipe_args, training_args)
     if recipe_args.recipe == "deit" and "learning_rate" not in given:  # needs the world size: not a plain default
         global_batch = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
         training_args.learning_rate = DEIT_BASE_LR * global_batch * training_args.world_size / 512
@@ -359,13 +235,10 @@ def parse_args(argv: list[str] | None = None):
     return model_args, data_args, recipe_args, training_args
 
 
-def check_choices(model_args: ModelArguments, recipe_args: RecipeArguments) -> None:
-    """Refuses a flag given a word it does not take, naming the words it does."""
-    for flag, value in (
-        ("leff_recompute", model_args.leff_recompute),
-        ("stem_recompute", model_args.stem_recompute),
-        ("keep_freed_cpu_memory", recipe_args.keep_freed_cpu_memory),
-    ):
+def check_args(model_args, data_args, recipe_args, training_args) -> None:  # noqa: C901 (one check per refusal)
+    """Refuses, before anything is loaded, flags given a word they do not take or a combination that cannot run."""
+    for flag in ("leff_recompute", "stem_recompute", "keep_freed_cpu_memory"):
+        value = getattr(recipe_args if flag == "keep_freed_cpu_memory" else model_args, flag)
         if value not in SWITCH:
             raise SystemExit(f"error: --{flag} must be one of {sorted(SWITCH)}, got {value!r}.")
     if recipe_args.auto_augment in ("", "none"):
@@ -380,15 +253,27 @@ def check_choices(model_args: ModelArguments, recipe_args: RecipeArguments) -> N
         raise SystemExit(f"error: --recipe must be 'deit' or 'none', got {recipe_args.recipe!r}.")
     if model_args.preset is not None and model_args.preset not in PRESETS:
         raise SystemExit(f"error: unknown --preset {model_args.preset!r}; expected one of {sorted(PRESETS)}.")
+    if model_args.model_name_or_path and (model_args.preset or model_args.config_overrides):
+        raise SystemExit(
+            "error: --model_name_or_path fine-tunes a model; --preset/--config_overrides build a new one."
+        )
+    if model_args.lora_rank is not None and (model_args.lora_rank <= 0 or not model_args.model_name_or_path):
+        raise SystemExit("error: --lora_rank R (R > 0) fine-tunes a pretrained model: give --model_name_or_path too.")
+    if model_args.merge_lora and model_args.lora_rank is None:
+        raise SystemExit("error: --merge_lora merges LoRA adapters: give --lora_rank too.")
+    if training_args.push_to_hub and not training_args.hub_model_id:
+        raise SystemExit("error: --push_to_hub needs --hub_model_id NAMESPACE/NAME.")
+    if data_args.streaming:
+        check_streaming(data_args, training_args)
 
 
 def check_auto_augment(config: str) -> None:
     """Refuses an --auto_augment that is not one of timm's RandAugment config strings, with timm's reason."""
+    from ..data.transforms import rand_augment
+
     expected = "expected timm's RandAugment config string, e.g. 'rand-m9-mstd0.5-inc1', or 'none'"
     if config != "rand" and not config.startswith("rand-"):
         raise SystemExit(f"error: --auto_augment {config!r} is not a RandAugment config ({expected}).")
-    from ..data.transforms import rand_augment
-
     try:
         rand_augment(config, 224)
     except (AssertionError, ValueError, KeyError) as error:
@@ -396,10 +281,7 @@ def check_auto_augment(config: str) -> None:
 
 
 def check_streaming(data_args: DataArguments, training_args) -> None:
-    """Refuses, before any data is read, what a `--streaming` run cannot do; makes Trainer leave the resumed stream
-    where its checkpoint put it."""
-    if not data_args.streaming:
-        return
+    """Refuses what a `--streaming` run cannot do; makes Trainer leave a resumed stream where its checkpoint put it."""
     if data_args.dataset_name is None:
         raise SystemExit(
             "error: --streaming reads --dataset_name (a Hub id, or a local folder of parquet shards or webdataset "
@@ -414,22 +296,17 @@ def check_streaming(data_args: DataArguments, training_args) -> None:
         raise SystemExit("error: --max_train_samples does not apply to --streaming: size the run with --max_steps.")
     if data_args.shuffle_buffer_size < 1:
         raise SystemExit(f"error: --shuffle_buffer_size must be at least 1, got {data_args.shuffle_buffer_size}.")
-    training_args.ignore_data_skip = True
+    training_args.ignore_data_skip = True  # Trainer's skipping would read the skipped batches again
 
-
-# ------------------------------------------------------------------------------------------------------- resume
 
 EMA_FILE = "ema.safetensors"
-STREAM_STATE_FILE = "stream_state_rank{rank}.json"  # (ceit_hf.data.streams writes it: not imported, --help stays fast)
+STREAM_STATE_FILE = "stream_state_rank{rank}.json"  # written by ceit_hf.data.streams (not imported: --help stays fast)
 
 
 def checkpoint_problems(folder, ema: bool = False, streams: int = 0) -> list[str]:
     """What keeps `folder` from being a complete Trainer checkpoint (nothing when it is one), with the EMA (`ema`)
-    and the stream positions of `streams` processes (`--streaming`: `stream_state_rank<R>.json`, R < streams).
-
-    Trainer writes a checkpoint file by file into the final `checkpoint-N` folder, the weights first and
-    `trainer_state.json` last, then the callbacks write theirs (the EMA, each process's stream position): a run killed
-    while saving leaves a folder without its trainer state (or EMA, or stream positions), or with truncated weights."""
+    and the stream positions of `streams` processes. Trainer writes the weights first, `trainer_state.json` last,
+    then the callbacks theirs: a run killed while saving leaves some of them missing or truncated."""
     from ..hub import safetensors_problem
 
     folder = Path(folder)
@@ -461,16 +338,12 @@ def checkpoint_problems(folder, ema: bool = False, streams: int = 0) -> list[str
 
 
 def resolve_resume_checkpoint(value: str | None, output_dir: str, ema: bool = False, streams: int = 0) -> str | None:
-    """The checkpoint `--resume_from_checkpoint` names, checked to be complete (see `checkpoint_problems`, which
-    `ema` and `streams` go to).
-
-    `auto` picks the newest complete `checkpoint-N` of `output_dir` (transformers' `sort_checkpoints` order, as
-    its `get_last_checkpoint`, skipping incomplete ones) and starts afresh when there is none; `latest` fails then."""
+    """The checkpoint `--resume_from_checkpoint` names, checked to be complete (`checkpoint_problems`). `auto` picks
+    the newest complete `checkpoint-N` of `output_dir` (None when there is none); `latest` fails then."""
     if value is None:
         return None
     if value in ("auto", "latest"):
-        found = sort_checkpoints(output_dir) if Path(output_dir).is_dir() else []
-        for path in reversed(found):
+        for path in reversed(sort_checkpoints(output_dir) if Path(output_dir).is_dir() else []):
             problems = checkpoint_problems(path, ema, streams)
             if not problems:
                 logger.info("Resuming from %s, the newest complete checkpoint in %s", path, output_dir)
@@ -479,8 +352,7 @@ def resolve_resume_checkpoint(value: str | None, output_dir: str, ema: bool = Fa
         if value == "latest":
             raise SystemExit(f"error: --resume_from_checkpoint latest: no complete checkpoint in {output_dir!r}.")
         return None
-    problems = checkpoint_problems(value, ema, streams)
-    if problems:
+    if problems := checkpoint_problems(value, ema, streams):
         raise SystemExit(
             f"error: --resume_from_checkpoint {value!r} is not a complete checkpoint: {'; '.join(problems)}. "
             "`--resume_from_checkpoint auto` resumes from the newest complete checkpoint in --output_dir."

@@ -1,5 +1,6 @@
 # Copyright 2026 The ceit_hf authors. Licensed under the Apache License, Version 2.0.
-"""Trainer callbacks of the recipe: an EMA of the weights, and the epoch for the seeded augmentation."""
+"""Trainer callbacks of the recipe: an EMA of the weights, the epoch of the seeded augmentation, and (under FSDP)
+BatchNorm statistics averaged over the ranks."""
 
 from __future__ import annotations
 
@@ -12,11 +13,9 @@ from .arguments import EMA_FILE
 
 
 class ModelEMACallback(TrainerCallback):
-    """An exponential moving average of the weights (BatchNorm statistics included), updated after every optimizer
-    step, written to each checkpoint (`ema.safetensors`, the full weights) and restored on resume. Of an unsharded
-    model, torch's `AveragedModel`; of an FSDP2-sharded one, `ceit_hf.distributed.ShardedEMA`, which keeps each rank's
-    shards (same rule, same checkpoint file). Under FSDP its `on_save` is a collective, as Trainer calls it on every
-    rank; `BatchNormStatisticsCallback` goes before it, so that it averages the statistics all ranks share."""
+    """An EMA of the weights (BatchNorm statistics included), updated after every optimizer step, written to each
+    checkpoint (`ema.safetensors`) and restored on resume: torch's `AveragedModel`, or for an FSDP2-sharded model
+    `ceit_hf.distributed.ShardedEMA` (same rule and file; its `on_save` is a collective)."""
 
     def __init__(self, decay: float, resume_from: str | None = None):
         self.decay = decay
@@ -24,6 +23,7 @@ class ModelEMACallback(TrainerCallback):
         self.ema = None
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
+        from safetensors.torch import load_file
         from torch.distributed.fsdp import FSDPModule
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
@@ -34,25 +34,22 @@ class ModelEMACallback(TrainerCallback):
         else:
             self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(self.decay), use_buffers=True)
         if self.resume_from and (Path(self.resume_from) / EMA_FILE).is_file():
-            from safetensors.torch import load_file
-
             self.ema.load_state_dict(load_file(Path(self.resume_from) / EMA_FILE))
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         self.ema.update_parameters(model)
 
     def on_save(self, args, state, control, **kwargs):
+        from safetensors.torch import save_file
+
         weights = self.ema.state_dict()  # gathered to process 0 under FSDP: on every process
         if state.is_world_process_zero:
-            from safetensors.torch import save_file
-
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             folder.mkdir(parents=True, exist_ok=True)
             save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, folder / EMA_FILE)
 
     def swapped_into(self, model):
-        """A context in which `model` (the trained model, sharded or not) holds the EMA's weights, to evaluate and
-        save them as the model is; the trained weights are back after it."""
+        """A context in which `model` (sharded or not) holds the EMA's weights; the trained ones are back after it."""
         from torch.optim.swa_utils import AveragedModel
 
         from ..distributed import exchanged
@@ -66,15 +63,13 @@ class ModelEMACallback(TrainerCallback):
 
     @property
     def model(self):
-        """The EMA as a model of its own (of an unsharded model only: a sharded EMA is evaluated and saved in the
-        trained model's place, `swapped_into`)."""
+        """The EMA as a model of its own (unsharded models only)."""
         return self.ema.module
 
 
 class EpochCallback(TrainerCallback):
-    """Tells a `data.SeededAugmentation` which epoch the training loop is in (also when resuming mid-epoch). Its
-    epoch is in shared memory, so DataLoader workers (persistent ones too) see it: Trainer calls `on_epoch_begin`
-    before it starts iterating the epoch's data loader, which is when the workers start prefetching."""
+    """Tells a `SeededAugmentation` the training loop's epoch (resumed mid-epoch too), in shared memory that its
+    DataLoader workers see: Trainer calls `on_epoch_begin` before the workers start prefetching."""
 
     def __init__(self, augmentation):
         self.augmentation = augmentation
@@ -84,8 +79,8 @@ class EpochCallback(TrainerCallback):
 
 
 class BatchNormStatisticsCallback(TrainerCallback):
-    """Under FSDP: the BatchNorm statistics averaged over the ranks after every optimizer step
-    (`ceit_hf.distributed.average_batch_norm_statistics`), so that evaluation and checkpoints see one set."""
+    """Under FSDP: the BatchNorm statistics averaged over the ranks after every optimizer step, so that evaluation,
+    checkpoints and the EMA see one set."""
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         from ..distributed import average_batch_norm_statistics

@@ -1,10 +1,10 @@
 # Copyright 2026 The ceit_hf authors. Licensed under the Apache License, Version 2.0.
-"""The model of a training run: the small CeiT the main job trains from scratch, an official preset with
-`--config_overrides`, or a pretrained model with a new classifier (and LoRA adapters), and its image processor."""
+"""The model of a training run (the small CeiT, a preset, or a pretrained model with LoRA) and its image processor."""
 
 from __future__ import annotations
 
 import ast
+import copy
 import logging
 from pathlib import Path
 
@@ -59,28 +59,14 @@ def build_model(model_args: ModelArguments, recipe_args: RecipeArguments, labels
     if recipe_args.drop_path:
         overrides.update(stochastic_depth=True, stochastic_depth_mp=recipe_args.drop_path)
     if model_args.model_name_or_path:
-        hub = {
-            "cache_dir": model_args.cache_dir,
-            "revision": model_args.model_revision,
-            "token": model_args.token,
-            "trust_remote_code": model_args.trust_remote_code,
-        }
+        name, hub = model_args.model_name_or_path, {**hub_kwargs(model_args), "revision": model_args.model_revision}
+        label2id = {label: i for i, label in id2label.items()}
         try:
-            config = AutoConfig.from_pretrained(
-                model_args.model_name_or_path,
-                num_labels=len(labels),
-                id2label=id2label,
-                label2id={v: k for k, v in id2label.items()},
-                **hub,
-                **overrides,
-            )
+            config = AutoConfig.from_pretrained(name, id2label=id2label, label2id=label2id, **hub, **overrides)
         except ValueError as error:  # a typo in --config_overrides
             raise SystemExit(f"error: cannot load the model config with --config_overrides: {error}") from None
         return AutoModelForImageClassification.from_pretrained(
-            model_args.model_name_or_path,
-            config=config,
-            ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
-            **hub,
+            name, config=config, ignore_mismatched_sizes=model_args.ignore_mismatched_sizes, **hub
         )
     try:
         if model_args.preset:
@@ -94,6 +80,14 @@ def build_model(model_args: ModelArguments, recipe_args: RecipeArguments, labels
     return CeiTForImageClassification(config)
 
 
+def hub_kwargs(model_args: ModelArguments) -> dict:
+    return {
+        "cache_dir": model_args.cache_dir,
+        "token": model_args.token,
+        "trust_remote_code": model_args.trust_remote_code,
+    }
+
+
 def add_lora_adapters(model, model_args: ModelArguments):
     """`model` as a PEFT model with LoRA adapters on `--lora_target_modules` and the classifier trained in full."""
     import torch
@@ -103,18 +97,13 @@ def add_lora_adapters(model, model_args: ModelArguments):
     except ImportError:
         raise SystemExit("error: --lora_rank needs peft: pip install -e '.[peft]'.") from None
     targets = [name.strip() for name in model_args.lora_target_modules.split(",") if name.strip()]
-    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    unknown = [name for name in targets if name not in names]
-    if unknown:
+    modules = [(name.rsplit(".", 1)[-1], module) for name, module in model.named_modules()]
+    if unknown := [name for name in targets if name not in {short for short, _ in modules}]:
         raise SystemExit(
             f"error: --lora_target_modules {unknown} name no module of the model (e.g. qkv, proj, expand)."
         )
     # a name the configuration leaves as Identity (LeFF's `pointwise` without leff_depthwise_separable) has no weights
-    layers = {
-        name.rsplit(".", 1)[-1]
-        for name, m in model.named_modules()
-        if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))
-    }
+    layers = {short for short, module in modules if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d))}
     targets = [name for name in targets if name in layers]
     config = peft.LoraConfig(
         r=model_args.lora_rank,
@@ -123,8 +112,7 @@ def add_lora_adapters(model, model_args: ModelArguments):
         target_modules=targets,
         modules_to_save=["classifier"],
     )
-    # The pretrained BatchNorm statistics stay as they are (momentum 0; batches still normalise with their own
-    # statistics in training): the adapter file then holds everything that changed.
+    # The pretrained BatchNorm statistics stay as they are (momentum 0), so the adapter file holds all that changed.
     for module in model.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             module.momentum = 0.0
@@ -136,11 +124,8 @@ def add_lora_adapters(model, model_args: ModelArguments):
 
 def save_merged_lora(model, processor, output_dir) -> Path:
     """The adapters merged into a copy of the model, saved (with the processor) to OUTPUT_DIR/merged."""
-    import copy
-
-    merged = copy.deepcopy(model).merge_and_unload()
     folder = Path(output_dir) / "merged"
-    merged.save_pretrained(folder)
+    copy.deepcopy(model).merge_and_unload().save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
 
@@ -163,10 +148,5 @@ def load_image_processor(source: str | None, model, **hub_kwargs):
 
 
 def image_processor_for(model_args: ModelArguments, model):
-    return load_image_processor(
-        model_args.image_processor_name or model_args.model_name_or_path,
-        model,
-        cache_dir=model_args.cache_dir,
-        token=model_args.token,
-        trust_remote_code=model_args.trust_remote_code,
-    )
+    source = model_args.image_processor_name or model_args.model_name_or_path
+    return load_image_processor(source, model, **hub_kwargs(model_args))

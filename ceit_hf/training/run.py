@@ -29,16 +29,12 @@ from ..data.sources import (
 from ..data.streams import StreamedExamples, StreamError, StreamPositionCallback, streamed_splits
 from ..data.transforms import BatchAugmentation, SeededAugmentation, batch_mixer, eval_transform, train_transform
 from .arguments import SWITCH, DataArguments, ModelArguments, RecipeArguments, parse_args
-from .callbacks import EpochCallback, ModelEMACallback
+from .callbacks import BatchNormStatisticsCallback, EpochCallback, ModelEMACallback
 from .model import add_lora_adapters, build_model, image_processor_for, save_merged_lora
 
 
 logger = logging.getLogger("ceit_hf.training")
-# Less free space than this in --output_dir fails the run before training (the main job's checkpoints take ~8 MiB).
-MIN_FREE_BYTES = 16 * 1024 * 1024
-
-
-# ------------------------------------------------------------------------------------------------------- data
+MIN_FREE_BYTES = 16 * 1024 * 1024  # less free space in --output_dir fails the run (the main job's checkpoints: ~8 MiB)
 
 
 def data_source(data_args: DataArguments, model_args: ModelArguments | None = None, **changes) -> DataSource:
@@ -51,29 +47,14 @@ def data_source(data_args: DataArguments, model_args: ModelArguments | None = No
     return DataSource(**{**fields, **changes})
 
 
-def choose_image_size(model_args: ModelArguments, data_args: DataArguments, train) -> int | None:
-    """The crop size of a model trained from scratch: `--image_size`, 32 for the digits, else one chosen from the
-    training images (`image_size_from_data`). None for pretrained models and presets (their own size)."""
-    if model_args.image_size is not None or model_args.model_name_or_path or model_args.preset:
-        return model_args.image_size
-    if data_args.bundled:
-        return DIGITS_IMAGE_SIZE
-    return image_size_from_data(train, data_args.image_column_name)
-
-
-# ---------------------------------------------------------------------------------------------------- trainer
-
-
-def _trainer_class():  # noqa: C901 (the overrides of the Trainer subclass count as its branches)
-    import torch
+def _trainer_class():  # noqa: C901 (the overrides count as its branches)
     from transformers import Trainer
 
     class CeiTTrainer(Trainer):
-        """`Trainer` with the recipe's batch-level steps (`data.transforms.BatchAugmentation`): uint8 batches
-        normalised on the device they train or evaluate on, then, in training only, random erasing and Mixup/CutMix
-        right before the step (so evaluation batches keep their labels); and, with `repeated_augmentation` > 1, the
-        official recipe's repeated-augmentation sampling (`data.loader.RepeatedAugmentationSampler`). The random
-        steps draw from the training process's global generators, which Trainer checkpoints and restores."""
+        """`Trainer` with the recipe's batch steps (`BatchAugmentation`): uint8 batches normalised on their device,
+        then in training only random erasing and Mixup/CutMix (evaluation keeps its labels); and, with
+        `repeated_augmentation` > 1, the repeated-augmentation sampler. The random steps draw from the global
+        generators, which Trainer checkpoints and restores."""
 
         def __init__(self, *args, batch_augmentation=None, repeated_augmentation: int = 0, **kwargs):
             super().__init__(*args, **kwargs)
@@ -87,23 +68,20 @@ def _trainer_class():  # noqa: C901 (the overrides of the Trainer subclass count
             return inputs
 
         def training_step(self, model, inputs, *args, **kwargs):
-            inputs = self._prepare_inputs(inputs)
-            inputs["pixel_values"], inputs["labels"] = self.batch_augmentation(
-                inputs["pixel_values"], inputs["labels"]
-            )
-            return super().training_step(model, inputs, *args, **kwargs)
+            batch = self._prepare_inputs(inputs)
+            batch["pixel_values"], batch["labels"] = self.batch_augmentation(batch["pixel_values"], batch["labels"])
+            return super().training_step(model, batch, *args, **kwargs)
 
-        def _get_train_sampler(self, train_dataset=None):
-            dataset = self.train_dataset if train_dataset is None else train_dataset
-            if self.repeated_augmentation > 1 and not isinstance(dataset, torch.utils.data.IterableDataset):
-                return RepeatedAugmentationSampler(
-                    len(dataset),
-                    self.repeated_augmentation,
-                    world_size=self.args.world_size,
-                    batch_size=self.args.per_device_train_batch_size,
-                    seed=self.args.seed,
-                )
-            return super()._get_train_sampler(train_dataset)
+        def _get_train_sampler(self, train_dataset=None):  # (a stream has its own DataLoader: never here)
+            if self.repeated_augmentation <= 1:
+                return super()._get_train_sampler(train_dataset)
+            return RepeatedAugmentationSampler(
+                len(self.train_dataset if train_dataset is None else train_dataset),
+                self.repeated_augmentation,
+                world_size=self.args.world_size,
+                batch_size=self.args.per_device_train_batch_size,
+                seed=self.args.seed,
+            )
 
         def get_train_dataloader(self):
             if isinstance(self.train_dataset, StreamedExamples):  # split between the processes already
@@ -111,15 +89,11 @@ def _trainer_class():  # noqa: C901 (the overrides of the Trainer subclass count
             return super().get_train_dataloader()
 
         def get_eval_dataloader(self, eval_dataset=None):
-            """A stream's evaluation: each process reads its own share (accelerate would have process 0 read it all
-            and send the batches), in step with the others, and the gathering drops the padding that keeps them in
-            step (`streams.EvaluationLoader`; the evaluation loop resets `gather_function` when it ends)."""
+            # a stream's processes each read their own share in step, and the gathering drops the padding
             dataset = self.eval_dataset if eval_dataset is None else eval_dataset
-            if isinstance(eval_dataset, str) and isinstance(self.eval_dataset, dict):
-                dataset = self.eval_dataset[eval_dataset]
             if isinstance(dataset, StreamedExamples):
                 loader = dataset.evaluation_loader(self.args, self.accelerator)
-                self.gather_function = loader.gather
+                self.gather_function = loader.gather  # (the evaluation loop resets it when it ends)
                 return loader
             return super().get_eval_dataloader(eval_dataset)
 
@@ -132,13 +106,13 @@ def soft_target_loss(smoothing: float):
     import torch.nn.functional as F
 
     def loss(outputs, labels, num_items_in_batch=None):
-        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
-        return F.cross_entropy(logits.float(), labels, label_smoothing=smoothing)
+        return F.cross_entropy(outputs["logits"].float(), labels, label_smoothing=smoothing)
 
     return loss
 
 
 def compute_metrics_fn(num_labels: int):
+    """Top-1/top-5 accuracy of the images that decoded, and the number of those that did not (`bad_images`)."""
     import numpy as np
 
     from ..metrics import TopKAccuracy
@@ -146,8 +120,6 @@ def compute_metrics_fn(num_labels: int):
     metric = TopKAccuracy(top_k=(5,) if num_labels >= 5 else ())
 
     def compute(eval_pred):
-        """Top-1/top-5 accuracy of the images that decoded, and the number of those that did not (`bad_images`,
-        labelled `IGNORE_INDEX` by `--bad_image_policy skip`)."""
         logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
         labels = np.asarray(eval_pred.label_ids)
         kept = labels != IGNORE_INDEX
@@ -157,48 +129,35 @@ def compute_metrics_fn(num_labels: int):
     return compute
 
 
-def training_transform(processor, recipe_args: RecipeArguments):
-    """The worker side of the training augmentation (`data.transforms.train_transform`) for `processor`'s crop size
-    and the recipe flags."""
-    return train_transform(
-        (processor.crop_size["height"], processor.crop_size["width"]),
+def train_and_evaluate(
+    model, raw, processor, labels: list[str], data_args: DataArguments, recipe_args: RecipeArguments, training_args
+):
+    """Trains `model` (any transformers image classifier) on `raw["train"]` with the recipe, saves it, evaluates it
+    (and its EMA) on `raw["validation"]` and writes the metrics. Returns (the trainer, the final metrics)."""
+    import torch
+    from transformers import default_data_collator
+
+    for split in sorted({"train", "validation"} & set(raw)):  # (a stream checks each example as it is read)
+        check_labels(raw[split], data_args.label_column_name, model.config.num_labels, split)
+    if recipe_args.sync_batchnorm:
+        if not torch.cuda.is_available():
+            raise SystemExit("error: --sync_batchnorm needs CUDA devices (SyncBatchNorm has no CPU implementation).")
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    size = (processor.crop_size["height"], processor.crop_size["width"])
+    validation = example_count(raw["validation"]) if "validation" in raw else "no"
+    logger.info(
+        f"Model: {type(model).__name__}, {sum(p.numel() for p in model.parameters()):,} parameters, image size "
+        f"{size}, {len(labels)} classes; {example_count(raw['train'])} training / {validation} validation images"
+    )
+    transform = train_transform(
+        size,
         crop_min_scale=recipe_args.crop_min_scale,
         hflip=recipe_args.hflip,
         auto_augment=recipe_args.auto_augment,
         color_jitter=recipe_args.color_jitter,
         mean=processor.image_mean,
     )
-
-
-def train_and_evaluate(
-    model, raw, processor, labels: list[str], data_args: DataArguments, recipe_args: RecipeArguments, training_args
-):
-    """The job once the model is built: checks the labels, applies the recipe's transforms (seeded training
-    augmentation, `processor`'s evaluation transform) to the `train`/`validation` splits of `raw`, trains `model`
-    (any image classifier of transformers: `main` passes a CeiT, `examples/comparison.py` also a DeiT), saves it to
-    `training_args.output_dir`, evaluates it (and its EMA) and writes the metrics. Returns the trainer (its
-    `state.log_history` holds the per-epoch evaluations) and the final metrics. Pushing is left to the caller."""
-    import torch
-    from transformers import default_data_collator
-
-    # (a stream checks each example as it is read; one trained without evaluation may have no validation split)
-    for split in sorted({"train", "validation"} & set(raw)):
-        check_labels(raw[split], data_args.label_column_name, model.config.num_labels, split)
-    if recipe_args.sync_batchnorm:
-        if not torch.cuda.is_available():
-            raise SystemExit("error: --sync_batchnorm needs CUDA devices (SyncBatchNorm has no CPU implementation).")
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    logger.info(
-        "Model: %s, %s parameters, image size %s, %d classes; %s training / %s validation images",
-        type(model).__name__,
-        f"{sum(p.numel() for p in model.parameters()):,}",
-        (processor.crop_size["height"], processor.crop_size["width"]),
-        len(labels),
-        example_count(raw["train"]),
-        example_count(raw["validation"]) if "validation" in raw else "no",
-    )
-    columns = (data_args.image_column_name, data_args.label_column_name)
-    augmentation = SeededAugmentation(training_transform(processor, recipe_args), seed=training_args.seed)
+    augmentation = SeededAugmentation(transform, seed=training_args.seed)
     callbacks = [EpochCallback(augmentation)]
     if data_args.streaming:
         train_set, eval_set = streamed_splits(
@@ -214,27 +173,23 @@ def train_and_evaluate(
         )
         callbacks.append(StreamPositionCallback(train_set, resume_from=training_args.resume_from_checkpoint))
     else:
-        train_set = with_transform(raw["train"], *columns, augmentation, data_args.bad_image_policy)
-        eval_set = with_transform(
-            raw["validation"], *columns, eval_transform(processor), data_args.bad_image_policy, evaluation=True
-        )
+        columns, policy = (data_args.image_column_name, data_args.label_column_name), data_args.bad_image_policy
+        train_set = with_transform(raw["train"], *columns, augmentation, policy)
+        eval_set = with_transform(raw["validation"], *columns, eval_transform(processor), policy, evaluation=True)
     ema = None
     if recipe_args.model_ema_decay:
         ema = ModelEMACallback(recipe_args.model_ema_decay, resume_from=training_args.resume_from_checkpoint)
         callbacks.append(ema)
     smoothing = training_args.label_smoothing_factor
     mixing = recipe_args.mixup_alpha > 0 or recipe_args.cutmix_alpha > 0
-    common = {
-        "args": training_args,
-        "eval_dataset": eval_set,
-        "data_collator": default_data_collator,
-        "compute_metrics": compute_metrics_fn(len(labels)),
-    }
-    CeiTTrainer = _trainer_class()
-    trainer = CeiTTrainer(
+    trainer = _trainer_class()(
         model=model,
+        args=training_args,
         train_dataset=train_set,
+        eval_dataset=eval_set,
+        data_collator=default_data_collator,
         processing_class=processor,
+        compute_metrics=compute_metrics_fn(len(labels)),
         callbacks=callbacks,
         compute_loss_func=soft_target_loss(smoothing) if (mixing or smoothing) else None,
         batch_augmentation=BatchAugmentation(
@@ -244,51 +199,44 @@ def train_and_evaluate(
             batch_mixer(len(labels), recipe_args.mixup_alpha, recipe_args.cutmix_alpha),
         ),
         repeated_augmentation=recipe_args.repeated_augmentation,
-        **common,
     )
     logger.info(describe_setup(trainer))
     prepare_distributed(trainer)
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    if training_args.world_size > 1 and not trainer.is_fsdp_enabled:
+    return trainer, save_and_evaluate(trainer, train_result.metrics, ema)
+
+
+def save_and_evaluate(trainer, train_metrics: dict, ema) -> dict:
+    """Saves the trained model and the training metrics; returns the metrics of the model and of its EMA (evaluated
+    and saved to OUTPUT_DIR/ema in the model's place, sharded or not), none without a validation split."""
+    if trainer.args.world_size > 1 and not trainer.is_fsdp_enabled:
         from ..distributed import replicas_agree
 
         if replicas_agree(trainer.model):
-            logger.info("The trained weights are identical on all %d processes.", training_args.world_size)
+            logger.info("The trained weights are identical on all %d processes.", trainer.args.world_size)
         else:
             logger.warning("The trained weights differ between processes; the saved model is process 0's.")
     trainer.save_model()
-    trainer.log_metrics("train", train_result.metrics)
-    trainer.save_metrics("train", train_result.metrics)
+    trainer.log_metrics("train", train_metrics)
+    trainer.save_metrics("train", train_metrics)
     trainer.save_state()
-    return trainer, final_evaluation(trainer, ema, training_args.output_dir)
-
-
-def final_evaluation(trainer, ema, output_dir) -> dict:
-    """The metrics of the trained model and of its EMA (if any, in the trained model's place, sharded under FSDP,
-    evaluated and saved to OUTPUT_DIR/ema as the model was), logged and written. No metrics without an evaluation
-    set: a stream without a validation split, trained under --eval_strategy no."""
-    if trainer.eval_dataset is None:
+    metrics = {} if trainer.eval_dataset is None else trainer.evaluate()
+    if not metrics:
         logger.info("No validation split: the trained model is not evaluated.")
-        if ema is not None:
-            with ema.swapped_into(trainer.model):
-                trainer.save_model(Path(output_dir) / "ema")
-        return {}
-    metrics = trainer.evaluate()
     if ema is not None:
         with ema.swapped_into(trainer.model):
-            metrics.update(trainer.evaluate(metric_key_prefix="eval_ema"))
-            trainer.save_model(Path(output_dir) / "ema")
-    trainer.log_metrics("eval", metrics)
-    trainer.save_metrics("eval", metrics)
+            if metrics:
+                metrics.update(trainer.evaluate(metric_key_prefix="eval_ema"))
+            trainer.save_model(Path(trainer.args.output_dir) / "ema")
+    if metrics:
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
     return metrics
-
-
-# -------------------------------------------------------------------------------------------------------- run
 
 
 def check_output_dir(output_dir: str):
     """Fails before any training when the output folder cannot be created, holds no new file (read-only, not a
-    folder) or has less than `MIN_FREE_BYTES` free. Cheap: an empty temporary file and a `statvfs`."""
+    folder) or has less than `MIN_FREE_BYTES` free."""
     path = Path(output_dir)
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -314,9 +262,8 @@ def set_torch_threads(threads: int | None) -> int:
 
 
 def setup_logging(args=None):
-    """INFO logs of `ceit_hf` on every process (rank-tagged by the setup line), transformers' own at the level
-    Trainer chooses for this process (once `args` are parsed: `main` sets up ceit_hf's first, so that what parsing
-    logs, such as the checkpoint `--resume_from_checkpoint auto` picks or skips, is shown)."""
+    """INFO logs of `ceit_hf` on every process; with `args`, transformers' own at the level Trainer chooses for this
+    process (`main` sets up ceit_hf's before parsing, so what parsing logs is shown)."""
     import transformers
 
     root = logging.getLogger("ceit_hf")
@@ -331,15 +278,16 @@ def setup_logging(args=None):
 
 
 def describe_setup(trainer) -> str:
-    """The run as accelerate set it up (Trainer's accelerator: an accelerate config can turn on bf16 or FSDP
-    without a flag of train.py)."""
+    """The run as accelerate set it up (an accelerate config can turn on bf16 or FSDP without a flag of train.py)."""
     import torch
 
     args, accelerator = trainer.args, trainer.accelerator
-    precision = {"no": "fp32"}.get(accelerator.mixed_precision, accelerator.mixed_precision)
-    if trainer.is_fsdp_enabled:
-        precision += " (FSDP2 mixed precision, BatchNorms in fp32)" if precision != "fp32" else ""
-    elif precision != "fp32":
+    precision = accelerator.mixed_precision
+    if precision == "no":
+        precision = "fp32"
+    elif trainer.is_fsdp_enabled:
+        precision += " (FSDP2 mixed precision, BatchNorms in fp32)"
+    else:
         precision += " autocast"
     return (
         f"Distributed setup: world size {args.world_size}, process rank {args.process_index}, "
@@ -350,34 +298,30 @@ def describe_setup(trainer) -> str:
 
 
 def fsdp_requested(args) -> bool:
-    """Whether the run asks for FSDP: `--fsdp` or an accelerate config with `distributed_type: FSDP` (which
-    `accelerate launch` passes on as ACCELERATE_USE_FSDP)."""
+    """`--fsdp`, or an accelerate config with `distributed_type: FSDP` (passed on as ACCELERATE_USE_FSDP)."""
     from transformers.utils import strtobool
 
     return bool(args.fsdp) or bool(strtobool(os.environ.get("ACCELERATE_USE_FSDP", "false")))
 
 
 def match_gradient_layout(model) -> None:
-    """Gives LeFF's depthwise weights `(C, 1, k, k)` the strides of their gradients. Their input is a channels-last
-    view, so the gradients come channels-last: the same memory order (a size-1 axis' stride is free), other strides,
-    which DDP compares with its bucket views at every step ("Grad strides do not match bucket view strides")."""
+    """Gives LeFF's depthwise weights `(C, 1, k, k)` the strides of their channels-last gradients, which DDP compares
+    with its bucket views at every step ("Grad strides do not match bucket view strides")."""
     import torch
 
     for module in model.modules():
         if isinstance(module, torch.nn.Conv2d) and module.groups > 1 and module.weight.shape[1] == 1:
             weight = module.weight.data
-            channels, _, height, width = weight.shape
-            # `contiguous(memory_format=channels_last)` would keep the tensor as it is: with one input channel per
-            # group both layouts count as contiguous, so the strides are set explicitly.
+            _, _, height, width = weight.shape
+            # set explicitly: with one input channel per group both layouts count as contiguous
             strides = (height * width, 1, width, 1)
             module.weight.data = torch.empty_strided(weight.shape, strides, dtype=weight.dtype, device=weight.device)
             module.weight.data.copy_(weight)
 
 
 def check_fsdp_request(args) -> None:
-    """Refuses, before any data is loaded, FSDP settings that train.py cannot run (`ceit_hf.distributed.
-    check_fsdp_settings`), naming the setting to change; also on CPU processes, where accelerate runs DDP instead:
-    the config is the one for GPUs."""
+    """Refuses, before any data is loaded, FSDP settings that train.py cannot run (`check_fsdp_settings`), also on
+    CPU processes, where accelerate runs DDP instead."""
     from transformers.utils import strtobool
 
     from ..distributed import check_fsdp_settings
@@ -397,12 +341,8 @@ def check_fsdp_request(args) -> None:
 
 
 def prepare_distributed(trainer) -> None:
-    """What a multi-process run needs before `trainer.train()`. Under FSDP: CeiT's own FSDP2 sharding (BatchNorms
-    in fp32 units, `ceit_hf.distributed`), BatchNorm statistics averaged over the ranks after each step, before the
-    EMA (if any, which is then kept sharded) takes them. FSDP asked for where accelerate cannot give it (CPU
-    processes) is logged with what runs instead."""
-    from .callbacks import BatchNormStatisticsCallback
-
+    """Under FSDP: CeiT's own FSDP2 sharding and BatchNorm statistics averaged over the ranks after each step, before
+    the EMA takes them. FSDP asked for on CPU processes is logged with what runs instead."""
     if trainer.is_fsdp_enabled:
         from ..distributed import shard_for_accelerator
 
@@ -425,12 +365,80 @@ def prepare_distributed(trainer) -> None:
         match_gradient_layout(trainer.model)
 
 
-def write_model_card(output_dir, model, model_args, data_args, training_args, metrics, argv):
+def prepare_job(model_args, data_args, recipe_args, data_seed: int, needs_validation: bool = True):
+    """(the data splits, the class names, the image size, the model, its image processor) of a run. Without
+    `needs_validation` a stream may have no validation split."""
+    source = data_source(data_args, model_args, needs_validation=needs_validation)
+    raw = load_image_datasets(source, data_seed)
+    labels = label_names(raw["train"], data_args.label_column_name, class_names_of(source))
+    image_size = model_args.image_size  # from scratch: chosen from the data (32 for the digits) unless given
+    if image_size is None and not (model_args.model_name_or_path or model_args.preset):
+        image_size = (
+            DIGITS_IMAGE_SIZE if data_args.bundled else image_size_from_data(raw["train"], data_args.image_column_name)
+        )
+    model = build_model(model_args, recipe_args, labels, image_size)
+    if hasattr(model, "set_leff_recompute"):  # a CeiT (train.py also fine-tunes other classifiers)
+        model.set_leff_recompute(SWITCH[model_args.leff_recompute])
+        model.set_stem_recompute(SWITCH[model_args.stem_recompute])
+    processor = image_processor_for(model_args, model)
+    if model_args.lora_rank:
+        model = add_lora_adapters(model, model_args)
+    return raw, labels, image_size, model, processor
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """The training job: parse, load data, build the model, train with Trainer, evaluate, save, card, push."""
+    from transformers import set_seed
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    setup_logging()
+    model_args, data_args, recipe_args, training_args = parse_args(argv)
+    setup_logging(training_args)
+    if training_args.process_index == 0:
+        check_output_dir(training_args.output_dir)
+    set_torch_threads(recipe_args.torch_threads)
+    if keep_freed_cpu_memory_if(SWITCH[recipe_args.keep_freed_cpu_memory], training_args.device):
+        logger.info("Freed CPU memory is kept for the next step (glibc's heap; --keep_freed_cpu_memory)")
+    check_fsdp_request(training_args)
+    set_seed(training_args.seed)
+    evaluates = training_args.eval_strategy != "no"
+    raw, labels, _, model, processor = prepare_job(
+        model_args, data_args, recipe_args, data_seed=training_args.seed, needs_validation=evaluates
+    )
+    # Trainer would push every checkpoint (with its pickled optimizer state); the final model is pushed below.
+    push_requested, training_args.push_to_hub = training_args.push_to_hub, False
+    try:
+        trainer, metrics = train_and_evaluate(model, raw, processor, labels, data_args, recipe_args, training_args)
+    except (BadImageError, StreamError) as error:  # --bad_image_policy stop, a stream that cannot go on: one line
+        raise SystemExit(str(error)) from None
+    if not trainer.is_world_process_zero():
+        return metrics
+    output_dir = training_args.output_dir
+    if model_args.merge_lora:
+        logger.info("LoRA adapters merged into %s", save_merged_lora(trainer.model, processor, output_dir))
+    if "eval_accuracy" in metrics:  # (a stream trained without a validation split has no score to report)
+        write_model_card(trainer.model, model_args, data_args, training_args, metrics, argv)
+    else:
+        logger.info("No model card: the model was not evaluated (no validation split).")
+    if push_requested:
+        from ..hub import push_model_folder
+
+        push_model_folder(
+            output_dir,
+            training_args.hub_model_id,
+            token=training_args.hub_token,
+            private=bool(training_args.hub_private_repo),
+            revision=training_args.hub_revision,
+        )
+    return metrics
+
+
+def write_model_card(model, model_args, data_args, training_args, metrics, argv):
     from ..model_card import training_card
 
     scheduler = training_args.lr_scheduler_type
-    card = training_card(
-        model_name=Path(output_dir).resolve().name,
+    training_card(
+        model_name=Path(training_args.output_dir).resolve().name,
         repo_id=training_args.hub_model_id,
         model=model,
         base_model=model_args.model_name_or_path,
@@ -448,71 +456,4 @@ def write_model_card(output_dir, model, model_args, data_args, training_args, me
             "seed": training_args.seed,
         },
         command=shlex.join(["python", "scripts/train.py", *argv]),
-    )
-    card.save(Path(output_dir) / "README.md")
-
-
-def prepare_job(model_args, data_args, recipe_args, data_seed: int, needs_validation: bool = True):
-    """(the data splits, the class names, the image size, the model, its image processor) of a run. Without
-    `needs_validation` (nothing evaluates during training) a stream may have no validation split."""
-    source = data_source(data_args, model_args, needs_validation=needs_validation)
-    raw = load_image_datasets(source, data_seed)
-    labels = label_names(raw["train"], data_args.label_column_name, class_names_of(source))
-    image_size = choose_image_size(model_args, data_args, raw["train"])
-    model = build_model(model_args, recipe_args, labels, image_size)
-    if hasattr(model, "set_leff_recompute"):  # a CeiT (train.py also fine-tunes other classifiers)
-        model.set_leff_recompute(SWITCH[model_args.leff_recompute])
-        model.set_stem_recompute(SWITCH[model_args.stem_recompute])
-    processor = image_processor_for(model_args, model)
-    if model_args.lora_rank:
-        model = add_lora_adapters(model, model_args)
-    return raw, labels, image_size, model, processor
-
-
-def main(argv: list[str] | None = None) -> dict:
-    """The training job: parse, load data, build the model, train with Trainer, evaluate, save, card, push."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    setup_logging()
-    model_args, data_args, recipe_args, training_args = parse_args(argv)
-    setup_logging(training_args)
-    if training_args.process_index == 0:
-        check_output_dir(training_args.output_dir)
-    set_torch_threads(recipe_args.torch_threads)
-    if keep_freed_cpu_memory_if(SWITCH[recipe_args.keep_freed_cpu_memory], training_args.device):
-        logger.info("Freed CPU memory is kept for the next step (glibc's heap; --keep_freed_cpu_memory)")
-    check_fsdp_request(training_args)
-
-    from transformers import set_seed
-
-    set_seed(training_args.seed)
-    evaluates = training_args.eval_strategy != "no"  # (an IntervalStrategy, a str enum)
-    raw, labels, _, model, processor = prepare_job(
-        model_args, data_args, recipe_args, data_seed=training_args.seed, needs_validation=evaluates
-    )
-    # Trainer would push every checkpoint (with its pickled optimizer state); the final model is pushed below.
-    push_requested, training_args.push_to_hub = training_args.push_to_hub, False
-    try:
-        trainer, metrics = train_and_evaluate(model, raw, processor, labels, data_args, recipe_args, training_args)
-    except (BadImageError, StreamError) as error:  # --bad_image_policy stop, a stream that cannot go on: one line
-        raise SystemExit(str(error)) from None
-    if trainer.is_world_process_zero() and model_args.merge_lora:
-        logger.info(
-            "LoRA adapters merged into %s", save_merged_lora(trainer.model, processor, training_args.output_dir)
-        )
-    if trainer.is_world_process_zero():
-        if "eval_accuracy" in metrics:  # (a stream trained without a validation split has no score to report)
-            card_args = (model_args, data_args, training_args, metrics, argv)
-            write_model_card(training_args.output_dir, trainer.model, *card_args)
-        else:
-            logger.info("No model card: the model was not evaluated (no validation split).")
-        if push_requested:
-            from ..hub import push_model_folder
-
-            push_model_folder(
-                training_args.output_dir,
-                training_args.hub_model_id,
-                token=training_args.hub_token,
-                private=bool(training_args.hub_private_repo),
-                revision=training_args.hub_revision,
-            )
-    return metrics
+    ).save(Path(training_args.output_dir) / "README.md")
