@@ -1,7 +1,6 @@
 # Copyright 2026 The ceit_hf authors. Licensed under the Apache License, Version 2.0.
-"""Decoding the images of a dataset: each image is decoded here (its `datasets` column left undecoded), so that a file
-that fails is named, and `--bad_image_policy` decides what takes its place (the next image in training, nothing in
-evaluation: a score is never that of another image)."""
+"""Decoding each image here (its `datasets` column left undecoded): a file that fails is named, and
+`--bad_image_policy` decides what takes its place."""
 
 from __future__ import annotations
 
@@ -11,23 +10,27 @@ from PIL import Image
 
 
 logger = logging.getLogger("ceit_hf.data")
-# The label that cross-entropy (its ignore_index) and the metrics leave out: a bad image in evaluation.
-IGNORE_INDEX = -100
-PLACEHOLDER_SIZE = (224, 224)  # the blank image in its place
+IGNORE_INDEX = -100  # the label that cross-entropy and the metrics leave out: a bad image in evaluation
+PLACEHOLDER_SIZE = (224, 224)  # the blank image in a bad one's place
 BAD_IMAGE_POLICIES = ("skip", "stop")
-# What Pillow raises for a file that is no image, is damaged or truncated (SyntaxError: "broken PNG file"), or
-# too large to be safe.
+# What Pillow raises for a file that is no image, damaged, truncated (SyntaxError: "broken PNG file") or too large.
 IMAGE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
 
 
-class BadImageError(Exception):
-    """An image that fails to decode, named. A DataLoader worker hands it to the training process, which raises it
-    again with the worker's traceback as the message: the constructor keeps the one `error:` line of it
-    (`run.main` ends the command line with that line, as the other data errors)."""
+class DataError(Exception):
+    """A data error; a DataLoader worker hands it over with its traceback as message, of which the `error:` line is
+    kept (`run.main` ends with that line)."""
 
-    def __init__(self, message: str, name: str | None = None, reason: str | None = None):
+    def __init__(self, message: str):
         last = next((line for line in reversed(message.splitlines()) if "error: " in line), message)
         super().__init__(last[last.find("error: ") :])
+
+
+class BadImageError(DataError):
+    """An image that fails to decode, named."""
+
+    def __init__(self, message: str, name: str | None = None, reason: str | None = None):
+        super().__init__(message)
         self.name, self.reason = name, reason
 
 
@@ -37,7 +40,7 @@ def check_bad_image_policy(policy: str) -> None:
 
 
 def undecoded(dataset, column: str):
-    """`dataset` with its `datasets.Image` column left undecoded ({'bytes', 'path'}): `decode_image` decodes it."""
+    """`dataset` with its `datasets.Image` column left undecoded ({'bytes', 'path'}) for `decode_image`."""
     import datasets
 
     feature = dataset.features[column] if dataset.features else None
@@ -48,7 +51,7 @@ def undecoded(dataset, column: str):
 
 def decode_image(value, feature):
     """The image `value` of a column of type `feature` decoded in full as `datasets` would, or `BadImageError`
-    naming its file (or its row's bytes). Values of other columns (already images) are returned as they are."""
+    naming its file (or its row's bytes). Other values (already images) are returned as they are."""
     import datasets
 
     if not isinstance(feature, datasets.Image) or not isinstance(value, dict):
@@ -62,11 +65,8 @@ def decode_image(value, feature):
 
 
 class ExampleDecoder:
-    """Decodes the image of an example itself (its column left undecoded), so that a file that fails is named, and
-    applies `--bad_image_policy` to it: "stop" raises `BadImageError`; "skip" logs a warning naming it and counts
-    it. What takes the place of a bad image depends on where it is read (`DecodedExamples`, `StreamedExamples`): in
-    evaluation it is left out of the loss and the metrics (its label becomes `IGNORE_INDEX`), so a score is never
-    that of another image."""
+    """Decodes an example's image under `--bad_image_policy`: "stop" raises `BadImageError`; "skip" names it in a
+    warning, counts it and returns None (the caller decides what takes its place)."""
 
     def __init__(self, image_column: str, label_column: str, feature, policy: str, evaluation: bool):
         check_bad_image_policy(policy)
@@ -75,7 +75,6 @@ class ExampleDecoder:
         self.skipped, self.last_skipped = 0, None  # per process: each DataLoader worker counts its own
 
     def decode(self, value):
-        """The decoded image, or None for a bad one under "skip" (named in a warning and counted)."""
         try:
             return decode_image(value, self.feature)
         except BadImageError as error:
@@ -93,20 +92,13 @@ class ExampleDecoder:
 
 
 class DecodedExamples(ExampleDecoder):
-    """A map-style dataset over the rows of a `datasets.Dataset` yielding `pixel_values` and `labels` (what
-    `default_data_collator` stacks): a batch of rows is read in one go (`__getitems__`, as `datasets` itself), its
-    images decoded (`ExampleDecoder`), then `transform` is applied to the images and their keys. A key is the row
-    index, or a row index plus a multiple of the dataset's length: the k-th repeat of a row in an epoch under
-    repeated augmentation (`loader.RepeatedAugmentationSampler`), the same row with a key, and so an augmentation,
-    of its own.
-
-    A bad image under "skip": in training the next decodable example of the dataset (and its label) takes its place,
-    a deterministic choice that keeps batches full, which data-parallel processes need (they step together); in
-    evaluation a blank image with the label `IGNORE_INDEX` takes it, left out of the loss and the metrics."""
+    """A `datasets.Dataset` as `pixel_values` and `labels`, a batch of rows read, decoded and `transform(images, keys)`
+    at a time. A key is a row index plus a multiple of the length (a repeat: `loader.RepeatedAugmentationSampler`).
+    A bad image under "skip": in training the next decodable row takes its place (data-parallel processes need full
+    batches); in evaluation a blank image labelled `IGNORE_INDEX`, left out of the metrics."""
 
     def __init__(self, dataset, image_column: str, label_column: str, transform, policy="skip", evaluation=False):
-        feature = dataset.features[image_column]
-        super().__init__(image_column, label_column, feature, policy, evaluation)
+        super().__init__(image_column, label_column, dataset.features[image_column], policy, evaluation)
         self.source, self.transform = undecoded(dataset, image_column), transform
 
     def __len__(self) -> int:
@@ -133,7 +125,7 @@ class DecodedExamples(ExampleDecoder):
         if self.evaluation:
             return Image.new("RGB", PLACEHOLDER_SIZE), IGNORE_INDEX
         for offset in range(1, len(self.source)):
-            row = self.source[(int(index) + offset) % len(self.source)]
+            row = self.source[(index + offset) % len(self.source)]
             try:
                 return decode_image(row[self.image_column], self.feature), row[self.label_column]
             except BadImageError:
@@ -141,9 +133,5 @@ class DecodedExamples(ExampleDecoder):
         raise BadImageError(f"error: no image of the dataset decodes: none can take the place of {self.last_skipped}.")
 
 
-def with_transform(
-    dataset, image_column: str, label_column: str, transform, bad_image_policy: str = "skip", evaluation=False
-):
-    """`dataset` yielding `pixel_values` and `labels`, decoded and transformed on the fly by `DecodedExamples`;
-    `transform` receives the batch's images and their row indices."""
-    return DecodedExamples(dataset, image_column, label_column, transform, bad_image_policy, evaluation)
+# `dataset` decoded and transformed on the fly; `transform` receives the batch's images and their keys.
+with_transform = DecodedExamples

@@ -1,8 +1,6 @@
 # Copyright 2026 The ceit_hf authors. Licensed under the Apache License, Version 2.0.
-"""Where the images of a run come from, as a `DatasetDict` with `train` and `validation` splits: scikit-learn's
-bundled digits, image folders (indexed in one directory walk, the index kept and reused), a Hub dataset or local
-dataset folder (downloaded, or as streams with `streaming`). Each is checked before any training: a bad folder
-fails with one line saying what was expected, a small one is decoded in full."""
+"""Where the images of a run come from (`train` and `validation` splits): the bundled digits, image folders (indexed
+once, the index kept), a Hub dataset or local dataset folder (downloaded or streamed), each checked before training."""
 
 from __future__ import annotations
 
@@ -12,9 +10,9 @@ import itertools
 import json
 import logging
 import os
-import stat
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,12 +26,16 @@ from .loader import cpus_per_process
 
 logger = logging.getLogger("ceit_hf.data")
 DIGITS_IMAGE_SIZE = 32
+INDEX_VERSION = 2
+INDEX_FILE = "index.arrow"
+INDEX_METADATA = b"ceit_hf_index"
+CLASS_NAMES_FILE = "classes.txt"
 
 
 @dataclass(frozen=True)
 class DataSource:
-    """What to load and how (plain values: `ceit_hf.training` fills it from its command line). The `*_name` fields
-    are columns of the dataset; `cache_dir`, `token` and `trust_remote_code` go to `datasets.load_dataset`."""
+    """What to load and how (`ceit_hf.training` fills it from its command line). The `*_name` fields are columns;
+    `cache_dir`, `token` and `trust_remote_code` go to `datasets.load_dataset`."""
 
     dataset_name: str | None = None
     dataset_config_name: str | None = None
@@ -47,130 +49,11 @@ class DataSource:
     verify_images_limit: int = 20000
     bad_image_policy: str = "skip"
     streaming: bool = False
-    # a stream trains without a validation split when nothing evaluates it
-    needs_validation: bool = True
-    # the names of integer labels: "a,b,c" or a file of one name per line (`class_names_of`)
-    class_names: str | None = None
+    needs_validation: bool = True  # a stream trains without a validation split when nothing evaluates it
+    class_names: str | None = None  # "a,b,c" or a file of one name per line (`class_names_of`)
     cache_dir: str | None = None
     token: str | None = None
     trust_remote_code: bool = False
-
-    @property
-    def bundled(self) -> bool:
-        """No data given: the bundled digits."""
-        return self.dataset_name is None and self.train_dir is None
-
-
-def digits_dataset(seed: int = 0):
-    """scikit-learn's bundled handwritten digits (1,797 real 8x8 scans, 10 classes) as a `DatasetDict` with a
-    stratified 80/20 train/validation split: the offline default data of the main job."""
-    import datasets
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = [Image.fromarray((img * 255 / 16).round().astype(np.uint8), mode="L") for img in digits.images]
-    features = datasets.Features(
-        {"image": datasets.Image(), "label": datasets.ClassLabel(names=[str(i) for i in range(10)])}
-    )
-    full = datasets.Dataset.from_dict({"image": images, "label": digits.target.tolist()}, features=features)
-    split = full.train_test_split(test_size=0.2, stratify_by_column="label", seed=seed)
-    return datasets.DatasetDict(train=split["train"], validation=split["test"])
-
-
-# ------------------------------------------------------------------------------------------------ image folders
-#
-# A folder is indexed the way torchvision's `ImageFolder` does it: one `os.scandir` walk that lists every class
-# folder's images (class = first-level folder, in sorted order), with no per-file work beyond that walk. The paths
-# and labels go into an Arrow file in one go, saved under the datasets cache and memory-mapped from there, with the
-# modification time of every folder walked: a later run (and the other processes of this one) whose folders all
-# have the same times reuses it without a walk. (Adding, removing or renaming a file changes its folder's time.)
-
-INDEX_VERSION = 2  # 2: one file, the description in its schema metadata
-INDEX_FILE = "index.arrow"
-INDEX_METADATA = b"ceit_hf_index"
-
-
-def _hidden(name: str) -> bool:
-    return name.startswith((".", "__"))  # as datasets' imagefolder: .DS_Store, __MACOSX
-
-
-@dataclass
-class FolderIndex:
-    """The images of an image folder: `paths` grouped by class in `classes` order (`counts` per class), and the
-    modification time of every folder walked (relative to `root`)."""
-
-    root: str
-    classes: list[str]
-    paths: list[str]
-    counts: list[int]
-    folders: dict[str, int]
-
-    @property
-    def labels(self) -> np.ndarray:
-        return np.repeat(np.arange(len(self.classes), dtype=np.int64), self.counts)
-
-
-def scan_image_folder(folder: str, flag: str) -> FolderIndex:
-    """One `os.scandir` walk of `folder`, or one line naming it unless it is an `imagefolder` layout (a sub-folder
-    of images per class; hidden files and folders left out, sub-folders of a class folder included)."""
-    from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
-
-    extensions = {extension.lower() for extension in ImageFolder.EXTENSIONS}
-    expected = f"expected one sub-folder of images per class ({folder}/<class>/<image>)"
-    root = os.path.abspath(folder)
-    try:
-        top = os.stat(root)
-    except FileNotFoundError:
-        raise SystemExit(f"error: {flag} {folder!r} does not exist: {expected}.") from None
-    if not stat.S_ISDIR(top.st_mode):
-        raise SystemExit(f"error: {flag} {folder!r} is not a folder: {expected}.")
-    with os.scandir(root) as scan:
-        entries = [entry for entry in scan if not _hidden(entry.name)]
-    if not entries:
-        raise SystemExit(f"error: {flag} {folder!r} is empty: {expected}.")
-    classes = sorted(entry.name for entry in entries if entry.is_dir())
-    if not classes:
-        raise SystemExit(
-            f"error: {flag} {folder!r} has no class sub-folders ({len(entries)} files directly in it): {expected}."
-        )
-    paths, counts, folders = [], [], {".": top.st_mtime_ns}
-    for name in classes:
-        start = len(paths)
-        _scan_class(os.path.join(root, name), root, extensions, paths, folders)
-        if len(paths) == start:
-            raise SystemExit(
-                f"error: {flag} {folder!r}: the class folder {name!r} holds no images (expected files such as .png "
-                "or .jpg)."
-            )
-        paths[start:] = sorted(paths[start:])
-        counts.append(len(paths) - start)
-    return FolderIndex(root, classes, paths, counts, folders)
-
-
-def _scan_class(folder: str, root: str, extensions: set[str], paths: list[str], folders: dict[str, int]) -> None:
-    """Appends the images under the class folder `folder` to `paths`, and each folder's modification time to
-    `folders`."""
-    pending = [folder]
-    while pending:
-        directory = pending.pop()
-        folders[os.path.relpath(directory, root)] = os.stat(directory).st_mtime_ns
-        with os.scandir(directory) as scan:
-            for entry in scan:
-                if _hidden(entry.name):
-                    continue
-                if entry.is_dir():
-                    pending.append(entry.path)
-                elif os.path.splitext(entry.name)[1].lower() in extensions:
-                    paths.append(entry.path)
-
-
-def index_store(root: str, cache_dir: str | None = None) -> Path:
-    """Where the index of the folder `root` (an absolute path) is kept: under `cache_dir` (--cache_dir), else the
-    datasets cache."""
-    import datasets
-
-    base = Path(cache_dir) if cache_dir else Path(datasets.config.HF_DATASETS_CACHE)
-    return base / "ceit_hf_image_folders" / hashlib.sha256(root.encode()).hexdigest()[:16]
 
 
 def index_features(classes: list[str]):
@@ -179,30 +62,85 @@ def index_features(classes: list[str]):
     return datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=classes)})
 
 
-def save_index(index: FolderIndex, store: Path):
-    """`index` as a `datasets.Dataset` (an image column of paths, a ClassLabel column), written to `store` and
-    memory-mapped from there; kept in memory when `store` cannot be written. One file, `index.arrow`, holding the
-    description (root, classes, counts, folder times) in its schema's metadata, written under a name of its own
-    and renamed into place: a reader sees a complete index or none, and writers that share a cache (the nodes of
-    one run) never write to the same temporary file."""
+def digits_dataset(seed: int = 0):
+    """scikit-learn's bundled handwritten digits (1,797 8x8 scans, 10 classes) as a `DatasetDict` with a stratified
+    80/20 train/validation split: the offline default data."""
+    import datasets
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = [Image.fromarray((img * 255 / 16).round().astype(np.uint8), mode="L") for img in digits.images]
+    features = index_features([str(i) for i in range(10)])
+    full = datasets.Dataset.from_dict({"image": images, "label": digits.target.tolist()}, features=features)
+    split = full.train_test_split(test_size=0.2, stratify_by_column="label", seed=seed)
+    return datasets.DatasetDict(train=split["train"], validation=split["test"])
+
+
+# An image folder is indexed as torchvision's `ImageFolder` lists it, in one `os.scandir` walk. The paths and labels
+# go into one Arrow file under the datasets cache with the modification time of every folder walked: a later run (or
+# another process) whose folders all have the same times reuses it. (Adding or removing a file changes its folder's.)
+
+
+def _visible(entries):
+    return (entry for entry in entries if not entry.name.startswith((".", "__")))  # as datasets: .DS_Store, __MACOSX
+
+
+def scan_image_folder(folder: str, flag: str) -> tuple[list[str], dict]:
+    """(the image paths of `folder` grouped by class, the index's description: classes, images per class, folder
+    times) from one walk, or one line naming `folder` unless it holds a sub-folder of images per class."""
+    from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
+
+    extensions = {extension.lower() for extension in ImageFolder.EXTENSIONS}
+    expected = f"expected one sub-folder of images per class ({folder}/<class>/<image>)"
+    root = os.path.abspath(folder)
+    if not os.path.isdir(root):
+        what = "is not a folder" if os.path.exists(root) else "does not exist"
+        raise SystemExit(f"error: {flag} {folder!r} {what}: {expected}.")
+    with os.scandir(root) as scan:
+        entries = list(_visible(scan))
+    if not entries:
+        raise SystemExit(f"error: {flag} {folder!r} is empty: {expected}.")
+    classes = sorted(entry.name for entry in entries if entry.is_dir())
+    if not classes:
+        raise SystemExit(
+            f"error: {flag} {folder!r} has no class sub-folders ({len(entries)} files directly in it): {expected}."
+        )
+    paths, counts, folders = [], [], {".": os.stat(root).st_mtime_ns}
+    for name in classes:
+        found, pending = [], [os.path.join(root, name)]
+        while pending:  # sub-folders of a class folder included
+            directory = pending.pop()
+            folders[os.path.relpath(directory, root)] = os.stat(directory).st_mtime_ns
+            with os.scandir(directory) as scan:
+                for entry in _visible(scan):
+                    if entry.is_dir():
+                        pending.append(entry.path)
+                    elif os.path.splitext(entry.name)[1].lower() in extensions:
+                        found.append(entry.path)
+        if not found:
+            raise SystemExit(
+                f"error: {flag} {folder!r}: the class folder {name!r} holds no images (expected files such as .png "
+                "or .jpg)."
+            )
+        paths += sorted(found)
+        counts.append(len(found))
+    return paths, {"version": INDEX_VERSION, "root": root, "classes": classes, "counts": counts, "folders": folders}
+
+
+def save_index(paths: list[str], description: dict, store: Path):
+    """The index as a `datasets.Dataset` (image paths, ClassLabel labels) memory-mapped from `store/index.arrow`,
+    whose schema metadata holds `description`; written under a name of its own and renamed into place, so that a
+    reader sees a complete index or none. Kept in memory when `store` cannot be written."""
     import datasets
     import pyarrow as pa
 
-    features = index_features(index.classes)
-    count = len(index.paths)
     image = pa.StructArray.from_arrays(
-        [pa.nulls(count, pa.binary()), pa.array(index.paths, pa.string())], names=["bytes", "path"]
+        [pa.nulls(len(paths), pa.binary()), pa.array(paths, pa.string())], names=["bytes", "path"]
     )
-    description = {
-        "version": INDEX_VERSION,
-        "root": index.root,
-        "classes": index.classes,
-        "counts": index.counts,
-        "folders": index.folders,
-    }
-    schema = features.arrow_schema
+    labels = np.repeat(np.arange(len(description["counts"]), dtype=np.int64), description["counts"])
+    schema = index_features(description["classes"]).arrow_schema
     schema = schema.with_metadata({**(schema.metadata or {}), INDEX_METADATA: json.dumps(description).encode()})
-    table = pa.Table.from_arrays([image, pa.array(index.labels)], schema=schema)
+    table = pa.Table.from_arrays([image, pa.array(labels)], schema=schema)
     temporary = store / f"{INDEX_FILE}.{uuid.uuid4().hex}"
     try:
         store.mkdir(parents=True, exist_ok=True)
@@ -210,9 +148,10 @@ def save_index(index: FolderIndex, store: Path):
             writer.write_table(table)
         os.replace(temporary, store / INDEX_FILE)
     except OSError as error:
-        with contextlib.suppress(OSError):
-            temporary.unlink()
-        logger.warning("Cannot keep the index of %s in %s (%s): it stays in memory.", index.root, store, error)
+        temporary.unlink(missing_ok=True)
+        logger.warning(
+            "Cannot keep the index of %s in %s (%s): it stays in memory.", description["root"], store, error
+        )
         return datasets.Dataset(table)
     return datasets.Dataset.from_file(str(store / INDEX_FILE))
 
@@ -235,89 +174,52 @@ def load_index(root: str, store: Path):
         dataset = datasets.Dataset.from_file(str(path))
     except (OSError, ValueError, KeyError, TypeError, pa.ArrowInvalid):
         return None
-    if len(dataset) != sum(description["counts"]):
-        return None
-    return dataset, description["counts"]
+    return (dataset, description["counts"]) if len(dataset) == sum(description["counts"]) else None
+
+
+def _fails_to_decode(file: str) -> bool:
+    try:
+        with Image.open(file) as image:
+            image.load()
+    except IMAGE_ERRORS:
+        return True
+    return False
 
 
 def image_folder_dataset(folder: str, flag: str, decode_limit: int = 0, cache_dir: str | None = None):
-    """(the images of `folder` as a `datasets.Dataset` of paths and ClassLabel labels, images per class). The index
-    of an earlier run is reused when the folder is unchanged, else the folder is walked once (`scan_image_folder`)
-    and the index kept (`save_index`). A folder of at most `decode_limit` images has every image decoded, and
-    fails naming the files that do not decode (a truncated file has a valid header); in a larger one a file that
-    fails is found when it is read in training (`--bad_image_policy`)."""
+    """(the images of `folder` as a `datasets.Dataset` of paths and ClassLabel labels, images per class), from the
+    index kept under `cache_dir` (else the datasets cache) while the folder is unchanged, else from a walk. A folder
+    of at most `decode_limit` images is decoded in full and fails naming the files that do not decode (a truncated
+    file has a valid header); in a larger one a bad file is met in training (`--bad_image_policy`)."""
+    import datasets
+
     root = os.path.abspath(folder)
-    store = index_store(root, cache_dir)
+    base = Path(cache_dir or datasets.config.HF_DATASETS_CACHE)
+    store = base / "ceit_hf_image_folders" / hashlib.sha256(root.encode()).hexdigest()[:16]
     start = time.perf_counter()
     found = load_index(root, store)
+    how = "indexed" if found is None else "index reused"
     if found is None:
-        index = scan_image_folder(folder, flag)
-        dataset, counts = save_index(index, store), index.counts
-        how = "indexed"
-    else:
-        (dataset, counts), how = found, "index reused"
-    logger.info(
-        "%s: %d images in %d classes (%s in %.2f s)",
-        folder,
-        len(dataset),
-        len(counts),
-        how,
-        time.perf_counter() - start,
-    )
+        paths, description = scan_image_folder(folder, flag)
+        found = save_index(paths, description, store), description["counts"]
+    dataset, counts = found
+    elapsed = time.perf_counter() - start
+    logger.info("%s: %d images in %d classes (%s in %.2f s)", folder, len(dataset), len(counts), how, elapsed)
     if len(dataset) <= decode_limit:
-        logger.info(
-            "Decoding the %d images of %s to check them (--verify_images_limit %d)", len(dataset), folder, decode_limit
-        )
+        logger.info("Decoding the %d images of %s (--verify_images_limit %d)", len(dataset), folder, decode_limit)
         files = dataset.data.column("image").combine_chunks().field("path").to_pylist()
-        unreadable = [os.path.relpath(file, root) for file in unreadable_images(files)]
+        with ThreadPoolExecutor(max(1, cpus_per_process())) as pool:  # Pillow decodes without holding the GIL
+            failed = list(pool.map(_fails_to_decode, files))
+        unreadable = [os.path.relpath(file, root) for file, bad in zip(files, failed) if bad]
         if unreadable:
             names = ", ".join(unreadable[:5]) + (f" and {len(unreadable) - 5} more" if len(unreadable) > 5 else "")
             raise SystemExit(f"error: {flag} {folder!r}: {len(unreadable)} file(s) are not readable images: {names}.")
     return dataset, counts
 
 
-def unreadable_images(files: list[str]) -> list[str]:
-    """The `files` Pillow cannot decode. In threads: Pillow reads and decodes without holding the GIL."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    def fails(file: str) -> bool:
-        try:
-            with Image.open(file) as image:
-                image.load()
-        except IMAGE_ERRORS:
-            return True
-        return False
-
-    with ThreadPoolExecutor(max(1, cpus_per_process())) as pool:
-        return [file for file, failed in zip(files, pool.map(fails, files)) if failed]
-
-
-def with_classes(dataset, counts: list[int], classes: list[str], flag: str, folder: str):
-    """The folder dataset `dataset` labelled with the class list `classes` (the training folder's) instead of its
-    own: its class folders must be among them."""
-    import datasets
-    import pyarrow as pa
-
-    own = dataset.features["label"].names
-    if own == classes:
-        return dataset
-    unknown = [name for name in own if name not in classes]
-    if unknown:
-        raise SystemExit(
-            f"error: {flag} {folder!r}: the class folder(s) {unknown[:5]} are not classes of --train_dir (expected "
-            f"the same class sub-folders as the training images: {classes[:5]}{'...' if len(classes) > 5 else ''})."
-        )
-    mapping = np.array([classes.index(name) for name in own], dtype=np.int64)
-    labels = np.repeat(mapping, counts)
-    table = pa.Table.from_arrays(
-        [dataset.data.column("image"), pa.array(labels)], schema=index_features(classes).arrow_schema
-    )
-    return datasets.Dataset(table)
-
-
 def stratified_split(counts: list[int], test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(training rows, held-out rows) of a dataset whose rows are grouped by class (`counts` rows per class): in
-    each class `ceil(test_size x count)` rows drawn at random are held out (one is left for training). Sorted."""
+    """(training rows, held-out rows), sorted, of rows grouped by class (`counts` per class): in each class
+    `ceil(test_size x count)` random rows are held out, leaving at least one for training."""
     counts = np.asarray(counts, dtype=np.int64)
     labels = np.repeat(np.arange(len(counts)), counts)
     keys = np.random.default_rng(seed).random(len(labels))
@@ -330,9 +232,8 @@ def stratified_split(counts: list[int], test_size: float, seed: int) -> tuple[np
 
 @contextlib.contextmanager
 def main_process_first():
-    """A context in which the first process of each machine runs before the others (accelerate's
-    `local_main_process_first`), given whether this process is that first one: it indexes an image folder and
-    checks its images, the others then reuse its index. Alone in a single process."""
+    """Runs the first process of each machine before the others (it indexes and checks an image folder, the others
+    reuse its index), yielding whether this process is that one."""
     import torch.distributed
 
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
@@ -346,13 +247,11 @@ def main_process_first():
 
 
 def load_image_datasets(source: DataSource, seed: int):  # noqa: C901 (a branch per data source)
-    """The train and validation splits, from the Hub (downloaded, or streamed with --streaming), image folders (the
-    first process of each machine indexes them, the others reuse its index), or the bundled digits."""
+    """The train and validation splits, from `--dataset_name` (downloaded, or streams with `--streaming`), image
+    folders or the bundled digits. A missing validation split is held out of the training one (not of a stream)."""
     import datasets
 
     check_bad_image_policy(source.bad_image_policy)
-    if source.streaming:
-        return load_streams(source)
     if source.dataset_name is not None:
         raw = load_hub_dataset(source)
     elif source.train_dir is not None:
@@ -360,35 +259,48 @@ def load_image_datasets(source: DataSource, seed: int):  # noqa: C901 (a branch 
             raw = image_folders(source, source.verify_images_limit if first else 0, seed)
     else:
         raw = digits_dataset(seed=0)
-
     if "train" not in raw:
         raise SystemExit(f"error: the dataset has no 'train' split (splits: {list(raw)}).")
-    check_columns(raw["train"], source)
-    if not name_validation_split(raw):
-        stratify = isinstance(raw["train"].features[source.label_column_name], datasets.ClassLabel)
-        split = raw["train"].train_test_split(
-            test_size=source.train_val_split,
-            seed=seed,
-            stratify_by_column=source.label_column_name if stratify else None,
-        )
+    columns = raw["train"].column_names  # None for a stream whose columns are known only once it is read
+    for column in (source.image_column_name, source.label_column_name):
+        if columns is not None and column not in columns:
+            raise SystemExit(
+                f"error: column {column!r} is not in the dataset (columns: {columns}); pass "
+                "--image_column_name / --label_column_name."
+            )
+    if "validation" not in raw and (named := next((s for s in ("val", "valid", "test") if s in raw), None)):
+        raw["validation"] = raw.pop(named)
+    if source.streaming:
+        if "validation" not in raw and source.needs_validation:
+            raise SystemExit(
+                f"error: --streaming needs a validation split to evaluate (splits: {list(raw)}); expected a split "
+                "named 'validation', 'val', 'valid' or 'test' (for local shards: files named validation-*.parquet, "
+                "...), or --eval_strategy no to train without one."
+            )
+        if "validation" in raw and source.max_eval_samples is not None:
+            raw["validation"] = raw["validation"].take(source.max_eval_samples)
+        return raw
+    if "validation" not in raw:
+        label = source.label_column_name
+        stratify = label if isinstance(raw["train"].features[label], datasets.ClassLabel) else None
+        split = raw["train"].train_test_split(test_size=source.train_val_split, seed=seed, stratify_by_column=stratify)
         raw["train"], raw["validation"] = split["train"], split["test"]
     if source.max_train_samples is not None:
-        kept = min(source.max_train_samples, len(raw["train"]))
-        raw["train"] = raw["train"].shuffle(seed=seed, keep_in_memory=True).select(range(kept), keep_in_memory=True)
+        kept = range(min(source.max_train_samples, len(raw["train"])))
+        raw["train"] = raw["train"].shuffle(seed=seed, keep_in_memory=True).select(kept, keep_in_memory=True)
     if source.max_eval_samples is not None:
-        raw["validation"] = raw["validation"].select(
-            range(min(source.max_eval_samples, len(raw["validation"]))), keep_in_memory=True
-        )
+        kept = range(min(source.max_eval_samples, len(raw["validation"])))
+        raw["validation"] = raw["validation"].select(kept, keep_in_memory=True)
     return raw
 
 
 def image_folders(source: DataSource, decode_limit: int, seed: int):
-    """--train_dir and --validation_dir (else a stratified part of the training images held out) as a
-    `DatasetDict`, from their indexes (`image_folder_dataset`)."""
+    """--train_dir and --validation_dir (else a stratified part of the training images held out)."""
     import datasets
+    import pyarrow as pa
 
     train, counts = image_folder_dataset(source.train_dir, "--train_dir", decode_limit, source.cache_dir)
-    if source.validation_dir is None:  # held out from the index's rows, which are grouped by class
+    if source.validation_dir is None:
         kept, held = stratified_split(counts, source.train_val_split, seed)
         if not len(held):
             raise SystemExit(
@@ -401,15 +313,25 @@ def image_folders(source: DataSource, decode_limit: int, seed: int):
         )
     folder = source.validation_dir
     validation, validation_counts = image_folder_dataset(folder, "--validation_dir", decode_limit, source.cache_dir)
-    classes = train.features["label"].names
-    return datasets.DatasetDict(
-        train=train, validation=with_classes(validation, validation_counts, classes, "--validation_dir", folder)
-    )
+    classes, own = train.features["label"].names, validation.features["label"].names
+    if own != classes:  # labelled by the training folder's class numbers
+        if unknown := [name for name in own if name not in classes]:
+            raise SystemExit(
+                f"error: --validation_dir {folder!r}: the class folder(s) {unknown[:5]} are not classes of "
+                "--train_dir (expected the same class sub-folders as the training images: "
+                f"{classes[:5]}{'...' if len(classes) > 5 else ''})."
+            )
+        labels = np.repeat(np.array([classes.index(name) for name in own], dtype=np.int64), validation_counts)
+        table = pa.Table.from_arrays(
+            [validation.data.column("image"), pa.array(labels)], schema=index_features(classes).arrow_schema
+        )
+        validation = datasets.Dataset(table)
+    return datasets.DatasetDict(train=train, validation=validation)
 
 
-def load_hub_dataset(source: DataSource, streaming: bool = False):
-    """`--dataset_name` (a Hub id or a local folder) with `datasets.load_dataset`, downloaded or as streams. A Hub
-    id that cannot be had (offline and not in the cache, or not on the Hub) fails in one line naming it."""
+def load_hub_dataset(source: DataSource):
+    """`--dataset_name` (a Hub id or a local folder) with `datasets.load_dataset`; one that cannot be had fails in
+    one line naming it."""
     import datasets
     from datasets.exceptions import DatasetNotFoundError
 
@@ -421,14 +343,14 @@ def load_hub_dataset(source: DataSource, streaming: bool = False):
             cache_dir=source.cache_dir,
             token=source.token,
             trust_remote_code=source.trust_remote_code,
-            streaming=streaming,
+            streaming=source.streaming,
         )
     except ConnectionError as error:
         if datasets.config.HF_HUB_OFFLINE:
             raise SystemExit(
-                f"error: --dataset_name {name!r} is not found locally (no such folder, nor in the datasets cache) and "
-                "the Hub is offline (HF_HUB_OFFLINE=1): expected a local dataset folder, a dataset loaded once online, "
-                "or a run with HF_HUB_OFFLINE unset."
+                f"error: --dataset_name {name!r} is not found locally (no such folder, nor in the datasets cache) "
+                "and the Hub is offline (HF_HUB_OFFLINE=1): expected a local dataset folder, a dataset loaded once "
+                "online, or a run with HF_HUB_OFFLINE unset."
             ) from None
         raise SystemExit(f"error: --dataset_name {name!r}: cannot reach the Hub ({error}).") from None
     except DatasetNotFoundError as error:
@@ -437,55 +359,9 @@ def load_hub_dataset(source: DataSource, streaming: bool = False):
         ) from None
 
 
-def name_validation_split(raw) -> bool:
-    """Whether `raw` has a validation split: `validation`, else its `val`, `valid` or `test` split renamed so."""
-    if "validation" not in raw:
-        validation = next((s for s in ("val", "valid", "test") if s in raw), None)
-        if validation is None:
-            return False
-        raw["validation"] = raw.pop(validation)
-    return True
-
-
-def check_columns(dataset, source: DataSource) -> None:
-    columns = dataset.column_names
-    if columns is None:  # a stream whose columns are known only once it is read
-        return
-    for column in (source.image_column_name, source.label_column_name):
-        if column not in columns:
-            raise SystemExit(
-                f"error: column {column!r} is not in the dataset (columns: {columns}); pass "
-                "--image_column_name / --label_column_name."
-            )
-
-
-def load_streams(source: DataSource):
-    """The train and validation splits of `--dataset_name` as `datasets` streams (`IterableDataset`): a Hub id or a
-    local folder of shards (parquet files, webdataset tars), read as they are consumed."""
-    raw = load_hub_dataset(source, streaming=True)
-    if "train" not in raw:
-        raise SystemExit(f"error: the dataset has no 'train' split (splits: {list(raw)}).")
-    check_columns(raw["train"], source)
-    if not name_validation_split(raw):
-        if not source.needs_validation:  # nothing evaluates it (--eval_strategy no): training alone
-            return raw
-        raise SystemExit(
-            f"error: --streaming needs a validation split to evaluate (splits: {list(raw)}); expected a split named "
-            "'validation', 'val', 'valid' or 'test' (for local shards: files named validation-*.parquet, ...), or "
-            "--eval_strategy no to train without one."
-        )
-    if source.max_eval_samples is not None:
-        raw["validation"] = raw["validation"].take(source.max_eval_samples)
-    return raw
-
-
-CLASS_NAMES_FILE = "classes.txt"
-
-
 def class_names_of(source: DataSource) -> list[str] | None:
-    """The class names given for integer labels: `--class_names` (names separated by commas, or a file of one name
-    per line), else the file `classes.txt` (one name per line) in the local --dataset_name folder, beside its shards;
-    else None. Label i is the i-th name."""
+    """The names of integer labels (label i is the i-th): `--class_names` (separated by commas, or a file of one name
+    per line), else `classes.txt` beside the shards of a local --dataset_name folder, else None."""
     given, where = source.class_names, "--class_names"
     if given is None and source.dataset_name is not None:
         beside = os.path.join(source.dataset_name, CLASS_NAMES_FILE)
@@ -510,9 +386,8 @@ def class_names_of(source: DataSource) -> list[str] | None:
 
 
 def label_names(dataset, label_column: str, class_names: list[str] | None = None) -> list[str]:
-    """Class names from a `ClassLabel` column (`class_names`, when given, must be the same), else `class_names`
-    (`class_names_of`: the labels are their indices), else the sorted distinct label values (a stream needs a
-    ClassLabel or `class_names`: it is not read in full before training)."""
+    """Class names from a `ClassLabel` column (`class_names`, when given, must be the same), else `class_names`,
+    else the sorted distinct label values (not for a stream, which is not read in full before training)."""
     import datasets
     import pyarrow.compute as pc
 
@@ -532,8 +407,7 @@ def label_names(dataset, label_column: str, class_names: list[str] | None = None
             "ClassLabel (datasets keeps its names in the dataset card's dataset_info or in parquet files it wrote), "
             f"--class_names a,b,c (or a file of one name per line), or a file {CLASS_NAMES_FILE} beside the shards."
         )
-    values = pc.unique(dataset.data.column(label_column)).to_pylist()  # the whole table: no per-row Python
-    values = sorted(values)
+    values = sorted(pc.unique(dataset.data.column(label_column)).to_pylist())  # in Arrow: no per-row Python
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in values) or values != list(range(len(values))):
         raise ValueError(
             f"Labels of column {label_column!r} must be a ClassLabel or the integers 0..K-1; got {values[:10]}."
@@ -542,9 +416,8 @@ def label_names(dataset, label_column: str, class_names: list[str] | None = None
 
 
 def check_labels(dataset, label_column: str, num_labels: int, split: str):
-    """Refuses labels outside `[0, num_labels)`, which would otherwise crash mid-run or train silently wrong. Reads
-    the column of the dataset's whole table in Arrow (a selection of it is checked with the rest); a stream is
-    checked example by example as it is read (`StreamedExamples`)."""
+    """Refuses labels outside `[0, num_labels)`, which would crash mid-run or train silently wrong (in Arrow; a
+    stream checks each example as it is read)."""
     import datasets
     import pyarrow.compute as pc
 
@@ -570,9 +443,8 @@ def example_count(dataset) -> str:
 
 
 def image_size_from_data(train, column: str, samples: int = 64) -> int:
-    """The crop size for a model trained from scratch on `train`: the median shorter side of its first `samples`
-    images rounded to a multiple of 16 (what the default stem and patch need), 32 to 224. Images that fail to
-    decode are left out."""
+    """The crop size for a model trained from scratch: the median shorter side of the first `samples` images that
+    decode, rounded to a multiple of 16 (what the default stem and patch need), 32 to 224."""
     feature = train.features[column] if train.features else None
     source = undecoded(train, column)
     if isinstance(source, TorchIterableDataset):  # a stream: its first examples

@@ -1,13 +1,23 @@
 # Copyright 2026 The ceit_hf authors. Licensed under the Apache License, Version 2.0.
-"""Streams (`--streaming`): a Hub dataset or local shards read as they are consumed, split between the processes
-and their DataLoader workers, shuffled in a buffer, resumed exactly from a checkpoint's position, and evaluated by
-every process on its own share."""
+"""Streams (`--streaming`): a Hub dataset or local shards read as they are consumed.
+
+Training: each (process R, worker W) reads whole shards: in pass P the shards are ordered from (seed, P), R takes
+every world-size-th (or, when the processes do not divide their count, reads them all and keeps one example in world
+size) and W every num-workers-th of those (`worker_shards`), so a pass gives every example once. A worker reads pass
+after pass without end (--max_steps sizes the run) through a shuffle buffer seeded from (seed, P, R, W); a row that
+leaves it gets its index in the pass, and only then is decoded and augmented, seeded from (P, R, W, index).
+
+Exact resume: a checkpoint saves (pass, index) of the last example consumed from each worker and the worker due next
+(`StreamPositionCallback`). A resumed worker reads its pass again through the same buffer, passing over the rows up
+to that index undecoded; as torch's DataLoader starts at worker 0, its worker i plays the logical (i + due) % workers.
+
+Evaluation: each process reads its share once (`EvaluationLoader`), in step with the others.
+"""
 
 from __future__ import annotations
 
 import itertools
 import json
-import logging
 import os
 from pathlib import Path
 
@@ -15,86 +25,43 @@ import numpy as np
 import torch.utils.data
 from PIL import Image
 from torch.utils.data import IterableDataset as TorchIterableDataset
-from transformers import TrainerCallback
+from transformers import TrainerCallback, default_data_collator
 
-from .decoding import IGNORE_INDEX, PLACEHOLDER_SIZE, ExampleDecoder, undecoded
+from .decoding import IGNORE_INDEX, PLACEHOLDER_SIZE, DataError, ExampleDecoder, undecoded
 
-
-logger = logging.getLogger("ceit_hf.data")
-
-#
-# Training: a stream (`--streaming`) is read by every process for itself, and by each of its DataLoader workers for
-# itself, as "logical workers" (process rank, worker) that each read whole shards. In pass P the shards are put in an
-# order drawn from (seed, P), the same on every process; process R takes every world-size-th of them from the R-th
-# when their count is a multiple of the processes (else every process reads them all and keeps one example in world
-# size), and its worker W every num-workers-th of those from the W-th (`worker_shards`). A pass therefore never gives
-# an example twice across the processes and workers, and every worker has shards (a worker left without one is
-# refused before training: it would be silent loss). A worker reads its shards one after the other, undecoded,
-# through a shuffle buffer of --shuffle_buffer_size rows seeded from (seed, P, R, W), pass after pass with no end (the
-# run is sized by --max_steps), so no worker runs out before the others. Shards written in random order (as webdataset
-# and timm advise) shuffle best. Each row that leaves the buffer gets its index in the pass (1, 2, ...); only then is
-# it decoded and augmented, the augmentation seeded from (P, R, W, index). What a worker gives is thus a function of
-# (seed, P, R, W) and the data alone.
-#
-# Exact resume: the training process keeps, for each logical worker, (pass, index) of the last example it consumed
-# from it, and which worker is due next; a checkpoint saves them (`StreamPositionCallback`, stream_state_rank<R>.json).
-# A resumed worker reads its pass again from the start through the same shuffle buffer, passing over the rows up to
-# that index without decoding them, so the buffer holds what it held and the resumed run sees the examples of the
-# uninterrupted run in the same order, with the same augmentation; a resumed pass with nothing left goes on to the
-# next pass. The cost: reading (not decoding) up to one pass of a worker's shards again at the start. torch's
-# DataLoader takes batches from its workers in turn, 0, 1, ...: a resumed DataLoader starts at worker 0 although the
-# next batch was due from another, so its worker i plays the logical worker (i + due) % workers. Prefetched batches
-# that were not consumed are made again.
-#
-# Evaluation: each process reads its share of the validation split (`split_dataset_by_node`), once, in order, in its
-# own DataLoader (`EvaluationLoader`): the processes pad their batches to the same size and stop together, and the
-# padding is dropped from the gathered predictions before the metrics (`EvaluationLoader.gather`).
 
 STREAM_POSITION = "__stream_position__"
 STREAM_STATE_FILE = "stream_state_rank{rank}.json"
-STATE_VERSION = 2  # 2: (pass, index) per logical worker and the worker due next; the reader's state before
+STATE_VERSION = 2  # 2: (pass, index) per logical worker and the worker due next
 ROWS_PER_READ = 64  # rows a worker takes from `datasets` at a time
 
 
-class StreamError(Exception):
-    """A training stream that cannot go on: a worker whose shards hold no example, or no image that decodes. Raised
-    in a DataLoader worker, it reaches the training process with the worker's traceback as its message: the
-    constructor keeps the one `error:` line of it (`run.main` ends the command line with that line)."""
-
-    def __init__(self, message: str):
-        last = next((line for line in reversed(message.splitlines()) if "error: " in line), message)
-        super().__init__(last[last.find("error: ") :])
+class StreamError(DataError):
+    """A training stream that cannot go on: a worker whose shards hold no example, or no image that decodes."""
 
 
 def worker_shards(num_shards: int, world_size: int, num_workers: int, seed: int, number: int, rank: int, worker: int):
     """(the shards, in reading order, that worker `worker` of `num_workers` (0: the process itself) of process `rank`
-    reads in pass `number`; the step: 1, or `world_size` when every process reads them all and keeps one example in
-    world size)."""
+    reads in pass `number`; the step: 1, or `world_size` when every process reads them all)."""
     order = np.random.default_rng([seed, number]).permutation(num_shards).tolist()
-    if num_shards % world_size == 0:
-        mine, step = order[rank::world_size], 1
-    else:
-        mine, step = order, world_size
-    return mine[worker :: max(1, num_workers)], step
+    step = 1 if num_shards % world_size == 0 else world_size
+    return (order[rank::world_size] if step == 1 else order)[worker :: max(1, num_workers)], step
 
 
 def read_rows(stream):
-    """The rows of the `datasets` stream `stream`, read in blocks. (`IterableDataset.iter` does not split the stream
-    again between the DataLoader workers, as iterating it inside a worker would.)"""
+    """The rows of the `datasets` stream `stream`, read in blocks (`iter` does not split it between the DataLoader
+    workers again, as iterating it inside a worker would)."""
     for block in stream.iter(batch_size=ROWS_PER_READ):
-        columns = list(block)
-        for i in range(len(block[columns[0]]) if columns else 0):
-            yield {column: block[column][i] for column in columns}
+        yield from (dict(zip(block, values)) for values in zip(*block.values()))
 
 
 class StreamedExamples(TorchIterableDataset):
     """A `datasets` stream as `pixel_values` and `labels`, decoded (`ExampleDecoder`) and transformed example by
-    example; `transform` is called as `transform([image], [key])` and returns a list of one tensor.
+    example by `transform([image], [key])`.
 
-    `split` = (seed, shuffle buffer size, process rank, world size) for training: the stream is split between the
-    processes and workers, read pass after pass without end and resumed exactly (see above); a bad image under
-    "skip" is left out (the next example of the stream follows). Without `split` (evaluation) `source` is this
-    process's share, read once, in order, and a bad image counts as `IGNORE_INDEX`."""
+    `split` = (seed, shuffle buffer size, process rank, world size) for training: split between the processes and
+    workers, read without end and resumed exactly; a bad image under "skip" is left out. Without `split`
+    (evaluation) `source` is this process's share, read once, in order, a bad image counting as `IGNORE_INDEX`."""
 
     def __init__(self, source, image_column, label_column, transform, num_labels, policy="skip", split=None):
         super().__init__()
@@ -112,14 +79,6 @@ class StreamedExamples(TorchIterableDataset):
             return (self.example(row, key=None) for row in self.source)
         return self.training_examples()
 
-    def pass_rows(self, number: int, worker: int, num_workers: int):
-        """The undecoded rows that logical worker `worker` of this process reads in pass `number`."""
-        seed, _, rank, world_size = self.split
-        total = self.source.num_shards
-        shards, step = worker_shards(total, world_size, num_workers, seed, number, rank, worker)
-        rows = (row for shard in shards for row in read_rows(self.source.shard(total, shard, contiguous=True)))
-        return itertools.islice(rows, rank, None, step) if step > 1 else rows
-
     def training_examples(self):
         """The examples of this DataLoader worker (its logical worker), pass after pass, from its resume position."""
         info = torch.utils.data.get_worker_info()
@@ -129,46 +88,34 @@ class StreamedExamples(TorchIterableDataset):
 
             fsspec.asyn.reset_lock()
         worker = (physical + self.offset) % num_workers
-        seed, buffer_size, rank, _ = self.split
+        seed, buffer_size, rank, world_size = self.split
+        total = self.source.num_shards
         start = self.start.get(worker) or {"pass": 0, "given": 0}
         number, skip = start["pass"], start["given"]
         while True:
+            shards, step = worker_shards(total, world_size, num_workers, seed, number, rank, worker)
+            rows = (row for shard in shards for row in read_rows(self.source.shard(total, shard, contiguous=True)))
+            rows = itertools.islice(rows, rank, None, step) if step > 1 else rows
             given = kept = 0
-            rows = shuffle_buffer(
-                self.pass_rows(number, worker, num_workers),
-                buffer_size,
-                np.random.default_rng([seed, number, rank, worker]),
-            )
-            for row in rows:
+            for row in shuffle_buffer(rows, buffer_size, np.random.default_rng([seed, number, rank, worker])):
                 given += 1
                 if given <= skip:  # consumed before the checkpoint: it only takes its turn through the buffer
                     continue
-                if (example := self.training_example(row, number, worker, given)) is not None:
+                example = self.example(row, key=hash((number, rank, worker, given)) & 0x7FFF_FFFF_FFFF)
+                if example is not None:
                     kept += 1
-                    yield example
+                    yield {**example, STREAM_POSITION: (worker, number, given)}
+            where = f"data-loading worker {worker} of process {rank}"
             if given == 0:
                 raise StreamError(
-                    f"error: the stream gave data-loading worker {worker} of process {rank} no examples in pass "
-                    f"{number}: its shards {self.worker_shard_list(number, worker, num_workers)} are empty."
+                    f"error: the stream gave {where} no examples in pass {number}: its shards {shards} are empty."
                 )
             if kept == 0 and skip == 0:
                 raise StreamError(
-                    f"error: no image of the {given} examples that data-loading worker {worker} of process {rank} read "
-                    f"in pass {number} (shards {self.worker_shard_list(number, worker, num_workers)}) decodes."
+                    f"error: no image of the {given} examples that {where} read in pass {number} (shards {shards}) "
+                    "decodes."
                 )
             number, skip = number + 1, 0  # (a resumed pass with nothing left after `skip` goes on here too)
-
-    def worker_shard_list(self, number: int, worker: int, num_workers: int) -> list[int]:
-        seed, _, rank, world_size = self.split
-        return worker_shards(self.source.num_shards, world_size, num_workers, seed, number, rank, worker)[0]
-
-    def training_example(self, row, number: int, worker: int, given: int):
-        """The example of `row`, the `given`-th of pass `number` of logical worker `worker` (None for a bad image
-        under "skip"), with that position. Its augmentation is seeded from (pass, process, worker, given)."""
-        example = self.example(row, key=hash((number, self.split[2], worker, given)) & 0x7FFF_FFFF_FFFF)
-        if example is not None:
-            example[STREAM_POSITION] = (worker, number, given)
-        return example
 
     def example(self, row, key):
         label = row[self.decoder.label_column]
@@ -184,44 +131,32 @@ class StreamedExamples(TorchIterableDataset):
             image, label = Image.new("RGB", PLACEHOLDER_SIZE), IGNORE_INDEX
         return {"pixel_values": self.transform([image], [key])[0], "labels": label}
 
-    def placeholder(self):
-        """The pixels of the blank image that stands in for a bad one in evaluation (and pads a batch)."""
-        return self.transform([Image.new("RGB", PLACEHOLDER_SIZE)], [None])[0]
-
-    def check_workers(self, num_workers: int) -> None:
-        """Refuses, before anything is read, a worker that would get no shard of its own in a pass."""
-        _, _, _, world_size = self.split
-        shards = self.source.num_shards
+    def data_loader(self, args):
+        """The training DataLoader for `TrainingArguments` `args` (not Trainer's, which would have accelerate split
+        the stream again), keeping the position of what the training process consumes."""
+        workers, world_size, shards = args.dataloader_num_workers, self.split[3], self.source.num_shards
         each = shards // world_size if shards % world_size == 0 else shards
-        if each < max(1, num_workers):
+        if each < max(1, workers):  # a worker without a shard of its own would be silent loss
             raise SystemExit(
                 f"error: --streaming: the training split has {shards} shard(s), {each} for each of the {world_size} "
-                f"process(es), fewer than its {num_workers} data-loading workers, which read whole shards: expected "
+                f"process(es), fewer than its {workers} data-loading workers, which read whole shards: expected "
                 f"--dataloader_num_workers {each} or fewer (or the data in more shards)."
             )
-
-    def data_loader(self, args):
-        """The training DataLoader of this stream for `TrainingArguments` `args` (Trainer's own would have accelerate
-        split it between the processes again), keeping the position of what the training process consumes."""
-        self.check_workers(args.dataloader_num_workers)
         loader = torch.utils.data.DataLoader(
             self,
             batch_size=args.per_device_train_batch_size,
             collate_fn=collate_stream,
-            num_workers=args.dataloader_num_workers,
+            num_workers=workers,
             pin_memory=args.dataloader_pin_memory,
-            persistent_workers=args.dataloader_persistent_workers and args.dataloader_num_workers > 0,
-            prefetch_factor=args.dataloader_prefetch_factor if args.dataloader_num_workers else None,
+            persistent_workers=args.dataloader_persistent_workers and workers > 0,
+            prefetch_factor=args.dataloader_prefetch_factor if workers else None,
             # as Trainer's own loaders: "forkserver" or "spawn" keeps workers from forking a multi-threaded process
-            multiprocessing_context=args.dataloader_multiprocessing_context if args.dataloader_num_workers else None,
+            multiprocessing_context=args.dataloader_multiprocessing_context if workers else None,
         )
-        return StreamLoader(loader, self, max(1, args.dataloader_num_workers))
+        return StreamLoader(loader, self, max(1, workers))
 
     def evaluation_loader(self, args, accelerator):
-        """The evaluation DataLoader of this process's share (at most a worker per shard of it), in step with the
-        other processes' (`EvaluationLoader`)."""
-        from transformers import default_data_collator
-
+        """The evaluation DataLoader of this process's share (a worker per shard at most), in step with the others."""
         workers = min(args.dataloader_num_workers, self.source.num_shards)
         loader = torch.utils.data.DataLoader(
             self,
@@ -246,12 +181,8 @@ class StreamedExamples(TorchIterableDataset):
         }
 
     def position(self, args) -> dict:
-        return {
-            "version": STATE_VERSION,
-            **self.settings(args),
-            "next_worker": self.next_worker,
-            "workers": {str(worker): position for worker, position in sorted(self.consumed.items())},
-        }
+        workers = {str(worker): position for worker, position in sorted(self.consumed.items())}
+        return {"version": STATE_VERSION, **self.settings(args), "next_worker": self.next_worker, "workers": workers}
 
     def resume(self, saved: dict, args, source: str) -> None:
         """Starts each worker after its position in `saved` (`position()` of the checkpoint `source`), and DataLoader
@@ -262,14 +193,14 @@ class StreamedExamples(TorchIterableDataset):
                 "expected a checkpoint of this version (or start the run afresh)."
             )
         ours = self.settings(args)
-        theirs = {name: saved.get(name) for name in ours}
-        if ours != theirs:
-            differ = ", ".join(
-                f"{name} {theirs[name]} there, {ours[name]} here" for name in ours if ours[name] != theirs[name]
-            )
+        differ = [
+            f"{name} {saved.get(name)} there, {value} here" for name, value in ours.items() if saved.get(name) != value
+        ]
+        if differ:
             raise SystemExit(
-                f"error: {source} was saved by a stream read otherwise ({differ}): a stream resumes with the same "
-                "processes, --dataloader_num_workers, shards of --dataset_name, --seed and --shuffle_buffer_size."
+                f"error: {source} was saved by a stream read otherwise ({', '.join(differ)}): a stream resumes with "
+                "the same processes, --dataloader_num_workers, shards of --dataset_name, --seed and "
+                "--shuffle_buffer_size."
             )
         self.start = {int(worker): position for worker, position in saved["workers"].items()}
         self.consumed = dict(self.start)
@@ -292,12 +223,9 @@ def shuffle_buffer(rows, size: int, rng):
 
 def collate_stream(examples: list[dict]) -> dict:
     """`default_data_collator` of the examples, and the stream position of the last of them."""
-    from transformers import default_data_collator
-
     position = examples[-1][STREAM_POSITION]
     batch = default_data_collator([{k: v for k, v in e.items() if k != STREAM_POSITION} for e in examples])
-    batch[STREAM_POSITION] = position
-    return batch
+    return {**batch, STREAM_POSITION: position}
 
 
 class StreamLoader:
@@ -318,12 +246,10 @@ class StreamLoader:
 
 class EvaluationLoader:
     """The evaluation batches of one process's share of a validation stream, in step with the other processes: at
-    each step the processes exchange their batch sizes, a process whose batch is smaller (or whose share has ended)
-    pads it with blank images labelled `IGNORE_INDEX`, and all stop when all shares have ended, so that Trainer's
-    evaluation loop makes the same collectives on every process. Trainer gathers the predictions, labels and losses
-    of each step with `gather` (its `gather_function` for this evaluation), which drops the padding: the metrics see
-    each example of the split once, a bad image as `IGNORE_INDEX`, and a padded step's loss (of no example, NaN)
-    not at all."""
+    each step they exchange their batch sizes, a smaller batch (or an ended share) is padded with blank images
+    labelled `IGNORE_INDEX`, and all stop when all shares have ended, so that Trainer's evaluation loop makes the same
+    collectives on every process. `gather` (Trainer's `gather_function`) drops the padding: the metrics see each
+    example once, and a padded step's loss (NaN) not at all."""
 
     def __init__(self, loader, stream: StreamedExamples, accelerator):
         self.loader, self.stream, self.accelerator = loader, stream, accelerator
@@ -340,24 +266,22 @@ class EvaluationLoader:
             if largest == 0:
                 return
             if size < largest:
-                padding = self.stream.placeholder() if padding is None else padding
+                if padding is None:
+                    padding = self.stream.transform([Image.new("RGB", PLACEHOLDER_SIZE)], [None])[0]
                 batch = padded(batch, padding, largest - size)
             yield batch
             batch = next(batches, None) if size else None
 
     def gather(self, data):
-        """`data` (tensors of this step, the batch's rows first) gathered from every process, without the padding: of
-        each process's part its first rows, as many as its batch had examples."""
+        """`data` (tensors of this step, the batch's rows first) gathered from every process, of each process's part
+        only its first rows, as many as its batch had examples."""
         from accelerate.utils import recursively_apply
-
-        gathered = self.accelerator.gather(data)
 
         def real(tensor):
             rows = tensor.shape[0] // len(self.sizes)
-            parts = [tensor[p * rows : p * rows + min(n, rows)] for p, n in enumerate(self.sizes)]
-            return torch.cat(parts)
+            return torch.cat([tensor[p * rows : p * rows + min(n, rows)] for p, n in enumerate(self.sizes)])
 
-        return recursively_apply(real, gathered)
+        return recursively_apply(real, self.accelerator.gather(data))
 
 
 def padded(batch: dict | None, pixels, count: int) -> dict:
@@ -372,8 +296,8 @@ def padded(batch: dict | None, pixels, count: int) -> dict:
 
 
 class StreamPositionCallback(TrainerCallback):
-    """Saves each process's stream position with every checkpoint (`stream_state_rank<R>.json`, written whole under
-    another name and renamed) and starts the stream there when the run resumes from one."""
+    """Saves each process's stream position with every checkpoint (written whole under another name and renamed),
+    and starts the stream there when the run resumes from one."""
 
     def __init__(self, stream: StreamedExamples, resume_from: str | None = None):
         self.stream, self.resume_from = stream, resume_from
@@ -399,15 +323,15 @@ class StreamPositionCallback(TrainerCallback):
 def streamed_splits(
     raw, source, num_labels: int, train, evaluate, *, seed: int, shuffle_buffer_size: int, rank: int, world_size: int
 ):
-    """(training stream, evaluation stream or None when `raw` has no validation split) of the streams `raw`
-    (`sources.load_streams` of the `DataSource` `source`) with the transforms `train` and `evaluate`, for process
-    `rank` of `world_size`: the evaluation stream is this process's share of the validation split."""
+    """(training stream, this process's share of the validation stream or None without one) of the streams `raw`
+    (`load_image_datasets` of the `DataSource` `source`) with the transforms `train` and `evaluate`."""
     from datasets.distributed import split_dataset_by_node
 
     columns = (source.image_column_name, source.label_column_name)
-    split = (seed, shuffle_buffer_size, rank, world_size)
     policy = source.bad_image_policy
-    training = StreamedExamples(raw["train"], *columns, train, num_labels, policy, split=split)
+    training = StreamedExamples(
+        raw["train"], *columns, train, num_labels, policy, split=(seed, shuffle_buffer_size, rank, world_size)
+    )
     if "validation" not in raw:
         return training, None
     share = split_dataset_by_node(raw["validation"], rank=rank, world_size=world_size)

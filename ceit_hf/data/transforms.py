@@ -1,17 +1,8 @@
 # Copyright 2026 The ceit_hf authors. Licensed under the Apache License, Version 2.0.
-"""The recipe's transforms, split where timm's training script splits them:
-
-- in the DataLoader workers, `train_transform`: the official CeiT/DeiT training augmentation built from timm's own
-  ops (bicubic RandomResizedCrop, horizontal flip, RandAugment `rand-m9-mstd0.5-inc1`), handing over uint8 images
-  (a quarter of float32's bytes through the workers' shared memory and the host-to-device copy), applied per example
-  with seeds of its own (`SeededAugmentation`);
-- in the training process, on the device the batch trains on, `BatchAugmentation`: normalisation, random erasing
-  (pixel mode) and Mixup/CutMix, as timm's `PrefetchLoader` and training loop do them.
-
-With the same seeds, `train_transform` gives timm's `create_transform(..., use_prefetcher=True)` images bit for bit
-and `BatchAugmentation` gives its prefetcher's and Mixup's batches (tests/data/test_recipe.py). One difference is on
-purpose: timm's `inc1` posterize can ask Pillow for 0 bits, which Pillow 13 refuses mid-epoch; here it gives what
-Pillow did before (a black image), the image the official runs saw.
+"""The official CeiT/DeiT recipe's transforms from timm's own ops, split where timm's training script splits them:
+`train_transform` in the DataLoader workers (uint8 out, seeded per example by `SeededAugmentation`), and
+`BatchAugmentation` in the training process (normalisation, random erasing, Mixup/CutMix). With the same seeds they
+give timm's images and batches bit for bit (tests/data/test_recipe.py), but for the posterize guard (`posterize`).
 """
 
 from __future__ import annotations
@@ -23,16 +14,15 @@ import torch
 from PIL import Image, ImageOps
 
 
-# The official recipe's RandAugment (timm's config string): 2 ops of magnitude 9 with noise of std 0.5, the
-# increasing-severity variants of posterize and solarize.
+# The official RandAugment: 2 ops of magnitude 9, noise of std 0.5, increasing-severity posterize and solarize.
 OFFICIAL_AUTO_AUGMENT = "rand-m9-mstd0.5-inc1"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def posterize(image, bits_to_keep, **_):
-    """timm's posterize, with Pillow's behaviour before Pillow 13 for 0 bits (a black image) instead of its
-    ValueError."""
+    """timm's posterize, giving for 0 bits (which timm's `inc1` can ask for) what Pillow gave before Pillow 13, a
+    black image (the image the official runs saw), instead of Pillow 13's ValueError mid-epoch."""
     if bits_to_keep >= 8:
         return image
     if bits_to_keep <= 0:
@@ -41,9 +31,8 @@ def posterize(image, bits_to_keep, **_):
 
 
 def rand_augment(config: str, image_size: int, mean=IMAGENET_MEAN):
-    """timm's RandAugment for the timm config string `config` (e.g. `OFFICIAL_AUTO_AUGMENT`) as timm's
-    `create_transform` builds it for `image_size` (bicubic, translations up to 45% of the size, the fill colour the
-    mean), with `posterize` in place of timm's."""
+    """timm's RandAugment for the config string `config` as timm's `create_transform` builds it for `image_size`,
+    with `posterize` in place of timm's."""
     from timm.data import auto_augment
 
     hparams = {
@@ -59,15 +48,11 @@ def rand_augment(config: str, image_size: int, mean=IMAGENET_MEAN):
 
 
 def to_uint8_tensor(image) -> torch.Tensor:
-    """A PIL image as a (C, H, W) uint8 tensor, its values as they are (normalised in the training process)."""
-    pixels = np.asarray(image)
-    if pixels.ndim == 2:
-        pixels = pixels[:, :, None]
-    return torch.from_numpy(pixels.copy()).permute(2, 0, 1)
+    """A PIL image as a (C, H, W) uint8 tensor (normalised in the training process)."""
+    return torch.from_numpy(np.atleast_3d(np.array(image))).permute(2, 0, 1)
 
 
 def rgb(image):
-    """`image` in RGB (already RGB: itself, not a copy as `convert` makes)."""
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
@@ -79,12 +64,9 @@ def train_transform(
     color_jitter: float = 0.0,
     mean=IMAGENET_MEAN,
 ):
-    """The worker side of the training augmentation: RGB, bicubic RandomResizedCrop to `image_size` (area scale
-    `crop_min_scale` to 1, aspect 3/4 to 4/3), horizontal flip with probability `hflip`, timm's RandAugment
-    `auto_augment` (`rand_augment`), colour jitter of strength `color_jitter` (brightness, contrast, saturation;
-    timm leaves it out whenever RandAugment is on, and so does the official recipe: here it is applied when asked
-    for), then a uint8 tensor. timm's op classes, in timm's order: with the same seeds of `random`, numpy and torch,
-    the same images as timm's `create_transform(..., use_prefetcher=True)`."""
+    """The worker side of the training augmentation, timm's ops in timm's order: RGB, bicubic RandomResizedCrop,
+    horizontal flip, RandAugment `auto_augment`, colour jitter (timm leaves it out under RandAugment; here it is
+    applied when asked for), then a uint8 tensor: timm's `create_transform(..., use_prefetcher=True)` images."""
     from timm.data.transforms import RandomResizedCropAndInterpolation
     from torchvision import transforms
 
@@ -101,7 +83,7 @@ def train_transform(
 
 
 def eval_transform(processor):
-    """The evaluation transform: the image processor's (official resize-then-crop, normalised float)."""
+    """The evaluation transform: the image processor's (resize, centre crop, normalised float)."""
 
     def apply(images, indices=None):
         return list(processor([image.convert("RGB") for image in images], return_tensors="pt")["pixel_values"])
@@ -110,18 +92,13 @@ def eval_transform(processor):
 
 
 class SeededAugmentation:
-    """Applies a random `transform` to each example with Python's `random`, numpy's and torch's CPU generators
-    seeded from (seed, epoch, example key), and restores the generators after it. An example's augmentation is then
-    a function of those three numbers alone, so a resumed run, a prefetching data loader and any number of workers
-    produce the same images. The key of an example is its row index, or, under repeated augmentation, the index of
-    its occurrence in the epoch (`loader.RepeatedAugmentationSampler`): each repeat is augmented differently.
-    `callbacks.EpochCallback` sets `epoch`. (timm's and torchvision's ops draw from the global generators only.)"""
+    """Applies a random `transform` to each example with the global generators of `random`, numpy and torch (which
+    timm's and torchvision's ops use) seeded from (seed, epoch, example key), then restored: the same images with any
+    number of workers and after a resume. `callbacks.EpochCallback` sets `epoch`."""
 
     def __init__(self, transform, seed: int):
-        self.transform = transform
-        self.seed = seed
-        # In shared memory: DataLoader workers hold their own copy of this object (persistent ones for the whole
-        # run), and read the epoch that the training process sets here.
+        self.transform, self.seed = transform, seed
+        # shared memory: (persistent) DataLoader workers hold copies of this object and read the epoch set here
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
 
     @property
@@ -151,21 +128,15 @@ class SeededAugmentation:
 
 
 class BatchMixing:
-    """timm's `Mixup` in its "batch" mode (one λ per batch; Mixup or CutMix, switching with probability
-    `switch_prob`; each image mixed with the batch reversed), as the official recipe applies it, also to an odd
-    batch (whose middle image mixes with itself: timm's refuses odd batches). Targets are soft (mixed one-hot, with
-    `label_smoothing` folded in as timm does)."""
+    """timm's `Mixup` in "batch" mode, as the official recipe applies it, also to an odd batch (timm's refuses
+    one; its middle image mixes with itself). Targets are soft, with `label_smoothing` folded in as timm does."""
 
-    def __init__(self, num_labels: int, mixup_alpha=0.0, cutmix_alpha=0.0, switch_prob=0.5, label_smoothing=0.0):
+    def __init__(self, num_labels: int, mixup_alpha=0.0, cutmix_alpha=0.0, label_smoothing=0.0):
         from timm.data.mixup import Mixup
 
+        # Mixup or CutMix (switching with probability 0.5), one λ per batch, each image mixed with the batch reversed
         self.mixup = Mixup(
-            mixup_alpha=mixup_alpha,
-            cutmix_alpha=cutmix_alpha,
-            switch_prob=switch_prob,
-            mode="batch",
-            label_smoothing=label_smoothing,
-            num_classes=num_labels,
+            mixup_alpha, cutmix_alpha, mode="batch", label_smoothing=label_smoothing, num_classes=num_labels
         )
 
     def __call__(self, pixel_values, labels):
@@ -183,22 +154,18 @@ def batch_mixer(num_labels: int, mixup_alpha: float = 0.0, cutmix_alpha: float =
 
 
 class BatchAugmentation:
-    """The training process's side of the recipe, on the batch's device: uint8 images normalised with `mean`/`std`
-    (the `PrefetchLoader` of timm's training script: `(x - 255 mean) / (255 std)`), then timm's `RandomErasing` with
-    probability `random_erasing` in pixel mode (each erased pixel normal noise), then `mix` (`BatchMixing` or None).
-    A float batch is taken as normalised already (images that did not come through `train_transform`)."""
+    """The training process's side, on the batch's device: uint8 images normalised as timm's `PrefetchLoader` does,
+    timm's `RandomErasing` in pixel mode, then `mix` (`BatchMixing` or None). A float batch is already normalised."""
 
     def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD, random_erasing: float = 0.0, mix=None):
         self.mean = torch.tensor([255 * m for m in mean]).view(1, -1, 1, 1)
         self.std = torch.tensor([255 * s for s in std]).view(1, -1, 1, 1)
         self.random_erasing, self.mix = random_erasing, mix
 
-    def normalize(self, pixel_values: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+    def normalize(self, pixel_values: torch.Tensor) -> torch.Tensor:
         if pixel_values.dtype != torch.uint8:
             return pixel_values
-        device = pixel_values.device
-        mean, std = self.mean.to(device, dtype), self.std.to(device, dtype)
-        return pixel_values.to(dtype).sub_(mean).div_(std)
+        return pixel_values.float().sub_(self.mean.to(pixel_values.device)).div_(self.std.to(pixel_values.device))
 
     def __call__(self, pixel_values: torch.Tensor, labels: torch.Tensor):
         from timm.data.random_erasing import RandomErasing
