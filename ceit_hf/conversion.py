@@ -1,22 +1,7 @@
 # Copyright 2026 The ceit_hf authors. Licensed under the Apache License, Version 2.0.
-"""Official CeiT checkpoints (github.com/coeusguo/ceit) -> `CeiTForImageClassification` weights.
+"""Official CeiT checkpoints (github.com/coeusguo/ceit) -> `CeiTForImageClassification` weights and folders.
 
-The official state_dict keys and their counterparts here:
-
-    i2t.backbone.conv.*            ceit.embeddings.image_to_tokens.conv.*
-    i2t.backbone.bn.*              ceit.embeddings.image_to_tokens.norm.*
-    i2t.proj.*                     ceit.embeddings.patch_embeddings.projection.*
-    cls_token / pos_embed          ceit.embeddings.cls_token / .position_embeddings
-    blocks.N.norm{1,2}.*           ceit.encoder.layers.N.norm{1,2}.*
-    blocks.N.attn.{qkv,proj}.*     ceit.encoder.layers.N.attention.{qkv,proj}.*
-    blocks.N.leff.conv1/bn1        ceit.encoder.layers.N.leff.expand / expand_norm   (1x1 conv -> Linear)
-    blocks.N.leff.conv2/bn2        ceit.encoder.layers.N.leff.depthwise / depthwise_norm
-    blocks.N.leff.conv3/bn3        ceit.encoder.layers.N.leff.reduce / reduce_norm   (1x1 conv -> Linear)
-    pos_layer_embed                ceit.lca.layer_position_embeddings
-    lca.norm{1,2}.*                ceit.lca.norm{1,2}.*
-    lca.attn.{qkv,proj}.*          ceit.lca.attention.{qkv,proj}.*
-    lca.feedforward.fc{1,2}.*      ceit.lca.mlp.fc{1,2}.*
-    norm.* / head.*                ceit.layernorm.* / classifier.*
+`_RULES` maps each official state_dict key to its name here; LeFF's 1x1 convolutions become Linear weights.
 """
 
 from __future__ import annotations
@@ -62,67 +47,52 @@ class CheckpointConversionError(ValueError):
     """The checkpoint is not an official CeiT checkpoint, or does not fit the target configuration."""
 
 
-def rename_official_key(key: str) -> str | None:
-    """The name of official `key` in `CeiTForImageClassification`, or None if it is not an official CeiT key."""
-    for pattern, target in _RULES:
-        if pattern.match(key):
-            return pattern.sub(target, key)
-    return None
+def _rename(key: str) -> str | None:
+    return next((pattern.sub(target, key) for pattern, target in _RULES if pattern.match(key)), None)
 
 
 def convert_official_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Renames (and, for LeFF's 1x1 convolutions, reshapes) an official state_dict. Unknown keys raise."""
-    unknown = [key for key in state_dict if rename_official_key(key) is None]
-    if unknown:
+    renamed = {key: _rename(key) for key in state_dict}
+    if unknown := [key for key, new_key in renamed.items() if new_key is None]:
         raise CheckpointConversionError(
             f"{len(unknown)} key(s) are not official CeiT keys, e.g. {unknown[:5]}; is this a CeiT checkpoint?"
         )
-    converted = {}
-    for key, tensor in state_dict.items():
-        new_key = rename_official_key(key)
-        if _POINTWISE.match(new_key) and tensor.ndim == 4:
-            tensor = tensor.flatten(1)
-        converted[new_key] = tensor
-    return converted
-
-
-def _tensor_shape(state_dict: dict[str, torch.Tensor], key: str, ndim: int) -> tuple[int, ...]:
-    if key not in state_dict:
-        raise CheckpointConversionError(f"The checkpoint has no {key!r}: it is not an official CeiT checkpoint.")
-    shape = tuple(state_dict[key].shape)
-    if len(shape) != ndim:
-        raise CheckpointConversionError(
-            f"The checkpoint's {key!r} has shape {shape}, not the {ndim}-dimensional tensor of an official CeiT."
-        )
-    return shape
+    return {
+        renamed[key]: tensor.flatten(1) if _POINTWISE.match(renamed[key]) and tensor.ndim == 4 else tensor
+        for key, tensor in state_dict.items()
+    }
 
 
 def checkpoint_architecture(state_dict: dict[str, torch.Tensor]) -> dict[str, int]:
     """What an official state_dict's tensor shapes say about the model: `d_model`, `num_encoder_blocks`,
     `image_size` and `num_classes`. Raises `CheckpointConversionError` when they are not those of an official CeiT."""
-    absent = [key for key in ("i2t.proj.weight", "pos_embed", "head.weight") if key not in state_dict]
-    if absent:
+    expected = {"i2t.proj.weight": 4, "pos_embed": 3, "head.weight": 2}  # key -> number of dimensions
+    if absent := [key for key in expected if key not in state_dict]:
         raise CheckpointConversionError(
             f"The checkpoint has no {', '.join(map(repr, absent))}: it is not an official CeiT checkpoint "
             f"(its keys include {list(state_dict)[:5]})."
         )
-    width = _tensor_shape(state_dict, "i2t.proj.weight", 4)[0]
-    num_classes = _tensor_shape(state_dict, "head.weight", 2)[0]
-    num_tokens = _tensor_shape(state_dict, "pos_embed", 3)[1] - 1
+    for key, ndim in expected.items():
+        if state_dict[key].ndim != ndim:
+            raise CheckpointConversionError(
+                f"The checkpoint's {key!r} has shape {tuple(state_dict[key].shape)}, not the {ndim}-dimensional "
+                "tensor of an official CeiT."
+            )
     blocks = {int(m.group(1)) for m in (re.match(r"blocks\.(\d+)\.", k) for k in state_dict) if m}
     if not blocks:
         raise CheckpointConversionError(
             "The checkpoint has no encoder blocks ('blocks.N.*'): it is not an official CeiT checkpoint."
         )
+    num_tokens = state_dict["pos_embed"].shape[1] - 1
     grid = round(max(num_tokens, 0) ** 0.5)
     if num_tokens <= 0 or grid * grid != num_tokens:
         raise CheckpointConversionError(f"pos_embed holds {num_tokens} patch positions, not a square grid.")
-    # The official stem and patch size: 16 pixels per token.
     return {
-        "d_model": width,
+        "d_model": state_dict["i2t.proj.weight"].shape[0],
         "num_encoder_blocks": 1 + max(blocks),
-        "image_size": grid * 16,
-        "num_classes": num_classes,
+        "image_size": grid * 16,  # the official stem and patch size: 16 pixels per token
+        "num_classes": state_dict["head.weight"].shape[0],
     }
 
 
@@ -139,14 +109,12 @@ def infer_config(state_dict: dict[str, torch.Tensor], **overrides) -> CeiTConfig
             "build a CeiTConfig and call official_to_model(state_dict, config)."
         )
     by_size = [name for name in candidates if PRESETS[name]["image_size"] == settings["image_size"]]
-    preset = (by_size or candidates)[0]
-    return CeiTConfig.from_preset(preset, **{**settings, **overrides})
+    return CeiTConfig.from_preset((by_size or candidates)[0], **{**settings, **overrides})
 
 
 def _unreadable_checkpoint_message(path: Path, error: Exception) -> str:
     text = str(error)
-    refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
-    if refused:
+    if refused := re.search(r"Unsupported global: GLOBAL ([\w.]+)", text):
         return (
             f"{path} holds a pickled Python object other than tensors and plain containers ({refused.group(1)}). "
             "Unpickling it could run arbitrary code, so it is not loaded (torch.load with weights_only=True). "
@@ -186,14 +154,8 @@ def load_official_checkpoint(path: str | os.PathLike, use_ema: bool = False) -> 
         where = f"its {key!r} entry" if key in checkpoint else "it has no 'model' entry and"
         raise CheckpointConversionError(f"{path}: {where} is not a state_dict of tensors.")
     if state_dict and all(k.startswith("module.") for k in state_dict):  # saved from a DistributedDataParallel wrapper
-        state_dict = {k[len("module.") :]: v for k, v in state_dict.items()}
+        state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}
     return state_dict
-
-
-def describe_key_problems(problems: dict[str, list[str]]) -> list[str]:
-    """'N <kind>: [first keys] ...' for each non-empty list of state_dict keys, e.g. {"missing from the checkpoint":
-    [...]}."""
-    return [f"{len(keys)} {kind}: {keys[:8]}{' ...' * (len(keys) > 8)}" for kind, keys in problems.items() if keys]
 
 
 def official_to_model(state_dict: dict[str, torch.Tensor], config: CeiTConfig | None = None):
@@ -208,41 +170,30 @@ def official_to_model(state_dict: dict[str, torch.Tensor], config: CeiTConfig | 
     converted = convert_official_state_dict(state_dict)
     model = CeiTForImageClassification(config)
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(converted))
-    unexpected = sorted(set(converted) - set(expected))
-    mis_shaped = [
-        f"{k}: checkpoint {tuple(converted[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in sorted(set(converted) & set(expected))
-        if converted[k].shape != expected[k].shape
-    ]
-    problems = describe_key_problems(
-        {"missing from the checkpoint": missing, "not in the model": unexpected, "shape mismatches": mis_shaped}
-    )
-    if problems:
-        raise CheckpointConversionError("The checkpoint does not fit the CeiT configuration; " + "; ".join(problems))
+    problems = {
+        "missing from the checkpoint": sorted(set(expected) - set(converted)),
+        "not in the model": sorted(set(converted) - set(expected)),
+        "shape mismatches": [
+            f"{k}: checkpoint {tuple(converted[k].shape)} vs model {tuple(expected[k].shape)}"
+            for k in sorted(set(converted) & set(expected))
+            if converted[k].shape != expected[k].shape
+        ],
+    }
+    found = [f"{len(keys)} {kind}: {keys[:8]}{' ...' * (len(keys) > 8)}" for kind, keys in problems.items() if keys]
+    if found:
+        raise CheckpointConversionError("The checkpoint does not fit the CeiT configuration; " + "; ".join(found))
     model.load_state_dict(converted, strict=True)
     return model.eval()
 
 
-def imagenet_id2label() -> dict[int, str]:
-    """The ImageNet-1k class names (as shipped with torchvision)."""
-    from torchvision.models._meta import _IMAGENET_CATEGORIES
-
-    return dict(enumerate(_IMAGENET_CATEGORIES))
-
-
 def convert_checkpoint(
-    checkpoint: str | os.PathLike,
-    output_dir: str | os.PathLike,
-    use_ema: bool = False,
-    preset: str | None = None,
+    checkpoint: str | os.PathLike, output_dir: str | os.PathLike, use_ema: bool = False, preset: str | None = None
 ):
     """Converts an official checkpoint file into a `from_pretrained` folder: config (ImageNet-1k labels when it
     has 1000 classes), safetensors weights, the image processor and the variant's model card.
 
-    Everything is checked and built before anything is written, and the files are written to a staging folder
-    next to `output_dir` and moved into place at the end (the weights last), so that a failure never leaves a
-    loadable half-written folder behind."""
+    Everything is checked and built before anything is written, into a staging folder next to `output_dir` whose
+    files are moved into place at the end (the weights last): a failure never leaves a loadable half-written folder."""
     from .image_processing_ceit import CeiTImageProcessor
     from .model_card import variant_card
 
@@ -250,11 +201,12 @@ def convert_checkpoint(
     if output_dir.exists() and not output_dir.is_dir():
         raise CheckpointConversionError(f"The output path {output_dir} exists and is not a folder.")
     state_dict = load_official_checkpoint(checkpoint, use_ema=use_ema)
-    if preset is not None:
-        if preset not in PRESETS:
-            raise CheckpointConversionError(f"Unknown preset {preset!r}; expected one of {sorted(PRESETS)}.")
-        found = checkpoint_architecture(state_dict)
-        wanted = PRESETS[preset]
+    if preset is None:
+        config = infer_config(state_dict)
+    elif preset not in PRESETS:
+        raise CheckpointConversionError(f"Unknown preset {preset!r}; expected one of {sorted(PRESETS)}.")
+    else:
+        found, wanted = checkpoint_architecture(state_dict), PRESETS[preset]
         differences = [
             f"{label} {wanted[field]} (checkpoint: {found[field]})"
             for field, label in (("d_model", "width"), ("num_encoder_blocks", "depth"), ("image_size", "image size"))
@@ -262,19 +214,18 @@ def convert_checkpoint(
         ]
         if differences:
             raise CheckpointConversionError(
-                f"The checkpoint is not a {preset}: the preset has " + ", ".join(differences) + "."
+                f"The checkpoint is not a {preset}: the preset has {', '.join(differences)}."
             )
         config = CeiTConfig.from_preset(preset, num_classes=found["num_classes"])
-    else:
-        config = infer_config(state_dict)
     if config.num_labels == 1000:
-        labels = imagenet_id2label()
+        from torchvision.models._meta import _IMAGENET_CATEGORIES  # the ImageNet-1k class names
+
+        labels = dict(enumerate(_IMAGENET_CATEGORIES))
         config.id2label, config.label2id = labels, {name: i for i, name in labels.items()}
     model = official_to_model(state_dict, config)
-    size = config.image_hw
-    processor = CeiTImageProcessor(crop_size={"height": size[0], "width": size[1]})
-    name = config.preset_name
-    card = variant_card(name) if name is not None else None
+    height, width = config.image_hw
+    processor = CeiTImageProcessor(crop_size={"height": height, "width": width})
+    card = variant_card(config.preset_name) if config.preset_name is not None else None
 
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=output_dir.parent))

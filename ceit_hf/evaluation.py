@@ -14,6 +14,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForImageClassification
 from transformers.utils import find_adapter_config_file
+from transformers.utils import logging as hf_logging
 
 from .data.decoding import BadImageError, decode_image, undecoded
 from .data.sources import DataSource, image_folder_dataset, label_names, load_image_datasets
@@ -30,19 +31,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--model",
         required=True,
-        help="model folder or Hub repo id, or a LoRA adapter folder "
-        "(train.py --lora_rank), merged into its base model before evaluation",
+        help="model folder or Hub repo id, or a LoRA adapter folder (train.py --lora_rank), merged into its base model",
     )
     parser.add_argument(
-        "--base_model",
-        help="folder or Hub id of the base model of a LoRA adapter --model (default: "
-        "base_model_name_or_path of its adapter_config.json)",
+        "--base_model", help="base model of a LoRA adapter --model (default: the one its adapter_config.json names)"
     )
     data = parser.add_mutually_exclusive_group()
     data.add_argument("--dataset_name", help="dataset on the Hub")
     data.add_argument("--validation_dir", help="images in one sub-folder per class")
     parser.add_argument("--dataset_config_name")
-    parser.add_argument("--split", default=None, help="split to evaluate (default: validation, else test)")
+    parser.add_argument("--split", help="split to evaluate (default: validation, else test)")
     parser.add_argument("--image_column_name", default="image")
     parser.add_argument("--label_column_name", default="label")
     parser.add_argument("--max_eval_samples", type=int)
@@ -51,14 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     parser.add_argument(
         "--image_processor",
-        help="image processor to use instead of the model's (default: the "
-        "model's own, else the CeiT evaluation transform at the model's image size)",
+        help="image processor to use (default: the model's, else the CeiT evaluation transform at its image size)",
     )
     parser.add_argument("--trust_remote_code", action="store_true")
     parser.add_argument(
-        "--no_optimize",
-        action="store_true",
-        help="run the plain model instead of ceit_hf.optimize_for_inference (same logits, slower)",
+        "--no_optimize", action="store_true", help="run the plain model, not optimize_for_inference (same logits)"
     )
     parser.add_argument("--output_json", help="write the results here (they are also printed)")
     return parser
@@ -69,13 +64,13 @@ def load_split(args):
 
     if args.validation_dir is not None:
         return image_folder_dataset(args.validation_dir, "--validation_dir", DataSource.verify_images_limit)[0]
-    if args.dataset_name is not None:
-        raw = datasets.load_dataset(args.dataset_name, args.dataset_config_name)
-        split = args.split or next((s for s in ("validation", "val", "test") if s in raw), None)
-        if split not in raw:
-            raise SystemExit(f"error: split {split!r} is not in the dataset (splits: {list(raw)}); pass --split.")
-        return raw[split]
-    return load_image_datasets(DataSource(), seed=0)["validation"]
+    if args.dataset_name is None:
+        return load_image_datasets(DataSource(), seed=0)["validation"]
+    raw = datasets.load_dataset(args.dataset_name, args.dataset_config_name)
+    split = args.split or next((s for s in ("validation", "val", "test") if s in raw), None)
+    if split not in raw:
+        raise SystemExit(f"error: split {split!r} is not in the dataset (splits: {list(raw)}); pass --split.")
+    return raw[split]
 
 
 def label_mapping(dataset, label_column: str, config) -> np.ndarray | None:
@@ -94,30 +89,26 @@ def label_mapping(dataset, label_column: str, config) -> np.ndarray | None:
 
 def adapter_labels(adapter: str) -> dict[int, str] | int | None:
     """The labels a LoRA adapter was trained with: the `id2label` of the config.json saved with it or of its merged
-    model (`train.py --merge_lora` writes `merged/`), else the number of outputs of the classifier saved in the
-    adapter (`modules_to_save`), else None (the adapter keeps the base model's classifier)."""
+    model (`merged/`), else the number of outputs of the classifier saved in the adapter, else None (the adapter
+    keeps the base model's classifier)."""
     from peft.utils import load_peft_weights
 
     for config_file in (Path(adapter) / "config.json", Path(adapter) / "merged" / "config.json"):
-        if config_file.is_file():
-            id2label = json.loads(config_file.read_text(encoding="utf-8")).get("id2label")
-            if id2label:
-                return {int(k): v for k, v in id2label.items()}
+        if config_file.is_file() and (id2label := json.loads(config_file.read_text(encoding="utf-8")).get("id2label")):
+            return {int(k): v for k, v in id2label.items()}
     weights = load_peft_weights(adapter, device="cpu")
     sizes = [w.shape[0] for k, w in weights.items() if k.endswith(("classifier.weight", "classifier.out_proj.weight"))]
     return sizes[-1] if sizes else None
 
 
 def load_lora_classifier(adapter: str, base_model: str | None = None, trust_remote_code: bool = False):
-    """The LoRA adapter `adapter` (a folder or Hub repo with adapter_config.json) merged into its base model (fp32,
-    eval mode): the base built with the adapter's labels and a new classifier, as `train.py --lora_rank` built it
-    before adding the adapters, then `PeftModel.from_pretrained(...).merge_and_unload()`. `base_model` overrides the
-    base named in adapter_config.json; a base that cannot be loaded exits with a one-line error naming it."""
+    """The LoRA adapter `adapter` (a folder or Hub repo) merged into its base model (fp32, eval mode), built with the
+    adapter's labels as `train.py --lora_rank` built it. `base_model` overrides the base named in adapter_config.json;
+    a base that cannot be loaded exits with a one-line error naming it."""
     try:
         import peft
     except ImportError:
         raise SystemExit(f"error: {adapter} is a LoRA adapter, which needs peft: pip install -e '.[peft]'.") from None
-    from transformers.utils import logging as hf_logging
 
     base = base_model or peft.PeftConfig.from_pretrained(adapter).base_model_name_or_path
     try:
@@ -148,26 +139,19 @@ def load_model(args):
     """(the model of `args.model` in fp32, eval mode; where its image processor is) for evaluate_model."""
     if find_adapter_config_file(args.model) is not None:
         model = load_lora_classifier(args.model, args.base_model, trust_remote_code=args.trust_remote_code)
-        local = Path(args.model).is_dir()
-        has_processor = not local or (Path(args.model) / "preprocessor_config.json").is_file()
+        has_processor = not Path(args.model).is_dir() or (Path(args.model) / "preprocessor_config.json").is_file()
         return model, args.model if has_processor else (args.base_model or model.name_or_path)
     if args.base_model:
         raise SystemExit(f"error: --base_model is for LoRA adapters, but {args.model} has no adapter_config.json.")
-    model = AutoModelForImageClassification.from_pretrained(
-        args.model, trust_remote_code=args.trust_remote_code, dtype=torch.float32
-    )
-    return model.eval(), args.model
+    kwargs = {"trust_remote_code": args.trust_remote_code, "dtype": torch.float32}
+    return AutoModelForImageClassification.from_pretrained(args.model, **kwargs).eval(), args.model
 
 
 def evaluate_model(args) -> dict:
-    # Loaded in fp32 and cast after `optimize_for_inference`, which folds the BatchNorms in fp32.
-    dtype = getattr(torch, args.dtype)
     model, processor_source = load_model(args)
-    model = model.to(args.device).eval()
-    plain = model
-    if not args.no_optimize:
-        model = optimize_if_ceit(model, dtype=dtype)
-    model = model.to(dtype)
+    plain, dtype = model.to(args.device), getattr(torch, args.dtype)
+    # cast after `optimize_for_inference`, which folds the BatchNorms in fp32
+    model = (plain if args.no_optimize else optimize_if_ceit(plain, dtype=dtype)).to(dtype)
     processor = load_image_processor(
         args.image_processor or processor_source, model, trust_remote_code=args.trust_remote_code
     )
@@ -188,8 +172,7 @@ def evaluate_model(args) -> dict:
             except BadImageError as error:  # a score without some images would not be the data set's
                 raise SystemExit(str(error)) from None
             labels = np.asarray(batch[args.label_column_name])
-            if mapping is not None:
-                labels = mapping[labels]
+            labels = labels if mapping is None else mapping[labels]
             pixel_values = processor(images, return_tensors="pt")["pixel_values"].to(args.device, model.dtype)
             tick = time.perf_counter()
             logits = model(pixel_values).logits
@@ -199,18 +182,17 @@ def evaluate_model(args) -> dict:
             metric.add_batch(predictions=logits.float().cpu().numpy(), references=labels)
             total += len(labels)
     elapsed = time.perf_counter() - start
-    results = {f"eval_{k}": v for k, v in metric.compute().items()}
-    results.update(
-        model=str(args.model),
-        num_images=total,
-        images_per_second=total / elapsed,
-        model_images_per_second=total / model_time if model_time else None,
-        device=str(args.device),
-        dtype=str(model.dtype).removeprefix("torch."),  # the dtype the model really ran in
-        batch_size=args.batch_size,
-        optimized_for_inference=model is not plain,
-    )
-    return results
+    return {
+        **{f"eval_{k}": v for k, v in metric.compute().items()},
+        "model": str(args.model),
+        "num_images": total,
+        "images_per_second": total / elapsed,
+        "model_images_per_second": total / model_time if model_time else None,
+        "device": str(args.device),
+        "dtype": str(model.dtype).removeprefix("torch."),  # the dtype the model really ran in
+        "batch_size": args.batch_size,
+        "optimized_for_inference": model is not plain,
+    }
 
 
 def main(argv=None) -> dict:

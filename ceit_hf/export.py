@@ -1,7 +1,6 @@
 # Copyright 2026 The ceit_hf authors. Licensed under the Apache License, Version 2.0.
 """ONNX export of a CeiT (or any image classifier) folder with the torch ONNX exporter (dynamo), dynamic batch,
-checked against PyTorch with ONNX Runtime. The engine of `scripts/export_onnx.py`. The file goes where Optimum lays
-out Hub repositories, `MODEL/onnx/model.onnx`, unless another path is given."""
+checked against PyTorch with ONNX Runtime. The engine of `scripts/export_onnx.py`."""
 
 from __future__ import annotations
 
@@ -14,14 +13,12 @@ from transformers import AutoModelForImageClassification
 from .inference import optimize_if_ceit
 
 
-ONNX_PATH_IN_REPO = "onnx/model.onnx"
-
-
 def default_onnx_path(model_dir: str) -> Path:
-    """`MODEL/onnx/model.onnx` for a local model folder; a Hub id has no folder to write into (ValueError)."""
+    """`MODEL/onnx/model.onnx` (where Optimum lays out Hub repositories) for a local model folder; a Hub id has no
+    folder to write into (ValueError)."""
     if not Path(model_dir).is_dir():
         raise ValueError(f"{model_dir!r} is no local model folder: give the .onnx file to write (--output).")
-    return Path(model_dir) / ONNX_PATH_IN_REPO
+    return Path(model_dir) / "onnx" / "model.onnx"
 
 
 class _LogitsOnly(torch.nn.Module):
@@ -43,44 +40,39 @@ def export_onnx(
     atol: float = 1e-4,
     trust_remote_code: bool = False,
 ) -> dict:
-    """Exports `model_dir` to `output` (default: `model_dir/onnx/model.onnx`; input `pixel_values` (batch, C, H, W)
-    with a dynamic batch, output `logits`). With `check`, runs the file in ONNX Runtime at batch 1 and 3 and raises
+    """Exports `model_dir` to `output` (default: `default_onnx_path`; input `pixel_values` (batch, C, H, W) with a
+    dynamic batch, output `logits`). With `check`, runs the file in ONNX Runtime at batch 1 and 3 and raises
     `ValueError` if the logits differ from PyTorch's by more than `atol`; returns the largest difference seen."""
     output = str(output or default_onnx_path(model_dir))
     model = AutoModelForImageClassification.from_pretrained(model_dir, trust_remote_code=trust_remote_code).eval()
-    model = optimize_if_ceit(model)  # BatchNorm folded, the classification-only last block
+    wrapper = _LogitsOnly(optimize_if_ceit(model)).eval()  # BatchNorm folded, the classification-only last block
     config = model.config
     height, width = config.image_hw if hasattr(config, "image_hw") else (config.image_size, config.image_size)
-    example = torch.randn(2, config.num_channels, height, width)
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    wrapper = _LogitsOnly(model).eval()
     program = torch.onnx.export(
         wrapper,
-        (example,),
+        (torch.randn(2, config.num_channels, height, width),),
         dynamo=True,
         input_names=["pixel_values"],
         output_names=["logits"],
-        dynamic_shapes={"pixel_values": {0: batch}},
+        dynamic_shapes={"pixel_values": {0: torch.export.Dim("batch", min=1, max=4096)}},
         opset_version=opset,
         verbose=False,
     )
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     program.save(output)
-    result = {"output": str(output), "max_abs_difference": None}
-    if check:
-        import onnxruntime
+    if not check:
+        return {"output": output, "max_abs_difference": None}
+    import onnxruntime
 
-        session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
-        differences = []
-        for size in (1, 3):
-            pixels = torch.randn(size, config.num_channels, height, width)
-            with torch.no_grad():
-                expected = wrapper(pixels).numpy()
-            (actual,) = session.run(["logits"], {"pixel_values": pixels.numpy()})
-            differences.append(float(np.abs(actual - expected).max()))
-        result["max_abs_difference"] = max(differences)
-        if result["max_abs_difference"] > atol:
-            raise ValueError(
-                f"ONNX Runtime's logits differ from PyTorch's by {result['max_abs_difference']:.2e} > {atol:.0e}."
-            )
-    return result
+    session = onnxruntime.InferenceSession(output, providers=["CPUExecutionProvider"])
+    differences = []
+    for size in (1, 3):
+        pixels = torch.randn(size, config.num_channels, height, width)
+        with torch.no_grad():
+            expected = wrapper(pixels).numpy()
+        (actual,) = session.run(["logits"], {"pixel_values": pixels.numpy()})
+        differences.append(float(np.abs(actual - expected).max()))
+    difference = max(differences)
+    if difference > atol:
+        raise ValueError(f"ONNX Runtime's logits differ from PyTorch's by {difference:.2e} > {atol:.0e}.")
+    return {"output": output, "max_abs_difference": difference}

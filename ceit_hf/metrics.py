@@ -10,11 +10,8 @@ import numpy as np
 
 
 class TopKAccuracy(evaluate.Metric):
-    """Top-1 and top-k accuracy from logits (or scores) and integer labels.
-
-    `compute(predictions=logits, references=labels)` returns `{"accuracy": top1}` and, when there are at least
-    `k` classes, `{"top{k}_accuracy": ...}` for each `k` in `top_k` (default (5,)).
-    """
+    """`compute(predictions=logits, references=labels)`: `{"accuracy": top1}` and, for each `k` in `top_k` (default
+    (5,)) with at least `k` classes, `{"top{k}_accuracy": ...}`."""
 
     def __init__(self, top_k: tuple[int, ...] = (5,), **kwargs):
         super().__init__(**kwargs)
@@ -31,15 +28,13 @@ class TopKAccuracy(evaluate.Metric):
         )
 
     def _compute(self, predictions, references):
-        scores = np.asarray(predictions, dtype=np.float32)
-        labels = np.asarray(references, dtype=np.int64)
+        scores, labels = np.asarray(predictions, dtype=np.float32), np.asarray(references, dtype=np.int64)
         if scores.ndim != 2 or len(scores) != len(labels):
             raise ValueError(f"Expected (N, num_classes) scores for N labels, got {scores.shape} and {labels.shape}.")
         results = {"accuracy": float((scores.argmax(-1) == labels).mean())}
-        for k in self.top_k:
-            if scores.shape[1] >= k:
-                top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-                results[f"top{k}_accuracy"] = float((top == labels[:, None]).any(axis=1).mean())
+        for k in (k for k in self.top_k if scores.shape[1] >= k):
+            top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+            results[f"top{k}_accuracy"] = float((top == labels[:, None]).any(axis=1).mean())
         return results
 
 

@@ -1,13 +1,7 @@
 # Copyright 2026 The ceit_hf authors. Licensed under the Apache License, Version 2.0.
-"""Hugging Face Hub model cards for CeiT, rendered from the Jinja template `ceit_hf/cards/ceit.md` by huggingface_hub's
-`ModelCard.from_template`, with the metadata header from `ModelCardData`:
-
-* `variant_card(name)`: the card of one of the five official variants; `model_cards/<variant>.md` are generated from it
-  by `scripts/make_model_cards.py` (a test checks that they have not drifted);
-* `training_card(...)`: the card `scripts/train.py` writes next to a trained model (or LoRA adapter);
-* `adapter_card_for_upload(...)`: that card of a LoRA adapter as `scripts/push_to_hub.py` uploads it, naming the
-  base model by its Hub id when one is known.
-"""
+"""Hub model cards for CeiT, rendered from the Jinja template `ceit_hf/cards/ceit.md` by huggingface_hub's
+`ModelCard.from_template`: `variant_card` (the official variants, `model_cards/` via `scripts/make_model_cards.py`),
+`training_card` (what `scripts/train.py` writes) and `adapter_card_for_upload` (a LoRA adapter's card as uploaded)."""
 
 from __future__ import annotations
 
@@ -21,12 +15,9 @@ from .configuration_ceit import PRESETS
 
 
 TEMPLATE_PATH = Path(__file__).parent / "cards" / "ceit.md"
-HUB_ORGANIZATION = "ceit-hf"
-PAPER_URL = "https://arxiv.org/abs/2103.11816"
 EXAMPLE_IMAGE_URL = "http://images.cocodataset.org/val2017/000000039769.jpg"
 REPORTED_SOURCE_NAME = "Yuan et al., ICCV 2021 (arXiv:2103.11816) and the official repository README"
 CARD_TAGS = ["ceit", "vision", "image-classification", "custom_code"]
-HEADER_ORDER = ["library_name", "pipeline_tag", "license", "tags", "datasets"]  # first in every header
 PLACEHOLDER_NAMESPACE = "your-name"  # the usage code's repo id when the Hub repo is not known yet
 # The usage code of every card names its repository on this line (`repo_id = "namespace/name"`).
 REPO_ID_LINE = re.compile(r'^repo_id = "([^"\n]+)"$', re.MULTILINE)
@@ -52,11 +43,6 @@ class Variant:
     num_parameters: int
     results: tuple[ReportedResult, ...]
 
-    @property
-    def headline(self) -> ReportedResult:
-        """The row used in the card's `model-index`: the longest-trained one."""
-        return max(self.results, key=lambda result: result.epochs)
-
 
 # Parameter counts are exact (tests/hub/test_model_cards.py re-counts them). Results are the authors', not measured here.
 VARIANTS: dict[str, Variant] = {
@@ -76,9 +62,20 @@ VARIANTS: dict[str, Variant] = {
 }
 
 
-def _preprocessing(height: int, width: int) -> dict:
+def _render(data: ModelCardData, height: int, width: int, **values) -> ModelCard:
     crop = max(height, width)  # the resized image must hold the crop in both directions
-    return {"crop_size": crop, "crop_size_text": f"{height}x{width}", "resize_size": int(256 / 224 * crop)}
+    card = ModelCard.from_template(
+        data,
+        template_path=TEMPLATE_PATH,
+        header=data.to_yaml(original_order=["library_name", "pipeline_tag", "license", "tags", "datasets"]),
+        example_image_url=EXAMPLE_IMAGE_URL,
+        crop_size=crop,
+        crop_size_text=f"{height}x{width}",
+        resize_size=int(256 / 224 * crop),
+        **values,
+    )
+    card.text = card.text.rstrip("\n") + "\n"  # Jinja drops the template's final newline
+    return card
 
 
 def _eval_results(top1: float, top5: float | None, dataset_id: str, dataset_name: str, **source) -> list[EvalResult]:
@@ -90,21 +87,8 @@ def _eval_results(top1: float, top5: float | None, dataset_id: str, dataset_name
         dataset_split="validation",
         **source,
     )
-    results = [EvalResult(metric_type="accuracy", metric_name="Top-1 accuracy", metric_value=top1, **common)]
-    if top5 is not None:
-        results.append(
-            EvalResult(metric_type="top_5_accuracy", metric_name="Top-5 accuracy", metric_value=top5, **common)
-        )
-    return results
-
-
-def _render(data: ModelCardData, **values) -> ModelCard:
-    header = data.to_yaml(original_order=HEADER_ORDER)
-    card = ModelCard.from_template(
-        data, template_path=TEMPLATE_PATH, header=header, example_image_url=EXAMPLE_IMAGE_URL, **values
-    )
-    card.text = card.text.rstrip("\n") + "\n"  # Jinja drops the template's final newline
-    return card
+    metrics = [("accuracy", "Top-1 accuracy", top1), ("top_5_accuracy", "Top-5 accuracy", top5)]
+    return [EvalResult(metric_type=t, metric_name=n, metric_value=v, **common) for t, n, v in metrics if v is not None]
 
 
 def variant_card(name: str) -> str:
@@ -112,7 +96,9 @@ def variant_card(name: str) -> str:
     if name not in VARIANTS:
         raise ValueError(f"Unknown CeiT variant {name!r}; expected one of {sorted(VARIANTS)}.")
     variant, preset = VARIANTS[name], PRESETS[name]
-    headline, image_size = variant.headline, preset["image_size"]
+    results = sorted(variant.results, key=lambda r: r.epochs)
+    headline, image_size = results[-1], preset["image_size"]  # the model-index uses the longest-trained run
+    source = {"source_name": REPORTED_SOURCE_NAME, "source_url": "https://arxiv.org/abs/2103.11816"}
     data = ModelCardData(
         library_name="transformers",
         pipeline_tag="image-classification",
@@ -120,22 +106,16 @@ def variant_card(name: str) -> str:
         tags=CARD_TAGS,
         datasets=["imagenet-1k"],
         model_name=name,
-        eval_results=_eval_results(
-            headline.top1,
-            headline.top5,
-            "imagenet-1k",
-            "ImageNet-1k",
-            source_name=REPORTED_SOURCE_NAME,
-            source_url=PAPER_URL,
-        ),
+        eval_results=_eval_results(headline.top1, headline.top5, "imagenet-1k", "ImageNet-1k", **source),
     )
-    results = sorted(variant.results, key=lambda r: r.epochs)
     card = _render(
         data,
+        image_size,
+        image_size,
         variant=True,
         name=name,
         display_name=variant.display_name,
-        repo_id=f"{HUB_ORGANIZATION}/{name}",
+        repo_id=f"ceit-hf/{name}",
         size_name={"ceit_tiny": "Tiny", "ceit_small": "Small", "ceit_base": "Base"}[name.rsplit("_patch", 1)[0]],
         hidden_size=preset["d_model"],
         num_heads=preset["encoder_num_heads"],
@@ -146,7 +126,6 @@ def variant_card(name: str) -> str:
         results=results,
         headline=headline,
         epochs_text=" or ".join(str(r.epochs) for r in results),
-        **_preprocessing(image_size, image_size),
     )
     return str(card)
 
@@ -154,9 +133,7 @@ def variant_card(name: str) -> str:
 def card_repo_id(text: str) -> str | None:
     """The Hub repository a ceit_hf card (README.md) says it is published as, None when it names none."""
     match = REPO_ID_LINE.search(text)
-    if match is None or match.group(1).startswith(f"{PLACEHOLDER_NAMESPACE}/"):
-        return None
-    return match.group(1)
+    return None if match is None or match.group(1).startswith(f"{PLACEHOLDER_NAMESPACE}/") else match.group(1)
 
 
 def adapter_base_note(base_model: str | None, hub_id: str | None) -> str:
@@ -171,8 +148,7 @@ def adapter_base_note(base_model: str | None, hub_id: str | None) -> str:
         text = (
             f"Base model: `{base_model}`, a local folder on the machine the adapter was trained on, not a Hub "
             "repository. The adapter needs that model: load your copy of it as `base_id` in the code below, "
-            "or publish it and upload the adapter again with "
-            "`scripts/push_to_hub.py --base_model_id NAMESPACE/NAME`."
+            "or publish it and upload the adapter again with `scripts/push_to_hub.py --base_model_id NAMESPACE/NAME`."
         )
     return f"{BASE_NOTE_START}\n{text}\n{BASE_NOTE_END}"
 
@@ -217,11 +193,9 @@ def training_card(
     top-5 accuracy is reported only with at least 5 classes. For a PEFT model (`train.py --lora_rank`) it is the
     card of the adapter: how to load it onto its base model, which it names."""
     config = model.config
-    num_labels = config.num_labels
     top1 = round(100 * metrics["eval_accuracy"], 2)
-    top5 = (
-        round(100 * metrics["eval_top5_accuracy"], 2) if num_labels >= 5 and "eval_top5_accuracy" in metrics else None
-    )
+    top5 = metrics.get("eval_top5_accuracy") if config.num_labels >= 5 else None
+    top5 = None if top5 is None else round(100 * top5, 2)
     hub_base = base_model if base_model and not Path(base_model).exists() else None  # a local folder is no Hub id
     lora = next(iter(getattr(model, "peft_config", {}).values()), None)  # a PeftModel: the card of its adapter
     data = ModelCardData(
@@ -235,29 +209,22 @@ def training_card(
         eval_results=_eval_results(top1, top5, dataset or "imagefolder", data_description),
     )
     official = getattr(config, "preset_name", None)  # CeiTConfig.preset_name; None for other classifiers
-    architecture = (
-        f"the official `{official}`"
-        if official
-        else f"`{preset}` modified"
-        if preset
-        else "the small CeiT of `ceit_hf.training.small_config`"
-    )
-    height, width = config.image_hw
+    architecture = f"`{preset}` modified" if preset else "the small CeiT of `ceit_hf.training.small_config`"
     return _render(
         data,
+        *config.image_hw,
         variant=False,
         model_name=model_name,
-        repo_id=repo_id or f"your-name/{model_name}",
+        repo_id=repo_id or f"{PLACEHOLDER_NAMESPACE}/{model_name}",
         base_model=base_model,
         data_description=data_description if dataset else f"`{data_description}`",
-        num_labels=num_labels,
-        architecture_name=architecture,
+        num_labels=config.num_labels,
+        architecture_name=f"the official `{official}`" if official else architecture,
         num_parameters=f"{model.num_parameters():,}",
         top1=top1,
         top5=top5,
         hyperparameters=hyperparameters,
         command=command,
-        **_preprocessing(height, width),
         lora_rank=lora.r if lora else None,
         base_note=adapter_base_note(base_model, hub_base) if lora else None,
         id2label={int(k): v for k, v in config.id2label.items()},

@@ -1,7 +1,7 @@
 # Copyright 2026 The ceit_hf authors. Licensed under the Apache License, Version 2.0.
 """What a CeiT looks at: the class token's attention over the patch grid in each encoder block, its attention
-rollout through the blocks (Abnar & Zuidema 2020), and the LCA's weights over the class tokens of the blocks (which
-depths the prediction draws on), drawn over the input image in its original aspect ratio (docs/attention.md)."""
+rollout through the blocks (Abnar & Zuidema 2020), and the LCA's weights over the blocks' class tokens, drawn over
+the input image in its original aspect ratio (docs/attention.md)."""
 
 from __future__ import annotations
 
@@ -18,26 +18,23 @@ def _heads(attention: torch.Tensor, head: int | None, dim: int) -> torch.Tensor:
     """Mean over the heads axis `dim`, or the one `head` (ValueError naming the valid range)."""
     if head is None:
         return attention.mean(dim)
-    count = attention.shape[dim]
-    if not 0 <= head < count:
+    if not 0 <= head < (count := attention.shape[dim]):
         raise ValueError(f"head {head} is out of range: this attention has {count} heads, 0..{count - 1}.")
     return attention.select(dim, head)
 
 
 def class_token_maps(attentions, grid_size: tuple[int, int], head: int | None = None) -> torch.Tensor:
-    """The class token's attention over the patches in each block, `(..., blocks, rows, cols)`, from `attentions`
-    (`outputs.attentions`: one `(..., heads, 1 + N, 1 + N)` tensor per block, class token first), averaged over the
-    heads or of one `head`. The class token's row also gives weight to itself; the maps leave it out and are
-    renormalised over the N patches, so each sums to 1 (comparable across blocks)."""
+    """The class token's attention over the patches in each block, `(..., blocks, rows, cols)`, from
+    `outputs.attentions` (per block `(..., heads, 1 + N, 1 + N)`, class token first), averaged over the heads or of
+    one `head`; its weight on itself left out and renormalised over the N patches (comparable across blocks)."""
     rows = _heads(torch.stack(tuple(attentions), dim=-4), head, dim=-3)[..., 0, 1:]
-    rows = rows / rows.sum(-1, keepdim=True)
-    return rows.unflatten(-1, tuple(grid_size))
+    return (rows / rows.sum(-1, keepdim=True)).unflatten(-1, tuple(grid_size))
 
 
 def attention_rollout(attentions, grid_size: tuple[int, int]) -> torch.Tensor:
-    """Attention rollout (Abnar & Zuidema 2020, head fusion "mean"), `(..., rows, cols)`: each block's attention
-    averaged over heads, the residual path added as `A' = 0.5 A + 0.5 I` (rows renormalised), and the product
-    `A'_L ... A'_1` taken; the class token's row of it over the patches, renormalised over them to sum to 1."""
+    """Attention rollout (head fusion "mean"), `(..., rows, cols)`: each block's attention averaged over heads with
+    the residual path added, `A' = 0.5 A + 0.5 I` (rows renormalised), the product `A'_L ... A'_1`, and its class
+    token's row over the patches, renormalised to sum to 1."""
     rollout = None
     for attention in attentions:
         mixed = 0.5 * attention.float().mean(-3) + 0.5 * torch.eye(attention.shape[-1], device=attention.device)
@@ -55,8 +52,8 @@ def lca_weights(lca_attentions: torch.Tensor, head: int | None = None) -> torch.
 
 @dataclass
 class AttentionMaps:
-    """What `attention_maps` returns for a batch: `blocks` `(batch, blocks, rows, cols)`, `rollout` `(batch, rows,
-    cols)`, `lca` `(batch, blocks)`, the `logits` and the token `grid_size`."""
+    """`attention_maps` of a batch: `blocks` `(batch, blocks, rows, cols)`, `rollout` `(batch, rows, cols)`, `lca`
+    `(batch, blocks)`, the `logits` and the token `grid_size`."""
 
     blocks: torch.Tensor
     rollout: torch.Tensor
@@ -88,7 +85,7 @@ def attention_maps(model, pixel_values: torch.Tensor, head: int | None = None) -
         # interpolate_pos_encoding=True accepts other input sizes and changes nothing at the trained one
         outputs = model(pixel_values, interpolate_pos_encoding=True, output_attentions=True)
     attentions = [attention.float().cpu() for attention in outputs.attentions]  # small; plotted on the CPU
-    lca = outputs.lca_attentions  # a one-tensor tuple; a tensor from the remote code of ceit_hf <= 0.2 folders
+    lca = outputs.lca_attentions  # a one-tensor tuple; a bare tensor from the remote code of older saved folders
     lca = lca[0] if isinstance(lca, tuple) else lca
     return AttentionMaps(
         blocks=class_token_maps(attentions, grid_size, head),
@@ -101,9 +98,8 @@ def attention_maps(model, pixel_values: torch.Tensor, head: int | None = None) -
 
 def token_grid_box(config, processor, image_hw: tuple[int, int]) -> tuple[float, float, float, float]:
     """(left, top, right, bottom) in the original image's pixels of the region the token grid covers: the processor
-    resizes (shorter side to `size["shortest_edge"]`, or to `size` height x width) and center-crops; the stem
-    downsamples by conv stride x pool stride (4 by default), so the grid covers `rows * patch_size * 4` crop pixels
-    from its top-left corner: the whole crop when the crop tiles into patches."""
+    resizes (shorter side to `size["shortest_edge"]`, or to `size` height x width) and center-crops; the grid covers
+    `rows * patch_size * stem stride` crop pixels from its top-left corner (the whole crop when it tiles)."""
     height, width = image_hw
     resized = (height, width)
     if processor.do_resize:
@@ -111,11 +107,9 @@ def token_grid_box(config, processor, image_hw: tuple[int, int]) -> tuple[float,
         if size.shortest_edge and size.longest_edge:  # the sizes the torchvision backend's `resize` computes
             resized = get_size_with_aspect_ratio(image_hw, size.shortest_edge, size.longest_edge)
         elif size.shortest_edge:
+            image = np.broadcast_to(0.0, (1, height, width))
             resized = get_resize_output_image_size(
-                np.broadcast_to(0.0, (1, height, width)),
-                size.shortest_edge,
-                default_to_square=False,
-                input_data_format=ChannelDimension.FIRST,
+                image, size.shortest_edge, default_to_square=False, input_data_format=ChannelDimension.FIRST
             )
         elif size.height and size.width:
             resized = (size.height, size.width)
@@ -128,8 +122,8 @@ def token_grid_box(config, processor, image_hw: tuple[int, int]) -> tuple[float,
         # the offsets of CeiTImageProcessor.center_crop (torchvision's CenterCrop rounding)
         top, left = int(round((resized[0] - crop_h) / 2.0)), int(round((resized[1] - crop_w) / 2.0))
     rows, cols = config.token_grid_size(crop_h, crop_w)
-    stride = config.i2t_conv_stride * config.i2t_max_pool_stride
-    cover_h, cover_w = min(crop_h, rows * config.patch_size * stride), min(crop_w, cols * config.patch_size * stride)
+    stride = config.patch_size * config.i2t_conv_stride * config.i2t_max_pool_stride
+    cover_h, cover_w = min(crop_h, rows * stride), min(crop_w, cols * stride)
     scale_y, scale_x = height / resized[0], width / resized[1]
     return left * scale_x, top * scale_y, (left + cover_w) * scale_x, (top + cover_h) * scale_y
 
@@ -150,8 +144,7 @@ def to_image_pixels(attention_map: torch.Tensor, box, image_hw: tuple[int, int])
     inside = (row[:, None] >= 0) & (col[None, :] >= 0)
     cell = (row[:, None] * cols + col[None, :]).clamp(min=0)
     pixels_per_cell = torch.bincount(cell[inside], minlength=rows * cols).clamp(min=1)
-    density = attention_map.flatten(-2) / pixels_per_cell
-    return density[..., cell] * inside
+    return (attention_map.flatten(-2) / pixels_per_cell)[..., cell] * inside
 
 
 def plot_attention(image, maps: AttentionMaps, box, title: str = "", index: int = 0):
@@ -168,9 +161,9 @@ def plot_attention(image, maps: AttentionMaps, box, title: str = "", index: int 
     blocks = maps.blocks.shape[1]
     cols = min(max(blocks, 4), 6)  # block maps per row
     block_rows = -(-blocks // cols)
-    row_height = 12 / cols * height / width + 0.4  # a block panel's height, with its title
-    figure = Figure(figsize=(12, 3.8 * height / width + 0.8 + block_rows * row_height), layout="constrained")
-    top_row, block_grid = figure.subfigures(2, 1, height_ratios=(3.8 * height / width + 0.8, block_rows * row_height))
+    top_height, row_height = 3.8 * height / width + 0.8, 12 / cols * height / width + 0.4  # with their titles
+    figure = Figure(figsize=(12, top_height + block_rows * row_height), layout="constrained")
+    top_row, block_grid = figure.subfigures(2, 1, height_ratios=(top_height, block_rows * row_height))
     panels = top_row.subplots(1, 3)
 
     def overlay(axes, attention_map, name):
@@ -181,41 +174,26 @@ def plot_attention(image, maps: AttentionMaps, box, title: str = "", index: int 
         colours = colormaps["inferno"](weight)
         colours[..., 3] = 0.15 + 0.7 * weight
         axes.imshow(colours, extent=(left, right, bottom, top), interpolation="nearest")
-        rows, cols = weight.shape
-        axes.vlines(np.linspace(left, right, cols + 1), top, bottom, color="white", lw=0.4, alpha=0.5)
-        axes.hlines(np.linspace(top, bottom, rows + 1), left, right, color="white", lw=0.4, alpha=0.5)
+        axes.vlines(np.linspace(left, right, weight.shape[1] + 1), top, bottom, color="white", lw=0.4, alpha=0.5)
+        axes.hlines(np.linspace(top, bottom, weight.shape[0] + 1), left, right, color="white", lw=0.4, alpha=0.5)
         # dim what the token grid does not cover (outside the processor's crop)
-        for x0, y0, x1, y1 in (
-            (0, 0, width, top),
-            (0, bottom, width, height),
-            (0, top, left, bottom),
-            (right, top, width, bottom),
-        ):
+        margins = [(0, 0, width, top), (0, bottom, width, height), (0, top, left, bottom), (right, top, width, bottom)]
+        for x0, y0, x1, y1 in margins:
             axes.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, color="black", alpha=0.55, lw=0))
         axes.set(xlim=(0, width), ylim=(height, 0), xticks=[], yticks=[], title=name)
 
-    axes = panels[0]
-    axes.imshow(pixels, extent=(0, width, height, 0), interpolation="nearest")  # pixel edges at integers, as `box`
-    axes.add_patch(Rectangle((left, top), right - left, bottom - top, fill=False, color="cyan", lw=1.5))
-    axes.set(xticks=[], yticks=[], title=f"input {width}x{height} (token grid: cyan)")
+    panels[0].imshow(pixels, extent=(0, width, height, 0), interpolation="nearest")  # pixel edges at integers
+    panels[0].add_patch(Rectangle((left, top), right - left, bottom - top, fill=False, color="cyan", lw=1.5))
+    panels[0].set(xticks=[], yticks=[], title=f"input {width}x{height} (token grid: cyan)")
     overlay(panels[1], maps.rollout[index], "attention rollout")
-    axes = panels[2]
-    lca = maps.lca[index].numpy()
-    axes.bar(np.arange(1, blocks + 1), lca, color="tab:orange")
-    axes.set(
-        xlabel="block",
-        ylabel="LCA weight",
-        title="LCA: weight of each block's class token",
-        xticks=np.arange(1, blocks + 1),
-        ylim=(0, max(lca) * 1.15),
-    )
+    lca, numbers = maps.lca[index].numpy(), np.arange(1, blocks + 1)
+    panels[2].bar(numbers, lca, color="tab:orange")
+    title_lca = "LCA: weight of each block's class token"
+    panels[2].set(xlabel="block", ylabel="LCA weight", title=title_lca, xticks=numbers, ylim=(0, max(lca) * 1.15))
     grid = block_grid.add_gridspec(block_rows, cols)
     for block in range(blocks):
-        overlay(
-            block_grid.add_subplot(grid[block // cols, block % cols]),
-            maps.blocks[index, block],
-            f"block {block + 1}  (LCA {lca[block]:.2f})",
-        )
+        axes = block_grid.add_subplot(grid[block // cols, block % cols])
+        overlay(axes, maps.blocks[index, block], f"block {block + 1}  (LCA {lca[block]:.2f})")
     block_grid.suptitle("class token's attention in each block", fontsize="medium")
     if title:
         figure.suptitle(title)
