@@ -5,14 +5,4 @@ repeated augmentation). Nothing here imports `ceit_hf.training`."""
 
 from .decoding import IGNORE_INDEX, BadImageError, DecodedExamples, decode_image, undecoded, with_transform
 from .loader import cpus_per_process, data_loader_defaults, default_num_workers
-from .sources import (
-    DIGITS_IMAGE_SIZE,
-    DataSource,
-    check_labels,
-    digits_dataset,
-    example_count,
-    image_folder_dataset,
-    image_size_from_data,
-    label_names,
-    load_image_datasets,
-)
+from .sources import DataSource, check_labels, digits_dataset, image_folder_dataset, label_names, load_image_datasets

@@ -65,8 +65,8 @@ def decode_image(value, feature):
 
 
 class ExampleDecoder:
-    """Decodes an example's image under `--bad_image_policy`: "stop" raises `BadImageError`; "skip" names it in a
-    warning, counts it and returns None (the caller decides what takes its place)."""
+    """Decodes an example's image under `--bad_image_policy`: "stop" raises `BadImageError`; "skip" names a bad one
+    in a warning, counts it, and in evaluation puts a blank image labelled `IGNORE_INDEX` in its place."""
 
     def __init__(self, image_column: str, label_column: str, feature, policy: str, evaluation: bool):
         check_bad_image_policy(policy)
@@ -74,9 +74,10 @@ class ExampleDecoder:
         self.policy, self.evaluation = policy, evaluation
         self.skipped, self.last_skipped = 0, None  # per process: each DataLoader worker counts its own
 
-    def decode(self, value):
+    def decode(self, value, label):
+        """(image, label), or None for a bad image skipped in training."""
         try:
-            return decode_image(value, self.feature)
+            return decode_image(value, self.feature), label
         except BadImageError as error:
             if self.policy == "stop":
                 raise
@@ -88,7 +89,7 @@ class ExampleDecoder:
                 error.reason,
                 self.skipped,
             )
-            return None
+            return (Image.new("RGB", PLACEHOLDER_SIZE), IGNORE_INDEX) if self.evaluation else None
 
 
 class DecodedExamples(ExampleDecoder):
@@ -119,11 +120,8 @@ class DecodedExamples(ExampleDecoder):
 
     def example(self, value, label, index: int):
         """(image, label) of the row `index`, or what takes its place."""
-        image = self.decode(value)
-        if image is not None:
-            return image, label
-        if self.evaluation:
-            return Image.new("RGB", PLACEHOLDER_SIZE), IGNORE_INDEX
+        if (decoded := self.decode(value, label)) is not None:
+            return decoded
         for offset in range(1, len(self.source)):
             row = self.source[(index + offset) % len(self.source)]
             try:

@@ -31,11 +31,9 @@ def data_loader_defaults(given: dict) -> dict:
 
 
 class RepeatedAugmentationSampler(torch.utils.data.Sampler):
-    """DeiT's `RASampler`: each epoch a permutation of the `length` rows drawn from (seed + epoch), each row repeated
-    `repeats` times, padded to a multiple of `world_size` and dealt to the ranks in turn (a row's repeats go to
-    different ranks). Each rank's epoch is `length // 256 * 256 / world_size` examples (`length` under 256 rows),
-    cut to whole batches. Yields keys: the k-th repeat of row i is `i + k * length`. accelerate shards Trainer's
-    DataLoader by batches (batch b to rank `b % world_size`), so the ranks' keys are interleaved batch by batch."""
+    """DeiT's `RASampler`: each epoch a permutation of the rows from (seed + epoch), each row `repeats` times, dealt to
+    the ranks in turn; `length // 256 * 256 / world_size` keys per rank (the k-th repeat of row i is `i + k * length`)
+    in whole batches, interleaved as accelerate shards Trainer's DataLoader (batch b to rank b % world_size)."""
 
     def __init__(self, length: int, repeats: int = 3, world_size: int = 1, batch_size: int = 1, seed: int = 0):
         if length < 1 or repeats < 1 or world_size < 1 or batch_size < 1:
@@ -57,8 +55,7 @@ class RepeatedAugmentationSampler(torch.utils.data.Sampler):
 
     def rank_keys(self, rank: int) -> list[int]:
         """The keys rank `rank` trains on this epoch, in order."""
-        generator = torch.Generator()
-        generator.manual_seed(self.seed + self.epoch)
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
         order = torch.randperm(self.length, generator=generator).tolist()
         total = math.ceil(self.length * self.repeats / self.world_size) * self.world_size
         keys = []

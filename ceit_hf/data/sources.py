@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from torch.utils.data import IterableDataset as TorchIterableDataset
 
 from .decoding import IMAGE_ERRORS, BadImageError, check_bad_image_policy, decode_image, undecoded
 from .loader import cpus_per_process
@@ -63,8 +62,7 @@ def index_features(classes: list[str]):
 
 
 def digits_dataset(seed: int = 0):
-    """scikit-learn's bundled handwritten digits (1,797 8x8 scans, 10 classes) as a `DatasetDict` with a stratified
-    80/20 train/validation split: the offline default data."""
+    """scikit-learn's bundled 8x8 handwritten digits (1,797, 10 classes), split 80/20 by class: the offline default."""
     import datasets
     from sklearn.datasets import load_digits
 
@@ -76,18 +74,13 @@ def digits_dataset(seed: int = 0):
     return datasets.DatasetDict(train=split["train"], validation=split["test"])
 
 
-# An image folder is indexed as torchvision's `ImageFolder` lists it, in one `os.scandir` walk. The paths and labels
-# go into one Arrow file under the datasets cache with the modification time of every folder walked: a later run (or
-# another process) whose folders all have the same times reuses it. (Adding or removing a file changes its folder's.)
-
-
 def _visible(entries):
     return (entry for entry in entries if not entry.name.startswith((".", "__")))  # as datasets: .DS_Store, __MACOSX
 
 
 def scan_image_folder(folder: str, flag: str) -> tuple[list[str], dict]:
-    """(the image paths of `folder` grouped by class, the index's description: classes, images per class, folder
-    times) from one walk, or one line naming `folder` unless it holds a sub-folder of images per class."""
+    """(image paths by class, the index's description) of one `os.scandir` walk of `folder`, listed as torchvision's
+    `ImageFolder` does; one line naming `folder` unless it holds a sub-folder of images per class."""
     from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
 
     extensions = {extension.lower() for extension in ImageFolder.EXTENSIONS}
@@ -128,9 +121,8 @@ def scan_image_folder(folder: str, flag: str) -> tuple[list[str], dict]:
 
 
 def save_index(paths: list[str], description: dict, store: Path):
-    """The index as a `datasets.Dataset` (image paths, ClassLabel labels) memory-mapped from `store/index.arrow`,
-    whose schema metadata holds `description`; written under a name of its own and renamed into place, so that a
-    reader sees a complete index or none. Kept in memory when `store` cannot be written."""
+    """The index as a `datasets.Dataset` memory-mapped from one Arrow file in `store` (`description` in its schema
+    metadata), renamed into place whole; kept in memory when `store` cannot be written."""
     import datasets
     import pyarrow as pa
 
@@ -157,8 +149,7 @@ def save_index(paths: list[str], description: dict, store: Path):
 
 
 def load_index(root: str, store: Path):
-    """(the dataset, images per class) of the index kept in `store` for the folder `root`, or None when there is
-    none or a folder walked for it has changed since (a `stat` per folder, none per file)."""
+    """(the dataset, images per class) of the index in `store`, or None if none or a folder's time changed since."""
     import datasets
     import pyarrow as pa
 
@@ -177,21 +168,19 @@ def load_index(root: str, store: Path):
     return (dataset, description["counts"]) if len(dataset) == sum(description["counts"]) else None
 
 
-def _fails_to_decode(file: str) -> bool:
-    try:
-        with Image.open(file) as image:
-            image.load()
-    except IMAGE_ERRORS:
-        return True
-    return False
-
-
 def image_folder_dataset(folder: str, flag: str, decode_limit: int = 0, cache_dir: str | None = None):
-    """(the images of `folder` as a `datasets.Dataset` of paths and ClassLabel labels, images per class), from the
-    index kept under `cache_dir` (else the datasets cache) while the folder is unchanged, else from a walk. A folder
-    of at most `decode_limit` images is decoded in full and fails naming the files that do not decode (a truncated
-    file has a valid header); in a larger one a bad file is met in training (`--bad_image_policy`)."""
+    """(the images of `folder` as a `datasets.Dataset` of paths and labels, images per class), indexed once and the
+    index reused while no folder changes. A folder of at most `decode_limit` images is decoded in full and fails
+    naming the files that do not decode; in a larger one a bad file is met in training (`--bad_image_policy`)."""
     import datasets
+
+    def fails_to_decode(file: str) -> bool:
+        try:
+            with Image.open(file) as image:
+                image.load()
+        except IMAGE_ERRORS:
+            return True
+        return False
 
     root = os.path.abspath(folder)
     base = Path(cache_dir or datasets.config.HF_DATASETS_CACHE)
@@ -209,7 +198,7 @@ def image_folder_dataset(folder: str, flag: str, decode_limit: int = 0, cache_di
         logger.info("Decoding the %d images of %s (--verify_images_limit %d)", len(dataset), folder, decode_limit)
         files = dataset.data.column("image").combine_chunks().field("path").to_pylist()
         with ThreadPoolExecutor(max(1, cpus_per_process())) as pool:  # Pillow decodes without holding the GIL
-            failed = list(pool.map(_fails_to_decode, files))
+            failed = list(pool.map(fails_to_decode, files))
         unreadable = [os.path.relpath(file, root) for file, bad in zip(files, failed) if bad]
         if unreadable:
             names = ", ".join(unreadable[:5]) + (f" and {len(unreadable) - 5} more" if len(unreadable) > 5 else "")
@@ -218,8 +207,8 @@ def image_folder_dataset(folder: str, flag: str, decode_limit: int = 0, cache_di
 
 
 def stratified_split(counts: list[int], test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(training rows, held-out rows), sorted, of rows grouped by class (`counts` per class): in each class
-    `ceil(test_size x count)` random rows are held out, leaving at least one for training."""
+    """(training rows, held-out rows) of rows grouped by class: `ceil(test_size x count)` random rows of each class
+    held out, leaving at least one."""
     counts = np.asarray(counts, dtype=np.int64)
     labels = np.repeat(np.arange(len(counts)), counts)
     keys = np.random.default_rng(seed).random(len(labels))
@@ -232,8 +221,7 @@ def stratified_split(counts: list[int], test_size: float, seed: int) -> tuple[np
 
 @contextlib.contextmanager
 def main_process_first():
-    """Runs the first process of each machine before the others (it indexes and checks an image folder, the others
-    reuse its index), yielding whether this process is that one."""
+    """Runs the first process of each machine before the others (which reuse its index), yielding whether it is."""
     import torch.distributed
 
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
@@ -330,21 +318,14 @@ def image_folders(source: DataSource, decode_limit: int, seed: int):
 
 
 def load_hub_dataset(source: DataSource):
-    """`--dataset_name` (a Hub id or a local folder) with `datasets.load_dataset`; one that cannot be had fails in
-    one line naming it."""
+    """`--dataset_name` (a Hub id or a local folder) by `datasets.load_dataset`, or one line naming it."""
     import datasets
     from datasets.exceptions import DatasetNotFoundError
 
     name = source.dataset_name
+    options = {"cache_dir": source.cache_dir, "token": source.token, "trust_remote_code": source.trust_remote_code}
     try:
-        return datasets.load_dataset(
-            name,
-            source.dataset_config_name,
-            cache_dir=source.cache_dir,
-            token=source.token,
-            trust_remote_code=source.trust_remote_code,
-            streaming=source.streaming,
-        )
+        return datasets.load_dataset(name, source.dataset_config_name, streaming=source.streaming, **options)
     except ConnectionError as error:
         if datasets.config.HF_HUB_OFFLINE:
             raise SystemExit(
@@ -416,8 +397,7 @@ def label_names(dataset, label_column: str, class_names: list[str] | None = None
 
 
 def check_labels(dataset, label_column: str, num_labels: int, split: str):
-    """Refuses labels outside `[0, num_labels)`, which would crash mid-run or train silently wrong (in Arrow; a
-    stream checks each example as it is read)."""
+    """Refuses labels outside `[0, num_labels)` (which would crash mid-run or train wrong); a stream checks its own."""
     import datasets
     import pyarrow.compute as pc
 
@@ -446,11 +426,7 @@ def image_size_from_data(train, column: str, samples: int = 64) -> int:
     """The crop size for a model trained from scratch: the median shorter side of the first `samples` images that
     decode, rounded to a multiple of 16 (what the default stem and patch need), 32 to 224."""
     feature = train.features[column] if train.features else None
-    source = undecoded(train, column)
-    if isinstance(source, TorchIterableDataset):  # a stream: its first examples
-        values = [row[column] for row in itertools.islice(source, samples)]
-    else:
-        values = source.select(range(min(samples, len(source))))[column]
+    values = [row[column] for row in itertools.islice(undecoded(train, column), samples)]
     sides = []
     for value in values:
         try:

@@ -1,17 +1,12 @@
 # Copyright 2026 The ceit_hf authors. Licensed under the Apache License, Version 2.0.
 """Streams (`--streaming`): a Hub dataset or local shards read as they are consumed.
 
-Training: each (process R, worker W) reads whole shards: in pass P the shards are ordered from (seed, P), R takes
-every world-size-th (or, when the processes do not divide their count, reads them all and keeps one example in world
-size) and W every num-workers-th of those (`worker_shards`), so a pass gives every example once. A worker reads pass
-after pass without end (--max_steps sizes the run) through a shuffle buffer seeded from (seed, P, R, W); a row that
-leaves it gets its index in the pass, and only then is decoded and augmented, seeded from (P, R, W, index).
-
-Exact resume: a checkpoint saves (pass, index) of the last example consumed from each worker and the worker due next
-(`StreamPositionCallback`). A resumed worker reads its pass again through the same buffer, passing over the rows up
-to that index undecoded; as torch's DataLoader starts at worker 0, its worker i plays the logical (i + due) % workers.
-
-Evaluation: each process reads its share once (`EvaluationLoader`), in step with the others.
+Training: in pass P the shards are ordered from (seed, P); process R takes every world-size-th (or, when the processes
+do not divide their count, reads them all and keeps one example in world size), its worker W every num-workers-th of
+those: a pass gives every example once. A worker reads pass after pass through a shuffle buffer seeded from (seed, P,
+R, W); a row that leaves it gets its index in the pass, and only then is decoded and augmented, seeded from
+(P, R, W, index). A checkpoint saves (pass, index) of the last example consumed from each worker and the worker due
+next: a resumed worker reads its pass again through the same buffer, passing over the rows up to that index undecoded.
 """
 
 from __future__ import annotations
@@ -40,21 +35,6 @@ class StreamError(DataError):
     """A training stream that cannot go on: a worker whose shards hold no example, or no image that decodes."""
 
 
-def worker_shards(num_shards: int, world_size: int, num_workers: int, seed: int, number: int, rank: int, worker: int):
-    """(the shards, in reading order, that worker `worker` of `num_workers` (0: the process itself) of process `rank`
-    reads in pass `number`; the step: 1, or `world_size` when every process reads them all)."""
-    order = np.random.default_rng([seed, number]).permutation(num_shards).tolist()
-    step = 1 if num_shards % world_size == 0 else world_size
-    return (order[rank::world_size] if step == 1 else order)[worker :: max(1, num_workers)], step
-
-
-def read_rows(stream):
-    """The rows of the `datasets` stream `stream`, read in blocks (`iter` does not split it between the DataLoader
-    workers again, as iterating it inside a worker would)."""
-    for block in stream.iter(batch_size=ROWS_PER_READ):
-        yield from (dict(zip(block, values)) for values in zip(*block.values()))
-
-
 class StreamedExamples(TorchIterableDataset):
     """A `datasets` stream as `pixel_values` and `labels`, decoded (`ExampleDecoder`) and transformed example by
     example by `transform([image], [key])`.
@@ -69,32 +49,36 @@ class StreamedExamples(TorchIterableDataset):
         self.decoder = ExampleDecoder(image_column, label_column, feature, policy, evaluation=split is None)
         self.source, self.transform = undecoded(source, image_column), transform
         self.num_labels, self.split = num_labels, split
-        self.start = {}  # logical worker -> {"pass", "given"} to resume it after (training)
-        self.offset = 0  # the logical worker that DataLoader worker 0 plays
         self.consumed = {}  # logical worker -> {"pass", "given"} of the last example the training process consumed
         self.next_worker = 0  # the logical worker whose batch the training process takes next
 
     def __iter__(self):
         if self.split is None:
-            return (self.example(row, key=None) for row in self.source)
-        return self.training_examples()
-
-    def training_examples(self):
-        """The examples of this DataLoader worker (its logical worker), pass after pass, from its resume position."""
+            yield from (self.example(row, key=None) for row in self.source)
+            return
+        # training: the examples of this DataLoader worker's logical worker, pass after pass, from its resume position
         info = torch.utils.data.get_worker_info()
         physical, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
         if info is not None:  # as `datasets` does in a worker: fsspec's lock of the parent process is not ours
             import fsspec.asyn
 
             fsspec.asyn.reset_lock()
-        worker = (physical + self.offset) % num_workers
+        # a DataLoader starts at its worker 0, which plays the worker due next (read at the start, before any batch is
+        # consumed: the position resumed from, else none)
+        worker = (physical + self.next_worker) % num_workers
         seed, buffer_size, rank, world_size = self.split
         total = self.source.num_shards
-        start = self.start.get(worker) or {"pass": 0, "given": 0}
+        start = self.consumed.get(worker) or {"pass": 0, "given": 0}
         number, skip = start["pass"], start["given"]
         while True:
-            shards, step = worker_shards(total, world_size, num_workers, seed, number, rank, worker)
-            rows = (row for shard in shards for row in read_rows(self.source.shard(total, shard, contiguous=True)))
+            order = np.random.default_rng([seed, number]).permutation(total).tolist()
+            step = 1 if total % world_size == 0 else world_size  # else every process reads all, keeps its share
+            shards = (order[rank::world_size] if step == 1 else order)[worker::num_workers]
+            # read in blocks by `iter`, which (unlike iterating it in a worker) does not split the stream again
+            blocks = (
+                b for shard in shards for b in self.source.shard(total, shard, contiguous=True).iter(ROWS_PER_READ)
+            )
+            rows = (dict(zip(block, values)) for block in blocks for values in zip(*block.values()))
             rows = itertools.islice(rows, rank, None, step) if step > 1 else rows
             given = kept = 0
             for row in shuffle_buffer(rows, buffer_size, np.random.default_rng([seed, number, rank, worker])):
@@ -124,12 +108,9 @@ class StreamedExamples(TorchIterableDataset):
                 f"The stream has the label {label} outside the model's {self.num_labels} classes "
                 f"(id2label 0..{self.num_labels - 1})."
             )
-        image = self.decoder.decode(row[self.decoder.image_column])
-        if image is None:
-            if self.split is not None:
-                return None
-            image, label = Image.new("RGB", PLACEHOLDER_SIZE), IGNORE_INDEX
-        return {"pixel_values": self.transform([image], [key])[0], "labels": label}
+        if (decoded := self.decoder.decode(row[self.decoder.image_column], label)) is None:
+            return None
+        return {"pixel_values": self.transform([decoded[0]], [key])[0], "labels": decoded[1]}
 
     def data_loader(self, args):
         """The training DataLoader for `TrainingArguments` `args` (not Trainer's, which would have accelerate split
@@ -202,9 +183,8 @@ class StreamedExamples(TorchIterableDataset):
                 "the same processes, --dataloader_num_workers, shards of --dataset_name, --seed and "
                 "--shuffle_buffer_size."
             )
-        self.start = {int(worker): position for worker, position in saved["workers"].items()}
-        self.consumed = dict(self.start)
-        self.offset = self.next_worker = saved["next_worker"]
+        self.consumed = {int(worker): position for worker, position in saved["workers"].items()}
+        self.next_worker = saved["next_worker"]
 
 
 def shuffle_buffer(rows, size: int, rng):
@@ -245,11 +225,9 @@ class StreamLoader:
 
 
 class EvaluationLoader:
-    """The evaluation batches of one process's share of a validation stream, in step with the other processes: at
-    each step they exchange their batch sizes, a smaller batch (or an ended share) is padded with blank images
-    labelled `IGNORE_INDEX`, and all stop when all shares have ended, so that Trainer's evaluation loop makes the same
-    collectives on every process. `gather` (Trainer's `gather_function`) drops the padding: the metrics see each
-    example once, and a padded step's loss (NaN) not at all."""
+    """One process's evaluation batches, in step with the others' (Trainer's loop makes the same collectives on each):
+    a smaller batch or an ended share is padded with blank images labelled `IGNORE_INDEX` until all have ended, and
+    `gather` (Trainer's `gather_function`) drops the padding, so a padded step's loss (NaN) is left out too."""
 
     def __init__(self, loader, stream: StreamedExamples, accelerator):
         self.loader, self.stream, self.accelerator = loader, stream, accelerator
@@ -268,7 +246,11 @@ class EvaluationLoader:
             if size < largest:
                 if padding is None:
                     padding = self.stream.transform([Image.new("RGB", PLACEHOLDER_SIZE)], [None])[0]
-                batch = padded(batch, padding, largest - size)
+                count = largest - size
+                extra = {"pixel_values": padding.repeat(count, 1, 1, 1), "labels": torch.full((count,), IGNORE_INDEX)}
+                if batch is not None:
+                    extra = {key: torch.cat([batch[key], value.to(batch[key].dtype)]) for key, value in extra.items()}
+                batch = extra
             yield batch
             batch = next(batches, None) if size else None
 
@@ -282,17 +264,6 @@ class EvaluationLoader:
             return torch.cat([tensor[p * rows : p * rows + min(n, rows)] for p, n in enumerate(self.sizes)])
 
         return recursively_apply(real, self.accelerator.gather(data))
-
-
-def padded(batch: dict | None, pixels, count: int) -> dict:
-    """`batch` with `count` more examples of the image `pixels` labelled `IGNORE_INDEX`."""
-    extra = {
-        "pixel_values": pixels.unsqueeze(0).expand(count, *pixels.shape),
-        "labels": torch.full((count,), IGNORE_INDEX),
-    }
-    if batch is None:
-        return {key: value.contiguous() for key, value in extra.items()}
-    return {key: torch.cat([batch[key], extra[key].to(batch[key].dtype)]) for key in ("pixel_values", "labels")}
 
 
 class StreamPositionCallback(TrainerCallback):

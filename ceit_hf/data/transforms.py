@@ -2,8 +2,7 @@
 """The official CeiT/DeiT recipe's transforms from timm's own ops, split where timm's training script splits them:
 `train_transform` in the DataLoader workers (uint8 out, seeded per example by `SeededAugmentation`), and
 `BatchAugmentation` in the training process (normalisation, random erasing, Mixup/CutMix). With the same seeds they
-give timm's images and batches bit for bit (tests/data/test_recipe.py), but for the posterize guard (`posterize`).
-"""
+give timm's images and batches bit for bit (tests/data/test_recipe.py), but for the posterize guard (`posterize`)."""
 
 from __future__ import annotations
 
@@ -25,9 +24,7 @@ def posterize(image, bits_to_keep, **_):
     black image (the image the official runs saw), instead of Pillow 13's ValueError mid-epoch."""
     if bits_to_keep >= 8:
         return image
-    if bits_to_keep <= 0:
-        return Image.new(image.mode, image.size)
-    return ImageOps.posterize(image, bits_to_keep)
+    return ImageOps.posterize(image, bits_to_keep) if bits_to_keep > 0 else Image.new(image.mode, image.size)
 
 
 def rand_augment(config: str, image_size: int, mean=IMAGENET_MEAN):
@@ -35,11 +32,8 @@ def rand_augment(config: str, image_size: int, mean=IMAGENET_MEAN):
     with `posterize` in place of timm's."""
     from timm.data import auto_augment
 
-    hparams = {
-        "translate_const": int(image_size * 0.45),
-        "img_mean": tuple(min(255, round(255 * x)) for x in mean),
-        "interpolation": Image.BICUBIC,
-    }
+    fill = tuple(min(255, round(255 * x)) for x in mean)
+    hparams = {"translate_const": int(image_size * 0.45), "img_mean": fill, "interpolation": Image.BICUBIC}
     transform = auto_augment.rand_augment_transform(config, hparams)
     for op in transform.ops:
         if op.aug_fn is auto_augment.posterize:
@@ -110,8 +104,7 @@ class SeededAugmentation:
         self._epoch.fill_(value)
 
     def __call__(self, images, keys):
-        epoch = self.epoch
-        out = []
+        epoch, out = self.epoch, []
         python_state, numpy_state = random.getstate(), np.random.get_state()
         try:
             with torch.random.fork_rng(devices=[]):
