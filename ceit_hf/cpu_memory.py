@@ -1,9 +1,6 @@
-"""glibc's allocator and CeiT's large CPU tensors (`--keep_freed_cpu_memory`).
-
-glibc maps every block above its mmap threshold (at most 32 MiB) anew and gives it back to the kernel on `free`. A CeiT
-training step at batch 32 holds several such tensors (the stem's 64 x 112 x 112 maps), so each step faults them in
-again; kept in the heap, CeiT-T's step storing LeFF's activations was 12% faster (docs/performance.md).
-"""
+"""glibc's allocator and CeiT's large CPU tensors (`--keep_freed_cpu_memory`): glibc maps every block above its mmap
+threshold (at most 32 MiB) anew and unmaps it on `free`, so a CeiT step at batch 32 faults the stem's large maps in
+again each time; kept in the heap, CeiT-T's step storing LeFF's activations was 12% faster (docs/performance.md)."""
 
 from __future__ import annotations
 
@@ -42,19 +39,15 @@ def glibc() -> ctypes.CDLL | None:
 
 
 def keep_freed_cpu_memory() -> bool:
-    """Serve every CPU allocation from glibc's heap and keep freed blocks there for reuse; the process's resident
-    memory then stays at its peak, for good. Returns whether glibc took both settings (False without glibc)."""
+    """Serve every CPU allocation from glibc's heap and keep freed blocks there (the process's memory stays at its
+    peak, for good). Returns whether glibc took both settings (False without glibc)."""
     libc = glibc()
-    if libc is None:
-        return False
-    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_ABOVE))
+    return libc is not None and bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_ABOVE))
 
 
 def keep_freed_cpu_memory_if(enabled: bool | str, device) -> bool:
-    """`keep_freed_cpu_memory` when `enabled` is True, or "auto" and `device` is the CPU; returns whether memory is
-    now kept."""
+    """`keep_freed_cpu_memory` when `enabled` is True, or "auto" and `device` is the CPU; whether memory is now kept."""
     if enabled not in (True, False, "auto"):
         raise ValueError(f"keep_freed_cpu_memory takes True, False or 'auto', got {enabled!r}.")
-    if enabled is True or (enabled == "auto" and getattr(device, "type", device) == "cpu"):
-        return keep_freed_cpu_memory()
-    return False
+    on_cpu = getattr(device, "type", device) == "cpu"
+    return (enabled is True or (enabled == "auto" and on_cpu)) and keep_freed_cpu_memory()

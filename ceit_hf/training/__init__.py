@@ -1,7 +1,6 @@
 # Copyright 2026 The ceit_hf authors. Licensed under the Apache License, Version 2.0.
 """Training CeiT with transformers' `Trainer` (`scripts/train.py`): the command line (`arguments`), the model
-(`model`), the recipe's callbacks (`callbacks`) and the job (`run`). Heavy libraries are imported where used, so
-`--help` is fast."""
+(`model`), the recipe's callbacks (`callbacks`) and the job (`run`)."""
 
 from .arguments import (
     DEIT_RECIPE,

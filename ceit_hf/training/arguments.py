@@ -1,8 +1,6 @@
 # Copyright 2026 The ceit_hf authors. Licensed under the Apache License, Version 2.0.
-"""The command line of `scripts/train.py`: `TrainingArguments` plus the model and data flags of transformers'
-`run_image_classification.py`, `--preset`/`--config_overrides` and the DeiT recipe's flags. The job's defaults depend
-on the kind of run and go to argparse's `set_defaults`, so a flag given always wins. Only light imports: `--help`
-stays fast."""
+"""The command line of `scripts/train.py`: `TrainingArguments`, the flags of transformers' image classification
+example, `--preset`/`--config_overrides` and the DeiT recipe's; the job's defaults depend on the kind of run."""
 
 from __future__ import annotations
 
@@ -13,10 +11,15 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from transformers import HfArgumentParser, TrainingArguments
 from transformers.trainer_utils import sort_checkpoints
 
 from ..configuration_ceit import PRESETS
+from ..data.loader import data_loader_defaults
+from ..data.streams import STREAM_STATE_FILE
+from ..data.transforms import rand_augment
+from ..hub import safetensors_problem
 
 
 logger = logging.getLogger("ceit_hf.training")
@@ -30,9 +33,7 @@ def arg(default, help: str):
 class ModelArguments:
     model_name_or_path: str | None = arg(None, "A pretrained model to fine-tune: a Hub id or a local folder.")
     preset: str | None = arg(None, f"Train this official architecture from scratch: one of {sorted(PRESETS)}.")
-    config_overrides: str | None = arg(
-        None, "Config options for training from scratch, 'k=v,k=v' (e.g. 'num_encoder_blocks=6,dropout=0.1')."
-    )
+    config_overrides: str | None = arg(None, "A new model's config options: 'k=v,k=v' (e.g. 'num_encoder_blocks=6').")
     image_size: int | None = arg(None, "Training/eval crop size when training from scratch (default: from the data).")
     image_processor_name: str | None = arg(None, "Image processor to use instead of the model's.")
     cache_dir: str | None = arg(None, "Where to cache downloaded models and datasets.")
@@ -40,27 +41,12 @@ class ModelArguments:
     token: str | None = arg(None, "Hub token (default: the logged-in one).")
     trust_remote_code: bool = arg(False, "Allow remote code of datasets/models.")
     ignore_mismatched_sizes: bool = arg(False, "Re-initialise the classifier when the number of labels differs.")
-    lora_rank: int | None = arg(
-        None,
-        "Fine-tune --model_name_or_path with PEFT LoRA adapters of this rank (the classifier is trained in full); "
-        "needs `pip install -e '.[peft]'`. The output folder then holds the adapter.",
-    )
+    lora_rank: int | None = arg(None, "Fine-tune with LoRA adapters of this rank (needs peft); saves the adapter.")
     lora_alpha: float | None = arg(None, "LoRA scaling alpha (default: 2 x rank).")
     lora_dropout: float = arg(0.0, "Dropout on the LoRA adapters' input.")
-    lora_target_modules: str = arg(
-        "qkv,proj,expand,pointwise,reduce",
-        "Comma-separated module names that get adapters (default: the attention and LeFF Linear layers).",
-    )
-    leff_recompute: str = arg(
-        "auto",
-        "Recompute LeFF's BatchNorm/GELU/depthwise activations in the backward pass instead of storing them: 'on', "
-        "'off', or 'auto' (on for CPU training, where it holds the memory near DeiT's for about 6%% of the step).",
-    )
-    stem_recompute: str = arg(
-        "auto",
-        "Recompute the I2T stem's BatchNorm output and max-pool indices in the backward pass: 'on', 'off', or "
-        "'auto' (on for CPU training, where it cuts CeiT-T's training memory by about a tenth).",
-    )
+    lora_target_modules: str = arg("qkv,proj,expand,pointwise,reduce", "Module names that get LoRA adapters.")
+    leff_recompute: str = arg("auto", "Recompute LeFF's activations in backward: 'on', 'off', 'auto' (on for CPU).")
+    stem_recompute: str = arg("auto", "Recompute the I2T stem in backward: 'on', 'off', 'auto' (on for CPU).")
     merge_lora: bool = arg(False, "Also write the adapters merged into the model to OUTPUT_DIR/merged.")
 
 
@@ -73,26 +59,12 @@ class DataArguments:
     train_val_split: float = arg(0.15, "Held-out fraction of the training data when there is no validation split.")
     image_column_name: str = arg("image", "The dataset column holding the images.")
     label_column_name: str = arg("label", "The dataset column holding the labels.")
-    class_names: str | None = arg(
-        None,
-        "The class names of integer labels, label 0's first: 'a,b,c', or a file of one name per line (default: "
-        "classes.txt beside the shards of a local --dataset_name). Needed by --streaming of webdataset tars.",
-    )
+    class_names: str | None = arg(None, "Integer labels' names: 'a,b,c' or a file (default: the shards' classes.txt).")
     max_train_samples: int | None = arg(None, "Keep this many training examples.")
     max_eval_samples: int | None = arg(None, "Keep this many evaluation examples.")
-    verify_images_limit: int = arg(
-        20000, "Decode every image of a --train_dir/--validation_dir of at most this many images before training."
-    )
-    bad_image_policy: str = arg(
-        "skip",
-        "An image that fails to decode: 'skip' (a warning names it; evaluation counts it, eval_bad_images) or "
-        "'stop' (an error names it).",
-    )
-    streaming: bool = arg(
-        False,
-        "Stream --dataset_name (a Hub id, or a local folder of parquet shards or webdataset tars) instead of "
-        "downloading it. Needs --max_steps; checkpoints keep the stream's position for an exact resume.",
-    )
+    verify_images_limit: int = arg(20000, "Decode every image of folders of at most this many images before training.")
+    bad_image_policy: str = arg("skip", "An image that fails to decode: 'skip' (warn, count) or 'stop' (error).")
+    streaming: bool = arg(False, "Stream --dataset_name (a Hub id, or parquet/webdataset shards); needs --max_steps.")
     shuffle_buffer_size: int = arg(1000, "With --streaming: each data-loading worker's shuffle buffer, in examples.")
 
     @property
@@ -104,29 +76,19 @@ class DataArguments:
 @dataclass
 class RecipeArguments:
     recipe: str = arg("none", "'deit': the official CeiT/DeiT ImageNet recipe for every recipe flag left out.")
-    auto_augment: str | None = arg(
-        None, "timm's RandAugment config string (e.g. 'rand-m9-mstd0.5-inc1', the official recipe's); 'none': off."
-    )
+    auto_augment: str | None = arg(None, "timm's RandAugment config (e.g. 'rand-m9-mstd0.5-inc1'); 'none': off.")
     color_jitter: float = arg(0.0, "ColorJitter strength for brightness/contrast/saturation (--recipe deit: 0).")
     hflip: float = arg(0.5, "Horizontal flip probability (0 for the digits).")
     crop_min_scale: float = arg(0.08, "RandomResizedCrop's smallest crop, as a fraction of the image area.")
     random_erasing: float = arg(0.0, "RandomErasing probability per image (pixel mode), applied on the device.")
-    repeated_augmentation: int = arg(
-        0, "Repeated augmentation (DeiT's RASampler): each image this many times per epoch; 0 or 1: off."
-    )
+    repeated_augmentation: int = arg(0, "Repeated augmentation (DeiT's RASampler): repeats per image; 0 or 1: off.")
     mixup_alpha: float = arg(0.0, "Mixup alpha (0: off).")
     cutmix_alpha: float = arg(0.0, "CutMix alpha (0: off). With Mixup, each batch picks one.")
     drop_path: float | None = arg(None, "Stochastic depth: largest drop-path rate.")
     model_ema_decay: float | None = arg(None, "Keep an EMA of the weights with this decay.")
     sync_batchnorm: bool = arg(False, "Convert BatchNorm to SyncBatchNorm (multi-GPU runs with small batches).")
-    torch_threads: int | None = arg(
-        None, "torch's intra-op CPU threads per process (on a small or shared CPU 1 is often much faster)."
-    )
-    keep_freed_cpu_memory: str = arg(
-        "auto",
-        "Keep freed CPU memory in glibc's heap for the next step instead of mapping large blocks anew: 'on', 'off', "
-        "or 'auto' (on when training on the CPU).",
-    )
+    torch_threads: int | None = arg(None, "torch's CPU threads per process (1 is often faster on a small shared CPU).")
+    keep_freed_cpu_memory: str = arg("auto", "Keep freed CPU memory for reuse: 'on', 'off', 'auto' (on for CPU).")
 
 
 # The official recipe (DeiT's, used for CeiT). The learning rate scales with the global batch: 5e-4 * batch / 512.
@@ -172,13 +134,7 @@ SMALL_MODEL_DEFAULTS = {
     "num_train_epochs": 10,
 }
 # One torch thread: on a busy 2-core machine two made the 280k-parameter model many times slower (contention).
-DIGITS_DEFAULTS = {
-    **SMALL_MODEL_DEFAULTS,
-    "num_train_epochs": 20,
-    "hflip": 0.0,
-    "crop_min_scale": 0.5,
-    "torch_threads": 1,
-}
+DIGITS_DEFAULTS = dict(SMALL_MODEL_DEFAULTS, num_train_epochs=20, hflip=0.0, crop_min_scale=0.5, torch_threads=1)
 # A stream has no epochs: evaluate and save every so many steps.
 STREAMING_DEFAULTS = {"eval_strategy": "steps", "eval_steps": 500, "save_strategy": "steps", "save_steps": 500}
 
@@ -187,20 +143,8 @@ SWITCH = {"on": True, "off": False, "auto": "auto"}
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, RecipeArguments, TrainingArguments)
 
 
-def given_flags(argv: list[str]) -> dict:
-    """The flags `argv` gives and their parsed values (argparse itself: every default suppressed)."""
-    probe = HfArgumentParser(ARGUMENT_CLASSES, add_help=False)
-    for action in probe._actions:  # not set_defaults: argparse would parse a SUPPRESS default given that way
-        action.default = argparse.SUPPRESS
-    return vars(probe.parse_known_args(argv)[0])
-
-
 def job_defaults(given: dict) -> dict:
     """The defaults of the run that the given flags describe."""
-    import torch
-
-    from ..data.loader import data_loader_defaults
-
     defaults = dict(RUN_DEFAULTS, dataloader_pin_memory=torch.cuda.is_available())  # pinning needs an accelerator
     if "dataset_name" not in given and "train_dir" not in given:
         defaults.update(DIGITS_DEFAULTS)
@@ -216,7 +160,10 @@ def job_defaults(given: dict) -> dict:
 def parse_args(argv: list[str] | None = None):
     """(model, data, recipe, training) arguments of the command line, with the job's defaults for what it leaves out."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    given = given_flags(argv)
+    probe = HfArgumentParser(ARGUMENT_CLASSES, add_help=False)  # the flags given, every default suppressed
+    for action in probe._actions:  # not set_defaults: argparse would parse a SUPPRESS default given that way
+        action.default = argparse.SUPPRESS
+    given = vars(probe.parse_known_args(argv)[0])
     parser = HfArgumentParser(ARGUMENT_CLASSES, description="Train or fine-tune CeiT with transformers' Trainer.")
     parser.set_defaults(**job_defaults(given))
     model_args, data_args, recipe_args, training_args = parser.parse_args_into_dataclasses(args=argv)
@@ -243,8 +190,14 @@ def check_args(model_args, data_args, recipe_args, training_args) -> None:  # no
             raise SystemExit(f"error: --{flag} must be one of {sorted(SWITCH)}, got {value!r}.")
     if recipe_args.auto_augment in ("", "none"):
         recipe_args.auto_augment = None
-    if recipe_args.auto_augment is not None:
-        check_auto_augment(recipe_args.auto_augment)
+    if config := recipe_args.auto_augment:
+        expected = "expected timm's RandAugment config string, e.g. 'rand-m9-mstd0.5-inc1', or 'none'"
+        if config != "rand" and not config.startswith("rand-"):
+            raise SystemExit(f"error: --auto_augment {config!r} is not a RandAugment config ({expected}).")
+        try:
+            rand_augment(config, 224)
+        except (AssertionError, ValueError, KeyError) as error:
+            raise SystemExit(f"error: --auto_augment {config!r}: {error or 'unknown section'} ({expected}).") from None
     if recipe_args.repeated_augmentation < 0:
         raise SystemExit(
             f"error: --repeated_augmentation must be 0 (off) or a number of repeats, got {recipe_args.repeated_augmentation}."
@@ -263,52 +216,33 @@ def check_args(model_args, data_args, recipe_args, training_args) -> None:  # no
         raise SystemExit("error: --merge_lora merges LoRA adapters: give --lora_rank too.")
     if training_args.push_to_hub and not training_args.hub_model_id:
         raise SystemExit("error: --push_to_hub needs --hub_model_id NAMESPACE/NAME.")
-    if data_args.streaming:
-        check_streaming(data_args, training_args)
-
-
-def check_auto_augment(config: str) -> None:
-    """Refuses an --auto_augment that is not one of timm's RandAugment config strings, with timm's reason."""
-    from ..data.transforms import rand_augment
-
-    expected = "expected timm's RandAugment config string, e.g. 'rand-m9-mstd0.5-inc1', or 'none'"
-    if config != "rand" and not config.startswith("rand-"):
-        raise SystemExit(f"error: --auto_augment {config!r} is not a RandAugment config ({expected}).")
-    try:
-        rand_augment(config, 224)
-    except (AssertionError, ValueError, KeyError) as error:
-        raise SystemExit(f"error: --auto_augment {config!r}: {error or 'unknown section'} ({expected}).") from None
-
-
-def check_streaming(data_args: DataArguments, training_args) -> None:
-    """Refuses what a `--streaming` run cannot do; makes Trainer leave a resumed stream where its checkpoint put it."""
-    if data_args.dataset_name is None:
-        raise SystemExit(
-            "error: --streaming reads --dataset_name (a Hub id, or a local folder of parquet shards or webdataset "
-            "tars); --train_dir folders are indexed instead (no --streaming)."
-        )
-    if training_args.max_steps is None or training_args.max_steps <= 0:
-        raise SystemExit(
-            "error: --streaming needs --max_steps N (N > 0): a stream has no length to count epochs in, so the run "
-            "is sized in optimizer steps."
-        )
-    if data_args.max_train_samples is not None:
-        raise SystemExit("error: --max_train_samples does not apply to --streaming: size the run with --max_steps.")
-    if data_args.shuffle_buffer_size < 1:
-        raise SystemExit(f"error: --shuffle_buffer_size must be at least 1, got {data_args.shuffle_buffer_size}.")
-    training_args.ignore_data_skip = True  # Trainer's skipping would read the skipped batches again
+    if data_args.streaming:  # (refused before any data is read)
+        if data_args.dataset_name is None:
+            raise SystemExit(
+                "error: --streaming reads --dataset_name (a Hub id, or a local folder of parquet shards or webdataset "
+                "tars); --train_dir folders are indexed instead (no --streaming)."
+            )
+        if training_args.max_steps is None or training_args.max_steps <= 0:
+            raise SystemExit(
+                "error: --streaming needs --max_steps N (N > 0): a stream has no length to count epochs in, so the run "
+                "is sized in optimizer steps."
+            )
+        if data_args.max_train_samples is not None:
+            raise SystemExit(
+                "error: --max_train_samples does not apply to --streaming: size the run with --max_steps."
+            )
+        if data_args.shuffle_buffer_size < 1:
+            raise SystemExit(f"error: --shuffle_buffer_size must be at least 1, got {data_args.shuffle_buffer_size}.")
+        training_args.ignore_data_skip = True  # Trainer's skipping would read the skipped batches again
 
 
 EMA_FILE = "ema.safetensors"
-STREAM_STATE_FILE = "stream_state_rank{rank}.json"  # written by ceit_hf.data.streams (not imported: --help stays fast)
 
 
 def checkpoint_problems(folder, ema: bool = False, streams: int = 0) -> list[str]:
     """What keeps `folder` from being a complete Trainer checkpoint (nothing when it is one), with the EMA (`ema`)
     and the stream positions of `streams` processes. Trainer writes the weights first, `trainer_state.json` last,
     then the callbacks theirs: a run killed while saving leaves some of them missing or truncated."""
-    from ..hub import safetensors_problem
-
     folder = Path(folder)
     if not folder.is_dir():
         return ["no such folder"]

@@ -7,8 +7,12 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from safetensors.torch import load_file, save_file
+from torch.distributed.fsdp import FSDPModule
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from transformers import TrainerCallback
 
+from ..distributed import ShardedEMA, average_batch_norm_statistics, exchanged
 from .arguments import EMA_FILE
 
 
@@ -18,17 +22,9 @@ class ModelEMACallback(TrainerCallback):
     `ceit_hf.distributed.ShardedEMA` (same rule and file; its `on_save` is a collective)."""
 
     def __init__(self, decay: float, resume_from: str | None = None):
-        self.decay = decay
-        self.resume_from = resume_from
-        self.ema = None
+        self.decay, self.resume_from, self.ema = decay, resume_from, None
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        from safetensors.torch import load_file
-        from torch.distributed.fsdp import FSDPModule
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-        from ..distributed import ShardedEMA
-
         if isinstance(model, FSDPModule):
             self.ema = ShardedEMA(model, self.decay)
         else:
@@ -40,8 +36,6 @@ class ModelEMACallback(TrainerCallback):
         self.ema.update_parameters(model)
 
     def on_save(self, args, state, control, **kwargs):
-        from safetensors.torch import save_file
-
         weights = self.ema.state_dict()  # gathered to process 0 under FSDP: on every process
         if state.is_world_process_zero:
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
@@ -50,10 +44,6 @@ class ModelEMACallback(TrainerCallback):
 
     def swapped_into(self, model):
         """A context in which `model` (sharded or not) holds the EMA's weights; the trained ones are back after it."""
-        from torch.optim.swa_utils import AveragedModel
-
-        from ..distributed import exchanged
-
         if not isinstance(self.ema, AveragedModel):
             return self.ema.swapped_into(model)
         averaged = self.ema.module
@@ -83,6 +73,4 @@ class BatchNormStatisticsCallback(TrainerCallback):
     checkpoints and the EMA see one set."""
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        from ..distributed import average_batch_norm_statistics
-
         average_batch_norm_statistics(model)

@@ -4,10 +4,14 @@
 from __future__ import annotations
 
 import ast
-import copy
 import logging
-from pathlib import Path
 
+import torch
+from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
+
+from ..configuration_ceit import CeiTConfig
+from ..image_processing_ceit import CeiTImageProcessor
+from ..modeling_ceit import CeiTForImageClassification
 from .arguments import ModelArguments, RecipeArguments
 
 
@@ -17,8 +21,6 @@ logger = logging.getLogger("ceit_hf.training")
 def small_config(image_size: int, id2label: dict[int, str], **overrides):
     """The small CeiT the main job trains from scratch: the official architecture at width 64 with 4 blocks and
     a 4x4 (images <= 64 px) or wider token grid."""
-    from ..configuration_ceit import CeiTConfig
-
     settings = {
         "image_size": image_size,
         "d_model": 64,
@@ -49,17 +51,12 @@ def parse_config_overrides(text: str | None) -> dict:
 def build_model(model_args: ModelArguments, recipe_args: RecipeArguments, labels: list[str], image_size: int | None):
     """A new CeiT (`--preset`, else the small one, with `--config_overrides` as config keywords) or the pretrained
     `--model_name_or_path` with a classifier for `labels`."""
-    from transformers import AutoConfig, AutoModelForImageClassification
-
-    from ..configuration_ceit import CeiTConfig
-    from ..modeling_ceit import CeiTForImageClassification
-
     id2label = dict(enumerate(labels))
     overrides = parse_config_overrides(model_args.config_overrides)
     if recipe_args.drop_path:
         overrides.update(stochastic_depth=True, stochastic_depth_mp=recipe_args.drop_path)
     if model_args.model_name_or_path:
-        name, hub = model_args.model_name_or_path, {**hub_kwargs(model_args), "revision": model_args.model_revision}
+        name, hub = model_args.model_name_or_path, {**hub_options(model_args), "revision": model_args.model_revision}
         label2id = {label: i for i, label in id2label.items()}
         try:
             config = AutoConfig.from_pretrained(name, id2label=id2label, label2id=label2id, **hub, **overrides)
@@ -80,18 +77,12 @@ def build_model(model_args: ModelArguments, recipe_args: RecipeArguments, labels
     return CeiTForImageClassification(config)
 
 
-def hub_kwargs(model_args: ModelArguments) -> dict:
-    return {
-        "cache_dir": model_args.cache_dir,
-        "token": model_args.token,
-        "trust_remote_code": model_args.trust_remote_code,
-    }
+def hub_options(model_args: ModelArguments) -> dict:
+    return {name: getattr(model_args, name) for name in ("cache_dir", "token", "trust_remote_code")}
 
 
 def add_lora_adapters(model, model_args: ModelArguments):
     """`model` as a PEFT model with LoRA adapters on `--lora_target_modules` and the classifier trained in full."""
-    import torch
-
     try:
         import peft
     except ImportError:
@@ -122,21 +113,9 @@ def add_lora_adapters(model, model_args: ModelArguments):
     return model
 
 
-def save_merged_lora(model, processor, output_dir) -> Path:
-    """The adapters merged into a copy of the model, saved (with the processor) to OUTPUT_DIR/merged."""
-    folder = Path(output_dir) / "merged"
-    copy.deepcopy(model).merge_and_unload().save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
-
-
 def load_image_processor(source: str | None, model, **hub_kwargs):
     """The image processor saved at `source` when there is one, else the CeiT evaluation transform at the model's
     input size (a DeiT's `image_size` included)."""
-    from transformers import AutoImageProcessor
-
-    from ..image_processing_ceit import CeiTImageProcessor
-
     if source:
         try:
             return AutoImageProcessor.from_pretrained(source, **hub_kwargs)
@@ -149,4 +128,4 @@ def load_image_processor(source: str | None, model, **hub_kwargs):
 
 def image_processor_for(model_args: ModelArguments, model):
     source = model_args.image_processor_name or model_args.model_name_or_path
-    return load_image_processor(source, model, **hub_kwargs(model_args))
+    return load_image_processor(source, model, **hub_options(model_args))

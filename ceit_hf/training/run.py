@@ -1,9 +1,9 @@
 # Copyright 2026 The ceit_hf authors. Licensed under the Apache License, Version 2.0.
-"""The training job (`scripts/train.py`): parse, load and check the data, build the model, train and evaluate with
-`Trainer` (Mixup/CutMix, soft-target loss, EMA), save, write the model card, push."""
+"""The training job of `scripts/train.py`: data, model, `Trainer` with the recipe, evaluation, model card, push."""
 
 from __future__ import annotations
 
+import copy
 import errno
 import logging
 import os
@@ -12,6 +12,12 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+
+import numpy as np
+import torch
+import transformers
+from transformers import default_data_collator, set_seed
+from transformers.utils import strtobool
 
 from ..cpu_memory import keep_freed_cpu_memory_if
 from ..data.decoding import IGNORE_INDEX, BadImageError, with_transform
@@ -28,9 +34,12 @@ from ..data.sources import (
 )
 from ..data.streams import StreamedExamples, StreamError, StreamPositionCallback, streamed_splits
 from ..data.transforms import BatchAugmentation, SeededAugmentation, batch_mixer, eval_transform, train_transform
+from ..distributed import check_fsdp_settings, replicas_agree, shard_for_accelerator
+from ..hub import push_model_folder
+from ..model_card import training_card
 from .arguments import SWITCH, DataArguments, ModelArguments, RecipeArguments, parse_args
 from .callbacks import BatchNormStatisticsCallback, EpochCallback, ModelEMACallback
-from .model import add_lora_adapters, build_model, image_processor_for, save_merged_lora
+from .model import add_lora_adapters, build_model, hub_options, image_processor_for
 
 
 logger = logging.getLogger("ceit_hf.training")
@@ -41,20 +50,16 @@ def data_source(data_args: DataArguments, model_args: ModelArguments | None = No
     """The `ceit_hf.data` description of what the command line asks to load."""
     fields = {name: getattr(data_args, name) for name in DataSource.__dataclass_fields__ if hasattr(data_args, name)}
     if model_args is not None:
-        fields.update(
-            cache_dir=model_args.cache_dir, token=model_args.token, trust_remote_code=model_args.trust_remote_code
-        )
-    return DataSource(**{**fields, **changes})
+        fields.update(hub_options(model_args))
+    return DataSource(**fields | changes)
 
 
 def _trainer_class():  # noqa: C901 (the overrides count as its branches)
     from transformers import Trainer
 
     class CeiTTrainer(Trainer):
-        """`Trainer` with the recipe's batch steps (`BatchAugmentation`): uint8 batches normalised on their device,
-        then in training only random erasing and Mixup/CutMix (evaluation keeps its labels); and, with
-        `repeated_augmentation` > 1, the repeated-augmentation sampler. The random steps draw from the global
-        generators, which Trainer checkpoints and restores."""
+        """`Trainer` with uint8 batches normalised on their device, random erasing and Mixup/CutMix in training only
+        (from the global generators, which Trainer checkpoints) and the repeated-augmentation sampler."""
 
         def __init__(self, *args, batch_augmentation=None, repeated_augmentation: int = 0, **kwargs):
             super().__init__(*args, **kwargs)
@@ -101,21 +106,17 @@ def _trainer_class():  # noqa: C901 (the overrides count as its branches)
 
 
 def soft_target_loss(smoothing: float):
-    """Trainer's `compute_loss_func`: `F.cross_entropy` takes class indices or (mixed) probabilities, and applies
-    label smoothing to both."""
-    import torch.nn.functional as F
+    """Trainer's `compute_loss_func`: label-smoothed cross-entropy of class indices or (mixed) probabilities."""
 
     def loss(outputs, labels, num_items_in_batch=None):
-        return F.cross_entropy(outputs["logits"].float(), labels, label_smoothing=smoothing)
+        return torch.nn.functional.cross_entropy(outputs["logits"].float(), labels, label_smoothing=smoothing)
 
     return loss
 
 
 def compute_metrics_fn(num_labels: int):
     """Top-1/top-5 accuracy of the images that decoded, and the number of those that did not (`bad_images`)."""
-    import numpy as np
-
-    from ..metrics import TopKAccuracy
+    from ..metrics import TopKAccuracy  # (evaluate and sklearn: not imported for --help)
 
     metric = TopKAccuracy(top_k=(5,) if num_labels >= 5 else ())
 
@@ -134,9 +135,6 @@ def train_and_evaluate(
 ):
     """Trains `model` (any transformers image classifier) on `raw["train"]` with the recipe, saves it, evaluates it
     (and its EMA) on `raw["validation"]` and writes the metrics. Returns (the trainer, the final metrics)."""
-    import torch
-    from transformers import default_data_collator
-
     for split in sorted({"train", "validation"} & set(raw)):  # (a stream checks each example as it is read)
         check_labels(raw[split], data_args.label_column_name, model.config.num_labels, split)
     if recipe_args.sync_batchnorm:
@@ -182,6 +180,7 @@ def train_and_evaluate(
         callbacks.append(ema)
     smoothing = training_args.label_smoothing_factor
     mixing = recipe_args.mixup_alpha > 0 or recipe_args.cutmix_alpha > 0
+    mix = batch_mixer(len(labels), recipe_args.mixup_alpha, recipe_args.cutmix_alpha)
     trainer = _trainer_class()(
         model=model,
         args=training_args,
@@ -193,10 +192,7 @@ def train_and_evaluate(
         callbacks=callbacks,
         compute_loss_func=soft_target_loss(smoothing) if (mixing or smoothing) else None,
         batch_augmentation=BatchAugmentation(
-            processor.image_mean,
-            processor.image_std,
-            recipe_args.random_erasing,
-            batch_mixer(len(labels), recipe_args.mixup_alpha, recipe_args.cutmix_alpha),
+            processor.image_mean, processor.image_std, recipe_args.random_erasing, mix
         ),
         repeated_augmentation=recipe_args.repeated_augmentation,
     )
@@ -207,11 +203,8 @@ def train_and_evaluate(
 
 
 def save_and_evaluate(trainer, train_metrics: dict, ema) -> dict:
-    """Saves the trained model and the training metrics; returns the metrics of the model and of its EMA (evaluated
-    and saved to OUTPUT_DIR/ema in the model's place, sharded or not), none without a validation split."""
+    """Saves the model and its training metrics; returns the metrics of it and its EMA (saved to OUTPUT_DIR/ema)."""
     if trainer.args.world_size > 1 and not trainer.is_fsdp_enabled:
-        from ..distributed import replicas_agree
-
         if replicas_agree(trainer.model):
             logger.info("The trained weights are identical on all %d processes.", trainer.args.world_size)
         else:
@@ -235,8 +228,7 @@ def save_and_evaluate(trainer, train_metrics: dict, ema) -> dict:
 
 
 def check_output_dir(output_dir: str):
-    """Fails before any training when the output folder cannot be created, holds no new file (read-only, not a
-    folder) or has less than `MIN_FREE_BYTES` free."""
+    """Fails before training when `output_dir` cannot be created or written, or has under `MIN_FREE_BYTES` free."""
     path = Path(output_dir)
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -253,8 +245,6 @@ def check_output_dir(output_dir: str):
 
 def set_torch_threads(threads: int | None) -> int:
     """Sets torch's intra-op threads when `threads` is positive; returns the previous count."""
-    import torch
-
     previous = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
@@ -264,8 +254,6 @@ def set_torch_threads(threads: int | None) -> int:
 def setup_logging(args=None):
     """INFO logs of `ceit_hf` on every process; with `args`, transformers' own at the level Trainer chooses for this
     process (`main` sets up ceit_hf's before parsing, so what parsing logs is shown)."""
-    import transformers
-
     root = logging.getLogger("ceit_hf")
     if not root.handlers:
         handler = logging.StreamHandler(sys.stdout)
@@ -279,16 +267,10 @@ def setup_logging(args=None):
 
 def describe_setup(trainer) -> str:
     """The run as accelerate set it up (an accelerate config can turn on bf16 or FSDP without a flag of train.py)."""
-    import torch
-
     args, accelerator = trainer.args, trainer.accelerator
-    precision = accelerator.mixed_precision
-    if precision == "no":
-        precision = "fp32"
-    elif trainer.is_fsdp_enabled:
-        precision += " (FSDP2 mixed precision, BatchNorms in fp32)"
-    else:
-        precision += " autocast"
+    mixed = accelerator.mixed_precision
+    kind = " (FSDP2 mixed precision, BatchNorms in fp32)" if trainer.is_fsdp_enabled else " autocast"
+    precision = "fp32" if mixed == "no" else mixed + kind
     return (
         f"Distributed setup: world size {args.world_size}, process rank {args.process_index}, "
         f"device {args.device}, {accelerator.distributed_type.value}, precision {precision}, "
@@ -299,43 +281,30 @@ def describe_setup(trainer) -> str:
 
 def fsdp_requested(args) -> bool:
     """`--fsdp`, or an accelerate config with `distributed_type: FSDP` (passed on as ACCELERATE_USE_FSDP)."""
-    from transformers.utils import strtobool
-
     return bool(args.fsdp) or bool(strtobool(os.environ.get("ACCELERATE_USE_FSDP", "false")))
 
 
 def match_gradient_layout(model) -> None:
     """Gives LeFF's depthwise weights `(C, 1, k, k)` the strides of their channels-last gradients, which DDP compares
     with its bucket views at every step ("Grad strides do not match bucket view strides")."""
-    import torch
-
     for module in model.modules():
         if isinstance(module, torch.nn.Conv2d) and module.groups > 1 and module.weight.shape[1] == 1:
             weight = module.weight.data
-            _, _, height, width = weight.shape
+            height, width = weight.shape[2:]
             # set explicitly: with one input channel per group both layouts count as contiguous
-            strides = (height * width, 1, width, 1)
-            module.weight.data = torch.empty_strided(weight.shape, strides, dtype=weight.dtype, device=weight.device)
-            module.weight.data.copy_(weight)
+            module.weight.data = weight.new_empty_strided(weight.shape, (height * width, 1, width, 1)).copy_(weight)
 
 
 def check_fsdp_request(args) -> None:
-    """Refuses, before any data is loaded, FSDP settings that train.py cannot run (`check_fsdp_settings`), also on
-    CPU processes, where accelerate runs DDP instead."""
-    from transformers.utils import strtobool
-
-    from ..distributed import check_fsdp_settings
-
+    """Refuses, before any data is loaded, FSDP settings train.py cannot run (also on CPU, where DDP runs instead)."""
     if not fsdp_requested(args):
         return
-    plugin = getattr(args, "fsdp_plugin_args", None)  # from --fsdp/--fsdp_config, else accelerate's environment
-    if plugin:
-        version, checkpointing = plugin["fsdp_version"], plugin.get("activation_checkpointing", False)
-    else:
-        version = os.environ.get("FSDP_VERSION", "1")
-        checkpointing = strtobool(os.environ.get("FSDP_ACTIVATION_CHECKPOINTING", "false"))
+    plugin = getattr(args, "fsdp_plugin_args", None) or {  # from --fsdp/--fsdp_config, else accelerate's environment
+        "fsdp_version": os.environ.get("FSDP_VERSION", "1"),
+        "activation_checkpointing": strtobool(os.environ.get("FSDP_ACTIVATION_CHECKPOINTING", "false")),
+    }
     try:
-        check_fsdp_settings(int(version), bool(checkpointing))
+        check_fsdp_settings(int(plugin["fsdp_version"]), bool(plugin.get("activation_checkpointing", False)))
     except ValueError as error:
         raise SystemExit(f"error: {error}") from None
 
@@ -344,8 +313,6 @@ def prepare_distributed(trainer) -> None:
     """Under FSDP: CeiT's own FSDP2 sharding and BatchNorm statistics averaged over the ranks after each step, before
     the EMA takes them. FSDP asked for on CPU processes is logged with what runs instead."""
     if trainer.is_fsdp_enabled:
-        from ..distributed import shard_for_accelerator
-
         shard_for_accelerator(trainer.model, trainer.accelerator)
         ema = trainer.pop_callback(ModelEMACallback)
         trainer.add_callback(BatchNormStatisticsCallback())
@@ -388,8 +355,6 @@ def prepare_job(model_args, data_args, recipe_args, data_seed: int, needs_valida
 
 def main(argv: list[str] | None = None) -> dict:
     """The training job: parse, load data, build the model, train with Trainer, evaluate, save, card, push."""
-    from transformers import set_seed
-
     argv = list(sys.argv[1:] if argv is None else argv)
     setup_logging()
     model_args, data_args, recipe_args, training_args = parse_args(argv)
@@ -402,9 +367,7 @@ def main(argv: list[str] | None = None) -> dict:
     check_fsdp_request(training_args)
     set_seed(training_args.seed)
     evaluates = training_args.eval_strategy != "no"
-    raw, labels, _, model, processor = prepare_job(
-        model_args, data_args, recipe_args, data_seed=training_args.seed, needs_validation=evaluates
-    )
+    raw, labels, _, model, processor = prepare_job(model_args, data_args, recipe_args, training_args.seed, evaluates)
     # Trainer would push every checkpoint (with its pickled optimizer state); the final model is pushed below.
     push_requested, training_args.push_to_hub = training_args.push_to_hub, False
     try:
@@ -414,15 +377,38 @@ def main(argv: list[str] | None = None) -> dict:
     if not trainer.is_world_process_zero():
         return metrics
     output_dir = training_args.output_dir
-    if model_args.merge_lora:
-        logger.info("LoRA adapters merged into %s", save_merged_lora(trainer.model, processor, output_dir))
+    if model_args.merge_lora:  # a plain CeiT folder that loads with from_pretrained
+        merged = Path(output_dir) / "merged"
+        copy.deepcopy(trainer.model).merge_and_unload().save_pretrained(merged)
+        processor.save_pretrained(merged)
+        logger.info("LoRA adapters merged into %s", merged)
     if "eval_accuracy" in metrics:  # (a stream trained without a validation split has no score to report)
-        write_model_card(trainer.model, model_args, data_args, training_args, metrics, argv)
+        scheduler = training_args.lr_scheduler_type
+        training_card(
+            model_name=Path(output_dir).resolve().name,
+            repo_id=training_args.hub_model_id,
+            model=trainer.model,
+            base_model=model_args.model_name_or_path,
+            preset=model_args.preset,
+            dataset=data_args.dataset_name,
+            data_description=data_args.train_dir
+            or data_args.dataset_name
+            or "sklearn-digits (bundled with scikit-learn)",
+            metrics=metrics,
+            hyperparameters={
+                "learning_rate": training_args.learning_rate,
+                "epochs": training_args.num_train_epochs,
+                "per_device_train_batch_size": training_args.per_device_train_batch_size,
+                "world_size": training_args.world_size,
+                "weight_decay": training_args.weight_decay,
+                "lr_scheduler": str(getattr(scheduler, "value", scheduler)),
+                "seed": training_args.seed,
+            },
+            command=shlex.join(["python", "scripts/train.py", *argv]),
+        ).save(Path(output_dir) / "README.md")
     else:
         logger.info("No model card: the model was not evaluated (no validation split).")
     if push_requested:
-        from ..hub import push_model_folder
-
         push_model_folder(
             output_dir,
             training_args.hub_model_id,
@@ -431,29 +417,3 @@ def main(argv: list[str] | None = None) -> dict:
             revision=training_args.hub_revision,
         )
     return metrics
-
-
-def write_model_card(model, model_args, data_args, training_args, metrics, argv):
-    from ..model_card import training_card
-
-    scheduler = training_args.lr_scheduler_type
-    training_card(
-        model_name=Path(training_args.output_dir).resolve().name,
-        repo_id=training_args.hub_model_id,
-        model=model,
-        base_model=model_args.model_name_or_path,
-        preset=model_args.preset,
-        dataset=data_args.dataset_name,
-        data_description=data_args.train_dir or data_args.dataset_name or "sklearn-digits (bundled with scikit-learn)",
-        metrics=metrics,
-        hyperparameters={
-            "learning_rate": training_args.learning_rate,
-            "epochs": training_args.num_train_epochs,
-            "per_device_train_batch_size": training_args.per_device_train_batch_size,
-            "world_size": training_args.world_size,
-            "weight_decay": training_args.weight_decay,
-            "lr_scheduler": str(getattr(scheduler, "value", scheduler)),
-            "seed": training_args.seed,
-        },
-        command=shlex.join(["python", "scripts/train.py", *argv]),
-    ).save(Path(training_args.output_dir) / "README.md")
