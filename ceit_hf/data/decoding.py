@@ -18,8 +18,7 @@ IMAGE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionB
 
 
 class DataError(Exception):
-    """A data error; a DataLoader worker hands it over with its traceback as message, of which the `error:` line is
-    kept (`run.main` ends with that line)."""
+    """A data error; from a DataLoader worker only its `error:` line is kept (`run.main` ends with it)."""
 
     def __init__(self, message: str):
         last = next((line for line in reversed(message.splitlines()) if "error: " in line), message)
@@ -50,8 +49,7 @@ def undecoded(dataset, column: str):
 
 
 def decode_image(value, feature):
-    """The image `value` of a column of type `feature` decoded in full as `datasets` would, or `BadImageError`
-    naming its file (or its row's bytes). Other values (already images) are returned as they are."""
+    """`value` of a `feature` column decoded in full, or `BadImageError` naming it; other values as they are."""
     import datasets
 
     if not isinstance(feature, datasets.Image) or not isinstance(value, dict):
@@ -82,21 +80,15 @@ class ExampleDecoder:
             if self.policy == "stop":
                 raise
             self.skipped, self.last_skipped = self.skipped + 1, error.name
-            logger.warning(
-                "%s %s (%s), %d so far in this process (--bad_image_policy skip)",
-                "Leaving out of the evaluation" if self.evaluation else "Skipping",
-                error.name,
-                error.reason,
-                self.skipped,
-            )
+            what = "Leaving out of the evaluation" if self.evaluation else "Skipping"
+            message = "%s %s (%s), %d so far in this process (--bad_image_policy skip)"
+            logger.warning(message, what, error.name, error.reason, self.skipped)
             return (Image.new("RGB", PLACEHOLDER_SIZE), IGNORE_INDEX) if self.evaluation else None
 
 
 class DecodedExamples(ExampleDecoder):
-    """A `datasets.Dataset` as `pixel_values` and `labels`, a batch of rows read, decoded and `transform(images, keys)`
-    at a time. A key is a row index plus a multiple of the length (a repeat: `loader.RepeatedAugmentationSampler`).
-    A bad image under "skip": in training the next decodable row takes its place (data-parallel processes need full
-    batches); in evaluation a blank image labelled `IGNORE_INDEX`, left out of the metrics."""
+    """A `datasets.Dataset` as `pixel_values` and `labels`, by batches of keys (a row index plus a multiple of the
+    length for a repeat); a bad image skipped in training gives way to the next decodable row (batches stay full)."""
 
     def __init__(self, dataset, image_column: str, label_column: str, transform, policy="skip", evaluation=False):
         super().__init__(image_column, label_column, dataset.features[image_column], policy, evaluation)
@@ -111,10 +103,7 @@ class DecodedExamples(ExampleDecoder):
     def __getitems__(self, keys: list[int]) -> list[dict]:
         indices = [int(key) % len(self.source) for key in keys]
         rows = self.source[indices]
-        examples = [
-            self.example(value, label, index)
-            for value, label, index in zip(rows[self.image_column], rows[self.label_column], indices)
-        ]
+        examples = [self.example(*row) for row in zip(rows[self.image_column], rows[self.label_column], indices)]
         pixel_values = self.transform([image for image, _ in examples], keys)
         return [{"pixel_values": pixels, "labels": label} for pixels, (_, label) in zip(pixel_values, examples)]
 

@@ -16,14 +16,12 @@ def cpus_per_process() -> int:
 
 
 def default_num_workers() -> int:
-    """Data-loading processes per training process: its share of the CPUs less one for itself. No cap: a worker
-    augments about 300 images/s (docs/performance.md), a GPU trains at thousands."""
+    """Data-loading processes per training process: its CPU share less one for itself (no cap: a GPU outpaces them)."""
     return max(0, cpus_per_process() - 1)
 
 
 def data_loader_defaults(given: dict) -> dict:
-    """The DataLoader defaults for the flags `given`: `default_num_workers()` persistent workers for own images and
-    Hub data; none for the bundled digits, whose in-memory 8x8 images are cheap next to the competition for a core."""
+    """DataLoader defaults for the flags `given`: persistent workers, none for the bundled digits (in memory)."""
     bundled = "dataset_name" not in given and "train_dir" not in given
     workers = given.get("dataloader_num_workers", 0 if bundled else default_num_workers())
     # DataLoader refuses persistent workers without worker processes
@@ -31,16 +29,13 @@ def data_loader_defaults(given: dict) -> dict:
 
 
 class RepeatedAugmentationSampler(torch.utils.data.Sampler):
-    """DeiT's `RASampler`: each epoch a permutation of the rows from (seed + epoch), each row `repeats` times, dealt to
-    the ranks in turn; `length // 256 * 256 / world_size` keys per rank (the k-th repeat of row i is `i + k * length`)
-    in whole batches, interleaved as accelerate shards Trainer's DataLoader (batch b to rank b % world_size)."""
+    """DeiT's `RASampler`: a permutation from (seed + epoch), each row `repeats` times (keys `row + k * length`) dealt
+    to the ranks, `length // 256 * 256 / world_size` each, interleaved batch by batch as accelerate shards them."""
 
     def __init__(self, length: int, repeats: int = 3, world_size: int = 1, batch_size: int = 1, seed: int = 0):
-        if length < 1 or repeats < 1 or world_size < 1 or batch_size < 1:
-            raise ValueError(
-                f"RepeatedAugmentationSampler needs a positive length, repeats, world size and batch size; got "
-                f"{length}, {repeats}, {world_size}, {batch_size}."
-            )
+        sizes = {"length": length, "repeats": repeats, "world_size": world_size, "batch_size": batch_size}
+        if min(sizes.values()) < 1:
+            raise ValueError(f"RepeatedAugmentationSampler needs positive sizes, got {sizes}.")
         self.length, self.repeats, self.world_size, self.batch_size = length, repeats, world_size, batch_size
         self.seed, self.epoch = seed, 0
         selected = length // 256 * 256 if length >= 256 else length

@@ -33,8 +33,7 @@ CLASS_NAMES_FILE = "classes.txt"
 
 @dataclass(frozen=True)
 class DataSource:
-    """What to load and how (`ceit_hf.training` fills it from its command line). The `*_name` fields are columns;
-    `cache_dir`, `token` and `trust_remote_code` go to `datasets.load_dataset`."""
+    """What to load and how; `cache_dir`, `token` and `trust_remote_code` go to `datasets.load_dataset`."""
 
     dataset_name: str | None = None
     dataset_config_name: str | None = None
@@ -121,8 +120,7 @@ def scan_image_folder(folder: str, flag: str) -> tuple[list[str], dict]:
 
 
 def save_index(paths: list[str], description: dict, store: Path):
-    """The index as a `datasets.Dataset` memory-mapped from one Arrow file in `store` (`description` in its schema
-    metadata), renamed into place whole; kept in memory when `store` cannot be written."""
+    """The index memory-mapped from one Arrow file renamed into place in `store` (in memory if it cannot be kept)."""
     import datasets
     import pyarrow as pa
 
@@ -159,9 +157,8 @@ def load_index(root: str, store: Path):
             description = json.loads(pa.ipc.open_stream(source).schema.metadata[INDEX_METADATA])
         if description.get("version") != INDEX_VERSION or description["root"] != root:
             return None
-        for relative, mtime in description["folders"].items():
-            if os.stat(os.path.join(root, relative)).st_mtime_ns != mtime:
-                return None
+        if any(os.stat(os.path.join(root, f)).st_mtime_ns != t for f, t in description["folders"].items()):
+            return None
         dataset = datasets.Dataset.from_file(str(path))
     except (OSError, ValueError, KeyError, TypeError, pa.ArrowInvalid):
         return None
@@ -169,16 +166,13 @@ def load_index(root: str, store: Path):
 
 
 def image_folder_dataset(folder: str, flag: str, decode_limit: int = 0, cache_dir: str | None = None):
-    """(the images of `folder` as a `datasets.Dataset` of paths and labels, images per class), indexed once and the
-    index reused while no folder changes. A folder of at most `decode_limit` images is decoded in full and fails
-    naming the files that do not decode; in a larger one a bad file is met in training (`--bad_image_policy`)."""
+    """(`folder`'s images as a `datasets.Dataset` of paths and labels, images per class), its index reused while no
+    folder changes; up to `decode_limit` images are decoded in full, failing in one line that names the bad ones."""
     import datasets
 
-    def fails_to_decode(file: str) -> bool:
-        try:
-            with Image.open(file) as image:
-                image.load()
-        except IMAGE_ERRORS:
+    def decodes(file: str) -> bool:
+        with contextlib.suppress(*IMAGE_ERRORS), Image.open(file) as image:
+            image.load()
             return True
         return False
 
@@ -186,11 +180,10 @@ def image_folder_dataset(folder: str, flag: str, decode_limit: int = 0, cache_di
     base = Path(cache_dir or datasets.config.HF_DATASETS_CACHE)
     store = base / "ceit_hf_image_folders" / hashlib.sha256(root.encode()).hexdigest()[:16]
     start = time.perf_counter()
-    found = load_index(root, store)
-    how = "indexed" if found is None else "index reused"
+    found, how = load_index(root, store), "index reused"
     if found is None:
         paths, description = scan_image_folder(folder, flag)
-        found = save_index(paths, description, store), description["counts"]
+        found, how = (save_index(paths, description, store), description["counts"]), "indexed"
     dataset, counts = found
     elapsed = time.perf_counter() - start
     logger.info("%s: %d images in %d classes (%s in %.2f s)", folder, len(dataset), len(counts), how, elapsed)
@@ -198,8 +191,8 @@ def image_folder_dataset(folder: str, flag: str, decode_limit: int = 0, cache_di
         logger.info("Decoding the %d images of %s (--verify_images_limit %d)", len(dataset), folder, decode_limit)
         files = dataset.data.column("image").combine_chunks().field("path").to_pylist()
         with ThreadPoolExecutor(max(1, cpus_per_process())) as pool:  # Pillow decodes without holding the GIL
-            failed = list(pool.map(fails_to_decode, files))
-        unreadable = [os.path.relpath(file, root) for file, bad in zip(files, failed) if bad]
+            good = list(pool.map(decodes, files))
+        unreadable = [os.path.relpath(file, root) for file, decoded in zip(files, good) if not decoded]
         if unreadable:
             names = ", ".join(unreadable[:5]) + (f" and {len(unreadable) - 5} more" if len(unreadable) > 5 else "")
             raise SystemExit(f"error: {flag} {folder!r}: {len(unreadable)} file(s) are not readable images: {names}.")
@@ -207,8 +200,7 @@ def image_folder_dataset(folder: str, flag: str, decode_limit: int = 0, cache_di
 
 
 def stratified_split(counts: list[int], test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(training rows, held-out rows) of rows grouped by class: `ceil(test_size x count)` random rows of each class
-    held out, leaving at least one."""
+    """(training rows, held-out rows) of rows grouped by class: `ceil(test_size x count)` of each class held out."""
     counts = np.asarray(counts, dtype=np.int64)
     labels = np.repeat(np.arange(len(counts)), counts)
     keys = np.random.default_rng(seed).random(len(labels))
@@ -223,20 +215,18 @@ def stratified_split(counts: list[int], test_size: float, seed: int) -> tuple[np
 def main_process_first():
     """Runs the first process of each machine before the others (which reuse its index), yielding whether it is."""
     import torch.distributed
+    from accelerate import PartialState
 
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         yield True
         return
-    from accelerate import PartialState
-
-    state = PartialState()
-    with state.local_main_process_first():
-        yield state.is_local_main_process
+    with PartialState().local_main_process_first():
+        yield PartialState().is_local_main_process
 
 
 def load_image_datasets(source: DataSource, seed: int):  # noqa: C901 (a branch per data source)
-    """The train and validation splits, from `--dataset_name` (downloaded, or streams with `--streaming`), image
-    folders or the bundled digits. A missing validation split is held out of the training one (not of a stream)."""
+    """The train and validation splits, from `--dataset_name` (downloaded or streamed), image folders or the bundled
+    digits; a missing validation split is held out of the training one (not a stream's)."""
     import datasets
 
     check_bad_image_policy(source.bad_image_policy)
@@ -330,8 +320,8 @@ def load_hub_dataset(source: DataSource):
         if datasets.config.HF_HUB_OFFLINE:
             raise SystemExit(
                 f"error: --dataset_name {name!r} is not found locally (no such folder, nor in the datasets cache) "
-                "and the Hub is offline (HF_HUB_OFFLINE=1): expected a local dataset folder, a dataset loaded once "
-                "online, or a run with HF_HUB_OFFLINE unset."
+                "and the Hub is offline (HF_HUB_OFFLINE=1): expected a local dataset folder, a dataset loaded "
+                "once online, or a run with HF_HUB_OFFLINE unset."
             ) from None
         raise SystemExit(f"error: --dataset_name {name!r}: cannot reach the Hub ({error}).") from None
     except DatasetNotFoundError as error:
@@ -344,10 +334,9 @@ def class_names_of(source: DataSource) -> list[str] | None:
     """The names of integer labels (label i is the i-th): `--class_names` (separated by commas, or a file of one name
     per line), else `classes.txt` beside the shards of a local --dataset_name folder, else None."""
     given, where = source.class_names, "--class_names"
-    if given is None and source.dataset_name is not None:
-        beside = os.path.join(source.dataset_name, CLASS_NAMES_FILE)
-        if os.path.isfile(beside):
-            given, where = beside, "the class names file"
+    beside = os.path.join(source.dataset_name or "", CLASS_NAMES_FILE)
+    if given is None and source.dataset_name is not None and os.path.isfile(beside):
+        given, where = beside, "the class names file"
     if given is None:
         return None
     if os.path.isfile(given):
@@ -367,8 +356,7 @@ def class_names_of(source: DataSource) -> list[str] | None:
 
 
 def label_names(dataset, label_column: str, class_names: list[str] | None = None) -> list[str]:
-    """Class names from a `ClassLabel` column (`class_names`, when given, must be the same), else `class_names`,
-    else the sorted distinct label values (not for a stream, which is not read in full before training)."""
+    """Class names: of a `ClassLabel` column (as `class_names` if given), `class_names`, else the sorted labels."""
     import datasets
     import pyarrow.compute as pc
 
@@ -404,10 +392,8 @@ def check_labels(dataset, label_column: str, num_labels: int, split: str):
     if isinstance(dataset, datasets.IterableDataset):
         return
     column = dataset.data.column(label_column)
-    bounds = pc.min_max(column).as_py()
-    if bounds["min"] is not None and (bounds["min"] < 0 or bounds["max"] >= num_labels):
-        outside = pc.or_(pc.less(column, 0), pc.greater_equal(column, num_labels))
-        bad = sorted(pc.unique(pc.filter(column, outside)).to_pylist())[:10]
+    outside = pc.or_(pc.less(column, 0), pc.greater_equal(column, num_labels))
+    if bad := sorted(pc.unique(pc.filter(column, outside)).to_pylist())[:10]:
         raise ValueError(
             f"The {split} split has labels {bad} outside the model's {num_labels} classes "
             f"(id2label 0..{num_labels - 1})."
@@ -423,8 +409,7 @@ def example_count(dataset) -> str:
 
 
 def image_size_from_data(train, column: str, samples: int = 64) -> int:
-    """The crop size for a model trained from scratch: the median shorter side of the first `samples` images that
-    decode, rounded to a multiple of 16 (what the default stem and patch need), 32 to 224."""
+    """The crop size from scratch: the median shorter side of the first images, a multiple of 16, 32 to 224."""
     feature = train.features[column] if train.features else None
     values = [row[column] for row in itertools.islice(undecoded(train, column), samples)]
     sides = []

@@ -1,12 +1,11 @@
 # Copyright 2026 The ceit_hf authors. Licensed under the Apache License, Version 2.0.
 """Streams (`--streaming`): a Hub dataset or local shards read as they are consumed.
 
-Training: in pass P the shards are ordered from (seed, P); process R takes every world-size-th (or, when the processes
-do not divide their count, reads them all and keeps one example in world size), its worker W every num-workers-th of
-those: a pass gives every example once. A worker reads pass after pass through a shuffle buffer seeded from (seed, P,
-R, W); a row that leaves it gets its index in the pass, and only then is decoded and augmented, seeded from
-(P, R, W, index). A checkpoint saves (pass, index) of the last example consumed from each worker and the worker due
-next: a resumed worker reads its pass again through the same buffer, passing over the rows up to that index undecoded.
+In pass P the shards are ordered from (seed, P); process R takes every world-size-th (or reads all and keeps one
+example in world size), its worker W every num-workers-th of those: a pass gives every example once. A worker reads
+pass after pass through a shuffle buffer seeded from (seed, P, R, W); a row leaving it gets its index in the pass and
+only then is decoded and augmented, seeded from (P, R, W, index). A checkpoint saves each worker's (pass, index) and
+the worker due next; a resumed worker reads its pass again through the same buffer, passing over the rows consumed.
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import torch.utils.data
 from PIL import Image
-from torch.utils.data import IterableDataset as TorchIterableDataset
 from transformers import TrainerCallback, default_data_collator
 
 from .decoding import IGNORE_INDEX, PLACEHOLDER_SIZE, DataError, ExampleDecoder, undecoded
@@ -35,13 +33,10 @@ class StreamError(DataError):
     """A training stream that cannot go on: a worker whose shards hold no example, or no image that decodes."""
 
 
-class StreamedExamples(TorchIterableDataset):
-    """A `datasets` stream as `pixel_values` and `labels`, decoded (`ExampleDecoder`) and transformed example by
-    example by `transform([image], [key])`.
-
-    `split` = (seed, shuffle buffer size, process rank, world size) for training: split between the processes and
-    workers, read without end and resumed exactly; a bad image under "skip" is left out. Without `split`
-    (evaluation) `source` is this process's share, read once, in order, a bad image counting as `IGNORE_INDEX`."""
+class StreamedExamples(torch.utils.data.IterableDataset):
+    """A `datasets` stream as `pixel_values` and `labels`. With `split` = (seed, shuffle buffer size, rank, world
+    size), training: split between processes and workers, read without end, resumed exactly, bad images skipped.
+    Without (evaluation): this process's share read once, a bad image counting as `IGNORE_INDEX`."""
 
     def __init__(self, source, image_column, label_column, transform, num_labels, policy="skip", split=None):
         super().__init__()
@@ -113,8 +108,7 @@ class StreamedExamples(TorchIterableDataset):
         return {"pixel_values": self.transform([decoded[0]], [key])[0], "labels": decoded[1]}
 
     def data_loader(self, args):
-        """The training DataLoader for `TrainingArguments` `args` (not Trainer's, which would have accelerate split
-        the stream again), keeping the position of what the training process consumes."""
+        """The training DataLoader (not Trainer's: accelerate would split the stream again)."""
         workers, world_size, shards = args.dataloader_num_workers, self.split[3], self.source.num_shards
         each = shards // world_size if shards % world_size == 0 else shards
         if each < max(1, workers):  # a worker without a shard of its own would be silent loss
@@ -152,22 +146,16 @@ class StreamedExamples(TorchIterableDataset):
 
     def settings(self, args) -> dict:
         """What a resumed run must share with the saved one to read the same stream."""
-        seed, buffer_size, _, world_size = self.split
-        return {
-            "world_size": world_size,
-            "num_workers": args.dataloader_num_workers,
-            "num_shards": self.source.num_shards,
-            "seed": seed,
-            "shuffle_buffer_size": buffer_size,
-        }
+        seed, buffer, _, world_size = self.split
+        values = (world_size, args.dataloader_num_workers, self.source.num_shards, seed, buffer)
+        return dict(zip(("world_size", "num_workers", "num_shards", "seed", "shuffle_buffer_size"), values))
 
     def position(self, args) -> dict:
         workers = {str(worker): position for worker, position in sorted(self.consumed.items())}
         return {"version": STATE_VERSION, **self.settings(args), "next_worker": self.next_worker, "workers": workers}
 
     def resume(self, saved: dict, args, source: str) -> None:
-        """Starts each worker after its position in `saved` (`position()` of the checkpoint `source`), and DataLoader
-        worker 0 as the worker that was due next."""
+        """Starts each worker after its position in `saved`, and DataLoader worker 0 as the worker due next."""
         if saved.get("version") != STATE_VERSION:
             raise SystemExit(
                 f"error: {source} holds a stream position of an earlier ceit_hf, which did not resume exactly: "
@@ -209,8 +197,7 @@ def collate_stream(examples: list[dict]) -> dict:
 
 
 class StreamLoader:
-    """The training DataLoader of a `StreamedExamples`, handing Trainer the batches without their position, which
-    it keeps in the stream (`consumed` by logical worker, and the worker due next)."""
+    """The training DataLoader of a stream; keeps each batch's position in the stream and hands Trainer the rest."""
 
     def __init__(self, loader, stream: StreamedExamples, num_workers: int):
         self.loader, self.stream, self.num_workers = loader, stream, num_workers
@@ -225,27 +212,24 @@ class StreamLoader:
 
 
 class EvaluationLoader:
-    """One process's evaluation batches, in step with the others' (Trainer's loop makes the same collectives on each):
-    a smaller batch or an ended share is padded with blank images labelled `IGNORE_INDEX` until all have ended, and
-    `gather` (Trainer's `gather_function`) drops the padding, so a padded step's loss (NaN) is left out too."""
+    """One process's evaluation batches in step with the others' (for Trainer's collectives): a smaller batch or an
+    ended share is padded with blank images labelled `IGNORE_INDEX` until all end; `gather` drops the padding."""
 
     def __init__(self, loader, stream: StreamedExamples, accelerator):
         self.loader, self.stream, self.accelerator = loader, stream, accelerator
         self.sizes = [0] * accelerator.num_processes  # of the current step, by process
 
     def __iter__(self):
-        batches, padding = iter(self.loader), None
+        batches, padding = iter(self.loader), self.stream.transform([Image.new("RGB", PLACEHOLDER_SIZE)], [None])[0]
         batch = next(batches, None)
         while True:
             size = 0 if batch is None else len(batch["labels"])
             sizes = self.accelerator.gather(torch.tensor([size], device=self.accelerator.device))
-            self.sizes = [int(n) for n in sizes.reshape(-1).tolist()]
+            self.sizes = sizes.reshape(-1).tolist()
             largest = max(self.sizes)
             if largest == 0:
                 return
             if size < largest:
-                if padding is None:
-                    padding = self.stream.transform([Image.new("RGB", PLACEHOLDER_SIZE)], [None])[0]
                 count = largest - size
                 extra = {"pixel_values": padding.repeat(count, 1, 1, 1), "labels": torch.full((count,), IGNORE_INDEX)}
                 if batch is not None:
@@ -255,8 +239,7 @@ class EvaluationLoader:
             batch = next(batches, None) if size else None
 
     def gather(self, data):
-        """`data` (tensors of this step, the batch's rows first) gathered from every process, of each process's part
-        only its first rows, as many as its batch had examples."""
+        """`data` gathered from every process, without the padding rows."""
         from accelerate.utils import recursively_apply
 
         def real(tensor):
@@ -267,8 +250,7 @@ class EvaluationLoader:
 
 
 class StreamPositionCallback(TrainerCallback):
-    """Saves each process's stream position with every checkpoint (written whole under another name and renamed),
-    and starts the stream there when the run resumes from one."""
+    """Saves each process's stream position with every checkpoint, and resumes the stream from it."""
 
     def __init__(self, stream: StreamedExamples, resume_from: str | None = None):
         self.stream, self.resume_from = stream, resume_from
@@ -294,8 +276,7 @@ class StreamPositionCallback(TrainerCallback):
 def streamed_splits(
     raw, source, num_labels: int, train, evaluate, *, seed: int, shuffle_buffer_size: int, rank: int, world_size: int
 ):
-    """(training stream, this process's share of the validation stream or None without one) of the streams `raw`
-    (`load_image_datasets` of the `DataSource` `source`) with the transforms `train` and `evaluate`."""
+    """(training stream, this process's share of the validation stream or None) of the streams `raw`."""
     from datasets.distributed import split_dataset_by_node
 
     columns = (source.image_column_name, source.label_column_name)

@@ -1,8 +1,7 @@
 # Copyright 2026 The ceit_hf authors. Licensed under the Apache License, Version 2.0.
-"""The official CeiT/DeiT recipe's transforms from timm's own ops, split where timm's training script splits them:
-`train_transform` in the DataLoader workers (uint8 out, seeded per example by `SeededAugmentation`), and
-`BatchAugmentation` in the training process (normalisation, random erasing, Mixup/CutMix). With the same seeds they
-give timm's images and batches bit for bit (tests/data/test_recipe.py), but for the posterize guard (`posterize`)."""
+"""The official CeiT/DeiT recipe's transforms from timm's own ops: `train_transform` in the DataLoader workers (uint8,
+seeded per example by `SeededAugmentation`), `BatchAugmentation` in the training process. With the same seeds they give
+timm's images and batches bit for bit (tests/data/test_recipe.py), but for the posterize guard (`posterize`)."""
 
 from __future__ import annotations
 
@@ -28,8 +27,7 @@ def posterize(image, bits_to_keep, **_):
 
 
 def rand_augment(config: str, image_size: int, mean=IMAGENET_MEAN):
-    """timm's RandAugment for the config string `config` as timm's `create_transform` builds it for `image_size`,
-    with `posterize` in place of timm's."""
+    """timm's RandAugment as its `create_transform` builds it for `image_size`, with our `posterize`."""
     from timm.data import auto_augment
 
     fill = tuple(min(255, round(255 * x)) for x in mean)
@@ -58,9 +56,8 @@ def train_transform(
     color_jitter: float = 0.0,
     mean=IMAGENET_MEAN,
 ):
-    """The worker side of the training augmentation, timm's ops in timm's order: RGB, bicubic RandomResizedCrop,
-    horizontal flip, RandAugment `auto_augment`, colour jitter (timm leaves it out under RandAugment; here it is
-    applied when asked for), then a uint8 tensor: timm's `create_transform(..., use_prefetcher=True)` images."""
+    """The worker side of the training augmentation, as timm's `create_transform(..., use_prefetcher=True)` (uint8
+    out), but for colour jitter, which timm leaves out under RandAugment and which is applied here when asked for."""
     from timm.data.transforms import RandomResizedCropAndInterpolation
     from torchvision import transforms
 
@@ -86,9 +83,8 @@ def eval_transform(processor):
 
 
 class SeededAugmentation:
-    """Applies a random `transform` to each example with the global generators of `random`, numpy and torch (which
-    timm's and torchvision's ops use) seeded from (seed, epoch, example key), then restored: the same images with any
-    number of workers and after a resume. `callbacks.EpochCallback` sets `epoch`."""
+    """Applies `transform` to each example with the global generators (which timm's and torchvision's ops use) seeded
+    from (seed, epoch, key), then restored: the same images with any number of workers and after a resume."""
 
     def __init__(self, transform, seed: int):
         self.transform, self.seed = transform, seed
@@ -147,8 +143,7 @@ def batch_mixer(num_labels: int, mixup_alpha: float = 0.0, cutmix_alpha: float =
 
 
 class BatchAugmentation:
-    """The training process's side, on the batch's device: uint8 images normalised as timm's `PrefetchLoader` does,
-    timm's `RandomErasing` in pixel mode, then `mix` (`BatchMixing` or None). A float batch is already normalised."""
+    """The training process's side: normalisation (of uint8), random erasing (pixel mode), then `mix`."""
 
     def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD, random_erasing: float = 0.0, mix=None):
         self.mean = torch.tensor([255 * m for m in mean]).view(1, -1, 1, 1)
