@@ -13,11 +13,8 @@
 # limitations under the License.
 """CeiT model configuration. Hub remote code: imports only transformers (and its huggingface_hub)."""
 
-from __future__ import annotations
-
-import contextvars
-import dataclasses
 import difflib
+import functools
 import math
 from numbers import Integral, Real
 from typing import Any
@@ -28,10 +25,7 @@ from transformers.backbone_utils import BackboneConfigMixin
 from transformers.utils import auto_docstring
 
 
-# What every official variant shares (coeusguo/ceit `ceit_model.py`): a padded 7x7/2 convolution without bias,
-# BatchNorm and a padded 3x3/2 max-pool with 64 channels; a 4x4/4 patch convolution without LayerNorm; pre-norm
-# blocks with qkv bias; LeFF with BatchNorm and no GELU after its last BatchNorm; the LCA with a layer-position
-# embedding; a LayerNorm -> Linear head.
+# What every official variant shares (coeusguo/ceit `ceit_model.py`).
 # fmt: off
 _OFFICIAL = {
     "patch_size": 4, "num_encoder_blocks": 12, "classifier_mlp_d": None, "i2t_out_channels": 64,
@@ -43,112 +37,136 @@ _OFFICIAL = {
     "lca_encoder_qkv_bias": True, "lca_layer_position_embedding": True, "ln_order": "pre", "qkv_bias": True,
     "layer_norm_eps": 1e-6, "num_labels": 1000,
 }
+# transformers' names -> the seed API's (`num_labels` is transformers' own field, derived from `id2label`)
+ALIASES = {
+    "hidden_size": "d_model", "num_hidden_layers": "num_encoder_blocks", "num_attention_heads": "encoder_num_heads",
+    "num_channels": "in_channels", "num_classes": "num_labels",
+}
 # fmt: on
 PRESETS: dict[str, dict[str, Any]] = {
     f"ceit_{name}_patch16_{size}": {**_OFFICIAL, "d_model": width, "encoder_num_heads": heads, "image_size": size}
-    for name, width, heads, sizes in (
-        ("tiny", 192, 3, (224, 384)),
-        ("small", 384, 6, (224, 384)),
-        ("base", 768, 12, (224,)),
-    )
-    for size in sizes
+    for name, width, heads in (("tiny", 192, 3), ("small", 384, 6), ("base", 768, 12))
+    for size in (224, 384)
+    if (name, size) != ("base", 384)
 }
 
-# transformers' standard names -> the seed API's names (`num_classes` is the alias there: transformers derives
-# `num_labels` from `id2label`).
-ALIASES = {
-    "hidden_size": "d_model",
-    "num_hidden_layers": "num_encoder_blocks",
-    "num_attention_heads": "encoder_num_heads",
-    "num_channels": "in_channels",
-    "num_classes": "num_labels",
+
+# Each option's rule beyond its type (which `@strict` checks) and what it expects, said by both kinds of error.
+# fmt: off
+RULES = {
+    "image_size": (
+        lambda v: v > 0 if isinstance(v, int) else len(v) == 2 and min(v) > 0,
+        "expected a positive int or a [height, width] pair of positive ints",
+    ),
+    **dict.fromkeys((
+        "d_model", "patch_size", "encoder_num_heads", "num_encoder_blocks", "i2t_out_channels", "i2t_conv_kernel_size",
+        "i2t_conv_stride", "i2t_max_pool_kernel_size", "i2t_max_pool_stride", "leff_expand_ratio",
+        "leff_depthwise_kernel", "leff_depthwise_stride", "lca_encoder_expansion_ratio", "lca_encoder_num_heads",
+        "in_channels"), (lambda v: v > 0, "expected a positive int")),
+    "classifier_mlp_d": (lambda v: v is None or v > 0, "expected a positive int, or None for one Linear"),
+    **dict.fromkeys(("leff_depthwise_padding", "i2t_conv_padding", "i2t_max_pool_padding"),
+                    (lambda v: v >= 0, "expected an int >= 0")),
+    **dict.fromkeys((
+        "dropout", "encoder_dropout", "encoder_attention_dropout", "encoder_projection_dropout", "lca_encoder_dropout",
+        "lca_encoder_attention_dropout", "lca_encoder_projection_dropout", "lca_encoder_stodepth_prob"),
+        (lambda v: 0 <= v < 1, "expected a probability in [0, 1)")),
+    "stochastic_depth_mp": (lambda v: v is None or 0 <= v < 1, "expected None or a probability in [0, 1)"),
+    **dict.fromkeys(("layer_scale", "lca_encoder_layer_scale"), (
+        lambda v: v is None or 0 <= v < math.inf, "expected None (off) or a number >= 0 (the initial scale)")),
+    **dict.fromkeys(("layer_norm_eps", "initializer_range"),
+                    (lambda v: 0 < v < math.inf, "expected a positive number")),
+    **dict.fromkeys(("ln_order", "lca_encoder_ln_order"),
+                    (lambda v: v in ("pre", "post"), "expected one of ['pre', 'post']")),
+    "patchify_technique": (lambda v: v in ("linear", "conv"), "expected one of ['linear', 'conv']"),
 }
-LN_ORDERS = ("pre", "post")
-PATCHIFY_TECHNIQUES = ("linear", "conv")
+# fmt: on
 
 
-def _int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _number(value) -> bool:
-    return _int(value) or (isinstance(value, float) and math.isfinite(value))
+def _invalid(name: str, value, expected) -> ValueError:
+    return ValueError(f"CeiTConfig.{name}={value!r} is invalid: {expected}.")
 
 
 def _plain(value):
-    """A numpy (or other `numbers`) scalar as the Python number it holds (config.json holds only those)."""
-    if isinstance(value, (bool, int, float)) or not isinstance(value, Real):
-        return value
-    return int(value) if isinstance(value, Integral) else float(value)
+    """numpy (or other `numbers`) scalars, alone or in a list or tuple, as Python numbers (config.json holds those)."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, Real) and type(value) not in (bool, int, float):
+        return int(value) if isinstance(value, Integral) else float(value)
+    return value
 
 
-# Set while a saved config (`from_dict`, `from_json_file`) is built: what a file holds is kept, as transformers keeps any
-# attribute; only keywords a person types are checked for typos.
-_FROM_SAVED = contextvars.ContextVar("ceit_config_from_saved", default=False)
-
-
-def _close_option(key: str) -> str | None:
-    """The CeiT option (or transformers alias) that `key` looks like a typo of, if any."""
+def _refuse_typos(keywords) -> None:
+    """transformers keeps unknown keywords as attributes, so a typo of an option would build the default model in
+    silence: a keyword close to an option (and no name the config classes define) raises instead."""
     options = {*CeiTConfig.__dataclass_fields__, *ALIASES}
-    if key in options or hasattr(CeiTConfig, key):
-        return None
-    close = difflib.get_close_matches(key, options, n=1, cutoff=0.85)
-    return close[0] if close else None
-
-
-def refuse_typos(keywords) -> None:
-    """`ValueError` for a keyword close to a CeiT option but none: transformers keeps unknown keywords as attributes
-    (configs may carry metadata), so a typo of an option would otherwise build the default model in silence. A keyword
-    that the config classes (PreTrainedConfig, BackboneConfigMixin) define is never a typo."""
     for key in keywords:
-        if (option := _close_option(key)) is not None:
-            raise ValueError(f"CeiTConfig got an unknown option {key!r}; did you mean {option!r}?")
+        close = difflib.get_close_matches(key, options, n=1, cutoff=0.85)
+        if close and key not in options and not hasattr(CeiTConfig, key):
+            raise ValueError(f"CeiTConfig got an unknown option {key!r}; did you mean {close[0]!r}?")
+
+
+def _python_numbers_and_value_errors(cls):
+    """`cls.__init__` taking numpy scalars as Python numbers (config.json holds only those) and raising `@strict`'s
+    type errors as the ValueError, naming the option and what it expects, of every other invalid option."""
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self, **kwargs):
+        kwargs = {key: _plain(value) for key, value in kwargs.items()}
+        for key, value in kwargs.items():
+            name = ALIASES.get(key, key)
+            try:
+                for validator in cls.__validators__.get(name, ()):  # `@strict`'s own type checks
+                    validator(value)
+            except TypeError as error:
+                boolean = cls.__dataclass_fields__[name].type is bool
+                raise _invalid(name, value, "expected True or False" if boolean else RULES.get(name, (0, error))[1])
+        init(self, **kwargs)
+
+    cls.__init__ = __init__
+    return cls
 
 
 def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
-# auto_docstring writes transformers' Args section (and checks every option is in it); the intro is given because
-# its default one names the model from transformers' own module tree, which a Hub remote-code file is not part of.
+# auto_docstring writes transformers' Args section (and checks every option is in it); the intro replaces its default,
+# which names the model from transformers' own module tree.
 @auto_docstring(
     custom_intro="""
-    Configuration of a CeiT model (Convolution-enhanced image Transformer, Yuan et al., ICCV 2021, arXiv:2103.11816).
-    Every keyword of the `cv.backbones.CeiT.model.CeiT` API is accepted with its name, meaning and default, so
-    `CeiTConfig()` is that API's default model (post-norm blocks, an MLP head); the official CeiT-T/S/B are presets:
-    `CeiTConfig.from_preset("ceit_tiny_patch16_224", num_classes=10)`. transformers' names are aliases (`hidden_size`,
-    `num_hidden_layers`, `num_attention_heads`, `num_channels`, `num_labels`). A keyword close to an option but none
-    raises `ValueError` ("did you mean"). A pre-norm LCA is followed by a final LayerNorm; a post-norm one ends in one.
+    Configuration of a CeiT model (Convolution-enhanced image Transformer, arXiv:2103.11816) with every keyword and
+    default of the `cv.backbones.CeiT.model.CeiT` API; the official CeiT-T/S/B are presets (`from_preset`).
+    transformers' names are aliases (`hidden_size`, `num_hidden_layers`, `num_attention_heads`, `num_channels`,
+    `num_labels`). An invalid value, or a keyword close to an option but none ("did you mean"), raises `ValueError`.
     """
 )
-# `@strict` runs the `validate_*` rules at init and on save. Its per-assignment type checks read the field annotations,
-# which `from __future__ import annotations` leaves as strings it does not check: `_check_options` checks every field
-# instead, so numpy scalars and ints for floats are taken, and each error names the option and the rule.
+@_python_numbers_and_value_errors
 @strict
 class CeiTConfig(BackboneConfigMixin, PreTrainedConfig):
     r"""
     image_size (`int` or `list[int]`, *optional*, defaults to 224):
         Input size (or `[height, width]`) the position embeddings are made for.
     d_model (`int`, *optional*, defaults to 768):
-        Token width D (alias `hidden_size`).
+        Token width (alias `hidden_size`).
     patch_size (`int`, *optional*, defaults to 4):
-        Patch side on the Image-to-Tokens map (4 there = 16 pixels: the official "patch16").
+        Patch side on the Image-to-Tokens map (4 = 16 pixels).
     dropout (`float`, *optional*, defaults to 0.0):
-        Dropout on the embeddings and inside the MLP head.
+        Dropout on the embeddings and in the MLP head.
     encoder_num_heads (`int`, *optional*, defaults to 12):
         Attention heads of the encoder blocks (alias `num_attention_heads`).
     num_encoder_blocks (`int`, *optional*, defaults to 12):
         Number of encoder blocks (alias `num_hidden_layers`).
     encoder_dropout (`float`, *optional*, defaults to 0.0):
-        Dropout on LeFF's hidden activations, before its last projection.
+        Dropout on LeFF's hidden activations.
     encoder_attention_dropout (`float`, *optional*, defaults to 0.0):
         Dropout on the encoder attention probabilities.
     encoder_projection_dropout (`float`, *optional*, defaults to 0.0):
         Dropout after the encoder attention's output projection.
     classifier_mlp_d (`int`, *optional*, defaults to 2048):
-        Hidden width of the MLP head (Linear-Tanh-Dropout-Linear); `None`: one Linear (official).
+        Hidden width of the MLP head; `None`: one Linear (official).
     i2t_out_channels (`int`, *optional*, defaults to 32):
-        Channels of the Image-to-Tokens stem (64 in the official models).
+        Channels of the Image-to-Tokens stem (official: 64).
     i2t_conv_kernel_size (`int`, *optional*, defaults to 7):
         Kernel of the stem convolution.
     i2t_conv_stride (`int`, *optional*, defaults to 2):
@@ -158,19 +176,19 @@ class CeiTConfig(BackboneConfigMixin, PreTrainedConfig):
     i2t_max_pool_stride (`int`, *optional*, defaults to 2):
         Stride of the stem max-pool.
     leff_expand_ratio (`int`, *optional*, defaults to 4):
-        LeFF hidden width = `leff_expand_ratio * d_model`.
+        LeFF hidden width over `d_model`.
     leff_depthwise_kernel (`int`, *optional*, defaults to 3):
         Kernel of LeFF's depthwise convolution.
     leff_depthwise_stride (`int`, *optional*, defaults to 1):
-        Stride of LeFF's depthwise convolution (1: it keeps the token grid).
+        Stride of LeFF's depthwise convolution (only 1 keeps the token grid).
     leff_depthwise_padding (`int`, *optional*, defaults to 1):
-        Padding of LeFF's depthwise convolution (`2 * padding == kernel - 1`).
+        Padding of LeFF's depthwise convolution (`(kernel - 1) / 2`).
     leff_depthwise_separable (`bool`, *optional*, defaults to `True`):
-        A pointwise layer after the depthwise convolution (depthwise-separable).
+        A pointwise layer after the depthwise convolution.
     lca_encoder_expansion_ratio (`int`, *optional*, defaults to 4):
         MLP ratio of the LCA block.
     lca_encoder_num_heads (`int`, *optional*):
-        Attention heads of the LCA block; follows `encoder_num_heads` when not given.
+        Attention heads of the LCA block; defaults to `encoder_num_heads`.
     lca_encoder_dropout (`float`, *optional*, defaults to 0.0):
         Dropout on the LCA MLP's hidden activations.
     lca_encoder_attention_dropout (`float`, *optional*, defaults to 0.0):
@@ -178,23 +196,23 @@ class CeiTConfig(BackboneConfigMixin, PreTrainedConfig):
     lca_encoder_projection_dropout (`float`, *optional*, defaults to 0.0):
         Dropout after the LCA attention's output projection.
     lca_encoder_ln_order (`str`, *optional*, defaults to `"post"`):
-        "pre" (`x + f(LN(x))`) or "post" (`LN(x + f(x))`) in the LCA block.
+        "pre" (`x + f(LN(x))`, then a final LayerNorm) or "post" (`LN(x + f(x))`) in the LCA block.
     lca_encoder_stodepth_prob (`float`, *optional*, defaults to 0.0):
         Drop-path rate of the LCA residual branches.
     lca_encoder_layer_scale (`float`, *optional*):
-        Initial LayerScale of the LCA branches (CaiT); `None`: off.
+        Initial LayerScale of the LCA branches; `None`: off.
     lca_encoder_qkv_bias (`bool`, *optional*, defaults to `False`):
         Bias of the LCA query/key/value projection.
     patchify_technique (`str`, *optional*, defaults to `"linear"`):
-        "linear" (unfold + Linear) or "conv" (strided convolution, the official layer).
+        "linear" (unfold + Linear) or "conv" (strided convolution, official).
     stochastic_depth (`bool`, *optional*, defaults to `False`):
         Drop-path on the encoder branches, rising linearly from 0 to `stochastic_depth_mp`.
     stochastic_depth_mp (`float`, *optional*):
-        The largest drop-path rate, required in [0, 1) with `stochastic_depth=True`.
+        The largest drop-path rate, required with `stochastic_depth=True`.
     layer_scale (`float`, *optional*):
         Initial LayerScale of the encoder branches; `None`: off.
     ln_order (`str`, *optional*, defaults to `"post"`):
-        "pre" or "post" LayerNorm order of the encoder blocks.
+        "pre" or "post" LayerNorm in the encoder blocks.
     in_channels (`int`, *optional*, defaults to 3):
         Image channels (alias `num_channels`).
     qkv_bias (`bool`, *optional*, defaults to `False`):
@@ -202,26 +220,25 @@ class CeiTConfig(BackboneConfigMixin, PreTrainedConfig):
     layer_norm_eps (`float`, *optional*, defaults to 1e-6):
         Epsilon of every LayerNorm.
     i2t_conv_padding (`int`, *optional*):
-        Stem convolution padding; `None`: `kernel // 2` (224 -> 112).
+        Stem convolution padding; defaults to `kernel // 2`.
     i2t_conv_bias (`bool`, *optional*, defaults to `False`):
-        Bias of the stem convolution (a BatchNorm follows it).
+        Bias of the stem convolution.
     i2t_max_pool_padding (`int`, *optional*):
-        Stem max-pool padding; `None`: `kernel // 2` (112 -> 56: a 14x14 grid at 224).
+        Stem max-pool padding; defaults to `kernel // 2`.
     patch_norm (`bool`, *optional*, defaults to `True`):
-        LayerNorm after the patch projection (in the seed API, not in the official model).
+        LayerNorm after the patch projection (official: `False`).
     leff_batch_norm (`bool`, *optional*, defaults to `True`):
         BatchNorm after each LeFF layer.
     leff_final_activation (`bool`, *optional*, defaults to `True`):
-        GELU after LeFF's last BatchNorm, as in the paper's equations (official code: none).
+        GELU after LeFF's last BatchNorm (official: `False`).
     lca_layer_position_embedding (`bool`, *optional*, defaults to `True`):
-        Learned embedding added to the class tokens before the LCA (`pos_layer_embed`).
+        Learned embedding added to the class tokens before the LCA.
     initializer_range (`float`, *optional*, defaults to 0.02):
         Std of the truncated-normal initialisation.
     apply_layernorm (`bool`, *optional*, defaults to `True`):
-        [`CeiTBackbone`] puts its stage maps through a LayerNorm (as DINOv2's backbone).
+        [`CeiTBackbone`] puts its stage maps through a LayerNorm.
     reshape_hidden_states (`bool`, *optional*, defaults to `True`):
-        [`CeiTBackbone`] returns stages as `(batch, d_model, h, w)` maps, else as tokens. Its stages are "stem"
-        (the I2T map) and "stage1" ... "stageN" (each block's patch tokens), chosen by `out_features`/`out_indices`.
+        [`CeiTBackbone`] returns `(batch, d_model, h, w)` maps for its stages ("stem", "stage1"...), else tokens.
     """
 
     model_type = "ceit"
@@ -231,12 +248,12 @@ class CeiTConfig(BackboneConfigMixin, PreTrainedConfig):
     # trf-ignore: TRF023 (the seed API's option names are this config's contract; `hidden_size` is an alias of it)
     d_model: int = 768
     patch_size: int = 4
-    dropout: float = 0.0
+    dropout: float | int = 0.0
     encoder_num_heads: int = 12
     num_encoder_blocks: int = 12
-    encoder_dropout: float = 0.0
-    encoder_attention_dropout: float = 0.0
-    encoder_projection_dropout: float = 0.0
+    encoder_dropout: float | int = 0.0
+    encoder_attention_dropout: float | int = 0.0
+    encoder_projection_dropout: float | int = 0.0
     classifier_mlp_d: int | None = 2048
     i2t_out_channels: int = 32
     i2t_conv_kernel_size: int = 7
@@ -250,21 +267,21 @@ class CeiTConfig(BackboneConfigMixin, PreTrainedConfig):
     leff_depthwise_separable: bool = True
     lca_encoder_expansion_ratio: int = 4
     lca_encoder_num_heads: int | None = None
-    lca_encoder_dropout: float = 0.0
-    lca_encoder_attention_dropout: float = 0.0
-    lca_encoder_projection_dropout: float = 0.0
+    lca_encoder_dropout: float | int = 0.0
+    lca_encoder_attention_dropout: float | int = 0.0
+    lca_encoder_projection_dropout: float | int = 0.0
     lca_encoder_ln_order: str = "post"
-    lca_encoder_stodepth_prob: float = 0.0
-    lca_encoder_layer_scale: float | None = None
+    lca_encoder_stodepth_prob: float | int = 0.0
+    lca_encoder_layer_scale: float | int | None = None
     lca_encoder_qkv_bias: bool = False
     patchify_technique: str = "linear"
     stochastic_depth: bool = False
-    stochastic_depth_mp: float | None = None
-    layer_scale: float | None = None
+    stochastic_depth_mp: float | int | None = None
+    layer_scale: float | int | None = None
     ln_order: str = "post"
     in_channels: int = 3
     qkv_bias: bool = False
-    layer_norm_eps: float = 1e-6
+    layer_norm_eps: float | int = 1e-6
     i2t_conv_padding: int | None = None
     i2t_conv_bias: bool = False
     i2t_max_pool_padding: int | None = None
@@ -272,74 +289,66 @@ class CeiTConfig(BackboneConfigMixin, PreTrainedConfig):
     leff_batch_norm: bool = True
     leff_final_activation: bool = True
     lca_layer_position_embedding: bool = True
-    initializer_range: float = 0.02
+    initializer_range: float | int = 0.02
     _out_features: list[str] | None = None
     _out_indices: list[int] | None = None
     apply_layernorm: bool = True
     reshape_hidden_states: bool = True
 
     def __post_init__(self, **kwargs):
-        # ceit_hf <= 0.2 saved this runtime switch in config.json; it is now `CeiTPreTrainedModel.set_leff_recompute`.
-        kwargs.pop("leff_recompute_activations", None)
-        if not _FROM_SAVED.get():
-            refuse_typos(kwargs)
-        self._take_aliases_and_labels(kwargs)
-        if isinstance(self.image_size, (tuple, list)):
-            self.image_size = [_plain(size) for size in self.image_size]
-        for field in dataclasses.fields(self):  # (`__dataclass_fields__` also lists class variables)
-            setattr(self, field.name, _plain(getattr(self, field.name)))
-        if self.lca_encoder_num_heads is None:
-            self.lca_encoder_num_heads = self.encoder_num_heads
-        if self.i2t_conv_padding is None and _int(self.i2t_conv_kernel_size):
-            self.i2t_conv_padding = self.i2t_conv_kernel_size // 2
-        if self.i2t_max_pool_padding is None and _int(self.i2t_max_pool_kernel_size):
-            self.i2t_max_pool_padding = self.i2t_max_pool_kernel_size // 2
-        self._check_options()
-        self.stage_names = ["stem"] + [f"stage{index}" for index in range(1, self.num_encoder_blocks + 1)]
-        kwargs.pop("stage_names", None)  # always derived from the depth
-        self.set_output_features_output_indices(
-            out_indices=kwargs.pop("out_indices", None), out_features=kwargs.pop("out_features", None)
-        )
-        super().__post_init__(**kwargs)
-
-    def _take_aliases_and_labels(self, kwargs: dict[str, Any]) -> None:
-        """Aliases (extra keywords) onto their fields; `num_classes`/`num_labels`/`id2label` checked."""
-        for alias, field in ALIASES.items():  # aliases arrive as extra keywords
+        kwargs.pop("leff_recompute_activations", None)  # older files hold this runtime switch (`set_leff_recompute`)
+        if not kwargs.pop("_from_saved", False):  # what a saved file holds is kept, as transformers keeps it
+            _refuse_typos(kwargs)
+        for alias, field in ALIASES.items():
             if alias in kwargs and field != "num_labels":
                 setattr(self, field, kwargs.pop(alias))
+        self._take_labels(kwargs)
+        if self.lca_encoder_num_heads is None:
+            self.lca_encoder_num_heads = self.encoder_num_heads
+        if self.i2t_conv_padding is None:
+            self.i2t_conv_padding = self.i2t_conv_kernel_size // 2
+        if self.i2t_max_pool_padding is None:
+            self.i2t_max_pool_padding = self.i2t_max_pool_kernel_size // 2
+        self.validate_options()  # here too, so that construction raises the ValueError itself
+        self.stage_names = ["stem"] + [f"stage{index}" for index in range(1, self.num_encoder_blocks + 1)]
+        kwargs.pop("stage_names", None)  # always derived from the depth
+        out_features = _plain(kwargs.pop("out_features", None))
+        self.set_output_features_output_indices(out_indices=kwargs.pop("out_indices", None), out_features=out_features)
+        super().__post_init__(**kwargs)
+
+    def _take_labels(self, kwargs: dict[str, Any]) -> None:
+        """`num_classes` as `num_labels` (1000 by default, as in the seed API), or the classes of `id2label`."""
         if "num_classes" in kwargs:
             num_classes = kwargs.pop("num_classes")
             if kwargs.setdefault("num_labels", num_classes) != num_classes:
                 raise ValueError(
                     f"num_classes={num_classes!r} and num_labels={kwargs['num_labels']!r} disagree: give one."
                 )
-        if self.id2label is None:  # the seed API's default is 1000 classes, not transformers' 2
-            kwargs["num_labels"] = _plain(kwargs.get("num_labels", 1000))
-            if not _int(kwargs["num_labels"]) or kwargs["num_labels"] < 0:
-                raise ValueError(f"num_classes (num_labels) must be an int >= 0, got {kwargs['num_labels']!r}.")
-        else:
-            self._check_id2label()
-            self.label2id = self.label2id or {str(label): int(index) for index, label in self.id2label.items()}
+        if self.id2label is None:
+            num_labels = kwargs["num_labels"] = _plain(kwargs.get("num_labels", 1000))
+            if type(num_labels) is not int or num_labels < 0:
+                raise ValueError(f"num_classes (num_labels) must be an int >= 0, got {num_labels!r}.")
+            return
+        keys = list(self.id2label) if isinstance(self.id2label, dict) else [None]
+        indices = all(type(k) is int or isinstance(k, str) and k.isascii() and k.isdigit() for k in keys)
+        if not indices or sorted(map(int, keys)) != list(range(len(keys))):
+            raise ValueError(
+                f"CeiTConfig.id2label={str(self.id2label)[:80]} is invalid: expected {{class index: name}} with "
+                f"class indices 0..{len(keys) - 1}."
+            )
+        self.label2id = self.label2id or {str(label): int(index) for index, label in self.id2label.items()}
 
     @classmethod
-    def from_dict(cls, config_dict: dict[str, Any], **kwargs) -> CeiTConfig:
-        refuse_typos(kwargs)  # keywords typed into `from_pretrained(...)`; the saved dict is kept as it is
-        token = _FROM_SAVED.set(True)
-        try:
-            return super().from_dict(config_dict, **kwargs)
-        finally:
-            _FROM_SAVED.reset(token)
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs) -> "CeiTConfig":
+        _refuse_typos(kwargs)  # keywords typed into `from_pretrained(...)`; the saved dict is kept as it is
+        return super().from_dict({**config_dict, "_from_saved": True}, **kwargs)
 
     @classmethod
-    def from_json_file(cls, json_file) -> CeiTConfig:
-        token = _FROM_SAVED.set(True)
-        try:
-            return super().from_json_file(json_file)
-        finally:
-            _FROM_SAVED.reset(token)
+    def from_json_file(cls, json_file) -> "CeiTConfig":
+        return cls.from_dict(cls._dict_from_json_file(json_file))
 
     @classmethod
-    def from_preset(cls, name: str, **overrides) -> CeiTConfig:
+    def from_preset(cls, name: str, **overrides) -> "CeiTConfig":
         """An official CeiT variant's configuration, with `overrides` (seed or transformers names) on top."""
         if name not in PRESETS:
             close = difflib.get_close_matches(name, PRESETS, n=1)
@@ -362,7 +371,7 @@ class CeiTConfig(BackboneConfigMixin, PreTrainedConfig):
     def image_hw(self) -> tuple[int, int]:
         """`image_size` as (height, width)."""
         size = self.image_size
-        return (size, size) if _int(size) else (size[0], size[1])
+        return (size, size) if isinstance(size, int) else (size[0], size[1])
 
     def stem_output_size(self, height: int, width: int) -> tuple[int, int]:
         """Spatial size of the Image-to-Tokens feature map for a `height x width` input."""
@@ -395,8 +404,7 @@ class CeiTConfig(BackboneConfigMixin, PreTrainedConfig):
         return [self.stochastic_depth_mp * i / (n - 1) for i in range(n)]
 
     def to_diff_dict(self) -> dict[str, Any]:
-        # transformers leaves out labels equal to its 2-class default; CeiT's default is 1000 classes, so a 2-class
-        # config saved without them would load back with 1000.
+        # transformers leaves out labels equal to its 2-class default, which would load back with CeiT's 1000
         output = super().to_diff_dict()
         for key in ("id2label", "label2id"):
             if getattr(self, key) is not None:
@@ -404,84 +412,31 @@ class CeiTConfig(BackboneConfigMixin, PreTrainedConfig):
         return output
 
     def validate_options(self):
-        """Part of `@strict`'s validation (at init and on save): the same rules as at construction."""
-        self._check_options()
-
-    def _check_id2label(self):
-        keys = list(self.id2label) if isinstance(self.id2label, dict) else None
-        if keys is None or not all(_int(k) or (isinstance(k, str) and k.isascii() and k.isdigit()) for k in keys):
-            raise ValueError(
-                f"CeiTConfig.id2label={str(self.id2label)[:80]} is invalid: expected {{class index: name}}."
-            )
-        if sorted(int(k) for k in keys) != list(range(len(keys))):
-            raise ValueError(f"CeiTConfig.id2label is invalid: its class indices must be 0..{len(keys) - 1}.")
-
-    def _check_options(self):
-        """Every rule on the options, in one place; each failure names the field and what was expected."""
-        positive_int = (lambda v: _int(v) and v > 0, "expected a positive int")
-        probability = (lambda v: _number(v) and 0 <= v < 1, "expected a probability in [0, 1)")
-        scale = (
-            lambda v: v is None or (_number(v) and v >= 0),
-            "expected None (off) or a number >= 0 (the initial scale)",
-        )
-        positive = (lambda v: _number(v) and v > 0, "expected a positive number")
-        ln_order = (lambda v: isinstance(v, str) and v in LN_ORDERS, f"expected one of {list(LN_ORDERS)}")
-        # fmt: off
-        rules = {
-            "image_size": (
-                lambda v: (_int(v) and v > 0) or (isinstance(v, list) and len(v) == 2 and all(_int(s) and s > 0 for s in v)),
-                "expected a positive int or a [height, width] pair of positive ints",
-            ),
-            **dict.fromkeys((
-                "d_model", "patch_size", "encoder_num_heads", "num_encoder_blocks", "i2t_out_channels",
-                "i2t_conv_kernel_size", "i2t_conv_stride", "i2t_max_pool_kernel_size", "i2t_max_pool_stride",
-                "leff_expand_ratio", "leff_depthwise_kernel", "lca_encoder_expansion_ratio", "lca_encoder_num_heads",
-                "in_channels"), positive_int),
-            **dict.fromkeys(("leff_depthwise_padding", "i2t_conv_padding", "i2t_max_pool_padding"),
-                            (lambda v: _int(v) and v >= 0, "expected an int >= 0")),
-            **dict.fromkeys((
-                "dropout", "encoder_dropout", "encoder_attention_dropout", "encoder_projection_dropout",
-                "lca_encoder_dropout", "lca_encoder_attention_dropout", "lca_encoder_projection_dropout",
-                "lca_encoder_stodepth_prob"), probability),
-            **dict.fromkeys((
-                "leff_depthwise_separable", "lca_encoder_qkv_bias", "stochastic_depth", "qkv_bias", "i2t_conv_bias",
-                "patch_norm", "leff_batch_norm", "leff_final_activation", "lca_layer_position_embedding",
-                "apply_layernorm", "reshape_hidden_states"), (lambda v: isinstance(v, bool), "expected True or False")),
-            "classifier_mlp_d": (lambda v: v is None or (_int(v) and v > 0), "expected a positive int, or None for one Linear"),
-            "layer_scale": scale, "lca_encoder_layer_scale": scale,
-            "layer_norm_eps": positive, "initializer_range": positive,
-            "stochastic_depth_mp": (lambda v: v is None or probability[0](v), "expected None or a probability in [0, 1)"),
-            "ln_order": ln_order, "lca_encoder_ln_order": ln_order,
-            "patchify_technique": (
-                lambda v: isinstance(v, str) and v in PATCHIFY_TECHNIQUES, f"expected one of {list(PATCHIFY_TECHNIQUES)}"
-            ),
-        }
-        # fmt: on
-        for field, (valid, expected) in rules.items():
-            if not valid(getattr(self, field)):
-                self._fail(field, expected)
+        """Each option's range and the rules between options (`@strict` checks the types): at init and on save."""
+        for name, (valid, expected) in RULES.items():
+            if not valid(getattr(self, name)):
+                raise _invalid(name, getattr(self, name), expected)
         if self.stochastic_depth and self.stochastic_depth_mp is None:
-            self._fail("stochastic_depth_mp", "stochastic_depth=True needs the largest drop-path rate, in [0, 1)")
-        for field in ("encoder_num_heads", "lca_encoder_num_heads"):
-            if self.d_model % getattr(self, field):
-                self._fail(field, f"d_model={self.d_model} must be divisible by the number of heads")
-        if self.leff_depthwise_stride != 1:
-            self._fail("leff_depthwise_stride", "LeFF's depthwise convolution must keep the token grid, so stride 1")
-        if 2 * self.leff_depthwise_padding != self.leff_depthwise_kernel - 1:
-            self._fail(
-                "leff_depthwise_padding",
-                "LeFF's depthwise convolution must keep the token grid, so padding (kernel - 1) / 2 with an odd kernel "
-                f"(leff_depthwise_kernel={self.leff_depthwise_kernel})",
+            raise _invalid(
+                "stochastic_depth_mp", None, "stochastic_depth=True needs the largest drop-path rate, in [0, 1)"
             )
+        for name in ("encoder_num_heads", "lca_encoder_num_heads"):
+            if self.d_model % getattr(self, name):
+                raise _invalid(name, getattr(self, name), f"d_model={self.d_model} must be divisible by the heads")
+        grid = "LeFF's depthwise convolution must keep the token grid, so"
+        if self.leff_depthwise_stride != 1:
+            raise _invalid("leff_depthwise_stride", self.leff_depthwise_stride, f"{grid} stride 1")
+        if 2 * self.leff_depthwise_padding != self.leff_depthwise_kernel - 1:
+            kernel = self.leff_depthwise_kernel
+            expected = f"{grid} padding (kernel - 1) / 2 with an odd kernel (leff_depthwise_kernel={kernel})"
+            raise _invalid("leff_depthwise_padding", self.leff_depthwise_padding, expected)
         if 2 * self.i2t_max_pool_padding > self.i2t_max_pool_kernel_size:
-            self._fail("i2t_max_pool_padding", f"at most half the max-pool kernel ({self.i2t_max_pool_kernel_size})")
+            expected = f"at most half the max-pool kernel ({self.i2t_max_pool_kernel_size})"
+            raise _invalid("i2t_max_pool_padding", self.i2t_max_pool_padding, expected)
         try:
             self.token_grid_size(*self.image_hw)
         except ValueError as error:
-            self._fail("image_size", str(error)[0].lower() + str(error)[1:].rstrip("."))
-
-    def _fail(self, field: str, expected: str):
-        raise ValueError(f"CeiTConfig.{field}={getattr(self, field)!r} is invalid: {expected}.")
+            raise _invalid("image_size", self.image_size, str(error)[0].lower() + str(error)[1:-1]) from None
 
 
 __all__ = ["CeiTConfig", "PRESETS"]
