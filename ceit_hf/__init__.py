@@ -1,8 +1,6 @@
-"""CeiT (Convolution-enhanced image Transformer) for Hugging Face transformers.
-
-Importing the package registers `model_type="ceit"` with the transformers Auto classes, and marks the classes for
-Hub remote code (`save_pretrained` copies their code files and writes `auto_map`).
-"""
+"""CeiT (Convolution-enhanced image Transformer) for Hugging Face transformers. Importing the package registers
+`model_type="ceit"` with the Auto classes and marks the classes for Hub remote code (`save_pretrained` writes `auto_map`
+and copies their code files)."""
 
 from transformers import AutoBackbone, AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
 

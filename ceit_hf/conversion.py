@@ -1,8 +1,5 @@
 # Copyright 2026 The ceit_hf authors. Licensed under the Apache License, Version 2.0.
-"""Official CeiT checkpoints (github.com/coeusguo/ceit) -> `CeiTForImageClassification` weights and folders.
-
-`_RULES` maps each official state_dict key to its name here; LeFF's 1x1 convolutions become Linear weights.
-"""
+"""Official CeiT checkpoints (github.com/coeusguo/ceit) -> `CeiTForImageClassification` weights and folders."""
 
 from __future__ import annotations
 
@@ -18,6 +15,7 @@ import torch
 from .configuration_ceit import PRESETS, CeiTConfig
 
 
+# Official key pattern -> the key here; LeFF's 1x1 convolutions (conv1, conv3) become Linear layers (`_POINTWISE`).
 _RULES = [
     (r"i2t\.backbone\.conv\.(.+)", r"ceit.embeddings.image_to_tokens.conv.\1"),
     (r"i2t\.backbone\.bn\.(.+)", r"ceit.embeddings.image_to_tokens.norm.\1"),
@@ -159,11 +157,8 @@ def load_official_checkpoint(path: str | os.PathLike, use_ema: bool = False) -> 
 
 
 def official_to_model(state_dict: dict[str, torch.Tensor], config: CeiTConfig | None = None):
-    """A `CeiTForImageClassification` holding the weights of an official state_dict.
-
-    Every key must map, every model weight must be present and every shape must match; anything else raises
-    `CheckpointConversionError` naming the keys, so that no weight is ever left at its random initialisation.
-    """
+    """A `CeiTForImageClassification` holding the weights of an official state_dict: any key that does not map, is
+    missing or mis-shaped raises `CheckpointConversionError`, so that no weight is left at its random initialisation."""
     from .modeling_ceit import CeiTForImageClassification
 
     config = config or infer_config(state_dict)
@@ -189,11 +184,8 @@ def official_to_model(state_dict: dict[str, torch.Tensor], config: CeiTConfig | 
 def convert_checkpoint(
     checkpoint: str | os.PathLike, output_dir: str | os.PathLike, use_ema: bool = False, preset: str | None = None
 ):
-    """Converts an official checkpoint file into a `from_pretrained` folder: config (ImageNet-1k labels when it
-    has 1000 classes), safetensors weights, the image processor and the variant's model card.
-
-    Everything is checked and built before anything is written, into a staging folder next to `output_dir` whose
-    files are moved into place at the end (the weights last): a failure never leaves a loadable half-written folder."""
+    """Converts an official checkpoint file into a `from_pretrained` folder (config with ImageNet-1k labels for 1000
+    classes, weights, image processor, the variant's card), all checked before a staging folder is moved in place."""
     from .image_processing_ceit import CeiTImageProcessor
     from .model_card import variant_card
 

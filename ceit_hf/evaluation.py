@@ -28,14 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Top-1/top-5 accuracy and images/s of an image classifier on a labelled dataset. Without "
         "--dataset_name or --validation_dir, the bundled digits validation split of the main training job is used."
     )
-    parser.add_argument(
-        "--model",
-        required=True,
-        help="model folder or Hub repo id, or a LoRA adapter folder (train.py --lora_rank), merged into its base model",
-    )
-    parser.add_argument(
-        "--base_model", help="base model of a LoRA adapter --model (default: the one its adapter_config.json names)"
-    )
+    parser.add_argument("--model", required=True, help="model folder or Hub id, or LoRA adapter merged into its base")
+    parser.add_argument("--base_model", help="base model of an adapter --model (default: its adapter_config.json's)")
     data = parser.add_mutually_exclusive_group()
     data.add_argument("--dataset_name", help="dataset on the Hub")
     data.add_argument("--validation_dir", help="images in one sub-folder per class")
@@ -47,14 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
-    parser.add_argument(
-        "--image_processor",
-        help="image processor to use (default: the model's, else the CeiT evaluation transform at its image size)",
-    )
+    parser.add_argument("--image_processor", help="default: the model's, else the CeiT evaluation transform")
     parser.add_argument("--trust_remote_code", action="store_true")
-    parser.add_argument(
-        "--no_optimize", action="store_true", help="run the plain model, not optimize_for_inference (same logits)"
-    )
+    parser.add_argument("--no_optimize", action="store_true", help="skip optimize_for_inference (same logits)")
     parser.add_argument("--output_json", help="write the results here (they are also printed)")
     return parser
 
@@ -88,9 +77,8 @@ def label_mapping(dataset, label_column: str, config) -> np.ndarray | None:
 
 
 def adapter_labels(adapter: str) -> dict[int, str] | int | None:
-    """The labels a LoRA adapter was trained with: the `id2label` of the config.json saved with it or of its merged
-    model (`merged/`), else the number of outputs of the classifier saved in the adapter, else None (the adapter
-    keeps the base model's classifier)."""
+    """A LoRA adapter's labels: the `id2label` of its or its merged model's config.json, else the number of outputs of
+    the classifier saved with it, else None (it keeps the base model's classifier)."""
     from peft.utils import load_peft_weights
 
     for config_file in (Path(adapter) / "config.json", Path(adapter) / "merged" / "config.json"):
@@ -102,9 +90,8 @@ def adapter_labels(adapter: str) -> dict[int, str] | int | None:
 
 
 def load_lora_classifier(adapter: str, base_model: str | None = None, trust_remote_code: bool = False):
-    """The LoRA adapter `adapter` (a folder or Hub repo) merged into its base model (fp32, eval mode), built with the
-    adapter's labels as `train.py --lora_rank` built it. `base_model` overrides the base named in adapter_config.json;
-    a base that cannot be loaded exits with a one-line error naming it."""
+    """The LoRA adapter `adapter` merged into its base model (`base_model`, else the one adapter_config.json names)
+    built with the adapter's labels, in fp32 and eval mode."""
     try:
         import peft
     except ImportError:

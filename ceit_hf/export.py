@@ -14,8 +14,7 @@ from .inference import optimize_if_ceit
 
 
 def default_onnx_path(model_dir: str) -> Path:
-    """`MODEL/onnx/model.onnx` (where Optimum lays out Hub repositories) for a local model folder; a Hub id has no
-    folder to write into (ValueError)."""
+    """`MODEL/onnx/model.onnx` (Optimum's layout of Hub repositories); ValueError for a Hub id, which has no folder."""
     if not Path(model_dir).is_dir():
         raise ValueError(f"{model_dir!r} is no local model folder: give the .onnx file to write (--output).")
     return Path(model_dir) / "onnx" / "model.onnx"
@@ -40,9 +39,8 @@ def export_onnx(
     atol: float = 1e-4,
     trust_remote_code: bool = False,
 ) -> dict:
-    """Exports `model_dir` to `output` (default: `default_onnx_path`; input `pixel_values` (batch, C, H, W) with a
-    dynamic batch, output `logits`). With `check`, runs the file in ONNX Runtime at batch 1 and 3 and raises
-    `ValueError` if the logits differ from PyTorch's by more than `atol`; returns the largest difference seen."""
+    """Exports `model_dir` to `output` (default: `default_onnx_path`), `pixel_values` (dynamic batch) -> `logits`.
+    `check` runs it in ONNX Runtime and raises `ValueError` if its logits differ from PyTorch's by more than `atol`."""
     output = str(output or default_onnx_path(model_dir))
     model = AutoModelForImageClassification.from_pretrained(model_dir, trust_remote_code=trust_remote_code).eval()
     wrapper = _LogitsOnly(optimize_if_ceit(model)).eval()  # BatchNorm folded, the classification-only last block

@@ -61,14 +61,10 @@ class FolderCheck:
 
     def summary(self, rewritten: bool = True) -> list[str]:
         """Lines naming the ONNX exports uploaded, and (`rewritten`) the files uploaded as modified copies."""
-        onnx = [
-            f"Including ONNX export {f.path_in_repo} ({format_size(f.size)})"
-            for f in self.files
-            if f.note == ONNX_NOTE
-        ]
-        return onnx + [
-            f"{f.path_in_repo}: {f.note}" for f in self.files if rewritten and f.path_in_repo in self.contents
-        ]
+        onnx = [f for f in self.files if f.note == ONNX_NOTE]
+        lines = [f"Including ONNX export {f.path_in_repo} ({format_size(f.size)})" for f in onnx]
+        copies = [f for f in self.files if rewritten and f.path_in_repo in self.contents]
+        return lines + [f"{f.path_in_repo}: {f.note}" for f in copies]
 
 
 @dataclass
@@ -101,15 +97,9 @@ def list_folder_files(folder: str | os.PathLike) -> tuple[list[FileToUpload], li
     paths = {path.relative_to(folder).as_posix(): path for path in sorted(folder.glob("**/*")) if path.is_file()}
     listed = list(filter_repo_objects(list(paths), ignore_patterns=list(DEFAULT_IGNORE_PATTERNS)))
     kept = set(filter_repo_objects(listed, ignore_patterns=SKIP_PATTERNS))
-    onnx = re.compile(r"\.onnx(_data|\.data|$)")  # model.onnx and its external data files
-    files = [
-        FileToUpload(
-            n,
-            paths[n].stat().st_size,
-            SKIP_REASON if n not in kept else ONNX_NOTE if onnx.search(paths[n].name) else "",
-        )
-        for n in listed
-    ]
+    is_onnx = re.compile(r"\.onnx(_data|\.data|$)").search  # model.onnx and its external data files
+    notes = {n: SKIP_REASON if n not in kept else ONNX_NOTE if is_onnx(paths[n].name) else "" for n in listed}
+    files = [FileToUpload(n, paths[n].stat().st_size, note) for n, note in notes.items()]
     return [f for f in files if f.path_in_repo in kept], [f for f in files if f.path_in_repo not in kept]
 
 
@@ -207,10 +197,11 @@ def check_model_folder(model_dir: str | os.PathLike, base_model_id: str | None =
     sharded) or a PEFT adapter (adapter_config.json and adapter_model.safetensors, its base model's Hub id
     `base_model_id`). `ModelFolderError` says what is missing; non-fatal problems are in `FolderCheck.warnings`."""
     folder = Path(model_dir).expanduser()
+    where = repr(str(folder))
     if not folder.exists():
-        raise ModelFolderError(f"Model folder {str(folder)!r} does not exist.")
+        raise ModelFolderError(f"Model folder {where} does not exist.")
     if not folder.is_dir():
-        raise ModelFolderError(f"{str(folder)!r} is not a folder: pass the directory written by save_pretrained.")
+        raise ModelFolderError(f"{where} is not a folder: pass the directory written by save_pretrained.")
     files, skipped = list_folder_files(folder)
     names = {f.path_in_repo for f in files}
     problems, notes = [], []
@@ -256,17 +247,15 @@ def check_model_folder(model_dir: str | os.PathLike, base_model_id: str | None =
         f"{name} is not a valid safetensors file: {e}" for name in weights if (e := safetensors_problem(folder / name))
     ]
     if problems:
-        raise ModelFolderError(f"Cannot upload {str(folder)!r}: " + "; ".join(problems) + ".")
+        raise ModelFolderError(f"Cannot upload {where}: " + "; ".join(problems) + ".")
 
     if "README.md" not in names:
         notes.append(
-            f"{str(folder)!r} has no README.md (model card): the Hub page will be empty. Write one with "
+            f"{where} has no README.md (model card): the Hub page will be empty. Write one with "
             "ceit_hf.model_card.training_card (trained models) or variant_card (official variants)."
         )
     if "preprocessor_config.json" not in names:
-        notes.append(
-            f"{str(folder)!r} has no preprocessor_config.json: AutoImageProcessor will not load from the repo."
-        )
+        notes.append(f"{where} has no preprocessor_config.json: AutoImageProcessor will not load from the repo.")
     if config is not None:
         if config.get("model_type") != "ceit":
             notes.append(f"config.json has model_type={config.get('model_type')!r}, not 'ceit'.")
@@ -314,7 +303,7 @@ def push_model_folder(
             log(f"Skipped ({reason}):")
             log(format_file_list([f for f in check.skipped if f.note == reason], notes=False))
         log(f"Nothing was uploaded. Model repository would be: {endpoint}/{repo_id}{tree}")
-        return PushResult(repo_id, f"{endpoint}/{repo_id}", check.files, dry_run=True, revision=branch)
+        return PushResult(repo_id, f"{endpoint}/{repo_id}", check.files, True, branch)
 
     if constants.is_offline_mode():
         raise PushError("huggingface_hub is in offline mode (HF_HUB_OFFLINE is set): unset it to upload.")
@@ -328,23 +317,15 @@ def push_model_folder(
     log(f"Uploading {len(check.files)} file(s), {format_size(check.total_size)}, from {check.folder} to {target}")
     for line in check.summary():
         log(line)
-    message = commit_message or "Upload CeiT model with ceit_hf"
+    options = {"commit_message": commit_message or "Upload CeiT model with ceit_hf", "revision": branch}
     if check.adapter:  # an explicit file list: without merged/, with the modified copies
         add = [
             CommitOperationAdd(f.path_in_repo, check.contents.get(f.path_in_repo) or check.folder / f.path_in_repo)
             for f in check.files
         ]
-        commit = api.create_commit(repo_id, add, commit_message=message, revision=branch)
+        commit = api.create_commit(repo_id, add, **options)
     else:  # upload_folder streams large folders in several commits when hf_xet is installed
-        commit = api.upload_folder(
-            repo_id=repo_id,
-            folder_path=check.folder,
-            revision=branch,
-            commit_message=message,
-            ignore_patterns=SKIP_PATTERNS,
-        )
+        commit = api.upload_folder(repo_id=repo_id, folder_path=check.folder, ignore_patterns=SKIP_PATTERNS, **options)
     log(f"Committed {commit.oid}: {commit.commit_url}")
     log(f"Model repository: {repo_url}{tree}")
-    return PushResult(
-        repo_id, str(repo_url), check.files, dry_run=False, revision=branch, commit_url=commit.commit_url
-    )
+    return PushResult(repo_id, str(repo_url), check.files, False, branch, commit.commit_url)

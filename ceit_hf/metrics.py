@@ -1,6 +1,5 @@
 # Copyright 2026 The ceit_hf authors. Licensed under the Apache License, Version 2.0.
-"""Top-k accuracy as an `evaluate` metric that needs no download (the Hub's "accuracy" script is fetched at
-run time, which an offline machine cannot do)."""
+"""Top-k accuracy as an `evaluate` metric that, unlike the Hub's "accuracy" script, needs no download."""
 
 from __future__ import annotations
 

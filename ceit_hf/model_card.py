@@ -1,7 +1,6 @@
 # Copyright 2026 The ceit_hf authors. Licensed under the Apache License, Version 2.0.
-"""Hub model cards for CeiT, rendered from the Jinja template `ceit_hf/cards/ceit.md` by huggingface_hub's
-`ModelCard.from_template`: `variant_card` (the official variants, `model_cards/` via `scripts/make_model_cards.py`),
-`training_card` (what `scripts/train.py` writes) and `adapter_card_for_upload` (a LoRA adapter's card as uploaded)."""
+"""Hub model cards for CeiT: the official variants' (`model_cards/`), trained models' and LoRA adapters', rendered
+from the Jinja template `ceit_hf/cards/ceit.md` by huggingface_hub's `ModelCard.from_template`."""
 
 from __future__ import annotations
 
@@ -62,7 +61,8 @@ VARIANTS: dict[str, Variant] = {
 }
 
 
-def _render(data: ModelCardData, height: int, width: int, **values) -> ModelCard:
+def _render(metadata: dict, height: int, width: int, **values) -> ModelCard:
+    data = ModelCardData(pipeline_tag="image-classification", license="apache-2.0", **metadata)
     crop = max(height, width)  # the resized image must hold the crop in both directions
     card = ModelCard.from_template(
         data,
@@ -99,17 +99,10 @@ def variant_card(name: str) -> str:
     results = sorted(variant.results, key=lambda r: r.epochs)
     headline, image_size = results[-1], preset["image_size"]  # the model-index uses the longest-trained run
     source = {"source_name": REPORTED_SOURCE_NAME, "source_url": "https://arxiv.org/abs/2103.11816"}
-    data = ModelCardData(
-        library_name="transformers",
-        pipeline_tag="image-classification",
-        license="apache-2.0",
-        tags=CARD_TAGS,
-        datasets=["imagenet-1k"],
-        model_name=name,
-        eval_results=_eval_results(headline.top1, headline.top5, "imagenet-1k", "ImageNet-1k", **source),
-    )
+    eval_results = _eval_results(headline.top1, headline.top5, "imagenet-1k", "ImageNet-1k", **source)
+    metadata = {"library_name": "transformers", "tags": CARD_TAGS, "datasets": ["imagenet-1k"], "model_name": name}
     card = _render(
-        data,
+        {**metadata, "eval_results": eval_results},
         image_size,
         image_size,
         variant=True,
@@ -137,8 +130,7 @@ def card_repo_id(text: str) -> str | None:
 
 
 def adapter_base_note(base_model: str | None, hub_id: str | None) -> str:
-    """The card's sentence naming the base model of a LoRA adapter: its Hub repo `hub_id`, else `base_model` as
-    adapter_config.json names it (a local folder where the adapter was trained)."""
+    """The card's sentence naming a LoRA adapter's base model: its Hub repo `hub_id`, else the local `base_model`."""
     if hub_id:
         text = (
             f"Base model: [`{hub_id}`](https://huggingface.co/{hub_id}), named in `adapter_config.json`; the code "
@@ -154,9 +146,8 @@ def adapter_base_note(base_model: str | None, hub_id: str | None) -> str:
 
 
 def adapter_card_for_upload(text: str, base_model: str | None, hub_id: str | None) -> str:
-    """The card (README.md text) of a LoRA adapter as uploaded: the base model sentence for `hub_id` (else for the
-    local `base_model`), the body's mentions of `base_model` replaced by `hub_id`, and `hub_id` as the `base_model`
-    metadata. A card without the sentence (written by hand) gets it before its first section."""
+    """A LoRA adapter's card as uploaded: its base model sentence (added before the first section of a card without
+    one) for `hub_id`, else `base_model`; with `hub_id`, also in the metadata and in place of `base_model` in the text."""
     note = adapter_base_note(base_model, hub_id)
     if BASE_NOTE_START in text and BASE_NOTE_END in text:
         head, rest = text.split(BASE_NOTE_START, 1)
@@ -188,30 +179,26 @@ def training_card(
     hyperparameters: dict,
     command: str,
 ) -> ModelCard:
-    """The card of a model trained by `scripts/train.py`: trained from scratch (`base_model` None) or fine-tuned
-    from `base_model`; `dataset` is the Hub dataset id (None for local data, which stays out of the metadata);
-    top-5 accuracy is reported only with at least 5 classes. For a PEFT model (`train.py --lora_rank`) it is the
-    card of the adapter: how to load it onto its base model, which it names."""
+    """The card of a model (or, for a PeftModel, LoRA adapter) trained by `scripts/train.py` from scratch or from
+    `base_model`; `dataset` is the Hub dataset id (None for local data); top-5 accuracy only with at least 5 classes."""
     config = model.config
     top1 = round(100 * metrics["eval_accuracy"], 2)
     top5 = metrics.get("eval_top5_accuracy") if config.num_labels >= 5 else None
     top5 = None if top5 is None else round(100 * top5, 2)
     hub_base = base_model if base_model and not Path(base_model).exists() else None  # a local folder is no Hub id
     lora = next(iter(getattr(model, "peft_config", {}).values()), None)  # a PeftModel: the card of its adapter
-    data = ModelCardData(
-        library_name="peft" if lora else "transformers",
-        pipeline_tag="image-classification",
-        license="apache-2.0",
-        tags=CARD_TAGS + ["lora"] if lora else CARD_TAGS,
-        datasets=[dataset] if dataset else None,
-        base_model=hub_base,
-        model_name=model_name,
-        eval_results=_eval_results(top1, top5, dataset or "imagefolder", data_description),
-    )
+    metadata = {
+        "library_name": "peft" if lora else "transformers",
+        "tags": CARD_TAGS + ["lora"] if lora else CARD_TAGS,
+        "datasets": [dataset] if dataset else None,
+        "base_model": hub_base,
+        "model_name": model_name,
+        "eval_results": _eval_results(top1, top5, dataset or "imagefolder", data_description),
+    }
     official = getattr(config, "preset_name", None)  # CeiTConfig.preset_name; None for other classifiers
     architecture = f"`{preset}` modified" if preset else "the small CeiT of `ceit_hf.training.small_config`"
     return _render(
-        data,
+        metadata,
         *config.image_hw,
         variant=False,
         model_name=model_name,
@@ -234,15 +221,3 @@ def training_card(
 def generated_cards() -> dict[str, str]:
     """File name -> content of the repository's `model_cards/` folder."""
     return {f"{name}.md": variant_card(name) for name in VARIANTS}
-
-
-__all__ = [
-    "VARIANTS",
-    "ReportedResult",
-    "Variant",
-    "adapter_card_for_upload",
-    "card_repo_id",
-    "generated_cards",
-    "training_card",
-    "variant_card",
-]

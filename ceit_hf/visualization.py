@@ -1,7 +1,6 @@
 # Copyright 2026 The ceit_hf authors. Licensed under the Apache License, Version 2.0.
-"""What a CeiT looks at: the class token's attention over the patch grid in each encoder block, its attention
-rollout through the blocks (Abnar & Zuidema 2020), and the LCA's weights over the blocks' class tokens, drawn over
-the input image in its original aspect ratio (docs/attention.md)."""
+"""What a CeiT looks at: the class token's attention in each block, its rollout (Abnar & Zuidema 2020) and the LCA's
+weights over the blocks, drawn over the input image in its original aspect ratio (docs/attention.md)."""
 
 from __future__ import annotations
 
@@ -10,8 +9,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from transformers.image_transforms import get_resize_output_image_size, get_size_with_aspect_ratio
-from transformers.image_utils import ChannelDimension
 
 
 def _heads(attention: torch.Tensor, head: int | None, dim: int) -> torch.Tensor:
@@ -24,17 +21,15 @@ def _heads(attention: torch.Tensor, head: int | None, dim: int) -> torch.Tensor:
 
 
 def class_token_maps(attentions, grid_size: tuple[int, int], head: int | None = None) -> torch.Tensor:
-    """The class token's attention over the patches in each block, `(..., blocks, rows, cols)`, from
-    `outputs.attentions` (per block `(..., heads, 1 + N, 1 + N)`, class token first), averaged over the heads or of
-    one `head`; its weight on itself left out and renormalised over the N patches (comparable across blocks)."""
+    """The class token's attention over the patches in each block of `outputs.attentions`, `(..., blocks, rows, cols)`,
+    mean over heads or of one `head`, without its weight on itself and renormalised over the patches to sum to 1."""
     rows = _heads(torch.stack(tuple(attentions), dim=-4), head, dim=-3)[..., 0, 1:]
     return (rows / rows.sum(-1, keepdim=True)).unflatten(-1, tuple(grid_size))
 
 
 def attention_rollout(attentions, grid_size: tuple[int, int]) -> torch.Tensor:
-    """Attention rollout (head fusion "mean"), `(..., rows, cols)`: each block's attention averaged over heads with
-    the residual path added, `A' = 0.5 A + 0.5 I` (rows renormalised), the product `A'_L ... A'_1`, and its class
-    token's row over the patches, renormalised to sum to 1."""
+    """Attention rollout, `(..., rows, cols)`: the class token's row over the patches (renormalised) of `A'_L ... A'_1`,
+    `A' = 0.5 A + 0.5 I` the mean over heads of each block's attention with the residual path, rows renormalised."""
     rollout = None
     for attention in attentions:
         mixed = 0.5 * attention.float().mean(-3) + 0.5 * torch.eye(attention.shape[-1], device=attention.device)
@@ -52,8 +47,7 @@ def lca_weights(lca_attentions: torch.Tensor, head: int | None = None) -> torch.
 
 @dataclass
 class AttentionMaps:
-    """`attention_maps` of a batch: `blocks` `(batch, blocks, rows, cols)`, `rollout` `(batch, rows, cols)`, `lca`
-    `(batch, blocks)`, the `logits` and the token `grid_size`."""
+    """`attention_maps` of a batch (the tensors' first axis)."""
 
     blocks: torch.Tensor
     rollout: torch.Tensor
@@ -64,22 +58,19 @@ class AttentionMaps:
 
 @contextmanager
 def eager_attention(model):
-    """Runs `model` in eval mode with eager attention, the only implementation that returns attention
-    probabilities, and puts back its attention implementation and training mode afterwards, also on error."""
+    """`model` in eval mode with eager attention (the only one that returns attention probabilities), its attention
+    implementation and training mode put back afterwards, also on error."""
     previous, training = model.config._attn_implementation, model.training
     try:
-        if previous != "eager":
-            model.set_attn_implementation("eager")
+        model.set_attn_implementation("eager")
         yield model.eval()
     finally:
-        if model.config._attn_implementation != previous:
-            model.set_attn_implementation(previous)
+        model.set_attn_implementation(previous)
         model.train(training)
 
 
 def attention_maps(model, pixel_values: torch.Tensor, head: int | None = None) -> AttentionMaps:
-    """The per-block class-token maps (`head` or mean over heads), the rollout and the LCA weights of `model` (a
-    `CeiTForImageClassification` or `CeiTModel`) on `pixel_values`, of any size the model accepts."""
+    """The class-token maps, rollout and LCA weights of a CeiT `model` on `pixel_values` of any size it accepts."""
     grid_size = model.config.token_grid_size(*pixel_values.shape[-2:])
     with eager_attention(model), torch.no_grad():
         # interpolate_pos_encoding=True accepts other input sizes and changes nothing at the trained one
@@ -97,24 +88,13 @@ def attention_maps(model, pixel_values: torch.Tensor, head: int | None = None) -
 
 
 def token_grid_box(config, processor, image_hw: tuple[int, int]) -> tuple[float, float, float, float]:
-    """(left, top, right, bottom) in the original image's pixels of the region the token grid covers: the processor
-    resizes (shorter side to `size["shortest_edge"]`, or to `size` height x width) and center-crops; the grid covers
-    `rows * patch_size * stem stride` crop pixels from its top-left corner (the whole crop when it tiles)."""
+    """(left, top, right, bottom) in the original image's pixels of the region the token grid covers once `processor`
+    has resized and center-cropped the image: `rows * patch_size * stem stride` crop pixels from its top-left corner."""
+    from PIL import Image
+
     height, width = image_hw
-    resized = (height, width)
-    if processor.do_resize:
-        size = processor.size
-        if size.shortest_edge and size.longest_edge:  # the sizes the torchvision backend's `resize` computes
-            resized = get_size_with_aspect_ratio(image_hw, size.shortest_edge, size.longest_edge)
-        elif size.shortest_edge:
-            image = np.broadcast_to(0.0, (1, height, width))
-            resized = get_resize_output_image_size(
-                image, size.shortest_edge, default_to_square=False, input_data_format=ChannelDimension.FIRST
-            )
-        elif size.height and size.width:
-            resized = (size.height, size.width)
-        else:
-            raise ValueError(f"token_grid_box handles resizing to a shortest_edge or a height x width, not {size}.")
+    blank = Image.new("RGB", (width, height))
+    resized = processor(images=blank, do_center_crop=False, return_tensors="pt")["pixel_values"].shape[-2:]
     top = left = 0
     crop_h, crop_w = resized
     if processor.do_center_crop:
@@ -129,9 +109,8 @@ def token_grid_box(config, processor, image_hw: tuple[int, int]) -> tuple[float,
 
 
 def to_image_pixels(attention_map: torch.Tensor, box, image_hw: tuple[int, int]) -> torch.Tensor:
-    """A `(..., rows, cols)` map spread over the original image's pixels, `(..., height, width)`: each token's mass
-    shared among the pixels whose centres fall in its cell of `box` (`token_grid_box`), zero outside the box. The
-    total mass is kept when every cell holds at least one pixel centre."""
+    """A `(..., rows, cols)` map spread over the image's pixels, `(..., height, width)`: each token's mass shared among
+    the pixels whose centres fall in its cell of `box` (`token_grid_box`), zero outside it."""
     rows, cols = attention_map.shape[-2:]
     left, top, right, bottom = box
 
@@ -148,9 +127,8 @@ def to_image_pixels(attention_map: torch.Tensor, box, image_hw: tuple[int, int])
 
 
 def plot_attention(image, maps: AttentionMaps, box, title: str = "", index: int = 0):
-    """A matplotlib `Figure` of image `index` of `maps`: the input (token grid's region outlined), the rollout
-    over it, the LCA weights per block, and each block's class-token map over it; the image keeps its original
-    aspect ratio, each map is drawn over the region `box` it covers and the rest of the image is dimmed."""
+    """A matplotlib `Figure` of image `index` of `maps`: the input (`box` outlined), the rollout over it, the LCA
+    weights per block, and each block's map over it; outside `box`, the region the maps cover, the image is dimmed."""
     from matplotlib import colormaps
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
@@ -201,8 +179,7 @@ def plot_attention(image, maps: AttentionMaps, box, title: str = "", index: int 
 
 
 def attention_figure(model, processor, image, head: int | None = None):
-    """`(figure, maps)` for one PIL `image`: processed by `processor` (a `CeiTImageProcessor`), run through `model`
-    (`CeiTForImageClassification`), drawn by `plot_attention` with the predicted label in the title."""
+    """`(figure, maps)` of `plot_attention` for one PIL `image` (the predicted label in the title)."""
     pixel_values = processor(images=image, return_tensors="pt")["pixel_values"].to(model.device)
     maps = attention_maps(model, pixel_values, head)
     box = token_grid_box(model.config, processor, (image.height, image.width))
@@ -212,17 +189,3 @@ def attention_figure(model, processor, image, head: int | None = None):
     heads = "mean over heads" if head is None else f"head {head}"
     title = f"predicted: {name} ({probabilities[label]:.0%}); class-token attention, {heads}"
     return plot_attention(image, maps, box, title), maps
-
-
-__all__ = [
-    "AttentionMaps",
-    "attention_figure",
-    "attention_maps",
-    "attention_rollout",
-    "class_token_maps",
-    "eager_attention",
-    "lca_weights",
-    "plot_attention",
-    "to_image_pixels",
-    "token_grid_box",
-]
