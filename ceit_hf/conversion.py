@@ -95,8 +95,7 @@ def checkpoint_architecture(state_dict: dict[str, torch.Tensor]) -> dict[str, in
 
 
 def infer_config(state_dict: dict[str, torch.Tensor], **overrides) -> CeiTConfig:
-    """The `CeiTConfig` of an official checkpoint, read off its tensor shapes (width, depth, image size,
-    number of classes); the number of heads comes from the preset of that width."""
+    """The `CeiTConfig` of an official checkpoint's tensor shapes, with the heads of the preset of that width."""
     settings = checkpoint_architecture(state_dict)
     width = settings.pop("d_model")
     candidates = [name for name, preset in PRESETS.items() if preset["d_model"] == width]
