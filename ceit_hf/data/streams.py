@@ -230,11 +230,10 @@ class EvaluationLoader:
             if largest == 0:
                 return
             if size < largest:
-                count = largest - size
-                extra = {"pixel_values": padding.repeat(count, 1, 1, 1), "labels": torch.full((count,), IGNORE_INDEX)}
-                if batch is not None:
-                    extra = {key: torch.cat([batch[key], value.to(batch[key].dtype)]) for key, value in extra.items()}
-                batch = extra
+                n = largest - size
+                extra = {"pixel_values": padding.expand(n, *padding.shape), "labels": torch.full((n,), IGNORE_INDEX)}
+                head = batch or {key: value[:0] for key, value in extra.items()}  # no batch: an empty one
+                batch = {key: torch.cat([head[key], value.to(head[key].dtype)]) for key, value in extra.items()}
             yield batch
             batch = next(batches, None) if size else None
 
