@@ -1,42 +1,19 @@
 # Copyright 2026 The ceit_hf authors. Licensed under the Apache License, Version 2.0.
-"""CeiT under FSDP2 (`torch.distributed.fsdp.fully_shard`) with mixed precision.
+"""CeiT under FSDP2 (`torch.distributed.fsdp.fully_shard`) with mixed precision, and its sharded EMA.
 
-A bf16 `MixedPrecisionPolicy` over a whole CeiT block casts its BatchNorm weights to bf16 while their running
-statistics stay fp32, and the first forward fails (`expected scalar type BFloat16 but found Float`); BatchNorm's
-statistics are also the one place where bf16 loses real accuracy. `fully_shard_ceit` therefore makes every BatchNorm
-its own FSDP unit computing in fp32 (its output cast back to the compute dtype), and the embeddings, the blocks and
-the root (with the LCA and the classifier) units of the requested policy. `scripts/train.py` applies it when
-accelerate runs FSDP (accelerate's own FSDP2 preparation leaves a model that is already sharded as it is), and it works
-as well on a plain torch training loop. `ShardedEMA` is the EMA of the weights (`--model_ema_decay`, the DeiT recipe)
-that stays sharded.
+A bf16 policy over a CeiT block would cast its BatchNorm weights to bf16 but not their running statistics (the first
+forward fails), and BatchNorm's statistics are where bf16 loses real accuracy: `fully_shard_ceit` makes every
+BatchNorm its own fp32 unit. `scripts/train.py` applies it under accelerate's FSDP; it also runs on a plain torch loop.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
+from functools import partial
 
 import torch
+import torch.distributed as dist
 from torch import nn
-
-
-def _units(model: nn.Module) -> list[nn.Module]:
-    """The modules that become FSDP units of the compute policy, innermost first (the root comes last, separately)."""
-    from .modeling_ceit import CeiTEmbeddings, CeiTLayer
-
-    # The LCA stays in the root unit with the classifier: it runs last, and the root is gathered for the whole step.
-    return [m for m in model.modules() if isinstance(m, (CeiTEmbeddings, CeiTLayer))]
-
-
-def batch_norm_policy(mp_policy):
-    """The policy of a BatchNorm unit under `mp_policy`: fp32 parameters and inputs, output in the compute dtype."""
-    from torch.distributed.fsdp import MixedPrecisionPolicy
-
-    return MixedPrecisionPolicy(
-        param_dtype=torch.float32,
-        reduce_dtype=torch.float32,
-        output_dtype=mp_policy.param_dtype,
-        cast_forward_inputs=True,
-    )
 
 
 def fully_shard_ceit(
@@ -44,35 +21,48 @@ def fully_shard_ceit(
     *,
     mesh=None,
     mp_policy=None,
-    reshard_after_forward: bool = True,
+    reshard_after_forward=True,
     offload_policy=None,
-    ignored_params: set[nn.Parameter] | None = None,
+    ignored_params=None,
 ) -> nn.Module:
     """Shards `model` (a CeiT, or any model holding CeiT blocks: a PEFT model, a UperNet over `CeiTBackbone`) in place
-    with FSDP2 and returns it.
+    with FSDP2 and returns it. Units: each BatchNorm (in fp32 under a lower-precision `mp_policy`), the embeddings,
+    each `CeiTLayer`, then the root (LCA, classifier, the rest). `mp_policy` (default fp32) is torch's
+    `MixedPrecisionPolicy` for all but the BatchNorms; the other arguments go to every `fully_shard` call."""
+    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
-    Units: each BatchNorm (fp32, see the module docstring, when `mp_policy` computes in lower precision), the
-    `CeiTEmbeddings` and each `CeiTLayer`, then the root (the LCA, the classifier and what is left). `mp_policy`
-    (default: none, fp32) is torch's `MixedPrecisionPolicy` for everything but the BatchNorms, e.g.
-    `MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)`; `mesh`, `reshard_after_forward`,
-    `offload_policy` and `ignored_params` go to every `fully_shard` call as they are."""
-    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+    from .modeling_ceit import CeiTEmbeddings, CeiTLayer, CeiTPreTrainedModel
 
     if isinstance(model, FSDPModule):
         raise ValueError("The model is already sharded with FSDP2 (fully_shard); shard it once.")
     mp_policy = mp_policy or MixedPrecisionPolicy()
-    common = {"mesh": mesh, "reshard_after_forward": reshard_after_forward}
-    if offload_policy is not None:
-        common["offload_policy"] = offload_policy
-    if ignored_params:
-        common["ignored_params"] = set(ignored_params)
+    ignored_params = set(ignored_params) if ignored_params else None
+    shard = partial(fully_shard, mesh=mesh, reshard_after_forward=reshard_after_forward, ignored_params=ignored_params)
+    offload_policy = offload_policy or OffloadPolicy()
     if mp_policy.param_dtype not in (None, torch.float32):  # in fp32 the BatchNorms shard with their block
+        norm_policy = MixedPrecisionPolicy(
+            param_dtype=torch.float32, reduce_dtype=torch.float32, output_dtype=mp_policy.param_dtype
+        )
         for norm in [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]:
-            fully_shard(norm, mp_policy=batch_norm_policy(mp_policy), **common)
-    for unit in _units(model):
-        fully_shard(unit, mp_policy=mp_policy, **common)
-    fully_shard(model, mp_policy=mp_policy, **common)
+            shard(norm, mp_policy=norm_policy, offload_policy=offload_policy)
+    # The LCA stays in the root unit with the classifier: it runs last, and the root is gathered for the whole step.
+    for unit in [m for m in model.modules() if isinstance(m, (CeiTEmbeddings, CeiTLayer))]:
+        shard(unit, mp_policy=mp_policy, offload_policy=offload_policy)
+    shard(model, mp_policy=mp_policy, offload_policy=offload_policy)
+    if isinstance(model, CeiTPreTrainedModel):  # every save (Trainer's, `save_pretrained_sharded`) goes through it
+        model.save_pretrained = partial(_save_pretrained_as_ceit, model)
     return model
+
+
+def _save_pretrained_as_ceit(model: nn.Module, *args, **kwargs):
+    """FSDP2 made `model` an instance of `FSDP<class>`, a class of torch's FSDP module: saved as such, the folder's
+    code and auto_map would be FSDP's. Saves it as its CeiT class instead."""
+    sharded_class = type(model)
+    model.__class__ = sharded_class.__bases__[-1]
+    try:
+        return model.__class__.save_pretrained(model, *args, **kwargs)
+    finally:
+        model.__class__ = sharded_class
 
 
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -92,23 +82,12 @@ def save_pretrained_sharded(model, save_directory, is_main_process: bool = True,
 
 
 def average_batch_norm_statistics(model: nn.Module, group=None) -> None:
-    """Sets the running mean and variance of every BatchNorm of `model` to their mean over the ranks of `group`.
-
-    FSDP replicates buffers without synchronising them (DDP broadcasts rank 0's before each forward): each rank's
-    statistics follow its own batches, evaluation on each rank would normalise differently, and a checkpoint keeps
-    one rank's copy. Averaging after each optimizer step keeps them equal, from all ranks' batches, for a single
-    all-reduce of a few thousand numbers. A collective: call it on every rank."""
-    import torch.distributed as dist
-
-    if not dist.is_available() or not dist.is_initialized():
-        return
-    buffers = [
-        buffer
-        for module in model.modules()
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats
-        for buffer in (module.running_mean, module.running_var)
-    ]
-    if not buffers:
+    """Sets the running mean and variance of every BatchNorm of `model` to their mean over the ranks of `group` (a
+    collective). FSDP replicates buffers without synchronising them: averaged after each optimizer step, evaluation
+    and checkpoints see one set, from all ranks' batches."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    buffers = [buffer for norm in norms for buffer in (norm.running_mean, norm.running_var)]
+    if not buffers or not dist.is_available() or not dist.is_initialized():
         return
     with torch.no_grad():
         flat = torch.cat([buffer.float().flatten() for buffer in buffers])
@@ -119,9 +98,7 @@ def average_batch_norm_statistics(model: nn.Module, group=None) -> None:
 
 
 def check_fsdp_settings(version: int, activation_checkpointing: bool = False) -> None:
-    """`ValueError` naming the setting to change where accelerate's FSDP plugin asks for what `shard_for_accelerator`
-    cannot give: FSDP version 1, or accelerate's activation checkpointing (it would wrap the layers of a model that is
-    sharded already)."""
+    """`ValueError` naming the setting to change where accelerate's FSDP plugin asks for what CeiT cannot run."""
     if version != 2:
         raise ValueError(
             f"CeiT trains under FSDP version 2 (fully_shard), which keeps its BatchNorms in fp32, not version "
@@ -137,12 +114,8 @@ def check_fsdp_settings(version: int, activation_checkpointing: bool = False) ->
 
 
 def shard_for_accelerator(model: nn.Module, accelerator) -> nn.Module:
-    """`fully_shard_ceit` with the settings of accelerate's FSDP2 plugin (mixed-precision policy, device mesh,
-    resharding, CPU offload), before `accelerator.prepare`: accelerate's own FSDP2 preparation returns a model that is
-    already sharded as it is (and maps the optimizer to its parameters), so the BatchNorms keep their fp32 units.
-    For `Trainer`, call it on `trainer.model` once the trainer exists (it creates the accelerator)."""
-    import torch.distributed as dist
-
+    """`fully_shard_ceit` with the settings of accelerate's FSDP2 plugin, before `accelerator.prepare` (which leaves a
+    model that is sharded already as it is). For `Trainer`, call it on `trainer.model` once the trainer exists."""
     plugin = accelerator.state.fsdp_plugin
     check_fsdp_settings(getattr(plugin, "fsdp_version", 1), plugin.activation_checkpointing)
     mesh = getattr(accelerator, "torch_device_mesh", None)
@@ -151,13 +124,8 @@ def shard_for_accelerator(model: nn.Module, accelerator) -> nn.Module:
     # With cpu_ram_efficient_loading, transformers may have loaded the pretrained weights on rank 0 only; accelerate
     # would broadcast them in its preparation, which a pre-sharded model skips: broadcast them here instead.
     full = model.state_dict() if plugin.cpu_ram_efficient_loading and dist.get_rank() == 0 else None
-    model = fully_shard_ceit(
-        model,
-        mesh=mesh,
-        mp_policy=plugin.mixed_precision_policy,
-        reshard_after_forward=plugin.reshard_after_forward,
-        offload_policy=plugin.cpu_offload,
-    )
+    settings = {"reshard_after_forward": plugin.reshard_after_forward, "offload_policy": plugin.cpu_offload}
+    model = fully_shard_ceit(model, mesh=mesh, mp_policy=plugin.mixed_precision_policy, **settings)
     if plugin.cpu_ram_efficient_loading:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
@@ -166,16 +134,8 @@ def shard_for_accelerator(model: nn.Module, accelerator) -> nn.Module:
     # accelerate's preparation leaves the sharded model as it is, but first looks up the layer classes of its wrap
     # policy by name (`CeiTLayer`), which sharding renamed (`FSDPCeiTLayer`): nothing is left for the policy to wrap.
     plugin.auto_wrap_policy = None
-    keep_optimizer_parameters(accelerator)
-    return model
-
-
-def keep_optimizer_parameters(accelerator) -> None:
-    """Makes `accelerator.prepare` leave the parameters of the optimizers it prepares as they are (those of a model
-    sharded before it). accelerate's FSDP2 preparation maps each optimizer parameter to the model's by the data
-    pointer of its local shard, which is 0 for every empty shard: with 2 or more ranks, CeiT's class token and position
-    embeddings (first dimension 1) have empty shards on every rank but 0, so they would all map to one parameter, and
-    the optimizer's state no longer matches the model's (its checkpoint gather then fails or hangs)."""
+    # accelerate maps each optimizer parameter to the model's by the data pointer of its local shard, 0 for every
+    # empty one (the class token and position embeddings on every rank but 0): the optimizers keep theirs instead.
     prepare = accelerator.prepare
 
     def prepare_keeping_parameters(*args, **kwargs):
@@ -188,14 +148,12 @@ def keep_optimizer_parameters(accelerator) -> None:
         return prepared
 
     accelerator.prepare = prepare_keeping_parameters
+    return model
 
 
 def replicas_agree(model: nn.Module, group=None) -> bool:
-    """Whether every rank of `group` holds the same parameters (a collective). Data parallel training keeps them
-    equal by construction; a difference means a rank diverged (a non-deterministic op, a rank-dependent branch) and
-    the saved model is rank 0's alone. Compares each parameter's sum and sum of squares in float64."""
-    import torch.distributed as dist
-
+    """Whether every rank of `group` holds the same parameters (a collective; compares each parameter's sum and sum of
+    squares in float64). A difference means a rank diverged, and the saved model is rank 0's alone."""
     if not dist.is_available() or not dist.is_initialized():
         return True
     parameters = [p.detach().double() for p in model.parameters()]
@@ -206,8 +164,7 @@ def replicas_agree(model: nn.Module, group=None) -> bool:
 
 
 def local_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    """`model`'s parameters and buffers by name, each as this rank holds it: the local shard of a sharded (DTensor)
-    parameter, a view that writes through to it, and any other tensor as it is."""
+    """`model`'s parameters and buffers by name as this rank holds them (a sharded one's local shard, a view)."""
     from torch.distributed.tensor import DTensor
 
     named = [*model.named_parameters(), *model.named_buffers()]
@@ -216,13 +173,9 @@ def local_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 
 class ShardedEMA:
     """An exponential moving average of the weights of an FSDP2-sharded model that stays sharded: each rank averages
-    its own shards of the parameters (the local tensors of their DTensors, same placement) and its copy of the buffers
-    (the BatchNorm statistics, which `average_batch_norm_statistics` keeps equal on all ranks), for one more copy of
-    each rank's shards. The rule is that of torch's `AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay),
-    use_buffers=True)`: the first `update_parameters` copies the weights, each later one sets ema = decay x ema +
-    (1 - decay) x weights. `state_dict` and `load_state_dict` hold the full weights under `AveragedModel`'s keys
-    ("module." + name, "n_averaged"), so a checkpoint's EMA resumes sharded or not. Call every method on all ranks
-    (the model on each rank is sharded the same way)."""
+    its own shards and its copy of the buffers (the BatchNorm statistics). The rule of torch's `AveragedModel(model,
+    multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)`, and its `state_dict` keys ("module." + name,
+    "n_averaged", full weights), so a checkpoint's EMA resumes sharded or not. Call every method on all ranks."""
 
     def __init__(self, model: nn.Module, decay: float):
         from torch.distributed.tensor import DTensor
@@ -250,20 +203,16 @@ class ShardedEMA:
             # torch's EMA function takes tensors of one dtype: floats by lerp, integers by a rounding copy
             groups = {}
             for name, average in self.averages.items():
-                pair = groups.setdefault((average.dtype, average.device), ([], []))
-                pair[0].append(average)
-                pair[1].append(current[name].detach())
-            for averages, values in groups.values():
-                self.average(averages, values, self.n_averaged)
+                groups.setdefault((average.dtype, average.device), []).append((average, current[name].detach()))
+            for pairs in groups.values():
+                self.average(*map(list, zip(*pairs)), self.n_averaged)
         self.n_averaged += 1
 
-    def state_dict(self, to_rank0_only: bool = True) -> dict[str, torch.Tensor]:
-        """The full EMA on the CPU, under `AveragedModel`'s keys: a collective that gathers one tensor at a time;
-        an empty dict on the ranks other than 0 when `to_rank0_only`."""
-        import torch.distributed as dist
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The full EMA on rank 0's CPU (a collective; an empty dict on the other ranks)."""
         from torch.distributed.tensor import DTensor
 
-        keep = not to_rank0_only or not dist.is_initialized() or dist.get_rank() == 0
+        keep = not dist.is_initialized() or dist.get_rank() == 0
         state = {"n_averaged": torch.tensor(self.n_averaged)} if keep else {}
         for name, average in self.averages.items():
             if name in self.layouts:
@@ -275,6 +224,7 @@ class ShardedEMA:
                 state[f"module.{name}"] = average.detach().cpu().clone()
         return state
 
+    @torch.no_grad()
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Takes each rank's shards of a full EMA (`state_dict`'s, or `AveragedModel`'s from an unsharded run)."""
         from torch.distributed.tensor import distribute_tensor
@@ -285,19 +235,17 @@ class ShardedEMA:
                 f"The EMA state does not match the model: missing {sorted(names - set(state))[:5]}, unexpected "
                 f"{sorted(set(state) - names)[:5]}."
             )
-        with torch.no_grad():
-            for name, average in self.averages.items():
-                value = state[f"module.{name}"]
-                if name in self.layouts:
-                    mesh, placements, _, _ = self.layouts[name]
-                    value = distribute_tensor(value.to(average.device), mesh, placements, src_data_rank=None)
-                    value = value.to_local()
-                average.copy_(value)
+        for name, average in self.averages.items():
+            value = state[f"module.{name}"]
+            if name in self.layouts:
+                mesh, placements, _, _ = self.layouts[name]
+                value = distribute_tensor(value.to(average.device), mesh, placements, src_data_rank=None).to_local()
+            average.copy_(value)
         self.n_averaged = int(state["n_averaged"])
 
     def swapped_into(self, model: nn.Module):
-        """A context in which `model` holds the EMA's weights and the EMA the model's (`exchanged`): to evaluate or
-        save the EMA the way the model is, sharded (a collective save included)."""
+        """A context in which `model` holds the EMA's weights and the EMA the model's: to evaluate or save the EMA the
+        way the model is, sharded."""
         from torch.distributed.fsdp import FSDPModule
 
         for module in model.modules():  # a forward in evaluation may leave units gathered; the shards are the weights
@@ -308,8 +256,7 @@ class ShardedEMA:
 
 @contextmanager
 def exchanged(pairs):
-    """Exchanges the values of each pair of same-shaped tensors in place for the duration of the block, one tensor's
-    copy at a time."""
+    """Exchanges the values of each pair of same-shaped tensors in place for the duration of the block."""
     pairs = list(pairs)
 
     def swap():

@@ -1,21 +1,11 @@
 # Copyright 2026 The ceit_hf authors. Licensed under the Apache License, Version 2.0.
 """`optimize_for_inference(model)`: CeiT's deployment form, an explicit call that returns a new eval-only model.
 
-The plain model (`modeling_ceit.py`) computes the paper's function module by module, so that training, hooks,
-PEFT, quantization and pruning see every layer. For serving, three things make the same function cheaper:
-
-1. BatchNorm with fixed statistics is an affine map: it is folded into the weights of the layer before it, once
-   (`torch.nn.utils.fusion`), removing every BatchNorm from the graph.
-2. In a classifier only class tokens reach the LCA, and LeFF passes the class token through unchanged: the last
-   block needs its class token's attention row and nothing else (no patch queries, no projection of patch tokens,
-   no LeFF: about 6% of CeiT-T's MACs).
-3. On CPU, LeFF's depthwise convolution and GELU run as one oneDNN kernel and GELU runs in place where nothing
-   else reads its input; the stem and patch convolutions run channels-last. Under `torch.compile`/`torch.export`,
-   or where the fused kernel is missing, the same modules run plain ops (tested both ways).
-
-When NOT to use it: for training (it is eval-only and refuses `train()`), with unmerged PEFT adapters (merge
-them first: `merge_and_unload()`), or with hooks or quantization on the folded layers (their modules are
-replaced). Its `last_hidden_state` holds only the class token, and `hidden_states` lack the last block.
+The same function as the plain model, cheaper: every BatchNorm folded into the layer before it; the last block of a
+classifier computing only its class token (about 6% of CeiT-T's MACs); on CPU, LeFF's depthwise convolution and GELU
+as one oneDNN kernel and channels-last convolutions (plain ops under `torch.compile`/`torch.export`). Not for training
+(it refuses `train()`), unmerged PEFT adapters or hooks on the folded layers. Its `last_hidden_state` holds only the
+class token, and `hidden_states` lack the last block.
 """
 
 from __future__ import annotations
@@ -36,15 +26,9 @@ def _fused_conv_available() -> bool:
 
 def _eager_cpu_float32(x: torch.Tensor) -> bool:
     """Whether `x` may take the CPU-only kernels: eager mode (not compiling, exporting or tracing), CPU, fp32."""
-    exporting = getattr(torch.compiler, "is_exporting", lambda: False)()
-    return (
-        x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and not torch.compiler.is_compiling()
-        and not exporting
-        and not torch.jit.is_tracing()
-        and not x.requires_grad
-    )
+    exporting = getattr(torch.compiler, "is_exporting", lambda: False)()  # torch >= 2.7
+    eager = not (torch.compiler.is_compiling() or exporting or torch.jit.is_tracing())
+    return eager and x.device.type == "cpu" and x.dtype == torch.float32 and not x.requires_grad
 
 
 def _refuse_training(self: nn.Module, mode: bool = True) -> nn.Module:
@@ -68,7 +52,7 @@ class _EvalOnly(nn.Module):
 
 
 def _fold(layer: nn.Module, norm: nn.Module) -> nn.Module:
-    """`layer` (Linear or Conv2d) with the eval-mode BatchNorm `norm` folded in; `layer` itself if `norm` is Identity."""
+    """`layer` (Linear or Conv2d) with the eval-mode BatchNorm `norm` folded in (`layer` itself for no BatchNorm)."""
     if isinstance(norm, nn.Identity):
         return layer
     fold = fuse_linear_bn_eval if isinstance(layer, nn.Linear) else fuse_conv_bn_eval
@@ -98,32 +82,18 @@ class CeiTInferenceLeFF(_EvalOnly):
         x = x.view(batch, *grid_size, -1).permute(0, 3, 1, 2)  # a channels-last NCHW view, no copy
         if self.pointwise is None and fast and self.fused_kernels:
             conv = self.depthwise
-            x = torch.ops.mkldnn._convolution_pointwise(
-                x,
-                conv.weight,
-                conv.bias,
-                list(conv.padding),
-                list(conv.stride),
-                list(conv.dilation),
-                conv.groups,
-                "gelu",
-                [],
-                "none",
-            )
+            geometry = list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups
+            x = torch.ops.mkldnn._convolution_pointwise(x, conv.weight, conv.bias, *geometry, "gelu", [], "none")
             x = x.permute(0, 2, 3, 1).reshape(batch, num_tokens, -1)
-        elif self.pointwise is None:
-            x = gelu(self.depthwise(x).permute(0, 2, 3, 1).reshape(batch, num_tokens, -1))
         else:
-            x = gelu(self.pointwise(self.depthwise(x).permute(0, 2, 3, 1).reshape(batch, num_tokens, -1)))
-        x = self.reduce(x)
-        if self.final_activation:
-            x = gelu(x)
+            x = self.depthwise(x).permute(0, 2, 3, 1).reshape(batch, num_tokens, -1)
+            x = gelu(x if self.pointwise is None else self.pointwise(x))
+        x = gelu(self.reduce(x)) if self.final_activation else self.reduce(x)
         return torch.cat((class_token, x), dim=1)
 
 
 class CeiTInferenceClassTokenLayer(_EvalOnly):
-    """The last encoder block, computing only its class token: the class token's attention row over all tokens,
-    then LeFF, which passes the class token through (`leff(h)[:, 0] == h[:, 0]`)."""
+    """The last encoder block, computing only its class token's attention row (LeFF passes the class token through)."""
 
     def __init__(self, layer: CeiTLayer):
         super().__init__()
@@ -132,25 +102,18 @@ class CeiTInferenceClassTokenLayer(_EvalOnly):
         self.norm1, self.norm2 = layer.norm1, layer.norm2
         self.layer_scale1, self.layer_scale2 = layer.layer_scale1, layer.layer_scale2
         self.num_heads, self.head_dim, self.scaling = attention.num_heads, attention.head_dim, attention.scaling
-        dim = attention.qkv.in_features
-        bias = attention.qkv.bias
-        # One projection for the class token's query, one for every token's key and value.
-        self.query = nn.Linear(dim, dim, bias=bias is not None)
-        self.key_value = nn.Linear(dim, 2 * dim, bias=bias is not None)
-        with torch.no_grad():
-            self.query.weight.copy_(attention.qkv.weight[:dim])
-            self.key_value.weight.copy_(attention.qkv.weight[dim:])
-            if bias is not None:
-                self.query.bias.copy_(bias[:dim])
-                self.key_value.bias.copy_(bias[dim:])
-        self.proj = attention.proj
+        self.qkv, self.proj = attention.qkv, attention.proj
 
     def attend(self, hidden_states: torch.Tensor) -> torch.Tensor:
         batch, length, dim = hidden_states.shape
-        query = self.query(hidden_states[:, :1]).view(batch, 1, self.num_heads, self.head_dim).transpose(1, 2)
-        key, value = (
-            self.key_value(hidden_states).view(batch, length, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        )
+        # The class token's query and every token's key and value: row blocks [q | k, v] of the fused projection.
+        weight, bias = self.qkv.weight, self.qkv.bias
+        query_bias, key_value_bias = (None, None) if bias is None else (bias[:dim], bias[dim:])
+        query = F.linear(hidden_states[:, :1], weight[:dim], query_bias)
+        query = query.view(batch, 1, self.num_heads, self.head_dim).transpose(1, 2)
+        key_value = F.linear(hidden_states, weight[dim:], key_value_bias)
+        key_value = key_value.view(batch, length, 2, self.num_heads, self.head_dim)
+        key, value = key_value.permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(query, key, value, scale=self.scaling)
         return self.proj(out.transpose(1, 2).reshape(batch, 1, dim))
 
@@ -162,23 +125,6 @@ class CeiTInferenceClassTokenLayer(_EvalOnly):
         return self.norm2(cls + self.layer_scale2(cls))
 
 
-def _check_plain(model: nn.Module) -> None:
-    if not isinstance(model, (CeiTForImageClassification, CeiTModel)):
-        raise TypeError(
-            f"optimize_for_inference takes a CeiTForImageClassification or CeiTModel, got {type(model).__name__}."
-        )
-    adapters = [
-        name for name, module in model.named_modules() if hasattr(module, "lora_A") or hasattr(module, "base_layer")
-    ]
-    if adapters:
-        raise ValueError(
-            f"The model holds unmerged PEFT adapters ({adapters[0]}, ...): merge them first "
-            "(`model = peft_model.merge_and_unload()`), then optimize."
-        )
-    if any(isinstance(m, _EvalOnly) for m in model.modules()):
-        raise ValueError("The model is already optimized for inference.")
-
-
 def optimize_for_inference(
     model: CeiTForImageClassification | CeiTModel,
     class_token_only: bool = True,
@@ -186,17 +132,22 @@ def optimize_for_inference(
     channels_last: bool = True,
     dtype: torch.dtype | None = None,
 ):
-    """
-    A copy of `model` for inference that computes the same logits and pooled output (within 1e-5 in fp32): every
-    BatchNorm folded into the layer before it, the last block computing only its class token (`class_token_only`),
-    fused CPU kernels (`fused_kernels`) and channels-last convolutions (`channels_last`). `model` is left untouched.
-    The folding runs in fp32 whatever the model's dtype (a BatchNorm's `1/sqrt(var + eps)` in bf16 loses digits
-    the plain model keeps); the copy is then cast to `dtype` (default: the model's).
-
-    The copy is eval-only, has no gradients, and works under `torch.compile(fullgraph=True)`, `torch.export` and
-    ONNX export. Do not use it for training, with unmerged PEFT adapters, or with hooks on the folded layers.
-    """
-    _check_plain(model)
+    """An eval-only copy of `model` (left untouched) with the same logits and pooled output (within 1e-5 in fp32):
+    BatchNorms folded (in fp32, then cast to `dtype`, default the model's), the last block computing only its class
+    token (`class_token_only`), fused CPU kernels (`fused_kernels`), channels-last convolutions (`channels_last`). It
+    works under `torch.compile(fullgraph=True)`, `torch.export` and ONNX export."""
+    if not isinstance(model, (CeiTForImageClassification, CeiTModel)):
+        raise TypeError(
+            f"optimize_for_inference takes a CeiTForImageClassification or CeiTModel, got {type(model).__name__}."
+        )
+    adapters = [name for name, m in model.named_modules() if hasattr(m, "lora_A") or hasattr(m, "base_layer")]
+    if adapters:
+        raise ValueError(
+            f"The model holds unmerged PEFT adapters ({adapters[0]}, ...): merge them first "
+            "(`model = peft_model.merge_and_unload()`), then optimize."
+        )
+    if any(isinstance(m, _EvalOnly) for m in model.modules()):
+        raise ValueError("The model is already optimized for inference.")
     dtype = dtype or model.dtype
     optimized = copy.deepcopy(model).eval().float()
     base = optimized.ceit if isinstance(optimized, CeiTForImageClassification) else optimized
@@ -207,9 +158,7 @@ def optimize_for_inference(
         layer.leff = CeiTInferenceLeFF(layer.leff, fused_kernels)
     if class_token_only:
         layers[-1] = CeiTInferenceClassTokenLayer(layers[-1])
-    if channels_last:
-        # oneDNN/cuDNN convolutions and the max-pool run fastest channels-last; the patch projection's output then
-        # flattens into tokens without a copy.
+    if channels_last:  # fastest for oneDNN/cuDNN; the patch projection's output then flattens without a copy
         for conv in (stem.conv, base.embeddings.patch_embeddings.projection):
             if isinstance(conv, nn.Conv2d):
                 conv.to(memory_format=torch.channels_last)

@@ -13,16 +13,13 @@
 # limitations under the License.
 """PyTorch CeiT: Incorporating Convolution Designs into Visual Transformers (Yuan et al., ICCV 2021).
 
-The modules follow the paper: an Image-to-Tokens stem (I2T, Sec. 3.2), encoder blocks whose feed-forward is the
-Locally-enhanced Feed-Forward (LeFF, Sec. 3.3), and Layer-wise Class-token Attention (LCA, Sec. 3.4). Every forward
-calls its submodules, so hooks, PEFT, quantization and pruning see every layer; the faster deployment form is
-`ceit_hf.optimize_for_inference`. Hub remote code: imports only torch, transformers and `.configuration_ceit`.
+An Image-to-Tokens stem (I2T, Sec. 3.2), encoder blocks with the Locally-enhanced Feed-Forward (LeFF, Sec. 3.3) and
+Layer-wise Class-token Attention (LCA, Sec. 3.4). The faster deployment form is `ceit_hf.optimize_for_inference`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial, wraps
 
@@ -48,14 +45,8 @@ from .configuration_ceit import CeiTConfig
 @dataclass
 class CeiTModelOutput(BaseModelOutputWithPooling):
     r"""
-    last_hidden_state (`torch.FloatTensor` of shape `(batch_size, 1 + num_patches, hidden_size)`):
-        Tokens after the last encoder block (class token first).
     pooler_output (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
         The class token produced by the LCA, after the final norm: what the classifier sees.
-    hidden_states (`tuple(torch.FloatTensor)`, *optional*):
-        The embeddings and the output of each encoder block, each `(batch_size, 1 + num_patches, hidden_size)`.
-    attentions (`tuple(torch.FloatTensor)`, *optional*):
-        Attention probabilities of each encoder block (eager attention only).
     lca_attentions (`tuple(torch.FloatTensor)`, *optional*):
         One tensor `(batch_size, lca_num_heads, 1, num_blocks)`: how the last block's class token attends to the
         class tokens of all blocks (eager attention only).
@@ -64,9 +55,7 @@ class CeiTModelOutput(BaseModelOutputWithPooling):
     lca_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
-@auto_docstring(
-    custom_intro="Output of [`CeiTForImageClassification`]: `ImageClassifierOutput` plus `lca_attentions`."
-)
+@auto_docstring(custom_intro="Output of [`CeiTForImageClassification`]: with the LCA's attentions.")
 @dataclass
 class CeiTImageClassifierOutput(ImageClassifierOutput):
     r"""
@@ -107,8 +96,7 @@ class CeiTLayerScale(nn.Module):
 
 
 def _pointwise_convolution(in_features: int, out_features: int) -> nn.Linear:
-    """A Linear layer standing for one of the official 1x1 (or patch) convolutions: the same function on the token
-    layout, marked so that `_init_weights` gives it PyTorch's convolution initialisation, as the official code does."""
+    """A Linear layer standing for an official 1x1 (or patch) convolution, initialised as a convolution."""
     layer = nn.Linear(in_features, out_features)
     layer.official_convolution = True
     return layer
@@ -119,19 +107,59 @@ def _layer_scale(dim: int, init_value: float | None) -> nn.Module:
 
 
 def _token_norm(norm: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    """A BatchNorm1d over the channels of `(batch, tokens, channels)`, given as `(batch * tokens, channels)` rows: the
-    statistics of the official BatchNorm2d over the same tokens as an NCHW map, in the layout whose forward and
-    backward run fastest here (2x the transposed `(batch, channels, tokens)` view in a training step)."""
+    """BatchNorm1d over the channels of `(batch, tokens, channels)` as `(batch * tokens, channels)` rows: the official
+    BatchNorm2d's statistics, in the layout that trains fastest (2x the transposed view)."""
     return norm(tokens.reshape(-1, tokens.shape[-1])).view(tokens.shape)
 
 
-def _recomputes(module: nn.Module, switch: bool | None, x: torch.Tensor) -> bool:
-    """Whether `module` recomputes activations of this training step in the backward pass instead of storing them:
-    its runtime `switch`, or where it is None ("auto"), on CPU tensors only. Never outside training, nor compiled
-    (the compiler's partitioner chooses what to recompute itself)."""
-    if not (module.training and torch.is_grad_enabled()) or torch.compiler.is_compiling():
-        return False
-    return x.device.type == "cpu" if switch is None else switch
+def _checkpoint_updating_statistics_once(checkpoint_function: Callable, layer: nn.Module, function: Callable, *args):
+    """`checkpoint_function(function, *args)` whose replay in the backward pass normalises with the batch statistics
+    again but leaves the running statistics of `layer`'s BatchNorms as the forward pass updated them."""
+    if torch.compiler.is_compiling():  # compiled, the replay is part of the traced graph and updates nothing
+        return checkpoint_function(function, *args)
+    calls = 0
+
+    def run(*inputs):
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return function(*inputs)
+        # Momentum 0 keeps the statistics (writing them back would invalidate what autograd saved of them).
+        norms = [
+            m for m in layer.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+        ]
+        saved = [(norm.momentum, norm.num_batches_tracked.clone()) for norm in norms]
+        try:
+            for norm in norms:
+                norm.momentum = 0.0
+            return function(*inputs)
+        finally:
+            for norm, (momentum, count) in zip(norms, saved):
+                norm.momentum = momentum
+                with torch.no_grad():
+                    norm.num_batches_tracked.copy_(count)
+
+    return checkpoint_function(run, *args)
+
+
+class CeiTRecomputable(nn.Module):
+    """A module whose activations a training step may recompute in the backward pass instead of storing them."""
+
+    # Runtime switches, not configuration (`set_leff_recompute`, `set_stem_recompute`, activation checkpointing).
+    recompute_activations: bool | None = None  # None ("auto"): on CPU tensors only, where it was measured worth it
+    layer_checkpointed = False  # inside a layer that activation checkpointing replays already
+
+    def recomputes(self, x: torch.Tensor) -> bool:
+        """Whether this step recomputes: never outside training, nor compiled (the compiler chooses what to keep)."""
+        if not (self.training and torch.is_grad_enabled()) or torch.compiler.is_compiling() or self.layer_checkpointed:
+            return False
+        return x.device.type == "cpu" if self.recompute_activations is None else self.recompute_activations
+
+    def run(self, function: Callable, x: torch.Tensor, *args) -> torch.Tensor:
+        """`function(x, *args)`, recomputed in the backward pass where `recomputes(x)`."""
+        if not self.recomputes(x):
+            return function(x, *args)
+        return _checkpoint_updating_statistics_once(partial(checkpoint, use_reentrant=False), self, function, x, *args)
 
 
 def eager_attention_forward(
@@ -144,9 +172,7 @@ def eager_attention_forward(
     dropout: float = 0.0,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    attn_weights = torch.matmul(query, key.transpose(-1, -2)) * scaling
-    if attention_mask is not None:
-        attn_weights = attn_weights + attention_mask
+    attn_weights = torch.matmul(query, key.transpose(-1, -2)) * scaling  # (CeiT has no attention mask)
     attn_weights = F.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
     attn_weights = F.dropout(attn_weights, p=dropout, training=module.training)
     attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()
@@ -154,14 +180,15 @@ def eager_attention_forward(
 
 
 class CeiTAttention(nn.Module):
-    """Multi-head attention with the official fused query/key/value projection (rows [q | k | v]). The encoder blocks'
-    self-attention and the LCA's class attention each read their own options. Queries come from the last
-    `num_queries` tokens (all of them by default); the attention function is the configured one."""
+    """Multi-head attention with the official fused query/key/value projection (rows [q | k | v]), through the
+    configured attention function. The encoder blocks' self-attention and the LCA's each read their own options."""
 
-    def __init__(self, config: CeiTConfig, is_class_attention: bool = False):
+    is_class_attention = False
+
+    def __init__(self, config: CeiTConfig):
         super().__init__()
         self.config = config
-        if is_class_attention:
+        if self.is_class_attention:
             num_heads, qkv_bias = config.lca_encoder_num_heads, config.lca_encoder_qkv_bias
             attention_dropout = config.lca_encoder_attention_dropout
             proj_dropout = config.lca_encoder_projection_dropout
@@ -177,24 +204,18 @@ class CeiTAttention(nn.Module):
         self.proj = nn.Linear(config.d_model, config.d_model)
         self.proj_dropout = nn.Dropout(proj_dropout)
 
-    def forward(self, hidden_states: torch.Tensor, num_queries: int | None = None, **kwargs):
+    def forward(self, hidden_states: torch.Tensor, **kwargs):
         batch, length, _ = hidden_states.shape
         qkv = self.qkv(hidden_states).view(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         query, key, value = qkv.unbind(0)
-        if num_queries is not None:
-            query = query[:, :, -num_queries:]
+        if self.is_class_attention:  # `qkv` ran on all class tokens (few) so that it is called as a module
+            query = query[:, :, -1:]
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )
+        dropout = self.attention_dropout if self.training else 0.0
         attn_output, attn_weights = attention_interface(
-            self,
-            query,
-            key,
-            value,
-            None,
-            dropout=self.attention_dropout if self.training else 0.0,
-            scaling=self.scaling,
-            **kwargs,
+            self, query, key, value, None, dropout=dropout, scaling=self.scaling, **kwargs
         )
         attn_output = self.proj_dropout(self.proj(attn_output.reshape(batch, query.shape[2], -1)))
         return attn_output, attn_weights
@@ -203,24 +224,15 @@ class CeiTAttention(nn.Module):
 class CeiTSelfAttention(CeiTAttention):
     """Multi-head self-attention of the encoder blocks."""
 
-    def __init__(self, config: CeiTConfig):
-        super().__init__(config)
-
 
 class CeiTClassAttention(CeiTAttention):
     """LCA attention: the last block's class token is the only query; keys and values are the class tokens of all
     blocks, itself included."""
 
-    def __init__(self, config: CeiTConfig):
-        super().__init__(config, is_class_attention=True)
-
-    def forward(self, class_tokens: torch.Tensor, **kwargs):
-        # `qkv` runs on all L class tokens (L = number of blocks, a negligible cost) so that the layer is called as a
-        # module; only the last token's query is used.
-        return super().forward(class_tokens, num_queries=1, **kwargs)
+    is_class_attention = True
 
 
-class CeiTImage2Tokens(nn.Module):
+class CeiTImage2Tokens(CeiTRecomputable):
     """I2T (Eq. 2): convolution, BatchNorm and max-pool extract low-level features, so that patches are cut from a
     4x-downsampled feature map rather than from raw pixels."""
 
@@ -239,20 +251,12 @@ class CeiTImage2Tokens(nn.Module):
             config.i2t_max_pool_kernel_size, stride=config.i2t_max_pool_stride, padding=config.i2t_max_pool_padding
         )
 
-        # Runtime switch, not configuration (`CeiTPreTrainedModel.set_stem_recompute`).
-        self.recompute_activations: bool | None = None  # None: on CPU tensors, where it was measured worth it
-
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         # Channels-last: the convolution and max-pool run several times faster on it (forward and backward).
         features = self.conv(pixel_values.contiguous(memory_format=torch.channels_last))
-        if _recomputes(self, self.recompute_activations, features):
-            # Keep only the convolution's output, which BatchNorm's backward needs anyway; the normalised map and the
-            # max-pool's indices (1.5x its size) are recomputed in the backward pass.
-            return _checkpoint_updating_statistics_once(_checkpoint, self, self.normalize_and_pool, features)
-        return self.normalize_and_pool(features)
-
-    def normalize_and_pool(self, features: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.norm(features))
+        # Recomputed, only the convolution's output is kept (BatchNorm's backward needs it anyway), not the normalised
+        # map and the max-pool's indices (1.5x its size).
+        return self.run(lambda x: self.pool(self.norm(x)), features)
 
 
 class CeiTPatchEmbeddings(nn.Module):
@@ -296,23 +300,23 @@ class CeiTEmbeddings(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def interpolate_pos_encoding(self, grid_size: tuple[int, int]) -> torch.Tensor:
-        """Position embeddings for a `grid_size` token grid: the patch positions resized bicubically on their 2-D
-        grid, the class token's kept."""
+        """Position embeddings for a `grid_size` token grid (patch positions resized bicubically, the class's kept)."""
         if tuple(grid_size) == tuple(self.grid_size) and not torch.jit.is_tracing():
             return self.position_embeddings
         dim = self.position_embeddings.shape[-1]
         class_pos, patch_pos = self.position_embeddings[:, :1], self.position_embeddings[:, 1:]
         patch_pos = patch_pos.reshape(1, *self.grid_size, dim).permute(0, 3, 1, 2)
-        patch_pos = F.interpolate(
-            patch_pos.float(),
-            size=(torch_int(grid_size[0]), torch_int(grid_size[1])),
-            mode="bicubic",
-            align_corners=False,
-        ).to(patch_pos.dtype)
+        size = (torch_int(grid_size[0]), torch_int(grid_size[1]))
+        patch_pos = F.interpolate(patch_pos.float(), size=size, mode="bicubic", align_corners=False).to(
+            patch_pos.dtype
+        )
         return torch.cat((class_pos, patch_pos.permute(0, 2, 3, 1).reshape(1, -1, dim)), dim=1)
 
-    def check_pixel_values(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool) -> tuple[int, int]:
-        """The token grid of `pixel_values`; `ValueError` naming what is wrong with them, if anything."""
+    def forward(self, pixel_values: torch.Tensor | None, interpolate_pos_encoding: bool = False):
+        """(the tokens, class token first; their grid size; the I2T feature map, a backbone's "stem" stage), or a
+        `ValueError` naming what is wrong with `pixel_values`."""
+        if pixel_values is None:
+            raise ValueError("You have to specify pixel_values.")
         expected = f"a float tensor of shape (batch_size, {self.config.in_channels}, height, width)"
         if (
             not isinstance(pixel_values, torch.Tensor)
@@ -320,9 +324,7 @@ class CeiTEmbeddings(nn.Module):
             or not pixel_values.is_floating_point()
         ):
             got = (
-                f"{tuple(pixel_values.shape)} {pixel_values.dtype}"
-                if isinstance(pixel_values, torch.Tensor)
-                else pixel_values
+                f"{tuple(pixel_values.shape)} {pixel_values.dtype}" if torch.is_tensor(pixel_values) else pixel_values
             )
             raise ValueError(
                 f"pixel_values must be {expected} (normalised pixels, e.g. from CeiTImageProcessor); got {got}."
@@ -331,34 +333,21 @@ class CeiTEmbeddings(nn.Module):
         if channels != self.config.in_channels or batch == 0:
             raise ValueError(f"pixel_values must be {expected}, non-empty; got shape {tuple(pixel_values.shape)}.")
         if not interpolate_pos_encoding and (height, width) != self.config.image_hw:
+            size = "x".join(map(str, self.config.image_hw))
             raise ValueError(
-                f"Input image size ({height}x{width}) doesn't match the model ({'x'.join(map(str, self.config.image_hw))})."
-                " Resize the images, or pass interpolate_pos_encoding=True to resize the position embeddings."
+                f"Input image size ({height}x{width}) doesn't match the model ({size}). Resize the images, or pass "
+                "interpolate_pos_encoding=True to resize the position embeddings."
             )
-        return self.config.token_grid_size(height, width)
-
-    def tokens(self, features: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
-        """Patch tokens of the I2T feature map, with the class token and the position embeddings."""
-        tokens = self.patch_embeddings(features)
-        tokens = torch.cat((self.cls_token.expand(tokens.shape[0], -1, -1), tokens), dim=1)
-        return self.dropout(tokens + self.interpolate_pos_encoding(grid_size))
-
-    def forward(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False):
-        """(the tokens, class token first; their grid size; the I2T feature map, a backbone's "stem" stage). Models
-        call the embeddings through this forward only, so that hooks on the module (FSDP's all-gather of its
-        parameters) run around all of it."""
-        grid_size = self.check_pixel_values(pixel_values, interpolate_pos_encoding)
+        grid_size = self.config.token_grid_size(height, width)
         stem = self.image_to_tokens(pixel_values.to(self.cls_token.dtype))
-        return self.tokens(stem, grid_size), grid_size, stem
+        tokens = self.patch_embeddings(stem)
+        tokens = torch.cat((self.cls_token.expand(tokens.shape[0], -1, -1), tokens), dim=1)
+        return self.dropout(tokens + self.interpolate_pos_encoding(grid_size)), grid_size, stem
 
 
-class CeiTLeFF(nn.Module):
-    """Locally-enhanced Feed-Forward (Eq. 5-7): patch tokens are expanded, restored to their spatial grid and mixed
-    with their neighbours by a depthwise convolution, then projected back; the class token passes through unchanged.
-
-    The official 1x1 convolutions are Linear layers on the token layout (the same function and weights) and its
-    BatchNorms normalise the channel axis.
-    """
+class CeiTLeFF(CeiTRecomputable):
+    """Locally-enhanced Feed-Forward (Eq. 5-7): patch tokens are expanded, mixed with their neighbours on their grid by
+    a depthwise convolution, then projected back; the class token passes through unchanged."""
 
     def __init__(self, config: CeiTConfig):
         super().__init__()
@@ -384,24 +373,10 @@ class CeiTLeFF(nn.Module):
         self.reduce_norm = batch_norm(dim)
         # CODEPATH: the seed API's default has the paper's last GELU; the official checkpoints end on the BatchNorm.
         self.final_act = nn.GELU() if config.leff_final_activation else nn.Identity()
-        # Runtime switches, not configuration (`CeiTPreTrainedModel.set_leff_recompute`, activation checkpointing).
-        self.recompute_activations: bool | None = None  # None: on CPU tensors, where it was measured faster
-        self.layer_checkpointed = False
-
-    def recomputes(self, x: torch.Tensor) -> bool:
-        """Whether this training step recomputes the local enhancement in the backward pass instead of storing it:
-        not inside a checkpointed layer, whose replay recomputes everything once already."""
-        return not self.layer_checkpointed and _recomputes(self, self.recompute_activations, x)
 
     def forward(self, hidden_states: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
         class_token, tokens = hidden_states[:, :1], hidden_states[:, 1:]
-        x = self.expand(tokens)
-        if self.recomputes(x):
-            # Keep only the stage's input and output; its BatchNorm/GELU/depthwise activations are recomputed in
-            # the backward pass (BatchNorm statistics still updated once).
-            x = _checkpoint_updating_statistics_once(_checkpoint, self, self.local_enhancement, x, grid_size)
-        else:
-            x = self.local_enhancement(x, grid_size)
+        x = self.run(self.local_enhancement, self.expand(tokens), grid_size)
         x = self.final_act(_token_norm(self.reduce_norm, self.reduce(self.dropout(x))))
         return torch.cat((class_token, x), dim=1)
 
@@ -494,63 +469,20 @@ class CeiTEncoder(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(CeiTLayer(config, rate) for rate in config.drop_path_rates())
 
-    def forward(self, hidden_states: torch.Tensor, grid_size: tuple[int, int], **kwargs):
-        """The last block's tokens and every block's class token `(batch, num_blocks, d_model)`, for the LCA."""
-        class_tokens = []
+    def forward(self, hidden_states: torch.Tensor, grid_size: tuple[int, int], all_hidden_states=False, **kwargs):
+        """(the last block's tokens, or with `all_hidden_states` the embeddings and every block's tokens; every
+        block's class token `(batch, num_blocks, d_model)`, for the LCA)."""
+        states, class_tokens = (hidden_states,), []
         for layer in self.layers:
             hidden_states = layer(hidden_states, grid_size, **kwargs)
             class_tokens.append(hidden_states[:, 0])
-        return hidden_states, torch.stack(class_tokens, dim=1)
-
-
-@contextmanager
-def _running_statistics_kept(module: nn.Module):
-    """Runs `module`'s BatchNorms with momentum 0 (running statistics kept as they are) and restores their batch
-    counters on exit. The statistics themselves are not written back: autograd saved them, a copy would invalidate
-    the graph of a reentrant replay."""
-    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    saved = [(norm.momentum, norm.num_batches_tracked.clone()) for norm in norms]
-    try:
-        for norm in norms:
-            norm.momentum = 0.0
-        yield
-    finally:
-        for norm, (momentum, count) in zip(norms, saved):
-            norm.momentum = momentum
-            with torch.no_grad():
-                norm.num_batches_tracked.copy_(count)
-
-
-_checkpoint = partial(checkpoint, use_reentrant=False)
-
-
-def _checkpoint_updating_statistics_once(checkpoint_function: Callable, layer: nn.Module, function: Callable, *args):
-    """`checkpoint_function(function, *args)` for a layer with BatchNorms. Activation checkpointing runs the layer a second
-    time in the backward pass; that replay must normalise with the batch statistics again (it does: it calls the
-    same modules, synchronised ones included) but must not update the running statistics a second time."""
-    if torch.compiler.is_compiling():
-        # Compiled, the recomputation is part of the traced graph, where the statistics' update is not replayed.
-        return checkpoint_function(function, *args)
-    calls = 0
-
-    def run(*inputs):
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            return function(*inputs)
-        with _running_statistics_kept(layer):
-            return function(*inputs)
-
-    return checkpoint_function(run, *args)
-
-
-_FORWARD_KEYWORDS = {*TransformersKwargs.__annotations__, "output_lca_attentions"}
+            states = (*states, hidden_states) if all_hidden_states else (hidden_states,)
+        return states, torch.stack(class_tokens, dim=1)
 
 
 def _lca_attentions_with_attentions(forward: Callable) -> Callable:
-    """Records the LCA's attentions whenever the encoder's are asked for: transformers ties its own models' extra
-    attention outputs (cross-attentions, SAM's) to `output_attentions` inside `capture_outputs`, which knows no
-    other model's."""
+    """Records the LCA's attentions whenever the encoder's are asked for (`capture_outputs` ties only transformers'
+    own models' extra attentions to `output_attentions`)."""
 
     @wraps(forward)
     def wrapper(self, *args, **kwargs):
@@ -583,12 +515,15 @@ class CeiTPreTrainedModel(PreTrainedModel):
     _input_embed_layer = "patch_embeddings"
 
     def _init_weights(self, module: nn.Module):
-        """The official initialisation: truncated normal (std `initializer_range`) for the transformer's Linear
-        layers, PyTorch's defaults for convolutions and the Linear layers standing for them, zero layer-position
-        embeddings; norms (BatchNorm statistics included) as transformers initialises them."""
+        """The official initialisation: truncated normal Linear layers, PyTorch's defaults for convolutions (and the
+        Linear layers standing for them), zero layer-position embeddings."""
         super()._init_weights(module)
         if isinstance(module, nn.Conv2d) or getattr(module, "official_convolution", False):
-            _torch_default_init(module)
+            # PyTorch's own `reset_parameters`, as the official code initialises convolutions
+            init.kaiming_uniform_(module.weight, a=5**0.5)
+            if module.bias is not None:
+                bound = 1 / module.weight[0].numel() ** 0.5
+                init.uniform_(module.bias, -bound, bound)
         elif isinstance(module, nn.Linear):
             init.trunc_normal_(module.weight, std=self.config.initializer_range)
             if module.bias is not None:
@@ -610,26 +545,19 @@ class CeiTPreTrainedModel(PreTrainedModel):
                 layer._gradient_checkpointing_func = partial(
                     _checkpoint_updating_statistics_once, gradient_checkpointing_func, layer
                 )
-                for leff in layer.modules():
-                    if isinstance(leff, CeiTLeFF):
-                        leff.layer_checkpointed = bool(layer.gradient_checkpointing)
+                layer.leff.layer_checkpointed = bool(layer.gradient_checkpointing)
 
     # trf-ignore: TRF033 (a runtime speed/memory switch, like gradient checkpointing: kept out of config.json)
     def set_leff_recompute(self, enabled: bool | str = "auto"):
-        """Recompute LeFF's BatchNorm/GELU/depthwise activations in the backward pass of training instead of storing
-        them (`True`), store them (`False`), or `"auto"`: recompute on CPU, where with the stem's recomputation it holds
-        CeiT-T's training memory at 1.28x DeiT-T's instead of 2.17x for about 6% of the step (docs/performance.md),
-        store on accelerators. A runtime switch like activation checkpointing: not saved with the model, and changes
-        no result. Inside a layer that activation checkpointing already replays, LeFF is not recomputed a second
-        time."""
+        """Recompute LeFF's BatchNorm/GELU/depthwise activations in the backward pass of training (`True`), store them
+        (`False`), or `"auto"`: recompute on CPU (CeiT-T's training memory 1.28x DeiT-T's instead of 2.17x, for about
+        6% of the step: docs/performance.md), store on accelerators. Not saved with the model; changes no result."""
         self._set_recompute(CeiTLeFF, "set_leff_recompute", enabled)
 
     # trf-ignore: TRF033 (a runtime memory switch, like gradient checkpointing: kept out of config.json)
     def set_stem_recompute(self, enabled: bool | str = "auto"):
-        """Recompute the I2T stem's BatchNorm output and max-pool indices in the backward pass of training instead of
-        storing them (`True`), store them (`False`), or `"auto"`: recompute on CPU, where it brought CeiT-T's training
-        memory from 1.44x DeiT-T's to 1.28x for 2-4% of the step (docs/performance.md), store on accelerators. A
-        runtime switch: not saved with the model, and changes no result."""
+        """Recompute the I2T stem's BatchNorm output and max-pool indices in the backward pass of training (`True`),
+        store them (`False`), or `"auto"`: recompute on CPU, store on accelerators. Not saved with the model."""
         self._set_recompute(CeiTImage2Tokens, "set_stem_recompute", enabled)
 
     def _set_recompute(self, module_class: type, method: str, enabled: bool | str):
@@ -640,15 +568,6 @@ class CeiTPreTrainedModel(PreTrainedModel):
                 module.recompute_activations = None if enabled == "auto" else enabled
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        sharded_class = type(self)
-        if sharded_class.__name__.startswith("FSDP") and sharded_class.__bases__[-1].__module__ == __name__:
-            # FSDP2 makes the model an instance of `FSDP<class>`, a subclass defined in torch's FSDP module: the code
-            # saved with the weights, and the auto_map naming it, would be FSDP's. Saved as its CeiT class instead.
-            self.__class__ = sharded_class.__bases__[-1]
-            try:
-                return self.save_pretrained(save_directory, *args, **kwargs)
-            finally:
-                self.__class__ = sharded_class
         # `register_for_auto_class` maps only the saving class; a CeiT folder also loads as its base model.
         if self.is_remote_code():
             module = __name__.rsplit(".", 1)[-1]  # modeling_ceit, also when loaded as remote code
@@ -661,17 +580,7 @@ class CeiTPreTrainedModel(PreTrainedModel):
         return super().save_pretrained(save_directory, *args, **kwargs)
 
 
-def _torch_default_init(layer: nn.Module):
-    """PyTorch's own `reset_parameters` of Linear/Conv layers, through transformers' init helpers (which skip
-    weights loaded from a checkpoint)."""
-    init.kaiming_uniform_(layer.weight, a=5**0.5)
-    if layer.bias is not None:
-        bound = 1 / layer.weight[0].numel() ** 0.5
-        init.uniform_(layer.bias, -bound, bound)
-
-
-# auto_docstring with the intro given: its default one names the model from transformers' own module tree, which a
-# Hub remote-code file is not part of.
+# An intro given: auto_docstring's default one looks the model up in transformers' own module tree.
 @auto_docstring(custom_intro="The bare CeiT: I2T stem, encoder blocks with LeFF, and the LCA's class token (pooled).")
 class CeiTModel(CeiTPreTrainedModel):
     def __init__(self, config: CeiTConfig):
@@ -698,20 +607,17 @@ class CeiTModel(CeiTPreTrainedModel):
         pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
             Normalised pixels, e.g. from [`CeiTImageProcessor`].
         interpolate_pos_encoding (`bool`, *optional*):
-            Resize the position embeddings to the input's token grid, for inputs of another size than
-            `config.image_size` (any size whose stem output tiles into whole patches).
+            Resize the position embeddings to the token grid of inputs of another size than `config.image_size`.
         """
-        if pixel_values is None:
-            raise ValueError("You have to specify pixel_values.")
-        if unknown := set(kwargs) - _FORWARD_KEYWORDS:
+        if unknown := set(kwargs) - {*TransformersKwargs.__annotations__, "output_lca_attentions"}:
             # transformers passes unknown keywords on unread: a `head_mask` would be ignored without a word.
             raise TypeError(f"CeiT's forward got unexpected keyword arguments {sorted(unknown)}.")
         embeddings, grid_size, _ = self.embeddings(
             pixel_values, interpolate_pos_encoding=bool(interpolate_pos_encoding)
         )
-        last_hidden_state, class_tokens = self.encoder(embeddings, grid_size, **kwargs)
+        hidden_states, class_tokens = self.encoder(embeddings, grid_size, **kwargs)
         pooled, _ = self.lca(class_tokens, **kwargs)
-        return CeiTModelOutput(last_hidden_state=last_hidden_state, pooler_output=self.layernorm(pooled))
+        return CeiTModelOutput(last_hidden_state=hidden_states[-1], pooler_output=self.layernorm(pooled))
 
 
 class CeiTMLPHead(nn.Module):
@@ -728,9 +634,7 @@ class CeiTMLPHead(nn.Module):
         return self.out_proj(self.dropout(self.act(self.dense(x))))
 
 
-@auto_docstring(
-    custom_intro="CeiT with an image classification head on the LCA's class token (as the official model)."
-)
+@auto_docstring(custom_intro="CeiT with an image classification head on the LCA's class token.")
 class CeiTForImageClassification(CeiTPreTrainedModel):
     def __init__(self, config: CeiTConfig):
         super().__init__(config)
@@ -758,9 +662,8 @@ class CeiTForImageClassification(CeiTPreTrainedModel):
         pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
             Normalised pixels, e.g. from [`CeiTImageProcessor`].
         labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
-            Class indices in `[0, config.num_labels)` for single-label classification, float targets
-            `(batch_size, num_labels)` for multi-label, or floats for regression (`num_labels == 1`), as set by
-            `config.problem_type`.
+            Class indices in `[0, config.num_labels)`; float targets `(batch_size, num_labels)` for multi-label, or
+            floats for regression (`num_labels == 1`), as set by `config.problem_type`.
         interpolate_pos_encoding (`bool`, *optional*):
             Resize the position embeddings to the input's token grid (inputs of another size than `image_size`).
         """
@@ -778,11 +681,9 @@ class CeiTForImageClassification(CeiTPreTrainedModel):
 
 @auto_docstring(
     custom_intro="""
-    CeiT as a backbone for dense prediction (`AutoBackbone`, `backbone_config=CeiTConfig(...)` of UperNet, DPT, ...):
-    the stages are the Image-to-Tokens map ("stem", `(batch, i2t_out_channels, H/4, W/4)` with the default stem) and
-    each block's patch tokens as a map ("stage1" ... "stageN", `(batch, d_model, h, w)`, class token dropped), through
-    a shared LayerNorm when `config.apply_layernorm`. Loads the backbone weights of a classification checkpoint; the
-    LCA and classifier are not part of it.
+    CeiT as a backbone for dense prediction (`AutoBackbone`, the `backbone_config` of UperNet, DPT, ...): the stages
+    are the Image-to-Tokens map ("stem") and each block's patch tokens as a map ("stage1" ... "stageN", class token
+    dropped, through a shared LayerNorm when `config.apply_layernorm`). Loads a classification checkpoint's backbone.
     """
 )
 class CeiTBackbone(BackboneMixin, CeiTPreTrainedModel):
@@ -811,23 +712,15 @@ class CeiTBackbone(BackboneMixin, CeiTPreTrainedModel):
         pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
             Normalised pixels, e.g. from [`CeiTImageProcessor`].
         interpolate_pos_encoding (`bool`, *optional*, defaults to `True`):
-            Accept any input size whose stem output tiles into patches (dense prediction heads feed crops of any
-            size); `False` holds the input to `config.image_size`.
+            Accept any input size whose stem output tiles into patches; `False` holds it to `config.image_size`.
         """
-        if pixel_values is None:
-            raise ValueError("You have to specify pixel_values.")
         embeddings, grid_size, stem = self.embeddings(
             pixel_values, interpolate_pos_encoding=interpolate_pos_encoding is not False
         )
-        hidden_states = [embeddings]
-        for layer in self.encoder.layers:
-            hidden_states.append(layer(hidden_states[-1], grid_size, **kwargs))
-        feature_maps = []
-        for stage, hidden_state in zip(self.stage_names, hidden_states):
+        hidden_states, _ = self.encoder(embeddings, grid_size, all_hidden_states=True, **kwargs)
+        feature_maps = [stem] if "stem" in self.out_features else []
+        for stage, hidden_state in zip(self.stage_names[1:], hidden_states[1:]):
             if stage not in self.out_features:
-                continue
-            if stage == "stem":
-                feature_maps.append(stem)
                 continue
             tokens = hidden_state[:, 1:]
             # CODEPATH: no released checkpoint; dense-prediction heads take normalised maps by default (as DINOv2's).
@@ -837,7 +730,7 @@ class CeiTBackbone(BackboneMixin, CeiTPreTrainedModel):
             if self.config.reshape_hidden_states:
                 tokens = tokens.transpose(1, 2).reshape(tokens.shape[0], -1, *grid_size)
             feature_maps.append(tokens)
-        return BackboneOutput(feature_maps=tuple(feature_maps), hidden_states=tuple(hidden_states))
+        return BackboneOutput(feature_maps=tuple(feature_maps), hidden_states=hidden_states)
 
 
 __all__ = ["CeiTBackbone", "CeiTForImageClassification", "CeiTModel", "CeiTPreTrainedModel"]

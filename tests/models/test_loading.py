@@ -1,4 +1,4 @@
-"""Bad model inputs, damaged and mismatched checkpoints, and numerics across the presets.
+"""Damaged and mismatched checkpoints, and numerics across the presets (bad model inputs: test_modeling_ceit.py).
 
 Loading follows transformers' contract: weights missing from a checkpoint are initialised and listed in the load
 report, unknown ones are reported, mismatched shapes raise `RuntimeError` unless `ignore_mismatched_sizes=True`,
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from conftest import tiny_config
@@ -17,43 +16,6 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForImageClassification
 
 from ceit_hf import PRESETS, CeiTConfig, CeiTForImageClassification, CeiTModel
-
-
-# --- model inputs ---------------------------------------------------------------------------------------------------
-
-BAD_MODEL_INPUTS = {
-    "channels-last batch": (lambda: torch.randn(2, 32, 32, 3), {}, r"non-empty; got shape \(2, 32, 32, 3\)"),
-    "RGBA batch": (lambda: torch.randn(2, 4, 32, 32), {}, r"shape \(batch_size, 3, height, width\), non-empty"),
-    "2-D tensor": (lambda: torch.randn(32, 32), {}, r"shape \(batch_size, 3, height, width\) .* got \(32, 32\)"),
-    "int64 pixels": (lambda: torch.randint(0, 255, (2, 3, 32, 32)), {}, "a float tensor .* got .* torch.int64"),
-    "bool pixels": (lambda: torch.zeros(2, 3, 32, 32, dtype=torch.bool), {}, "a float tensor .* torch.bool"),
-    "complex pixels": (lambda: torch.zeros(2, 3, 32, 32, dtype=torch.complex64), {}, "a float tensor"),
-    "numpy array": (lambda: np.zeros((2, 3, 32, 32), np.float32), {}, "must be a float tensor of shape"),
-    "non-square": (lambda: torch.randn(2, 3, 32, 48), {}, r"\(32x48\) doesn't match the model \(32x32\)"),
-    "smaller": (lambda: torch.randn(2, 3, 16, 16), {}, r"\(16x16\) doesn't match .* interpolate_pos_encoding=True"),
-    "empty batch, other size": (lambda: torch.randn(0, 3, 48, 48), {"interpolate_pos_encoding": True}, "non-empty"),
-    "1x1 with interpolation": (lambda: torch.randn(2, 3, 1, 1), {"interpolate_pos_encoding": True}, "does not tile"),
-    "0x0 with interpolation": (lambda: torch.randn(2, 3, 0, 0), {"interpolate_pos_encoding": True}, "does not tile"),
-    "None": (lambda: None, {}, "specify pixel_values"),
-}
-
-
-@pytest.mark.parametrize("name", list(BAD_MODEL_INPUTS))
-@pytest.mark.parametrize("cls", [CeiTForImageClassification, CeiTModel])
-def test_bad_model_inputs_raise_clear_value_errors(cls, name):
-    make, kwargs, message = BAD_MODEL_INPUTS[name]
-    model = cls(tiny_config()).eval()
-    with pytest.raises(ValueError, match=message):
-        model(make(), **kwargs)
-
-
-def test_channel_count_is_checked_for_other_channel_counts():
-    model = CeiTForImageClassification(tiny_config(in_channels=1)).eval()
-    with pytest.raises(
-        ValueError, match=r"shape \(batch_size, 1, height, width\), non-empty; got shape \(2, 3, 32, 32\)"
-    ):
-        model(torch.randn(2, 3, 32, 32))
-    assert model(torch.randn(2, 1, 32, 32)).logits.shape == (2, 5)
 
 
 # --- damaged and mismatched checkpoints ----------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import json
 import math
 import unittest
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -23,7 +24,7 @@ from transformers.modeling_outputs import ImageClassifierOutput
 
 from ceit_hf import CeiTBackbone, CeiTConfig, CeiTForImageClassification, CeiTModel
 from ceit_hf.conversion import convert_official_state_dict, infer_config
-from ceit_hf.modeling_ceit import CeiTLayerScale, CeiTPatchEmbeddings, _recomputes
+from ceit_hf.modeling_ceit import CeiTLayerScale, CeiTPatchEmbeddings
 
 
 class CeiTModelTest(unittest.TestCase):
@@ -590,24 +591,46 @@ def test_activation_checkpointing_every_n_layers_and_offload():
     assert checkpointed[1, True] < saved
 
 
-# --- bad inputs (more in tests/models/test_loading.py) ------------------------------------------------------------------
+# --- bad inputs ------------------------------------------------------------------------------------------------
+
+BAD_MODEL_INPUTS = {
+    "channels-last batch": (lambda: torch.randn(2, 32, 32, 3), {}, r"non-empty; got shape \(2, 32, 32, 3\)"),
+    "RGBA batch": (lambda: torch.randn(2, 4, 32, 32), {}, r"shape \(batch_size, 3, height, width\), non-empty"),
+    "grayscale batch": (lambda: torch.randn(2, 1, 32, 32), {}, r"non-empty; got shape \(2, 1, 32, 32\)"),
+    "2-D tensor": (lambda: torch.randn(32, 32), {}, r"shape \(batch_size, 3, height, width\) .* got \(32, 32\)"),
+    "3-D tensor": (lambda: torch.randn(3, 32, 32), {}, r"shape \(batch_size, 3, height, width\)"),
+    "int64 pixels": (lambda: torch.randint(0, 255, (2, 3, 32, 32)), {}, "a float tensor .* got .* torch.int64"),
+    "uint8 pixels": (lambda: torch.randint(0, 255, (2, 3, 32, 32), dtype=torch.uint8), {}, "float tensor"),
+    "bool pixels": (lambda: torch.zeros(2, 3, 32, 32, dtype=torch.bool), {}, "a float tensor .* torch.bool"),
+    "complex pixels": (lambda: torch.zeros(2, 3, 32, 32, dtype=torch.complex64), {}, "a float tensor"),
+    "numpy array": (lambda: np.zeros((2, 3, 32, 32), np.float32), {}, "must be a float tensor of shape"),
+    "nested list": (lambda: [[0.0]], {}, "float tensor of shape"),
+    "non-square": (lambda: torch.randn(2, 3, 32, 48), {}, r"\(32x48\) doesn't match the model \(32x32\)"),
+    "smaller": (lambda: torch.randn(2, 3, 16, 16), {}, r"\(16x16\) doesn't match .* interpolate_pos_encoding=True"),
+    "empty batch": (lambda: torch.randn(0, 3, 32, 32), {}, "non-empty"),
+    "empty batch, other size": (lambda: torch.randn(0, 3, 48, 48), {"interpolate_pos_encoding": True}, "non-empty"),
+    "1x1 with interpolation": (lambda: torch.randn(2, 3, 1, 1), {"interpolate_pos_encoding": True}, "does not tile"),
+    "0x0 with interpolation": (lambda: torch.randn(2, 3, 0, 0), {"interpolate_pos_encoding": True}, "does not tile"),
+    "None": (lambda: None, {}, "specify pixel_values"),
+}
 
 
-@pytest.mark.parametrize(
-    "value, message",
-    [
-        (torch.randn(3, 32, 32), r"shape \(batch_size, 3, height, width\)"),
-        (torch.randn(2, 1, 32, 32), r"non-empty; got shape \(2, 1, 32, 32\)"),
-        (torch.randint(0, 255, (2, 3, 32, 32), dtype=torch.uint8), "float tensor"),
-        (torch.randn(0, 3, 32, 32), "non-empty"),
-        (None, "pixel_values"),
-        ([[0.0]], "float tensor of shape"),
-    ],
-)
-def test_bad_inputs_raise_clear_errors(value, message):
-    model = CeiTForImageClassification(tiny_config()).eval()
+@pytest.mark.parametrize("name", list(BAD_MODEL_INPUTS))
+@pytest.mark.parametrize("cls", [CeiTForImageClassification, CeiTModel])
+def test_bad_model_inputs_raise_clear_value_errors(cls, name):
+    make, kwargs, message = BAD_MODEL_INPUTS[name]
+    model = cls(tiny_config()).eval()
     with pytest.raises(ValueError, match=message):
-        model(value)
+        model(make(), **kwargs)
+
+
+def test_channel_count_is_checked_for_other_channel_counts():
+    model = CeiTForImageClassification(tiny_config(in_channels=1)).eval()
+    with pytest.raises(
+        ValueError, match=r"shape \(batch_size, 1, height, width\), non-empty; got shape \(2, 3, 32, 32\)"
+    ):
+        model(torch.randn(2, 3, 32, 32))
+    assert model(torch.randn(2, 1, 32, 32)).logits.shape == (2, 5)
 
 
 @pytest.mark.parametrize("keyword", ["head_mask", "bool_masked_pos", "output_hiden_states", "attention_mask"])
@@ -713,10 +736,10 @@ def test_recompute_is_a_runtime_switch(tmp_path, switch):
     model = CeiTForImageClassification(tiny_config()).train()
     embeddings, layer = model.ceit.embeddings, model.ceit.encoder.layers[0]
     module = layer.leff if switch == "set_leff_recompute" else embeddings.image_to_tokens
-    assert _recomputes(module, module.recompute_activations, torch.zeros(1))
-    assert not _recomputes(module, module.recompute_activations, torch.zeros(1, device="meta"))
+    assert module.recomputes(torch.zeros(1))
+    assert not module.recomputes(torch.zeros(1, device="meta"))
     getattr(model, switch)(False)
-    assert not _recomputes(module, module.recompute_activations, torch.zeros(1))
+    assert not module.recomputes(torch.zeros(1))
     with pytest.raises(ValueError, match=f"{switch} takes True, False or 'auto'"):
         getattr(model, switch)("yes")
     model.save_pretrained(tmp_path)
