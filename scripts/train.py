@@ -8,7 +8,7 @@
     torchrun --nproc_per_node 8 scripts/train.py --preset ceit_tiny_patch16_224 --recipe deit \
         --dataset_name imagenet-1k --bf16 --output_dir runs/ceit-t
 
-Every TrainingArguments flag works; see `python scripts/train.py --help` and ceit_hf/training.py.
+Every TrainingArguments flag works; see `python scripts/train.py --help` and ceit_hf/training/.
 """
 
 from ceit_hf.training import main

@@ -3,5 +3,5 @@
 `transforms` and `loader` (DataLoader sizing, repeated augmentation). Nothing here imports `ceit_hf.training`."""
 
 from .decoding import IGNORE_INDEX, BadImageError, DecodedExamples, decode_image, undecoded, with_transform
-from .loader import cpus_per_process, data_loader_defaults, default_num_workers
+from .loader import cpus_per_process, default_num_workers
 from .sources import DataSource, check_labels, digits_dataset, image_folder_dataset, label_names, load_image_datasets

@@ -20,14 +20,6 @@ def default_num_workers() -> int:
     return max(0, cpus_per_process() - 1)
 
 
-def data_loader_defaults(given: dict) -> dict:
-    """DataLoader defaults for the flags `given`: persistent workers, none for the bundled digits (in memory)."""
-    bundled = "dataset_name" not in given and "train_dir" not in given
-    workers = given.get("dataloader_num_workers", 0 if bundled else default_num_workers())
-    # DataLoader refuses persistent workers without worker processes
-    return {"dataloader_num_workers": workers, "dataloader_persistent_workers": workers > 0}
-
-
 class RepeatedAugmentationSampler(torch.utils.data.Sampler):
     """DeiT's `RASampler`: a permutation from (seed + epoch), each row `repeats` times (keys `row + k * length`) dealt
     to the ranks, `length // 256 * 256 / world_size` each, interleaved batch by batch as accelerate shards them."""

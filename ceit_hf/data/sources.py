@@ -217,11 +217,11 @@ def main_process_first():
     import torch.distributed
     from accelerate import PartialState
 
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        with PartialState().local_main_process_first():
+            yield PartialState().is_local_main_process
+    else:
         yield True
-        return
-    with PartialState().local_main_process_first():
-        yield PartialState().is_local_main_process
 
 
 def load_image_datasets(source: DataSource, seed: int):  # noqa: C901 (a branch per data source)
@@ -400,22 +400,13 @@ def check_labels(dataset, label_column: str, num_labels: int, split: str):
         )
 
 
-def example_count(dataset) -> str:
-    """The number of examples of `dataset`, or "streamed" for a stream."""
-    try:
-        return str(len(dataset))
-    except TypeError:
-        return "streamed"
-
-
 def image_size_from_data(train, column: str, samples: int = 64) -> int:
     """The crop size from scratch: the median shorter side of the first images, a multiple of 16, 32 to 224."""
     feature = train.features[column] if train.features else None
-    values = [row[column] for row in itertools.islice(undecoded(train, column), samples)]
     sides = []
-    for value in values:
+    for row in itertools.islice(undecoded(train, column), samples):
         try:
-            sides.append(min(decode_image(value, feature).size))
+            sides.append(min(decode_image(row[column], feature).size))
         except BadImageError as error:
             logger.warning("Leaving %s out of the image size choice: %s", error.name, error.reason)
     side = int(np.median(sides)) if sides else 224

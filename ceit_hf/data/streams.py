@@ -1,12 +1,10 @@
 # Copyright 2026 The ceit_hf authors. Licensed under the Apache License, Version 2.0.
-"""Streams (`--streaming`): a Hub dataset or local shards read as they are consumed.
-
-In pass P the shards are ordered from (seed, P); process R takes every world-size-th (or reads all and keeps one
-example in world size), its worker W every num-workers-th of those: a pass gives every example once. A worker reads
-pass after pass through a shuffle buffer seeded from (seed, P, R, W); a row leaving it gets its index in the pass and
-only then is decoded and augmented, seeded from (P, R, W, index). A checkpoint saves each worker's (pass, index) and
-the worker due next; a resumed worker reads its pass again through the same buffer, passing over the rows consumed.
-"""
+"""Streams (`--streaming`): a Hub dataset or local shards read as they are consumed. In pass P the shards are ordered
+from (seed, P); process R takes every world-size-th (or reads all and keeps one example in world size), its worker W
+every num-workers-th of those: a pass gives every example once. A worker reads pass after pass through a shuffle
+buffer seeded from (seed, P, R, W); a row leaving it gets its index in the pass and only then is decoded and augmented,
+seeded from (P, R, W, index). A checkpoint saves each worker's (pass, index) and the worker due next; a resumed worker
+reads its pass again through the same buffer, passing over the rows consumed."""
 
 from __future__ import annotations
 
@@ -58,12 +56,10 @@ class StreamedExamples(torch.utils.data.IterableDataset):
             import fsspec.asyn
 
             fsspec.asyn.reset_lock()
-        # a DataLoader starts at its worker 0, which plays the worker due next (read at the start, before any batch is
-        # consumed: the position resumed from, else none)
+        # a DataLoader starts at its worker 0, which plays the worker due next (of the position resumed from, if any)
         worker = (physical + self.next_worker) % num_workers
         seed, buffer_size, rank, world_size = self.split
-        total = self.source.num_shards
-        start = self.consumed.get(worker) or {"pass": 0, "given": 0}
+        total, start = self.source.num_shards, self.consumed.get(worker, {"pass": 0, "given": 0})
         number, skip = start["pass"], start["given"]
         while True:
             order = np.random.default_rng([seed, number]).permutation(total).tolist()
@@ -107,11 +103,14 @@ class StreamedExamples(torch.utils.data.IterableDataset):
             return None
         return {"pixel_values": self.transform([decoded[0]], [key])[0], "labels": decoded[1]}
 
-    def data_loader(self, args):
-        """The training DataLoader (not Trainer's: accelerate would split the stream again)."""
-        workers, world_size, shards = args.dataloader_num_workers, self.split[3], self.source.num_shards
+    def data_loader(self, args, accelerator=None):
+        """The stream's DataLoader (not Trainer's: accelerate would split the stream again); in evaluation, this
+        process's share (a worker per shard at most) in step with the other processes' (`EvaluationLoader`)."""
+        training, shards = self.split is not None, self.source.num_shards
+        workers = args.dataloader_num_workers if training else min(args.dataloader_num_workers, shards)
+        world_size = self.split[3] if training else 1
         each = shards // world_size if shards % world_size == 0 else shards
-        if each < max(1, workers):  # a worker without a shard of its own would be silent loss
+        if training and each < max(1, workers):  # a worker without a shard of its own would be silent loss
             raise SystemExit(
                 f"error: --streaming: the training split has {shards} shard(s), {each} for each of the {world_size} "
                 f"process(es), fewer than its {workers} data-loading workers, which read whole shards: expected "
@@ -119,30 +118,16 @@ class StreamedExamples(torch.utils.data.IterableDataset):
             )
         loader = torch.utils.data.DataLoader(
             self,
-            batch_size=args.per_device_train_batch_size,
-            collate_fn=collate_stream,
+            batch_size=args.per_device_train_batch_size if training else args.eval_batch_size,
+            collate_fn=collate_stream if training else default_data_collator,
             num_workers=workers,
             pin_memory=args.dataloader_pin_memory,
-            persistent_workers=args.dataloader_persistent_workers and workers > 0,
+            persistent_workers=training and args.dataloader_persistent_workers and workers > 0,
             prefetch_factor=args.dataloader_prefetch_factor if workers else None,
             # as Trainer's own loaders: "forkserver" or "spawn" keeps workers from forking a multi-threaded process
             multiprocessing_context=args.dataloader_multiprocessing_context if workers else None,
         )
-        return StreamLoader(loader, self, max(1, workers))
-
-    def evaluation_loader(self, args, accelerator):
-        """The evaluation DataLoader of this process's share (a worker per shard at most), in step with the others."""
-        workers = min(args.dataloader_num_workers, self.source.num_shards)
-        loader = torch.utils.data.DataLoader(
-            self,
-            batch_size=args.eval_batch_size,
-            collate_fn=default_data_collator,
-            num_workers=workers,
-            pin_memory=args.dataloader_pin_memory,
-            prefetch_factor=args.dataloader_prefetch_factor if workers else None,
-            multiprocessing_context=args.dataloader_multiprocessing_context if workers else None,
-        )
-        return EvaluationLoader(loader, self, accelerator)
+        return StreamLoader(loader, self, max(1, workers)) if training else EvaluationLoader(loader, self, accelerator)
 
     def settings(self, args) -> dict:
         """What a resumed run must share with the saved one to read the same stream."""
@@ -161,10 +146,7 @@ class StreamedExamples(torch.utils.data.IterableDataset):
                 f"error: {source} holds a stream position of an earlier ceit_hf, which did not resume exactly: "
                 "expected a checkpoint of this version (or start the run afresh)."
             )
-        ours = self.settings(args)
-        differ = [
-            f"{name} {saved.get(name)} there, {value} here" for name, value in ours.items() if saved.get(name) != value
-        ]
+        differ = [f"{k} {saved.get(k)} there, {v} here" for k, v in self.settings(args).items() if saved.get(k) != v]
         if differ:
             raise SystemExit(
                 f"error: {source} was saved by a stream read otherwise ({', '.join(differ)}): a stream resumes with "
@@ -278,8 +260,7 @@ def streamed_splits(
     """(training stream, this process's share of the validation stream or None) of the streams `raw`."""
     from datasets.distributed import split_dataset_by_node
 
-    columns = (source.image_column_name, source.label_column_name)
-    policy = source.bad_image_policy
+    columns, policy = (source.image_column_name, source.label_column_name), source.bad_image_policy
     training = StreamedExamples(
         raw["train"], *columns, train, num_labels, policy, split=(seed, shuffle_buffer_size, rank, world_size)
     )

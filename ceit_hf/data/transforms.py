@@ -75,11 +75,7 @@ def train_transform(
 
 def eval_transform(processor):
     """The evaluation transform: the image processor's (resize, centre crop, normalised float)."""
-
-    def apply(images, indices=None):
-        return list(processor([image.convert("RGB") for image in images], return_tensors="pt")["pixel_values"])
-
-    return apply
+    return lambda images, keys=None: list(processor(list(map(rgb, images)), return_tensors="pt")["pixel_values"])
 
 
 class SeededAugmentation:
@@ -139,7 +135,7 @@ def batch_mixer(num_labels: int, mixup_alpha: float = 0.0, cutmix_alpha: float =
     """`BatchMixing` when Mixup or CutMix is on, else None."""
     if mixup_alpha <= 0 and cutmix_alpha <= 0:
         return None
-    return BatchMixing(num_labels, mixup_alpha, cutmix_alpha, label_smoothing=label_smoothing)
+    return BatchMixing(num_labels, mixup_alpha, cutmix_alpha, label_smoothing)
 
 
 class BatchAugmentation:

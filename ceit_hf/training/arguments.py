@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,11 +15,13 @@ from pathlib import Path
 import torch
 from transformers import HfArgumentParser, TrainingArguments
 from transformers.trainer_utils import sort_checkpoints
+from transformers.utils import strtobool
 
 from ..configuration_ceit import PRESETS
-from ..data.loader import data_loader_defaults
+from ..data.loader import default_num_workers
 from ..data.streams import STREAM_STATE_FILE
 from ..data.transforms import rand_augment
+from ..distributed import check_fsdp_settings
 from ..hub import safetensors_problem
 
 
@@ -146,7 +149,7 @@ ARGUMENT_CLASSES = (ModelArguments, DataArguments, RecipeArguments, TrainingArgu
 def job_defaults(given: dict) -> dict:
     """The defaults of the run that the given flags describe."""
     defaults = dict(RUN_DEFAULTS, dataloader_pin_memory=torch.cuda.is_available())  # pinning needs an accelerator
-    if "dataset_name" not in given and "train_dir" not in given:
+    if bundled := "dataset_name" not in given and "train_dir" not in given:
         defaults.update(DIGITS_DEFAULTS)
     elif not {"model_name_or_path", "preset", "config_overrides"} & set(given):
         defaults.update(SMALL_MODEL_DEFAULTS)
@@ -154,7 +157,9 @@ def job_defaults(given: dict) -> dict:
         defaults.update(DEIT_RECIPE)
     if given.get("streaming"):
         defaults.update(STREAMING_DEFAULTS)
-    return defaults | data_loader_defaults(given)
+    # no workers for the bundled digits (in memory); DataLoader refuses persistent workers without worker processes
+    workers = given.get("dataloader_num_workers", 0 if bundled else default_num_workers())
+    return defaults | {"dataloader_num_workers": workers, "dataloader_persistent_workers": workers > 0}
 
 
 def parse_args(argv: list[str] | None = None):
@@ -234,15 +239,28 @@ def check_args(model_args, data_args, recipe_args, training_args) -> None:  # no
         if data_args.shuffle_buffer_size < 1:
             raise SystemExit(f"error: --shuffle_buffer_size must be at least 1, got {data_args.shuffle_buffer_size}.")
         training_args.ignore_data_skip = True  # Trainer's skipping would read the skipped batches again
+    if fsdp_requested(training_args):  # refused also on CPU processes, which run DDP instead
+        plugin = getattr(training_args, "fsdp_plugin_args", None) or {  # --fsdp_config, else accelerate's environment
+            "fsdp_version": os.environ.get("FSDP_VERSION", "1"),
+            "activation_checkpointing": strtobool(os.environ.get("FSDP_ACTIVATION_CHECKPOINTING", "false")),
+        }
+        try:
+            check_fsdp_settings(int(plugin["fsdp_version"]), bool(plugin.get("activation_checkpointing", False)))
+        except ValueError as error:
+            raise SystemExit(f"error: {error}") from None
+
+
+def fsdp_requested(args) -> bool:
+    """`--fsdp`, or an accelerate config with `distributed_type: FSDP` (passed on as ACCELERATE_USE_FSDP)."""
+    return bool(args.fsdp) or bool(strtobool(os.environ.get("ACCELERATE_USE_FSDP", "false")))
 
 
 EMA_FILE = "ema.safetensors"
 
 
 def checkpoint_problems(folder, ema: bool = False, streams: int = 0) -> list[str]:
-    """What keeps `folder` from being a complete Trainer checkpoint (nothing when it is one), with the EMA (`ema`)
-    and the stream positions of `streams` processes. Trainer writes the weights first, `trainer_state.json` last,
-    then the callbacks theirs: a run killed while saving leaves some of them missing or truncated."""
+    """What keeps `folder` from being a complete checkpoint, with the EMA (`ema`) and `streams` stream positions: Trainer
+    writes the weights, `trainer_state.json`, then the callbacks theirs; a run killed while saving leaves some out."""
     folder = Path(folder)
     if not folder.is_dir():
         return ["no such folder"]

@@ -1,6 +1,5 @@
 # Copyright 2026 The ceit_hf authors. Licensed under the Apache License, Version 2.0.
-"""Trainer callbacks of the recipe: an EMA of the weights, the epoch of the seeded augmentation, and (under FSDP)
-BatchNorm statistics averaged over the ranks."""
+"""Trainer callbacks of the recipe: an EMA of the weights, the augmentation's epoch, FSDP's BatchNorm statistics."""
 
 from __future__ import annotations
 
@@ -69,8 +68,7 @@ class EpochCallback(TrainerCallback):
 
 
 class BatchNormStatisticsCallback(TrainerCallback):
-    """Under FSDP: the BatchNorm statistics averaged over the ranks after every optimizer step, so that evaluation,
-    checkpoints and the EMA see one set."""
+    """Under FSDP: BatchNorm statistics averaged over the ranks after every step (evaluation and the EMA see one set)."""
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         average_batch_norm_statistics(model)

@@ -21,17 +21,9 @@ logger = logging.getLogger("ceit_hf.training")
 def small_config(image_size: int, id2label: dict[int, str], **overrides):
     """The small CeiT the main job trains from scratch: the official architecture at width 64 with 4 blocks and
     a 4x4 (images <= 64 px) or wider token grid."""
-    settings = {
-        "image_size": image_size,
-        "d_model": 64,
-        "encoder_num_heads": 2,
-        "lca_encoder_num_heads": 2,
-        "num_encoder_blocks": 4,
-        "i2t_out_channels": 32,
-        "patch_size": 2 if image_size <= 64 else 4,
-        "id2label": id2label,
-    }
-    return CeiTConfig.from_preset("ceit_tiny_patch16_224", **{**settings, **overrides})
+    settings = {"d_model": 64, "encoder_num_heads": 2, "lca_encoder_num_heads": 2, "num_encoder_blocks": 4}
+    settings |= {"i2t_out_channels": 32, "image_size": image_size, "patch_size": 2 if image_size <= 64 else 4}
+    return CeiTConfig.from_preset("ceit_tiny_patch16_224", **settings | {"id2label": id2label} | overrides)
 
 
 def parse_config_overrides(text: str | None) -> dict:

@@ -17,27 +17,18 @@ import numpy as np
 import torch
 import transformers
 from transformers import default_data_collator, set_seed
-from transformers.utils import strtobool
 
 from ..cpu_memory import keep_freed_cpu_memory_if
-from ..data.decoding import IGNORE_INDEX, BadImageError, with_transform
+from ..data import IGNORE_INDEX, BadImageError, DataSource, check_labels, label_names, load_image_datasets
+from ..data.decoding import with_transform
 from ..data.loader import RepeatedAugmentationSampler
-from ..data.sources import (
-    DIGITS_IMAGE_SIZE,
-    DataSource,
-    check_labels,
-    class_names_of,
-    example_count,
-    image_size_from_data,
-    label_names,
-    load_image_datasets,
-)
+from ..data.sources import DIGITS_IMAGE_SIZE, class_names_of, image_size_from_data
 from ..data.streams import StreamedExamples, StreamError, StreamPositionCallback, streamed_splits
 from ..data.transforms import BatchAugmentation, SeededAugmentation, batch_mixer, eval_transform, train_transform
-from ..distributed import check_fsdp_settings, replicas_agree, shard_for_accelerator
+from ..distributed import replicas_agree, shard_for_accelerator
 from ..hub import push_model_folder
 from ..model_card import training_card
-from .arguments import SWITCH, DataArguments, ModelArguments, RecipeArguments, parse_args
+from .arguments import SWITCH, DataArguments, ModelArguments, RecipeArguments, fsdp_requested, parse_args
 from .callbacks import BatchNormStatisticsCallback, EpochCallback, ModelEMACallback
 from .model import add_lora_adapters, build_model, hub_options, image_processor_for
 
@@ -80,12 +71,9 @@ def _trainer_class():  # noqa: C901 (the overrides count as its branches)
         def _get_train_sampler(self, train_dataset=None):  # (a stream has its own DataLoader: never here)
             if self.repeated_augmentation <= 1:
                 return super()._get_train_sampler(train_dataset)
+            args, dataset = self.args, self.train_dataset if train_dataset is None else train_dataset
             return RepeatedAugmentationSampler(
-                len(self.train_dataset if train_dataset is None else train_dataset),
-                self.repeated_augmentation,
-                world_size=self.args.world_size,
-                batch_size=self.args.per_device_train_batch_size,
-                seed=self.args.seed,
+                len(dataset), self.repeated_augmentation, args.world_size, args.per_device_train_batch_size, args.seed
             )
 
         def get_train_dataloader(self):
@@ -97,7 +85,7 @@ def _trainer_class():  # noqa: C901 (the overrides count as its branches)
             # a stream's processes each read their own share in step, and the gathering drops the padding
             dataset = self.eval_dataset if eval_dataset is None else eval_dataset
             if isinstance(dataset, StreamedExamples):
-                loader = dataset.evaluation_loader(self.args, self.accelerator)
+                loader = dataset.data_loader(self.args, self.accelerator)
                 self.gather_function = loader.gather  # (the evaluation loop resets it when it ends)
                 return loader
             return super().get_eval_dataloader(eval_dataset)
@@ -142,20 +130,13 @@ def train_and_evaluate(
             raise SystemExit("error: --sync_batchnorm needs CUDA devices (SyncBatchNorm has no CPU implementation).")
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     size = (processor.crop_size["height"], processor.crop_size["width"])
-    validation = example_count(raw["validation"]) if "validation" in raw else "no"
+    count = {split: "streamed" if data_args.streaming else len(raw[split]) for split in raw}
     logger.info(
         f"Model: {type(model).__name__}, {sum(p.numel() for p in model.parameters()):,} parameters, image size "
-        f"{size}, {len(labels)} classes; {example_count(raw['train'])} training / {validation} validation images"
+        f"{size}, {len(labels)} classes; {count['train']} training / {count.get('validation', 'no')} validation images"
     )
-    transform = train_transform(
-        size,
-        crop_min_scale=recipe_args.crop_min_scale,
-        hflip=recipe_args.hflip,
-        auto_augment=recipe_args.auto_augment,
-        color_jitter=recipe_args.color_jitter,
-        mean=processor.image_mean,
-    )
-    augmentation = SeededAugmentation(transform, seed=training_args.seed)
+    recipe = {name: getattr(recipe_args, name) for name in ("crop_min_scale", "hflip", "auto_augment", "color_jitter")}
+    augmentation = SeededAugmentation(train_transform(size, mean=processor.image_mean, **recipe), training_args.seed)
     callbacks = [EpochCallback(augmentation)]
     if data_args.streaming:
         train_set, eval_set = streamed_splits(
@@ -179,8 +160,8 @@ def train_and_evaluate(
         ema = ModelEMACallback(recipe_args.model_ema_decay, resume_from=training_args.resume_from_checkpoint)
         callbacks.append(ema)
     smoothing = training_args.label_smoothing_factor
-    mixing = recipe_args.mixup_alpha > 0 or recipe_args.cutmix_alpha > 0
     mix = batch_mixer(len(labels), recipe_args.mixup_alpha, recipe_args.cutmix_alpha)
+    batch_augmentation = BatchAugmentation(processor.image_mean, processor.image_std, recipe_args.random_erasing, mix)
     trainer = _trainer_class()(
         model=model,
         args=training_args,
@@ -190,13 +171,10 @@ def train_and_evaluate(
         processing_class=processor,
         compute_metrics=compute_metrics_fn(len(labels)),
         callbacks=callbacks,
-        compute_loss_func=soft_target_loss(smoothing) if (mixing or smoothing) else None,
-        batch_augmentation=BatchAugmentation(
-            processor.image_mean, processor.image_std, recipe_args.random_erasing, mix
-        ),
+        compute_loss_func=soft_target_loss(smoothing) if (mix or smoothing) else None,
+        batch_augmentation=batch_augmentation,
         repeated_augmentation=recipe_args.repeated_augmentation,
     )
-    logger.info(describe_setup(trainer))
     prepare_distributed(trainer)
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     return trainer, save_and_evaluate(trainer, train_result.metrics, ema)
@@ -215,7 +193,7 @@ def save_and_evaluate(trainer, train_metrics: dict, ema) -> dict:
     trainer.save_state()
     metrics = {} if trainer.eval_dataset is None else trainer.evaluate()
     if not metrics:
-        logger.info("No validation split: the trained model is not evaluated.")
+        logger.info("No validation split: the trained model is not evaluated (nor given a model card).")
     if ema is not None:
         with ema.swapped_into(trainer.model):
             if metrics:
@@ -265,25 +243,6 @@ def setup_logging(args=None):
         transformers.utils.logging.set_verbosity(args.get_process_log_level())
 
 
-def describe_setup(trainer) -> str:
-    """The run as accelerate set it up (an accelerate config can turn on bf16 or FSDP without a flag of train.py)."""
-    args, accelerator = trainer.args, trainer.accelerator
-    mixed = accelerator.mixed_precision
-    kind = " (FSDP2 mixed precision, BatchNorms in fp32)" if trainer.is_fsdp_enabled else " autocast"
-    precision = "fp32" if mixed == "no" else mixed + kind
-    return (
-        f"Distributed setup: world size {args.world_size}, process rank {args.process_index}, "
-        f"device {args.device}, {accelerator.distributed_type.value}, precision {precision}, "
-        f"per-device batch {args.per_device_train_batch_size}, gradient accumulation "
-        f"{args.gradient_accumulation_steps}, torch threads {torch.get_num_threads()}"
-    )
-
-
-def fsdp_requested(args) -> bool:
-    """`--fsdp`, or an accelerate config with `distributed_type: FSDP` (passed on as ACCELERATE_USE_FSDP)."""
-    return bool(args.fsdp) or bool(strtobool(os.environ.get("ACCELERATE_USE_FSDP", "false")))
-
-
 def match_gradient_layout(model) -> None:
     """Gives LeFF's depthwise weights `(C, 1, k, k)` the strides of their channels-last gradients, which DDP compares
     with its bucket views at every step ("Grad strides do not match bucket view strides")."""
@@ -295,40 +254,36 @@ def match_gradient_layout(model) -> None:
             module.weight.data = weight.new_empty_strided(weight.shape, (height * width, 1, width, 1)).copy_(weight)
 
 
-def check_fsdp_request(args) -> None:
-    """Refuses, before any data is loaded, FSDP settings train.py cannot run (also on CPU, where DDP runs instead)."""
-    if not fsdp_requested(args):
-        return
-    plugin = getattr(args, "fsdp_plugin_args", None) or {  # from --fsdp/--fsdp_config, else accelerate's environment
-        "fsdp_version": os.environ.get("FSDP_VERSION", "1"),
-        "activation_checkpointing": strtobool(os.environ.get("FSDP_ACTIVATION_CHECKPOINTING", "false")),
-    }
-    try:
-        check_fsdp_settings(int(plugin["fsdp_version"]), bool(plugin.get("activation_checkpointing", False)))
-    except ValueError as error:
-        raise SystemExit(f"error: {error}") from None
-
-
 def prepare_distributed(trainer) -> None:
-    """Under FSDP: CeiT's own FSDP2 sharding and BatchNorm statistics averaged over the ranks after each step, before
-    the EMA takes them. FSDP asked for on CPU processes is logged with what runs instead."""
+    """Logs the run as accelerate set it up (an accelerate config can turn on bf16 or FSDP without a flag of train.py).
+    Under FSDP: CeiT's own FSDP2 sharding and BatchNorm statistics averaged over the ranks after each step, before the
+    EMA takes them. FSDP asked for on CPU processes is logged with what runs instead."""
+    args, accelerator = trainer.args, trainer.accelerator
+    kind = " (FSDP2 mixed precision, BatchNorms in fp32)" if trainer.is_fsdp_enabled else " autocast"
+    precision = "fp32" if accelerator.mixed_precision == "no" else accelerator.mixed_precision + kind
+    logger.info(
+        f"Distributed setup: world size {args.world_size}, process rank {args.process_index}, "
+        f"device {args.device}, {accelerator.distributed_type.value}, precision {precision}, "
+        f"per-device batch {args.per_device_train_batch_size}, gradient accumulation "
+        f"{args.gradient_accumulation_steps}, torch threads {torch.get_num_threads()}"
+    )
     if trainer.is_fsdp_enabled:
-        shard_for_accelerator(trainer.model, trainer.accelerator)
+        shard_for_accelerator(trainer.model, accelerator)
         ema = trainer.pop_callback(ModelEMACallback)
         trainer.add_callback(BatchNormStatisticsCallback())
         if ema is not None:
             trainer.add_callback(ema)
         return
-    if fsdp_requested(trainer.args):
-        device, processes = trainer.args.device.type, trainer.args.world_size
+    if fsdp_requested(args):
+        device, processes = args.device.type, args.world_size
         logger.warning(
             "FSDP was asked for, but accelerate runs FSDP only on GPUs and other accelerators: %s instead, without "
             "sharding (the EMA, if any, is a full copy on each process).",
-            f"these {processes} {device} processes train with DDP ({trainer.accelerator.distributed_type.value})"
+            f"these {processes} {device} processes train with DDP ({accelerator.distributed_type.value})"
             if processes > 1
             else f"this {device} process trains alone",
         )
-    if trainer.args.world_size > 1:
+    if args.world_size > 1:
         match_gradient_layout(trainer.model)
 
 
@@ -364,7 +319,6 @@ def main(argv: list[str] | None = None) -> dict:
     set_torch_threads(recipe_args.torch_threads)
     if keep_freed_cpu_memory_if(SWITCH[recipe_args.keep_freed_cpu_memory], training_args.device):
         logger.info("Freed CPU memory is kept for the next step (glibc's heap; --keep_freed_cpu_memory)")
-    check_fsdp_request(training_args)
     set_seed(training_args.seed)
     evaluates = training_args.eval_strategy != "no"
     raw, labels, _, model, processor = prepare_job(model_args, data_args, recipe_args, training_args.seed, evaluates)
@@ -406,8 +360,6 @@ def main(argv: list[str] | None = None) -> dict:
             },
             command=shlex.join(["python", "scripts/train.py", *argv]),
         ).save(Path(output_dir) / "README.md")
-    else:
-        logger.info("No model card: the model was not evaluated (no validation split).")
     if push_requested:
         push_model_folder(
             output_dir,

@@ -384,4 +384,4 @@ def test_a_streams_loaders_take_trainers_multiprocessing_context(tmp_path):
     )
     assert train.data_loader(args).loader.multiprocessing_context.get_start_method() == "spawn"
     one_process = SimpleNamespace(num_processes=1)  # what the evaluation loader reads of the accelerator up front
-    assert evaluation.evaluation_loader(args, one_process).loader.multiprocessing_context.get_start_method() == "spawn"
+    assert evaluation.data_loader(args, one_process).loader.multiprocessing_context.get_start_method() == "spawn"
