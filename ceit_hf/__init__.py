@@ -1,6 +1,5 @@
 """CeiT (Convolution-enhanced image Transformer) for Hugging Face transformers. Importing the package registers
-`model_type="ceit"` with the Auto classes and marks the classes for Hub remote code (`save_pretrained` writes `auto_map`
-and copies their code files)."""
+`model_type="ceit"` with the Auto classes and marks the classes for Hub remote code."""
 
 from transformers import AutoBackbone, AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
 
@@ -23,11 +22,8 @@ AutoConfig.register(CeiTConfig.model_type, CeiTConfig, exist_ok=True)
 AutoModel.register(CeiTConfig, CeiTModel, exist_ok=True)
 AutoModelForImageClassification.register(CeiTConfig, CeiTForImageClassification, exist_ok=True)
 AutoBackbone.register(CeiTConfig, CeiTBackbone, exist_ok=True)
-AutoImageProcessor.register(
-    CeiTConfig,
-    image_processor_classes={"torchvision": CeiTImageProcessor, "pil": CeiTImageProcessorPil},
-    exist_ok=True,
-)
+_processors = {"torchvision": CeiTImageProcessor, "pil": CeiTImageProcessorPil}
+AutoImageProcessor.register(CeiTConfig, image_processor_classes=_processors, exist_ok=True)
 CeiTConfig.register_for_auto_class()
 CeiTModel.register_for_auto_class("AutoModel")
 CeiTForImageClassification.register_for_auto_class("AutoModelForImageClassification")

@@ -45,13 +45,9 @@ class CheckpointConversionError(ValueError):
     """The checkpoint is not an official CeiT checkpoint, or does not fit the target configuration."""
 
 
-def _rename(key: str) -> str | None:
-    return next((pattern.sub(target, key) for pattern, target in _RULES if pattern.match(key)), None)
-
-
 def convert_official_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Renames (and, for LeFF's 1x1 convolutions, reshapes) an official state_dict. Unknown keys raise."""
-    renamed = {key: _rename(key) for key in state_dict}
+    renamed = {key: next((p.sub(target, key) for p, target in _RULES if p.match(key)), None) for key in state_dict}
     if unknown := [key for key, new_key in renamed.items() if new_key is None]:
         raise CheckpointConversionError(
             f"{len(unknown)} key(s) are not official CeiT keys, e.g. {unknown[:5]}; is this a CeiT checkpoint?"
@@ -63,8 +59,7 @@ def convert_official_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str
 
 
 def checkpoint_architecture(state_dict: dict[str, torch.Tensor]) -> dict[str, int]:
-    """What an official state_dict's tensor shapes say about the model: `d_model`, `num_encoder_blocks`,
-    `image_size` and `num_classes`. Raises `CheckpointConversionError` when they are not those of an official CeiT."""
+    """`d_model`, `num_encoder_blocks`, `image_size` and `num_classes` from an official state_dict's tensor shapes."""
     expected = {"i2t.proj.weight": 4, "pos_embed": 3, "head.weight": 2}  # key -> number of dimensions
     if absent := [key for key in expected if key not in state_dict]:
         raise CheckpointConversionError(
@@ -109,24 +104,6 @@ def infer_config(state_dict: dict[str, torch.Tensor], **overrides) -> CeiTConfig
     return CeiTConfig.from_preset((by_size or candidates)[0], **{**settings, **overrides})
 
 
-def _unreadable_checkpoint_message(path: Path, error: Exception) -> str:
-    text = str(error)
-    if refused := re.search(r"Unsupported global: GLOBAL ([\w.]+)", text):
-        return (
-            f"{path} holds a pickled Python object other than tensors and plain containers ({refused.group(1)}). "
-            "Unpickling it could run arbitrary code, so it is not loaded (torch.load with weights_only=True). "
-            "Save the state_dict alone (torch.save(model.state_dict(), path)) where the checkpoint is trusted."
-        )
-    detail = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", text, re.DOTALL)
-    detail = detail.group(1) if detail else (text.strip().splitlines() or [""])[0]
-    detail = detail.split(". ")[0].rstrip(".")  # the first sentence; torch's advice that follows does not apply
-    return (
-        f"Could not read {path} as a PyTorch checkpoint (a file written by torch.save): it is damaged, truncated or "
-        f"of another format ({type(error).__name__}{': ' + detail if detail else ''}). It was read with "
-        "weights_only=True, so no pickled code was run."
-    )
-
-
 def load_official_checkpoint(path: str | os.PathLike, use_ema: bool = False) -> dict[str, torch.Tensor]:
     """The model state_dict of an official checkpoint file: a training checkpoint (a dict holding `model`, and
     `model_ema` when EMA was on) or a bare state_dict. Loaded with `weights_only=True`: no arbitrary unpickling."""
@@ -138,7 +115,21 @@ def load_official_checkpoint(path: str | os.PathLike, use_ema: bool = False) -> 
         with torch.serialization.safe_globals([argparse.Namespace]):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise CheckpointConversionError(_unreadable_checkpoint_message(path, error)) from error
+        text = str(error)
+        if refused := re.search(r"Unsupported global: GLOBAL ([\w.]+)", text):
+            raise CheckpointConversionError(
+                f"{path} holds a pickled Python object other than tensors and plain containers ({refused.group(1)}). "
+                "Unpickling it could run arbitrary code, so it is not loaded (torch.load with weights_only=True). "
+                "Save the state_dict alone (torch.save(model.state_dict(), path)) where the checkpoint is trusted."
+            ) from error
+        detail = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", text, re.DOTALL)
+        detail = detail.group(1) if detail else (text.strip().splitlines() or [""])[0]
+        detail = detail.split(". ")[0].rstrip(".")  # the first sentence; torch's advice that follows does not apply
+        raise CheckpointConversionError(
+            f"Could not read {path} as a PyTorch checkpoint (a file written by torch.save): it is damaged, truncated "
+            f"or of another format ({type(error).__name__}{': ' + detail if detail else ''}). It was read with "
+            "weights_only=True, so no pickled code was run."
+        ) from error
     if not isinstance(checkpoint, dict):
         raise CheckpointConversionError(f"{path} holds a {type(checkpoint).__name__}, not a CeiT state_dict.")
     key = "model_ema" if use_ema else "model"
@@ -156,8 +147,7 @@ def load_official_checkpoint(path: str | os.PathLike, use_ema: bool = False) -> 
 
 
 def official_to_model(state_dict: dict[str, torch.Tensor], config: CeiTConfig | None = None):
-    """A `CeiTForImageClassification` holding the weights of an official state_dict: any key that does not map, is
-    missing or mis-shaped raises `CheckpointConversionError`, so that no weight is left at its random initialisation."""
+    """A `CeiTForImageClassification` with an official state_dict's weights; every key must map, none left random."""
     from .modeling_ceit import CeiTForImageClassification
 
     config = config or infer_config(state_dict)
@@ -183,8 +173,7 @@ def official_to_model(state_dict: dict[str, torch.Tensor], config: CeiTConfig | 
 def convert_checkpoint(
     checkpoint: str | os.PathLike, output_dir: str | os.PathLike, use_ema: bool = False, preset: str | None = None
 ):
-    """Converts an official checkpoint file into a `from_pretrained` folder (config with ImageNet-1k labels for 1000
-    classes, weights, image processor, the variant's card), all checked before a staging folder is moved in place."""
+    """Converts an official checkpoint file into a `from_pretrained` folder (config, weights, processor, card)."""
     from .image_processing_ceit import CeiTImageProcessor
     from .model_card import variant_card
 

@@ -9,6 +9,7 @@ import json
 import time
 from pathlib import Path
 
+import datasets
 import numpy as np
 import torch
 from tqdm.auto import tqdm
@@ -49,8 +50,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_split(args):
-    import datasets
-
     if args.validation_dir is not None:
         return image_folder_dataset(args.validation_dir, "--validation_dir", DataSource.verify_images_limit)[0]
     if args.dataset_name is None:
@@ -76,22 +75,8 @@ def label_mapping(dataset, label_column: str, config) -> np.ndarray | None:
     return None
 
 
-def adapter_labels(adapter: str) -> dict[int, str] | int | None:
-    """A LoRA adapter's labels: the `id2label` of its or its merged model's config.json, else the number of outputs of
-    the classifier saved with it, else None (it keeps the base model's classifier)."""
-    from peft.utils import load_peft_weights
-
-    for config_file in (Path(adapter) / "config.json", Path(adapter) / "merged" / "config.json"):
-        if config_file.is_file() and (id2label := json.loads(config_file.read_text(encoding="utf-8")).get("id2label")):
-            return {int(k): v for k, v in id2label.items()}
-    weights = load_peft_weights(adapter, device="cpu")
-    sizes = [w.shape[0] for k, w in weights.items() if k.endswith(("classifier.weight", "classifier.out_proj.weight"))]
-    return sizes[-1] if sizes else None
-
-
 def load_lora_classifier(adapter: str, base_model: str | None = None, trust_remote_code: bool = False):
-    """The LoRA adapter `adapter` merged into its base model (`base_model`, else the one adapter_config.json names)
-    built with the adapter's labels, in fp32 and eval mode."""
+    """`adapter` merged into its base model (default: adapter_config.json's) with the adapter's labels, fp32, eval."""
     try:
         import peft
     except ImportError:
@@ -106,11 +91,18 @@ def load_lora_classifier(adapter: str, base_model: str | None = None, trust_remo
             f"error: {adapter} is a LoRA adapter of the base model {base!r}, which cannot be loaded ({reason}); "
             "give the base model's folder or Hub id with --base_model."
         ) from None
-    labels = adapter_labels(adapter)
-    if isinstance(labels, dict):
-        config.id2label, config.label2id = labels, {name: index for index, name in labels.items()}
-    elif labels is not None and labels != config.num_labels:
-        config.num_labels = labels  # LABEL_0, LABEL_1, ...
+    # the adapter's labels: its (or merged/'s) config.json's id2label, else the size of the classifier saved with it
+    for config_file in (Path(adapter) / "config.json", Path(adapter) / "merged" / "config.json"):
+        if config_file.is_file() and (id2label := json.loads(config_file.read_text(encoding="utf-8")).get("id2label")):
+            config.id2label = {int(k): v for k, v in id2label.items()}
+            config.label2id = {name: index for index, name in config.id2label.items()}
+            break
+    else:
+        weights = peft.utils.load_peft_weights(adapter, device="cpu")
+        heads = ("classifier.weight", "classifier.out_proj.weight")
+        sizes = [w.shape[0] for k, w in weights.items() if k.endswith(heads)]
+        if sizes and sizes[-1] != config.num_labels:
+            config.num_labels = sizes[-1]  # LABEL_0, LABEL_1, ...
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "newly initialized classifier" would be wrong: the adapter brings it
     try:

@@ -91,8 +91,7 @@ def format_file_list(files: list[FileToUpload], notes: bool = True) -> str:
 
 
 def list_folder_files(folder: str | os.PathLike) -> tuple[list[FileToUpload], list[FileToUpload]]:
-    """(the files `upload_folder(ignore_patterns=SKIP_PATTERNS)` sends, the files those patterns skip), sorted, with
-    their sizes; `.git/` and `.cache/huggingface/` are in neither, as upload_folder always leaves them out."""
+    """(the files `upload_folder(ignore_patterns=SKIP_PATTERNS)` sends, the files those patterns skip), sorted."""
     folder = Path(folder).expanduser().resolve()
     paths = {path.relative_to(folder).as_posix(): path for path in sorted(folder.glob("**/*")) if path.is_file()}
     listed = list(filter_repo_objects(list(paths), ignore_patterns=list(DEFAULT_IGNORE_PATTERNS)))
@@ -116,12 +115,10 @@ def safetensors_problem(path: str | os.PathLike) -> str | None:
 
 def _auto_map_modules(auto_map: dict) -> set[str]:
     """The code files (`module.py`) that the local class references of `auto_map` need."""
-    references = []
-    for value in auto_map.values():  # a class, a (slow, fast) list, or one class per image processor backend
-        references += (
-            list(value.values()) if isinstance(value, dict) else value if isinstance(value, list) else [value]
-        )
-    return {r.rsplit(".", 1)[0] + ".py" for r in references if isinstance(r, str) and "--" not in r and "." in r}
+    # a value is a class, a (slow, fast) list, or one class per image processor backend
+    values = [v.values() if isinstance(v, dict) else v if isinstance(v, list) else [v] for v in auto_map.values()]
+    references = [r for refs in values for r in refs if isinstance(r, str) and "--" not in r and "." in r]
+    return {r.rsplit(".", 1)[0] + ".py" for r in references}
 
 
 def _is_repo_id(name: str) -> bool:
@@ -133,8 +130,7 @@ def _is_repo_id(name: str) -> bool:
 
 
 def hub_id_of_base(base_model: str | None) -> str | None:
-    """The Hub repository of the base model an adapter_config.json names: the name itself when it is a Hub id (no
-    folder here), the repository named in the card (README.md) of a local base folder, else None."""
+    """An adapter's base model's Hub id: `base_model` if it is one, else the repo a local base folder's card names."""
     if not base_model:
         return None
     path = Path(base_model).expanduser()
@@ -157,14 +153,14 @@ def _read_json(path: Path, problems: list[str]) -> dict | None:
 
 
 def _prepare_adapter(check: FolderCheck, config: dict, base_model_id: str | None) -> None:
-    """What uploading an adapter folder changes: the models inside it skipped, its base model named by its Hub id in
-    adapter_config.json and the card (modified copies; the folder stays as it is), or a warning when none is known."""
+    """Skip the models inside an adapter folder; name its base model by Hub id in uploaded copies (else warn)."""
     names = [f.path_in_repo.rsplit("/", 1) for f in check.files]
     for folder in sorted({name[0] for name in names if len(name) == 2 and name[1] in MODEL_FILE_NAMES}):
         inside = [f for f in check.files if f.path_in_repo.startswith(f"{folder}/")]  # none when inside one skipped
         reason = (
             f"{folder}/ holds another model, such as the merged model of train.py --merge_lora: publish it as a "
-            f"repository of its own, scripts/push_to_hub.py --model_dir {check.folder / folder} --repo_id NAMESPACE/NAME"
+            f"repository of its own, scripts/push_to_hub.py --model_dir {check.folder / folder} "
+            "--repo_id NAMESPACE/NAME"
         )
         check.files = [f for f in check.files if f not in inside]
         check.skipped += [FileToUpload(f.path_in_repo, f.size, reason) for f in inside]
@@ -193,9 +189,8 @@ def _prepare_adapter(check: FolderCheck, config: dict, base_model_id: str | None
 
 
 def check_model_folder(model_dir: str | os.PathLike, base_model_id: str | None = None) -> FolderCheck:  # noqa: C901
-    """Check that `model_dir` can be published: a transformers model (config.json and safetensors weights, maybe
-    sharded) or a PEFT adapter (adapter_config.json and adapter_model.safetensors, its base model's Hub id
-    `base_model_id`). `ModelFolderError` says what is missing; non-fatal problems are in `FolderCheck.warnings`."""
+    """Check that `model_dir`, a transformers model or a PEFT adapter (its base model's Hub id `base_model_id`), can
+    be published: `ModelFolderError` says what is missing; non-fatal problems are in `FolderCheck.warnings`."""
     folder = Path(model_dir).expanduser()
     where = repr(str(folder))
     if not folder.exists():
@@ -224,19 +219,14 @@ def check_model_folder(model_dir: str | os.PathLike, base_model_id: str | None =
             problems.append("it has no config.json (save the model with `save_pretrained` first)")
         weights = ["model.safetensors"] if "model.safetensors" in names else []
         if not weights and "model.safetensors.index.json" in names:
-            try:
-                index = json.loads((folder / "model.safetensors.index.json").read_text(encoding="utf-8"))
-                shards = sorted(set(index["weight_map"].values()))
-            except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-                problems.append(f"its model.safetensors.index.json has no readable `weight_map` ({error!r})")
-            else:
-                if missing := [shard for shard in shards if shard not in names]:
-                    problems.append(
-                        f"shard(s) named in model.safetensors.index.json are missing: {', '.join(missing)}"
-                    )
-                elif not shards:
-                    problems.append("its model.safetensors.index.json lists no shards")
-                weights = [shard for shard in shards if shard in names]
+            index = _read_json(folder / "model.safetensors.index.json", problems)
+            shards = (index or {}).get("weight_map")
+            shards = sorted({str(shard) for shard in shards.values()}) if isinstance(shards, dict) else []
+            if missing := [shard for shard in shards if shard not in names]:
+                problems.append(f"shard(s) named in model.safetensors.index.json are missing: {', '.join(missing)}")
+            elif index is not None and not shards:
+                problems.append("its model.safetensors.index.json lists no shards in a `weight_map`")
+            weights = [shard for shard in shards if shard in names]
         elif not weights:
             problems.append(
                 "it has no safetensors weights (model.safetensors, or a sharded checkpoint with "
@@ -285,9 +275,8 @@ def push_model_folder(
     base_model_id: str | None = None,
     log: Callable[[str], None] = print,
 ) -> PushResult:
-    """Check `model_dir` (its non-fatal problems are `UserWarning`s) and upload it to the model repository `repo_id`,
-    created (`private` or not) if needed, on branch `revision` (created from main if needed); `dry_run` logs the
-    files and sends nothing. `endpoint` defaults to `HF_ENDPOINT` as set now, else huggingface_hub's."""
+    """Check `model_dir` (non-fatal problems as `UserWarning`s) and upload it to `repo_id` on branch `revision`, both
+    created if needed; `dry_run` logs the files and sends nothing. `endpoint` defaults to `HF_ENDPOINT` as set now."""
     check = check_model_folder(model_dir, base_model_id=base_model_id)
     for note in check.warnings:
         warnings.warn(note, UserWarning, stacklevel=2)

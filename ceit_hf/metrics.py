@@ -9,8 +9,7 @@ import numpy as np
 
 
 class TopKAccuracy(evaluate.Metric):
-    """`compute(predictions=logits, references=labels)`: `{"accuracy": top1}` and, for each `k` in `top_k` (default
-    (5,)) with at least `k` classes, `{"top{k}_accuracy": ...}`."""
+    """`compute(predictions=logits, references=labels)`: `accuracy`, `top{k}_accuracy` per `k` in top_k <= classes."""
 
     def __init__(self, top_k: tuple[int, ...] = (5,), **kwargs):
         super().__init__(**kwargs)

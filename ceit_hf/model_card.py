@@ -5,8 +5,8 @@ from the Jinja template `ceit_hf/cards/ceit.md` by huggingface_hub's `ModelCard.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
@@ -24,8 +24,7 @@ REPO_ID_LINE = re.compile(r'^repo_id = "([^"\n]+)"$', re.MULTILINE)
 BASE_NOTE_START, BASE_NOTE_END = "<!-- ceit_hf:base-model -->", "<!-- /ceit_hf:base-model -->"
 
 
-@dataclass(frozen=True)
-class ReportedResult:
+class ReportedResult(NamedTuple):
     """One row of the authors' ImageNet-1k table (validation set, single center crop, in percent)."""
 
     epochs: int
@@ -33,31 +32,20 @@ class ReportedResult:
     top5: float
 
 
-@dataclass(frozen=True)
-class Variant:
-    """An official CeiT variant: its display name, exact size and the authors' results."""
+class Variant(NamedTuple):
+    """An official CeiT variant: its exact size and the authors' results."""
 
-    name: str
-    display_name: str
     num_parameters: int
     results: tuple[ReportedResult, ...]
 
 
-# Parameter counts are exact (tests/hub/test_model_cards.py re-counts them). Results are the authors', not measured here.
+# Exact parameter counts (tests/hub/test_model_cards.py re-counts them); the authors' results, not measured here.
 VARIANTS: dict[str, Variant] = {
-    variant.name: variant
-    for variant in (
-        Variant("ceit_tiny_patch16_224", "CeiT-T", 6_356_904, (ReportedResult(300, 76.4, 93.4),)),
-        Variant("ceit_small_patch16_224", "CeiT-S", 24_204_840, (ReportedResult(300, 82.0, 95.9),)),
-        Variant(
-            "ceit_base_patch16_224",
-            "CeiT-B",
-            94_405_416,
-            (ReportedResult(100, 81.9, 95.8), ReportedResult(150, 82.5, 95.6)),
-        ),
-        Variant("ceit_tiny_patch16_384", "CeiT-T", 6_429_864, (ReportedResult(300, 78.8, 94.7),)),
-        Variant("ceit_small_patch16_384", "CeiT-S", 24_350_760, (ReportedResult(300, 83.3, 96.5),)),
-    )
+    "ceit_tiny_patch16_224": Variant(6_356_904, (ReportedResult(300, 76.4, 93.4),)),
+    "ceit_small_patch16_224": Variant(24_204_840, (ReportedResult(300, 82.0, 95.9),)),
+    "ceit_base_patch16_224": Variant(94_405_416, (ReportedResult(100, 81.9, 95.8), ReportedResult(150, 82.5, 95.6))),
+    "ceit_tiny_patch16_384": Variant(6_429_864, (ReportedResult(300, 78.8, 94.7),)),
+    "ceit_small_patch16_384": Variant(24_350_760, (ReportedResult(300, 83.3, 96.5),)),
 }
 
 
@@ -101,15 +89,16 @@ def variant_card(name: str) -> str:
     source = {"source_name": REPORTED_SOURCE_NAME, "source_url": "https://arxiv.org/abs/2103.11816"}
     eval_results = _eval_results(headline.top1, headline.top5, "imagenet-1k", "ImageNet-1k", **source)
     metadata = {"library_name": "transformers", "tags": CARD_TAGS, "datasets": ["imagenet-1k"], "model_name": name}
+    size_name = {"ceit_tiny": "Tiny", "ceit_small": "Small", "ceit_base": "Base"}[name.rsplit("_patch", 1)[0]]
     card = _render(
         {**metadata, "eval_results": eval_results},
         image_size,
         image_size,
         variant=True,
         name=name,
-        display_name=variant.display_name,
+        display_name=f"CeiT-{size_name[0]}",
         repo_id=f"ceit-hf/{name}",
-        size_name={"ceit_tiny": "Tiny", "ceit_small": "Small", "ceit_base": "Base"}[name.rsplit("_patch", 1)[0]],
+        size_name=size_name,
         hidden_size=preset["d_model"],
         num_heads=preset["encoder_num_heads"],
         depth=preset["num_encoder_blocks"],
@@ -146,8 +135,7 @@ def adapter_base_note(base_model: str | None, hub_id: str | None) -> str:
 
 
 def adapter_card_for_upload(text: str, base_model: str | None, hub_id: str | None) -> str:
-    """A LoRA adapter's card as uploaded: its base model sentence (added before the first section of a card without
-    one) for `hub_id`, else `base_model`; with `hub_id`, also in the metadata and in place of `base_model` in the text."""
+    """A LoRA adapter's card as uploaded: its base model sentence, and `hub_id` (if any) in the metadata and text."""
     note = adapter_base_note(base_model, hub_id)
     if BASE_NOTE_START in text and BASE_NOTE_END in text:
         head, rest = text.split(BASE_NOTE_START, 1)

@@ -4,7 +4,6 @@ weights over the blocks, drawn over the input image in its original aspect ratio
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,15 +20,14 @@ def _heads(attention: torch.Tensor, head: int | None, dim: int) -> torch.Tensor:
 
 
 def class_token_maps(attentions, grid_size: tuple[int, int], head: int | None = None) -> torch.Tensor:
-    """The class token's attention over the patches in each block of `outputs.attentions`, `(..., blocks, rows, cols)`,
-    mean over heads or of one `head`, without its weight on itself and renormalised over the patches to sum to 1."""
+    """Each block's class-token attention over the patches, renormalised, `(..., blocks, rows, cols)`; `head`: one."""
     rows = _heads(torch.stack(tuple(attentions), dim=-4), head, dim=-3)[..., 0, 1:]
     return (rows / rows.sum(-1, keepdim=True)).unflatten(-1, tuple(grid_size))
 
 
 def attention_rollout(attentions, grid_size: tuple[int, int]) -> torch.Tensor:
-    """Attention rollout, `(..., rows, cols)`: the class token's row over the patches (renormalised) of `A'_L ... A'_1`,
-    `A' = 0.5 A + 0.5 I` the mean over heads of each block's attention with the residual path, rows renormalised."""
+    """Attention rollout, `(..., rows, cols)`: the class token's row over the patches (renormalised) of
+    `A'_L ... A'_1`, `A' = 0.5 A + 0.5 I` the mean over heads of each block's attention, rows renormalised."""
     rollout = None
     for attention in attentions:
         mixed = 0.5 * attention.float().mean(-3) + 0.5 * torch.eye(attention.shape[-1], device=attention.device)
@@ -40,8 +38,7 @@ def attention_rollout(attentions, grid_size: tuple[int, int]) -> torch.Tensor:
 
 
 def lca_weights(lca_attentions: torch.Tensor, head: int | None = None) -> torch.Tensor:
-    """The LCA's attention of the last block's class token over the class tokens of all blocks, `(..., blocks)`
-    (sums to 1), from `outputs.lca_attentions[0]` `(..., lca_heads, 1, blocks)`: mean over heads, or one `head`."""
+    """The LCA's weights over the blocks' class tokens, `(..., blocks)`, from `outputs.lca_attentions[0]`."""
     return _heads(lca_attentions, head, dim=-3)[..., 0, :]
 
 
@@ -56,25 +53,18 @@ class AttentionMaps:
     grid_size: tuple[int, int]
 
 
-@contextmanager
-def eager_attention(model):
-    """`model` in eval mode with eager attention (the only one that returns attention probabilities), its attention
-    implementation and training mode put back afterwards, also on error."""
-    previous, training = model.config._attn_implementation, model.training
-    try:
-        model.set_attn_implementation("eager")
-        yield model.eval()
-    finally:
-        model.set_attn_implementation(previous)
-        model.train(training)
-
-
 def attention_maps(model, pixel_values: torch.Tensor, head: int | None = None) -> AttentionMaps:
     """The class-token maps, rollout and LCA weights of a CeiT `model` on `pixel_values` of any size it accepts."""
     grid_size = model.config.token_grid_size(*pixel_values.shape[-2:])
-    with eager_attention(model), torch.no_grad():
-        # interpolate_pos_encoding=True accepts other input sizes and changes nothing at the trained one
-        outputs = model(pixel_values, interpolate_pos_encoding=True, output_attentions=True)
+    previous, training = model.config._attn_implementation, model.training
+    model.set_attn_implementation("eager")  # the only one that returns attention probabilities
+    try:
+        with torch.no_grad():
+            # interpolate_pos_encoding=True accepts other input sizes and changes nothing at the trained one
+            outputs = model.eval()(pixel_values, interpolate_pos_encoding=True, output_attentions=True)
+    finally:  # also on error
+        model.set_attn_implementation(previous)
+        model.train(training)
     attentions = [attention.float().cpu() for attention in outputs.attentions]  # small; plotted on the CPU
     lca = outputs.lca_attentions  # a one-tensor tuple; a bare tensor from the remote code of older saved folders
     lca = lca[0] if isinstance(lca, tuple) else lca
@@ -88,8 +78,7 @@ def attention_maps(model, pixel_values: torch.Tensor, head: int | None = None) -
 
 
 def token_grid_box(config, processor, image_hw: tuple[int, int]) -> tuple[float, float, float, float]:
-    """(left, top, right, bottom) in the original image's pixels of the region the token grid covers once `processor`
-    has resized and center-cropped the image: `rows * patch_size * stem stride` crop pixels from its top-left corner."""
+    """(left, top, right, bottom) in the original image's pixels of what the token grid covers after `processor`."""
     from PIL import Image
 
     height, width = image_hw
@@ -109,8 +98,7 @@ def token_grid_box(config, processor, image_hw: tuple[int, int]) -> tuple[float,
 
 
 def to_image_pixels(attention_map: torch.Tensor, box, image_hw: tuple[int, int]) -> torch.Tensor:
-    """A `(..., rows, cols)` map spread over the image's pixels, `(..., height, width)`: each token's mass shared among
-    the pixels whose centres fall in its cell of `box` (`token_grid_box`), zero outside it."""
+    """A `(..., rows, cols)` map as `(..., height, width)` pixels: each token's mass spread over its cell of `box`."""
     rows, cols = attention_map.shape[-2:]
     left, top, right, bottom = box
 
@@ -127,8 +115,7 @@ def to_image_pixels(attention_map: torch.Tensor, box, image_hw: tuple[int, int])
 
 
 def plot_attention(image, maps: AttentionMaps, box, title: str = "", index: int = 0):
-    """A matplotlib `Figure` of image `index` of `maps`: the input (`box` outlined), the rollout over it, the LCA
-    weights per block, and each block's map over it; outside `box`, the region the maps cover, the image is dimmed."""
+    """A matplotlib `Figure` of image `index` of `maps`: the input, the rollout, the LCA weights, each block's map."""
     from matplotlib import colormaps
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
