@@ -11,12 +11,7 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Image processors for CeiT: the official evaluation transform (shorter side to `int(256 / 224 * crop)`, bicubic;
-center crop; rescale; ImageNet normalisation) on transformers' torchvision backend (`CeiTImageProcessor`) and its PIL
-backend (`CeiTImageProcessorPil`). Hub remote code: imports only numpy, torch and transformers.
-"""
-
-from __future__ import annotations
+"""CeiT image processors (torchvision and PIL backends). Hub remote code: imports only numpy, torch, transformers."""
 
 import os
 
@@ -24,143 +19,76 @@ import numpy as np
 import torch
 from transformers.image_processing_backends import PilBackend, TorchvisionBackend
 from transformers.image_processing_utils import get_size_dict
-from transformers.image_utils import (
-    IMAGENET_DEFAULT_MEAN,
-    IMAGENET_DEFAULT_STD,
-    ChannelDimension,
-    PILImageResampling,
-    is_pil_image,
-    load_image,
-)
+from transformers.image_utils import PIL, ChannelDimension, PILImageResampling, is_pil_image, load_image
 from transformers.processing_utils import ImagesKwargs, Unpack
-from transformers.utils import auto_docstring, is_torch_tensor, logging
+from transformers.utils import auto_docstring, logging
+from transformers.utils.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 
 logger = logging.get_logger(__name__)
-
+ARRAYS = (np.ndarray, torch.Tensor)
 EXPECTED_INPUT = (
-    "a PIL.Image.Image; a numpy array or torch tensor of shape (height, width), (height, width, channels) or "
-    "(channels, height, width) with 1, 3 or 4 channels (or a 4-D batch of those); a path or URL of an image file; "
-    "or a non-empty list of these"
+    "a PIL image, a 2-D or 3-D array or tensor with 1, 3 or 4 channels or a 4-D batch, a path, URL or list"
 )
 
 
 def _sizes_from_user(kwargs: dict) -> dict:
-    """The official pairing: a `crop_size` given alone resizes the shorter side to `int(256 / 224 * crop)`; a `size`
-    given alone is also the output size."""
-    size, crop_size = kwargs.get("size"), kwargs.get("crop_size")
-    if crop_size is not None and size is None:
-        crop = get_size_dict(crop_size, param_name="crop_size")
+    """Official pairing: a `crop_size` alone brings the resize `int(256 / 224 * crop)`; a `size` alone is the crop."""
+    if kwargs.get("crop_size") is not None and kwargs.get("size") is None:
+        crop = get_size_dict(kwargs["crop_size"], param_name="crop_size")
         kwargs["size"] = {"shortest_edge": int(256 / 224 * max(crop["height"], crop["width"]))}
-    elif size is not None and crop_size is None:
-        size = get_size_dict(size, default_to_square=False)
-        side = size.get("shortest_edge")
-        kwargs["crop_size"] = {"height": side or size["height"], "width": side or size["width"]}
+    elif kwargs.get("size") is not None and kwargs.get("crop_size") is None:
+        size = get_size_dict(kwargs["size"], default_to_square=False)
+        kwargs["crop_size"] = size.get("shortest_edge") or {"height": size["height"], "width": size["width"]}
     return kwargs
 
 
-def _is_array(obj) -> bool:
-    return isinstance(obj, np.ndarray) or is_torch_tensor(obj)
-
-
-def _describe(obj) -> str:
-    if _is_array(obj):
-        return f"a {type(obj).__module__}.{type(obj).__name__} of shape {tuple(obj.shape)} and dtype {obj.dtype}"
-    if is_pil_image(obj):
-        return f"a PIL image of mode {obj.mode} and size {obj.size}"
-    text = repr(obj)
-    return f"{type(obj).__name__} {text if len(text) <= 80 else text[:77] + '...'}"
-
-
 def _channel_format(shape: tuple[int, ...]) -> ChannelDimension | None:
-    """The channel axis of a 3-D image: a 3- or 4-entry end wins over a 1-entry one (a one-pixel-high RGB image
-    `(1, width, 3)` is channels-last); when both qualify equally, channels come first (transformers' convention)."""
-    first, last = shape[0], shape[-1]
-    if first in (3, 4) or (first == 1 and last not in (3, 4)):
+    # a 3- or 4-entry end wins over a 1-entry one (a one-pixel-high RGB image is channels-last), else channels first
+    if shape[0] in (3, 4) or (shape[0] == 1 and shape[-1] not in (3, 4)):
         return ChannelDimension.FIRST
-    return ChannelDimension.LAST if last in (1, 3, 4) else None
+    return ChannelDimension.LAST if shape[-1] in (1, 3, 4) else None
 
 
-def _load_image(source: str):
-    """The image at a path, URL or base64 string, decoded in full with its mode kept (transformers' loaders convert
-    to RGB first, losing transparency and 16-bit pixels, and its torchvision decoder crashes on some damaged PNGs)."""
-    from transformers.image_utils import PIL
+def _flatten(images) -> list:
+    """One list of images; a path decoded by Pillow in its own mode (transformers' loaders convert it to RGB)."""
+    if isinstance(images, str):
+        is_file = os.path.isfile(images)
+        try:
+            return [PIL.ImageOps.exif_transpose(PIL.Image.open(images) if is_file else load_image(images))]
+        except Exception as error:
+            problem = f"the file {images!r} is damaged, truncated or not an image"
+            if not is_file:
+                problem = f"expected a path to an image file, an http(s) URL or base64 data, got {images!r}"
+            raise ValueError(f"Could not load an image: {problem} ({type(error).__name__}: {error}).") from error
+    if not (isinstance(images, (list, tuple)) or (isinstance(images, ARRAYS) and images.ndim == 4)):
+        return [images]
+    if len(images) == 0:
+        raise ValueError(f"Got an empty {type(images).__name__} of images. Expected {EXPECTED_INPUT}.")
+    return [image for item in images for image in _flatten(item)]
 
-    is_file = os.path.isfile(source)
-    try:
-        image = PIL.ImageOps.exif_transpose(PIL.Image.open(source) if is_file else load_image(source))
-        image.load()
-    except Exception as error:
-        problem = (
-            f"the file {source!r} is damaged, truncated or not an image"
-            if is_file
-            else f"expected a path to an image file, an http(s) URL or a base64-encoded image, got {_describe(source)}"
-        )
-        raise ValueError(f"Could not load an image: {problem} ({type(error).__name__}: {error}).") from error
-    return image
 
-
-def _check_image(image, position: str) -> None:
-    """A `ValueError` naming `image` unless it is a decodable PIL image or a 2-D/3-D array of pixel values."""
+def _problem(image) -> str | None:
     if is_pil_image(image):
-        if min(image.size) == 0:
-            raise ValueError(f"{position} is empty: got {_describe(image)}. Expected {EXPECTED_INPUT}.")
         try:
             image.load()  # a file opened lazily fails here when damaged or truncated
         except Exception as error:
-            raise ValueError(
-                f"{position} cannot be decoded, its file is damaged or truncated: got {_describe(image)} "
-                f"({type(error).__name__}: {error})."
-            ) from error
-        return
-    if not _is_array(image):
-        raise ValueError(f"{position} is not an image: got {_describe(image)}. Expected {EXPECTED_INPUT}.")
-    if isinstance(image, np.ndarray):
-        numeric = np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)
-    else:
-        numeric = image.dtype != torch.bool and not image.is_complex()
-    if not numeric:
-        raise ValueError(
-            f"{position} has dtype {image.dtype}, which does not hold pixel values: got {_describe(image)}. "
-            "Expected integer (uint8 for 8-bit images) or floating-point pixels."
-        )
+            return f"cannot be decoded, its file is damaged or truncated ({type(error).__name__}: {error})"
+        return "is empty" if min(image.size) == 0 else None
+    if not isinstance(image, ARRAYS):
+        return "is not an image"
+    if not str(image.dtype).removeprefix("torch.").startswith(("int", "uint", "float", "bfloat")):
+        return f"has dtype {image.dtype}, which does not hold pixel values (expected integer or floating-point)"
     if image.ndim not in (2, 3):
-        raise ValueError(
-            f"{position} has {image.ndim} dimension(s): got {_describe(image)}. Expected {EXPECTED_INPUT}."
-        )
+        return f"has {image.ndim} dimension(s)"
     if min(image.shape) == 0:
-        raise ValueError(f"{position} is empty: got {_describe(image)}. Expected {EXPECTED_INPUT}.")
-    if image.ndim == 3 and _channel_format(tuple(image.shape)) is None:
-        raise ValueError(
-            f"{position} has no channel axis of 1, 3 or 4 entries (grayscale, RGB or RGBA) at either end: got "
-            f"{_describe(image)}. Expected {EXPECTED_INPUT}."
-        )
-
-
-def _to_8bit_or_float(image):
-    """uint8 and float32 pixels as they are, 16-bit ones scaled to 8 bits, other dtypes as float32 of equal value
-    (so on uint8's 0-255 scale): what both backends resize."""
-    if isinstance(image, np.ndarray):
-        # torch.from_numpy needs native byte order and positive strides, and warns on read-only arrays
-        image = np.require(image, dtype=image.dtype.newbyteorder("="), requirements=("C_CONTIGUOUS", "WRITEABLE"))
-        if image.dtype == np.uint16:
-            return np.round(image / 257.0).astype(np.uint8)
-        return image if image.dtype in (np.uint8, np.float32) else image.astype(np.float32)
-    image = image.detach()
-    if image.dtype == torch.uint16:
-        return torch.round(image.to(torch.float32) / 257.0).to(torch.uint8)
-    return image if image.dtype in (torch.uint8, torch.float32) else image.to(torch.float32)
+        return "is empty"
+    if image.ndim == 3 and _channel_format(image.shape) is None:
+        return "has no channel axis of 1, 3 or 4 entries (grayscale, RGB or RGBA) at either end"
 
 
 class CeiTImageProcessingMixin:
-    """What both CeiT processors add to their backend: the official defaults and resize/crop pairing, torchvision's
-    center-crop rounding (the official pipeline's), and inputs checked and converted alike.
-
-    Inputs become RGB (grayscale repeated, transparency composited onto white, palette/CMYK through Pillow, 16-bit
-    images scaled to 8 bits). Integer and floating-point arrays hold values on the 0-255 scale, like uint8 ones: pass
-    `do_rescale=False` for floats already in [0, 1]. A path gives the pixels of its file's PIL image; anything that
-    is not an image, and a damaged or truncated file, raises a `ValueError` naming it.
-    """
+    """Both backends: the official transform's defaults and rounding, inputs checked and converted alike."""
 
     resample = PILImageResampling.BICUBIC
     image_mean = IMAGENET_DEFAULT_MEAN
@@ -180,107 +108,63 @@ class CeiTImageProcessingMixin:
     def to_dict(self):
         output = super().to_dict()
         if self._auto_class is not None:  # `register_for_auto_class` writes one class: keep `backend="pil"` working
-            output["auto_map"] = {"AutoImageProcessor": dict(_AUTO_MAP)}
+            name = "image_processing_ceit.CeiTImageProcessor"
+            output["auto_map"] = {"AutoImageProcessor": {"torchvision": name, "pil": f"{name}Pil"}}
         return output
 
     def preprocess(self, images, *args, **kwargs: Unpack[ImagesKwargs]):
-        """`pixel_values` `(batch_size, 3, crop_height, crop_width)`; a `size` or `crop_size` given alone brings its
-        partner as at construction."""
         return super().preprocess(images, *args, **_sizes_from_user(kwargs))
 
     def _prepare_images_structure(self, images, expected_ndims: int = 3) -> list:
-        if images is None:
-            raise ValueError(f"No image was given (got None). Expected {EXPECTED_INPUT}.")
-        flat = self._flatten_images(images)
+        flat = _flatten(images)
         for index, image in enumerate(flat):
-            _check_image(image, "The input" if len(flat) == 1 else f"Input {index} of the batch")
+            if problem := _problem(image):
+                where = "The input" if len(flat) == 1 else f"Input {index} of the batch"
+                got = f"{image!r:.80}"
+                if isinstance(image, ARRAYS):
+                    got = f"of shape {tuple(image.shape)} and dtype {image.dtype}"
+                raise ValueError(f"{where} {problem}: got {type(image).__name__} {got}. Expected {EXPECTED_INPUT}.")
         return flat
 
-    def _flatten_images(self, images) -> list:
-        if isinstance(images, (list, tuple)):
-            if not images:
-                raise ValueError(f"Got an empty {type(images).__name__} of images. Expected {EXPECTED_INPUT}.")
-            return [image for item in images for image in self._flatten_images(item)]
-        if isinstance(images, str):
-            return [_load_image(images)]
-        if _is_array(images) and images.ndim == 4:
-            if len(images) == 0:
-                raise ValueError(f"Got an empty batch: {_describe(images)}. Expected {EXPECTED_INPUT}.")
-            return list(images)
-        return [images]
-
     def center_crop(self, image, size, **kwargs):
-        # torchvision's CenterCrop (the official pipeline) rounds the offsets to the nearest integer, not down;
-        # images smaller than the crop are left to the backend, which pads them.
+        # rounded offsets, as torchvision's CenterCrop (official) rounds; an image smaller than the crop is padded
         height, width = image.shape[-2:]
         if size.height > height or size.width > width:
             return super().center_crop(image, size, **kwargs)
-        top, left = int(round((height - size.height) / 2.0)), int(round((width - size.width) / 2.0))
+        top, left = round((height - size.height) / 2.0), round((width - size.width) / 2.0)
         return image[..., top : top + size.height, left : left + size.width]
 
-    def process_image(self, image, *args, input_data_format=None, do_rescale=None, **kwargs):
-        if is_pil_image(image) and image.mode.startswith("I;16"):
+    def process_image(self, image, *args, input_data_format=None, **kwargs):
+        if is_pil_image(image) and image.mode.startswith("I;16"):  # Pillow's RGB conversion saturates 16-bit pixels
             image = np.asarray(image)
-        if _is_array(image):
-            image = _to_8bit_or_float(image)
+        if isinstance(image, np.ndarray):  # torch needs native byte order and positive strides
+            image = torch.from_numpy(np.require(image, image.dtype.newbyteorder("="), ("C_CONTIGUOUS", "WRITEABLE")))
+        if isinstance(image, torch.Tensor):  # uint8 and float32 kept, 16-bit scaled to 8 bits, other dtypes as float32
+            image = image.detach()
+            if image.dtype == torch.uint16:
+                image = torch.round(image.to(torch.float32) / 257.0).to(torch.uint8)
+            image = image if image.dtype == torch.uint8 else image.to(torch.float32)
             if image.ndim == 2:
                 image, input_data_format = image[None], ChannelDimension.FIRST
             input_data_format = input_data_format or _channel_format(tuple(image.shape))
-            floating = image.is_floating_point() if is_torch_tensor(image) else image.dtype == np.float32
-            if do_rescale and floating and image.min() >= 0 and image.max() <= 1:
-                logger.warning_once(
-                    "Floating-point pixel values in [0, 1] are being rescaled by `rescale_factor` as if they were on "
-                    "the 0-255 scale. If the images are already scaled to [0, 1], pass `do_rescale=False`."
-                )
-        return super().process_image(
-            image, *args, input_data_format=input_data_format, do_rescale=do_rescale, **kwargs
-        )
+            if kwargs.get("do_rescale") and image.is_floating_point() and image.min() >= 0 and image.max() <= 1:
+                logger.warning_once("Pixels in [0, 1] are rescaled as if on the 0-255 scale: pass `do_rescale=False`.")
+            image = image.cpu().numpy() if self.backend == "pil" else image
+        return super().process_image(image, *args, input_data_format=input_data_format, **kwargs)
 
 
-@auto_docstring(
-    custom_intro="""
-    CeiT image processor on transformers' torchvision backend (batched, on an accelerator when `device` is given).
-    The defaults are the official evaluation transform: shorter side to 256 pixels (bicubic), center crop 224x224,
-    rescale by 1/255, ImageNet mean/std; transformers' usual image-processor arguments apply at construction or call
-    time. A `crop_size` given alone brings the official resize, `int(256 / 224 * crop)` (438 for 384); a `size`
-    given alone is also the output size.
-
-    ```python
-    >>> from PIL import Image
-    >>> from ceit_hf import CeiTImageProcessor
-    >>> CeiTImageProcessor()(Image.new("RGB", (640, 480)), return_tensors="pt")["pixel_values"].shape
-    torch.Size([1, 3, 224, 224])
-    ```
-    """
-)
+@auto_docstring(custom_intro="CeiT's official evaluation transform (bicubic resize, center crop) on torchvision.")
 class CeiTImageProcessor(CeiTImageProcessingMixin, TorchvisionBackend):
     pass
 
 
-@auto_docstring(
-    custom_intro="""
-    CeiT image processor on transformers' PIL backend: resizes with Pillow one image at a time, like the official
-    pipeline, and needs no torchvision. The same arguments, inputs and outputs as [`CeiTImageProcessor`], up to
-    resampling differences between Pillow and torchvision.
-    """
-)
+@auto_docstring(custom_intro="[`CeiTImageProcessor`] on transformers' PIL backend: Pillow resizes, as officially.")
 class CeiTImageProcessorPil(CeiTImageProcessingMixin, PilBackend):
-    def process_image(self, image, *args, **kwargs):
-        if is_torch_tensor(image):  # this backend works on numpy arrays
-            image = image.detach().cpu().numpy()
-        return super().process_image(image, *args, **kwargs)
-
     def resize(self, image: np.ndarray, size, resample=None, **kwargs) -> np.ndarray:
-        # Pillow resamples 8-bit data: floats on the 0-255 scale are rounded to uint8 first (transformers already
-        # goes through uint8 for floats in [0, 1]).
+        # Pillow resamples 8-bit data: floats on the 0-255 scale become uint8 (transformers handles those in [0, 1])
         if np.issubdtype(image.dtype, np.floating) and 1.0 < image.max() <= 255.0 and image.min() >= 0.0:
             image = np.round(image).astype(np.uint8)
         return super().resize(image, size, resample=resample, **kwargs)
 
-
-_AUTO_MAP = {
-    "torchvision": "image_processing_ceit.CeiTImageProcessor",
-    "pil": "image_processing_ceit.CeiTImageProcessorPil",
-}
 
 __all__ = ["CeiTImageProcessor", "CeiTImageProcessorPil"]
