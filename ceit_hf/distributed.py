@@ -1,12 +1,7 @@
 # Copyright 2026 The ceit_hf authors. Licensed under the Apache License, Version 2.0.
-"""CeiT under FSDP2 (`torch.distributed.fsdp.fully_shard`) with mixed precision, and its sharded EMA.
-
-A bf16 policy over a CeiT block would cast its BatchNorm weights to bf16 but not their running statistics (the first
-forward fails), and BatchNorm's statistics are where bf16 loses real accuracy: `fully_shard_ceit` makes every
-BatchNorm its own fp32 unit. `scripts/train.py` applies it under accelerate's FSDP; it also runs on a plain torch loop.
-"""
-
-from __future__ import annotations
+"""CeiT under FSDP2 (`torch.distributed.fsdp.fully_shard`) with mixed precision, and its sharded EMA. A bf16 policy
+over a CeiT block would cast its BatchNorm weights but not their running statistics (the first forward fails), and the
+statistics are where bf16 loses accuracy: `fully_shard_ceit` makes every BatchNorm its own fp32 unit."""
 
 from contextlib import contextmanager
 from functools import partial
@@ -14,62 +9,52 @@ from functools import partial
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.optim.swa_utils import get_ema_multi_avg_fn
+
+from .modeling_ceit import CeiTEmbeddings, CeiTLayer, CeiTPreTrainedModel
 
 
-def fully_shard_ceit(
-    model: nn.Module,
-    *,
-    mesh=None,
-    mp_policy=None,
-    reshard_after_forward=True,
-    offload_policy=None,
-    ignored_params=None,
-) -> nn.Module:
+if dist.is_available():  # builds of torch without it still import the package
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
+    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+
+def fully_shard_ceit(model: nn.Module, *, mp_policy=None, reshard_after_forward=True, **fsdp_kwargs) -> nn.Module:
     """Shards `model` (a CeiT, or any model holding CeiT blocks: a PEFT model, a UperNet over `CeiTBackbone`) in place
     with FSDP2 and returns it. Units: each BatchNorm (in fp32 under a lower-precision `mp_policy`), the embeddings,
     each `CeiTLayer`, then the root (LCA, classifier, the rest). `mp_policy` (default fp32) is torch's
-    `MixedPrecisionPolicy` for all but the BatchNorms; the other arguments go to every `fully_shard` call."""
-    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
-
-    from .modeling_ceit import CeiTEmbeddings, CeiTLayer, CeiTPreTrainedModel
-
+    `MixedPrecisionPolicy` for all but the BatchNorms; the other arguments (`mesh`, `offload_policy`, ...) go to every
+    `fully_shard` call."""
     if isinstance(model, FSDPModule):
         raise ValueError("The model is already sharded with FSDP2 (fully_shard); shard it once.")
     mp_policy = mp_policy or MixedPrecisionPolicy()
-    ignored_params = set(ignored_params) if ignored_params else None
-    shard = partial(fully_shard, mesh=mesh, reshard_after_forward=reshard_after_forward, ignored_params=ignored_params)
-    offload_policy = offload_policy or OffloadPolicy()
+    shard = partial(fully_shard, mp_policy=mp_policy, reshard_after_forward=reshard_after_forward, **fsdp_kwargs)
     if mp_policy.param_dtype not in (None, torch.float32):  # in fp32 the BatchNorms shard with their block
-        norm_policy = MixedPrecisionPolicy(
-            param_dtype=torch.float32, reduce_dtype=torch.float32, output_dtype=mp_policy.param_dtype
-        )
+        norm_policy = MixedPrecisionPolicy(torch.float32, torch.float32, output_dtype=mp_policy.param_dtype)
         for norm in [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]:
-            shard(norm, mp_policy=norm_policy, offload_policy=offload_policy)
+            shard(norm, mp_policy=norm_policy)
     # The LCA stays in the root unit with the classifier: it runs last, and the root is gathered for the whole step.
     for unit in [m for m in model.modules() if isinstance(m, (CeiTEmbeddings, CeiTLayer))]:
-        shard(unit, mp_policy=mp_policy, offload_policy=offload_policy)
-    shard(model, mp_policy=mp_policy, offload_policy=offload_policy)
+        shard(unit)
+    shard(model)
     if isinstance(model, CeiTPreTrainedModel):  # every save (Trainer's, `save_pretrained_sharded`) goes through it
-        model.save_pretrained = partial(_save_pretrained_as_ceit, model)
+        sharded_class = type(model)
+
+        def save_pretrained(*args, **kwargs):  # as its CeiT class: as `FSDP<class>`, the code and auto_map are FSDP's
+            model.__class__ = sharded_class.__bases__[-1]
+            try:
+                return model.__class__.save_pretrained(model, *args, **kwargs)
+            finally:
+                model.__class__ = sharded_class
+
+        model.save_pretrained = save_pretrained
     return model
-
-
-def _save_pretrained_as_ceit(model: nn.Module, *args, **kwargs):
-    """FSDP2 made `model` an instance of `FSDP<class>`, a class of torch's FSDP module: saved as such, the folder's
-    code and auto_map would be FSDP's. Saves it as its CeiT class instead."""
-    sharded_class = type(model)
-    model.__class__ = sharded_class.__bases__[-1]
-    try:
-        return model.__class__.save_pretrained(model, *args, **kwargs)
-    finally:
-        model.__class__ = sharded_class
 
 
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The whole (unsharded) state dict of an FSDP2 model, on rank 0's CPU (an empty dict on the other ranks; a
     collective: call it on all). The BatchNorm statistics are rank 0's: FSDP does not synchronise buffers."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
@@ -127,8 +112,6 @@ def shard_for_accelerator(model: nn.Module, accelerator) -> nn.Module:
     settings = {"reshard_after_forward": plugin.reshard_after_forward, "offload_policy": plugin.cpu_offload}
     model = fully_shard_ceit(model, mesh=mesh, mp_policy=plugin.mixed_precision_policy, **settings)
     if plugin.cpu_ram_efficient_loading:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
         options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
         set_model_state_dict(model, full or {}, options=options)
     # accelerate's preparation leaves the sharded model as it is, but first looks up the layer classes of its wrap
@@ -140,9 +123,9 @@ def shard_for_accelerator(model: nn.Module, accelerator) -> nn.Module:
 
     def prepare_keeping_parameters(*args, **kwargs):
         optimizers = [item for item in args if isinstance(item, torch.optim.Optimizer)]
-        kept = [[list(group["params"]) for group in optimizer.param_groups] for optimizer in optimizers]
+        kept = [(optimizer, [list(group["params"]) for group in optimizer.param_groups]) for optimizer in optimizers]
         prepared = prepare(*args, **kwargs)
-        for optimizer, groups in zip(optimizers, kept):  # (the group dicts may be new ones by now)
+        for optimizer, groups in kept:  # (the group dicts may be new ones by now)
             for group, parameters in zip(optimizer.param_groups, groups, strict=True):
                 group["params"] = parameters
         return prepared
@@ -165,8 +148,6 @@ def replicas_agree(model: nn.Module, group=None) -> bool:
 
 def local_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     """`model`'s parameters and buffers by name as this rank holds them (a sharded one's local shard, a view)."""
-    from torch.distributed.tensor import DTensor
-
     named = [*model.named_parameters(), *model.named_buffers()]
     return {name: t.to_local() if isinstance(t, DTensor) else t for name, t in named}
 
@@ -178,9 +159,6 @@ class ShardedEMA:
     "n_averaged", full weights), so a checkpoint's EMA resumes sharded or not. Call every method on all ranks."""
 
     def __init__(self, model: nn.Module, decay: float):
-        from torch.distributed.tensor import DTensor
-        from torch.optim.swa_utils import get_ema_multi_avg_fn
-
         self.average = get_ema_multi_avg_fn(decay)
         self.n_averaged = 0
         # (mesh, placements, shape, stride) of each sharded tensor, to gather its shards and to cut a full one
@@ -210,8 +188,6 @@ class ShardedEMA:
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The full EMA on rank 0's CPU (a collective; an empty dict on the other ranks)."""
-        from torch.distributed.tensor import DTensor
-
         keep = not dist.is_initialized() or dist.get_rank() == 0
         state = {"n_averaged": torch.tensor(self.n_averaged)} if keep else {}
         for name, average in self.averages.items():
@@ -227,8 +203,6 @@ class ShardedEMA:
     @torch.no_grad()
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Takes each rank's shards of a full EMA (`state_dict`'s, or `AveragedModel`'s from an unsharded run)."""
-        from torch.distributed.tensor import distribute_tensor
-
         names = {f"module.{name}" for name in self.averages} | {"n_averaged"}
         if set(state) != names:
             raise ValueError(
@@ -246,8 +220,6 @@ class ShardedEMA:
     def swapped_into(self, model: nn.Module):
         """A context in which `model` holds the EMA's weights and the EMA the model's: to evaluate or save the EMA the
         way the model is, sharded."""
-        from torch.distributed.fsdp import FSDPModule
-
         for module in model.modules():  # a forward in evaluation may leave units gathered; the shards are the weights
             if isinstance(module, FSDPModule):
                 module.reshard()

@@ -17,8 +17,6 @@ An Image-to-Tokens stem (I2T, Sec. 3.2), encoder blocks with the Locally-enhance
 Layer-wise Class-token Attention (LCA, Sec. 3.4). The faster deployment form is `ceit_hf.optimize_for_inference`.
 """
 
-from __future__ import annotations
-
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial, wraps
@@ -189,16 +187,13 @@ class CeiTAttention(nn.Module):
         super().__init__()
         self.config = config
         if self.is_class_attention:
-            num_heads, qkv_bias = config.lca_encoder_num_heads, config.lca_encoder_qkv_bias
-            attention_dropout = config.lca_encoder_attention_dropout
-            proj_dropout = config.lca_encoder_projection_dropout
+            self.num_heads, self.attention_dropout = config.lca_encoder_num_heads, config.lca_encoder_attention_dropout
+            qkv_bias, proj_dropout = config.lca_encoder_qkv_bias, config.lca_encoder_projection_dropout
         else:
-            num_heads, qkv_bias = config.encoder_num_heads, config.qkv_bias
-            attention_dropout, proj_dropout = config.encoder_attention_dropout, config.encoder_projection_dropout
-        self.num_heads = num_heads
-        self.head_dim = config.d_model // num_heads
+            self.num_heads, self.attention_dropout = config.encoder_num_heads, config.encoder_attention_dropout
+            qkv_bias, proj_dropout = config.qkv_bias, config.encoder_projection_dropout
+        self.head_dim = config.d_model // self.num_heads
         self.scaling = self.head_dim**-0.5
-        self.attention_dropout = attention_dropout
         self.is_causal = False  # transformers' sdpa path takes a module without it for causal
         self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=qkv_bias)
         self.proj = nn.Linear(config.d_model, config.d_model)
@@ -294,9 +289,8 @@ class CeiTEmbeddings(nn.Module):
         self.patch_embeddings = CeiTPatchEmbeddings(config)
         self.grid_size = config.token_grid_size(*config.image_hw)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.d_model))
-        self.position_embeddings = nn.Parameter(
-            torch.zeros(1, self.grid_size[0] * self.grid_size[1] + 1, config.d_model)
-        )
+        num_positions = self.grid_size[0] * self.grid_size[1] + 1
+        self.position_embeddings = nn.Parameter(torch.zeros(1, num_positions, config.d_model))
         self.dropout = nn.Dropout(config.dropout)
 
     def interpolate_pos_encoding(self, grid_size: tuple[int, int]) -> torch.Tensor:
@@ -305,11 +299,9 @@ class CeiTEmbeddings(nn.Module):
             return self.position_embeddings
         dim = self.position_embeddings.shape[-1]
         class_pos, patch_pos = self.position_embeddings[:, :1], self.position_embeddings[:, 1:]
-        patch_pos = patch_pos.reshape(1, *self.grid_size, dim).permute(0, 3, 1, 2)
+        patch_pos = patch_pos.reshape(1, *self.grid_size, dim).permute(0, 3, 1, 2).float()
         size = (torch_int(grid_size[0]), torch_int(grid_size[1]))
-        patch_pos = F.interpolate(patch_pos.float(), size=size, mode="bicubic", align_corners=False).to(
-            patch_pos.dtype
-        )
+        patch_pos = F.interpolate(patch_pos, size=size, mode="bicubic", align_corners=False).to(class_pos.dtype)
         return torch.cat((class_pos, patch_pos.permute(0, 2, 3, 1).reshape(1, -1, dim)), dim=1)
 
     def forward(self, pixel_values: torch.Tensor | None, interpolate_pos_encoding: bool = False):
@@ -318,14 +310,9 @@ class CeiTEmbeddings(nn.Module):
         if pixel_values is None:
             raise ValueError("You have to specify pixel_values.")
         expected = f"a float tensor of shape (batch_size, {self.config.in_channels}, height, width)"
-        if (
-            not isinstance(pixel_values, torch.Tensor)
-            or pixel_values.ndim != 4
-            or not pixel_values.is_floating_point()
-        ):
-            got = (
-                f"{tuple(pixel_values.shape)} {pixel_values.dtype}" if torch.is_tensor(pixel_values) else pixel_values
-            )
+        is_tensor = torch.is_tensor(pixel_values)
+        if not is_tensor or pixel_values.ndim != 4 or not pixel_values.is_floating_point():
+            got = f"{tuple(pixel_values.shape)} {pixel_values.dtype}" if is_tensor else pixel_values
             raise ValueError(
                 f"pixel_values must be {expected} (normalised pixels, e.g. from CeiTImageProcessor); got {got}."
             )
@@ -481,8 +468,7 @@ class CeiTEncoder(nn.Module):
 
 
 def _lca_attentions_with_attentions(forward: Callable) -> Callable:
-    """Records the LCA's attentions whenever the encoder's are asked for (`capture_outputs` ties only transformers'
-    own models' extra attentions to `output_attentions`)."""
+    """Records the LCA's attentions with the encoder's (`capture_outputs` ties only transformers' own to them)."""
 
     @wraps(forward)
     def wrapper(self, *args, **kwargs):
@@ -495,7 +481,6 @@ def _lca_attentions_with_attentions(forward: Callable) -> Callable:
 @auto_docstring(custom_intro="Weights initialisation, loading and the runtime switches shared by every CeiT model.")
 class CeiTPreTrainedModel(PreTrainedModel):
     config: CeiTConfig
-    config_class = CeiTConfig
     base_model_prefix = "ceit"
     main_input_name = "pixel_values"
     input_modalities = ("image",)
@@ -511,7 +496,6 @@ class CeiTPreTrainedModel(PreTrainedModel):
         "attentions": CeiTSelfAttention,
         "lca_attentions": OutputRecorder(CeiTClassAttention, index=1),
     }
-
     _input_embed_layer = "patch_embeddings"
 
     def _init_weights(self, module: nn.Module):
@@ -519,7 +503,6 @@ class CeiTPreTrainedModel(PreTrainedModel):
         Linear layers standing for them), zero layer-position embeddings."""
         super()._init_weights(module)
         if isinstance(module, nn.Conv2d) or getattr(module, "official_convolution", False):
-            # PyTorch's own `reset_parameters`, as the official code initialises convolutions
             init.kaiming_uniform_(module.weight, a=5**0.5)
             if module.bias is not None:
                 bound = 1 / module.weight[0].numel() ** 0.5
@@ -536,16 +519,13 @@ class CeiTPreTrainedModel(PreTrainedModel):
         elif isinstance(module, CeiTLayerScale):
             init.constant_(module.lambda1, module.init_value)
 
-    def _set_gradient_checkpointing(
-        self, enable: bool = True, gradient_checkpointing_func: Callable = checkpoint, **kwargs
-    ):
+    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=checkpoint, **kwargs):
         super()._set_gradient_checkpointing(enable, gradient_checkpointing_func, **kwargs)
-        for layer in self.modules():
-            if isinstance(layer, CeiTLayer):
-                layer._gradient_checkpointing_func = partial(
-                    _checkpoint_updating_statistics_once, gradient_checkpointing_func, layer
-                )
-                layer.leff.layer_checkpointed = bool(layer.gradient_checkpointing)
+        for layer in [m for m in self.modules() if isinstance(m, CeiTLayer)]:
+            layer._gradient_checkpointing_func = partial(
+                _checkpoint_updating_statistics_once, gradient_checkpointing_func, layer
+            )
+            layer.leff.layer_checkpointed = bool(layer.gradient_checkpointing)
 
     # trf-ignore: TRF033 (a runtime speed/memory switch, like gradient checkpointing: kept out of config.json)
     def set_leff_recompute(self, enabled: bool | str = "auto"):
@@ -612,9 +592,7 @@ class CeiTModel(CeiTPreTrainedModel):
         if unknown := set(kwargs) - {*TransformersKwargs.__annotations__, "output_lca_attentions"}:
             # transformers passes unknown keywords on unread: a `head_mask` would be ignored without a word.
             raise TypeError(f"CeiT's forward got unexpected keyword arguments {sorted(unknown)}.")
-        embeddings, grid_size, _ = self.embeddings(
-            pixel_values, interpolate_pos_encoding=bool(interpolate_pos_encoding)
-        )
+        embeddings, grid_size, _ = self.embeddings(pixel_values, bool(interpolate_pos_encoding))
         hidden_states, class_tokens = self.encoder(embeddings, grid_size, **kwargs)
         pooled, _ = self.lca(class_tokens, **kwargs)
         return CeiTModelOutput(last_hidden_state=hidden_states[-1], pooler_output=self.layernorm(pooled))
@@ -714,9 +692,7 @@ class CeiTBackbone(BackboneMixin, CeiTPreTrainedModel):
         interpolate_pos_encoding (`bool`, *optional*, defaults to `True`):
             Accept any input size whose stem output tiles into patches; `False` holds it to `config.image_size`.
         """
-        embeddings, grid_size, stem = self.embeddings(
-            pixel_values, interpolate_pos_encoding=interpolate_pos_encoding is not False
-        )
+        embeddings, grid_size, stem = self.embeddings(pixel_values, interpolate_pos_encoding is not False)
         hidden_states, _ = self.encoder(embeddings, grid_size, all_hidden_states=True, **kwargs)
         feature_maps = [stem] if "stem" in self.out_features else []
         for stage, hidden_state in zip(self.stage_names[1:], hidden_states[1:]):
