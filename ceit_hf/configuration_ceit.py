@@ -25,9 +25,8 @@ from transformers.backbone_utils import BackboneConfigMixin
 from transformers.utils import auto_docstring
 
 
-# What every official variant shares (coeusguo/ceit `ceit_model.py`).
 # fmt: off
-_OFFICIAL = {
+_OFFICIAL = {  # what every official variant shares (coeusguo/ceit `ceit_model.py`)
     "patch_size": 4, "num_encoder_blocks": 12, "classifier_mlp_d": None, "i2t_out_channels": 64,
     "i2t_conv_kernel_size": 7, "i2t_conv_stride": 2, "i2t_conv_padding": 3, "i2t_conv_bias": False,
     "i2t_max_pool_kernel_size": 3, "i2t_max_pool_stride": 2, "i2t_max_pool_padding": 1, "patch_norm": False,
@@ -37,32 +36,20 @@ _OFFICIAL = {
     "lca_encoder_qkv_bias": True, "lca_layer_position_embedding": True, "ln_order": "pre", "qkv_bias": True,
     "layer_norm_eps": 1e-6, "num_labels": 1000,
 }
-# transformers' names -> the seed API's (`num_labels` is transformers' own field, derived from `id2label`)
-ALIASES = {
+ALIASES = {  # transformers' names -> the seed API's (`num_labels` is transformers' own field, derived from `id2label`)
     "hidden_size": "d_model", "num_hidden_layers": "num_encoder_blocks", "num_attention_heads": "encoder_num_heads",
     "num_channels": "in_channels", "num_classes": "num_labels",
 }
-# fmt: on
-PRESETS: dict[str, dict[str, Any]] = {
-    f"ceit_{name}_patch16_{size}": {**_OFFICIAL, "d_model": width, "encoder_num_heads": heads, "image_size": size}
-    for name, width, heads in (("tiny", 192, 3), ("small", 384, 6), ("base", 768, 12))
-    for size in (224, 384)
-    if (name, size) != ("base", 384)
-}
-
-
 # Each option's rule beyond its type (which `@strict` checks) and what it expects, said by both kinds of error.
-# fmt: off
 RULES = {
-    "image_size": (
-        lambda v: v > 0 if isinstance(v, int) else len(v) == 2 and min(v) > 0,
-        "expected a positive int or a [height, width] pair of positive ints",
-    ),
+    "image_size": (lambda v: v > 0 if isinstance(v, int) else len(v) == 2 and min(v) > 0,
+                   "expected a positive int or a [height, width] pair of positive ints"),
     **dict.fromkeys((
         "d_model", "patch_size", "encoder_num_heads", "num_encoder_blocks", "i2t_out_channels", "i2t_conv_kernel_size",
         "i2t_conv_stride", "i2t_max_pool_kernel_size", "i2t_max_pool_stride", "leff_expand_ratio",
-        "leff_depthwise_kernel", "leff_depthwise_stride", "lca_encoder_expansion_ratio", "lca_encoder_num_heads",
-        "in_channels"), (lambda v: v > 0, "expected a positive int")),
+        "leff_depthwise_kernel", "lca_encoder_expansion_ratio", "lca_encoder_num_heads", "in_channels"),
+        (lambda v: v > 0, "expected a positive int")),
+    "leff_depthwise_stride": (lambda v: v == 1, "expected 1: LeFF's depthwise convolution must keep the token grid"),
     "classifier_mlp_d": (lambda v: v is None or v > 0, "expected a positive int, or None for one Linear"),
     **dict.fromkeys(("leff_depthwise_padding", "i2t_conv_padding", "i2t_max_pool_padding"),
                     (lambda v: v >= 0, "expected an int >= 0")),
@@ -80,6 +67,12 @@ RULES = {
     "patchify_technique": (lambda v: v in ("linear", "conv"), "expected one of ['linear', 'conv']"),
 }
 # fmt: on
+PRESETS: dict[str, dict[str, Any]] = {
+    f"ceit_{name}_patch16_{size}": {**_OFFICIAL, "d_model": width, "encoder_num_heads": heads, "image_size": size}
+    for name, width, heads in (("tiny", 192, 3), ("small", 384, 6), ("base", 768, 12))
+    for size in (224, 384)
+    if (name, size) != ("base", 384)
+}
 
 
 def _invalid(name: str, value, expected) -> ValueError:
@@ -96,8 +89,7 @@ def _plain(value):
 
 
 def _refuse_typos(keywords) -> None:
-    """transformers keeps unknown keywords as attributes, so a typo of an option would build the default model in
-    silence: a keyword close to an option (and no name the config classes define) raises instead."""
+    """A keyword close to an option (and no name the config classes define) raises: transformers would keep it."""
     options = {*CeiTConfig.__dataclass_fields__, *ALIASES}
     for key in keywords:
         close = difflib.get_close_matches(key, options, n=1, cutoff=0.85)
@@ -106,8 +98,7 @@ def _refuse_typos(keywords) -> None:
 
 
 def _python_numbers_and_value_errors(cls):
-    """`cls.__init__` taking numpy scalars as Python numbers (config.json holds only those) and raising `@strict`'s
-    type errors as the ValueError, naming the option and what it expects, of every other invalid option."""
+    """`cls.__init__` taking numpy scalars as Python numbers and raising `@strict`'s type errors as ValueErrors."""
     init = cls.__init__
 
     @functools.wraps(init)
@@ -127,18 +118,13 @@ def _python_numbers_and_value_errors(cls):
     return cls
 
 
-def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
-    return (size + 2 * padding - kernel) // stride + 1
-
-
-# auto_docstring writes transformers' Args section (and checks every option is in it); the intro replaces its default,
-# which names the model from transformers' own module tree.
+# auto_docstring writes the Args section (options it knows are documented by it); the intro names the model.
 @auto_docstring(
     custom_intro="""
     Configuration of a CeiT model (Convolution-enhanced image Transformer, arXiv:2103.11816) with every keyword and
-    default of the `cv.backbones.CeiT.model.CeiT` API; the official CeiT-T/S/B are presets (`from_preset`).
-    transformers' names are aliases (`hidden_size`, `num_hidden_layers`, `num_attention_heads`, `num_channels`,
-    `num_labels`). An invalid value, or a keyword close to an option but none ("did you mean"), raises `ValueError`.
+    default of the `cv.backbones.CeiT.model.CeiT` API; the official CeiT-T/S/B are presets (`from_preset`). Aliases:
+    `hidden_size`, `num_hidden_layers`, `num_attention_heads`, `num_channels`, `num_labels`. An invalid value, or a
+    keyword close to an option but none ("did you mean"), raises `ValueError`.
     """
 )
 @_python_numbers_and_value_errors
@@ -147,14 +133,10 @@ class CeiTConfig(BackboneConfigMixin, PreTrainedConfig):
     r"""
     image_size (`int` or `list[int]`, *optional*, defaults to 224):
         Input size (or `[height, width]`) the position embeddings are made for.
-    d_model (`int`, *optional*, defaults to 768):
-        Token width (alias `hidden_size`).
     patch_size (`int`, *optional*, defaults to 4):
         Patch side on the Image-to-Tokens map (4 = 16 pixels).
     dropout (`float`, *optional*, defaults to 0.0):
         Dropout on the embeddings and in the MLP head.
-    encoder_num_heads (`int`, *optional*, defaults to 12):
-        Attention heads of the encoder blocks (alias `num_attention_heads`).
     num_encoder_blocks (`int`, *optional*, defaults to 12):
         Number of encoder blocks (alias `num_hidden_layers`).
     encoder_dropout (`float`, *optional*, defaults to 0.0):
@@ -213,12 +195,6 @@ class CeiTConfig(BackboneConfigMixin, PreTrainedConfig):
         Initial LayerScale of the encoder branches; `None`: off.
     ln_order (`str`, *optional*, defaults to `"post"`):
         "pre" or "post" LayerNorm in the encoder blocks.
-    in_channels (`int`, *optional*, defaults to 3):
-        Image channels (alias `num_channels`).
-    qkv_bias (`bool`, *optional*, defaults to `False`):
-        Bias of the encoder query/key/value projection (official: `True`).
-    layer_norm_eps (`float`, *optional*, defaults to 1e-6):
-        Epsilon of every LayerNorm.
     i2t_conv_padding (`int`, *optional*):
         Stem convolution padding; defaults to `kernel // 2`.
     i2t_conv_bias (`bool`, *optional*, defaults to `False`):
@@ -233,8 +209,6 @@ class CeiTConfig(BackboneConfigMixin, PreTrainedConfig):
         GELU after LeFF's last BatchNorm (official: `False`).
     lca_layer_position_embedding (`bool`, *optional*, defaults to `True`):
         Learned embedding added to the class tokens before the LCA.
-    initializer_range (`float`, *optional*, defaults to 0.02):
-        Std of the truncated-normal initialisation.
     apply_layernorm (`bool`, *optional*, defaults to `True`):
         [`CeiTBackbone`] puts its stage maps through a LayerNorm.
     reshape_hidden_states (`bool`, *optional*, defaults to `True`):
@@ -321,9 +295,7 @@ class CeiTConfig(BackboneConfigMixin, PreTrainedConfig):
         if "num_classes" in kwargs:
             num_classes = kwargs.pop("num_classes")
             if kwargs.setdefault("num_labels", num_classes) != num_classes:
-                raise ValueError(
-                    f"num_classes={num_classes!r} and num_labels={kwargs['num_labels']!r} disagree: give one."
-                )
+                raise ValueError(f"num_classes={num_classes!r} and num_labels={kwargs['num_labels']!r} disagree.")
         if self.id2label is None:
             num_labels = kwargs["num_labels"] = _plain(kwargs.get("num_labels", 1000))
             if type(num_labels) is not int or num_labels < 0:
@@ -332,10 +304,8 @@ class CeiTConfig(BackboneConfigMixin, PreTrainedConfig):
         keys = list(self.id2label) if isinstance(self.id2label, dict) else [None]
         indices = all(type(k) is int or isinstance(k, str) and k.isascii() and k.isdigit() for k in keys)
         if not indices or sorted(map(int, keys)) != list(range(len(keys))):
-            raise ValueError(
-                f"CeiTConfig.id2label={str(self.id2label)[:80]} is invalid: expected {{class index: name}} with "
-                f"class indices 0..{len(keys) - 1}."
-            )
+            expected = f"expected {{class index: name}} with class indices 0..{len(keys) - 1}"
+            raise ValueError(f"CeiTConfig.id2label={str(self.id2label)[:80]} is invalid: {expected}.")
         self.label2id = self.label2id or {str(label): int(index) for index, label in self.id2label.items()}
 
     @classmethod
@@ -351,13 +321,10 @@ class CeiTConfig(BackboneConfigMixin, PreTrainedConfig):
     def from_preset(cls, name: str, **overrides) -> "CeiTConfig":
         """An official CeiT variant's configuration, with `overrides` (seed or transformers names) on top."""
         if name not in PRESETS:
-            close = difflib.get_close_matches(name, PRESETS, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
+            hint = "".join(f" Did you mean {close!r}?" for close in difflib.get_close_matches(name, PRESETS, n=1))
             raise ValueError(f"Unknown CeiT preset {name!r}; expected one of {sorted(PRESETS)}.{hint}")
-        kwargs = dict(PRESETS[name])
-        if "id2label" in overrides or "num_classes" in overrides:
-            kwargs.pop("num_labels")
-        return cls(**{**kwargs, **overrides})
+        labels = "id2label" in overrides or "num_classes" in overrides  # then the preset's 1000 classes do not apply
+        return cls(**{**{k: v for k, v in PRESETS[name].items() if not (labels and k == "num_labels")}, **overrides})
 
     @property
     def preset_name(self) -> str | None:
@@ -370,18 +337,18 @@ class CeiTConfig(BackboneConfigMixin, PreTrainedConfig):
     @property
     def image_hw(self) -> tuple[int, int]:
         """`image_size` as (height, width)."""
-        size = self.image_size
-        return (size, size) if isinstance(size, int) else (size[0], size[1])
+        return (self.image_size,) * 2 if isinstance(self.image_size, int) else tuple(self.image_size)
 
     def stem_output_size(self, height: int, width: int) -> tuple[int, int]:
         """Spatial size of the Image-to-Tokens feature map for a `height x width` input."""
-
-        def stem(size):
-            size = _conv_out(size, self.i2t_conv_kernel_size, self.i2t_conv_stride, self.i2t_conv_padding)
-            pool = (self.i2t_max_pool_kernel_size, self.i2t_max_pool_stride, self.i2t_max_pool_padding)
-            return _conv_out(size, *pool) if size > 0 else size
-
-        return stem(height), stem(width)
+        sizes = []
+        for size in (height, width):
+            size = (size + 2 * self.i2t_conv_padding - self.i2t_conv_kernel_size) // self.i2t_conv_stride + 1
+            pool = (
+                size + 2 * self.i2t_max_pool_padding - self.i2t_max_pool_kernel_size
+            ) // self.i2t_max_pool_stride + 1
+            sizes.append(pool if size > 0 else size)
+        return tuple(sizes)
 
     def token_grid_size(self, height: int, width: int) -> tuple[int, int]:
         """(rows, columns) of the patch-token grid; `ValueError` when the stem map does not tile into patches."""
@@ -389,27 +356,21 @@ class CeiTConfig(BackboneConfigMixin, PreTrainedConfig):
         p = self.patch_size
         if stem_h < p or stem_w < p or stem_h % p or stem_w % p:
             raise ValueError(
-                f"An input of {height}x{width} pixels gives a {stem_h}x{stem_w} Image-to-Tokens feature map, which "
-                f"does not tile into whole {p}x{p} patches (patch_size={p}). Use an image size whose stem output "
-                f"is a positive multiple of {p} on each side (with the default stem: a multiple of {4 * p} pixels, "
-                "e.g. 224 or 384)."
+                f"An input of {height}x{width} pixels gives a {stem_h}x{stem_w} Image-to-Tokens map, which does not "
+                f"tile into {p}x{p} patches (patch_size={p}): use a size whose stem map is a positive multiple of {p} "
+                f"a side (with the default stem, a multiple of {4 * p} pixels, e.g. 224 or 384)."
             )
         return stem_h // p, stem_w // p
 
     def drop_path_rates(self) -> list[float]:
         """Drop-path rate of each encoder block: linear from 0 to `stochastic_depth_mp` (0 when off)."""
         n = self.num_encoder_blocks
-        if not self.stochastic_depth or n == 1:
-            return [0.0] * n
-        return [self.stochastic_depth_mp * i / (n - 1) for i in range(n)]
+        return [self.stochastic_depth_mp * i / (n - 1) if self.stochastic_depth and n > 1 else 0.0 for i in range(n)]
 
     def to_diff_dict(self) -> dict[str, Any]:
         # transformers leaves out labels equal to its 2-class default, which would load back with CeiT's 1000
-        output = super().to_diff_dict()
-        for key in ("id2label", "label2id"):
-            if getattr(self, key) is not None:
-                output.setdefault(key, self.to_dict()[key])
-        return output
+        labels = {key: value for key, value in self.to_dict().items() if key in ("id2label", "label2id")}
+        return {**{key: value for key, value in labels.items() if value is not None}, **super().to_diff_dict()}
 
     def validate_options(self):
         """Each option's range and the rules between options (`@strict` checks the types): at init and on save."""
@@ -418,17 +379,14 @@ class CeiTConfig(BackboneConfigMixin, PreTrainedConfig):
                 raise _invalid(name, getattr(self, name), expected)
         if self.stochastic_depth and self.stochastic_depth_mp is None:
             raise _invalid(
-                "stochastic_depth_mp", None, "stochastic_depth=True needs the largest drop-path rate, in [0, 1)"
+                "stochastic_depth_mp", None, "stochastic_depth=True needs the largest drop-path rate in [0, 1)"
             )
         for name in ("encoder_num_heads", "lca_encoder_num_heads"):
             if self.d_model % getattr(self, name):
                 raise _invalid(name, getattr(self, name), f"d_model={self.d_model} must be divisible by the heads")
-        grid = "LeFF's depthwise convolution must keep the token grid, so"
-        if self.leff_depthwise_stride != 1:
-            raise _invalid("leff_depthwise_stride", self.leff_depthwise_stride, f"{grid} stride 1")
         if 2 * self.leff_depthwise_padding != self.leff_depthwise_kernel - 1:
             kernel = self.leff_depthwise_kernel
-            expected = f"{grid} padding (kernel - 1) / 2 with an odd kernel (leff_depthwise_kernel={kernel})"
+            expected = f"(kernel - 1) / 2 with an odd kernel (leff_depthwise_kernel={kernel}), to keep the token grid"
             raise _invalid("leff_depthwise_padding", self.leff_depthwise_padding, expected)
         if 2 * self.i2t_max_pool_padding > self.i2t_max_pool_kernel_size:
             expected = f"at most half the max-pool kernel ({self.i2t_max_pool_kernel_size})"
