@@ -51,8 +51,7 @@ def _channel_format(shape: tuple[int, ...]) -> ChannelDimension | None:
 
 
 def _flatten(images) -> list:
-    """One list of images; a path decoded by Pillow in its own mode (transformers' loaders convert it to RGB)."""
-    if isinstance(images, str):
+    if isinstance(images, str):  # decoded by Pillow in its own mode (transformers' loaders convert it to RGB)
         is_file = os.path.isfile(images)
         try:
             return [PIL.ImageOps.exif_transpose(PIL.Image.open(images) if is_file else load_image(images))]
@@ -120,9 +119,7 @@ class CeiTImageProcessingMixin:
         for index, image in enumerate(flat):
             if problem := _problem(image):
                 where = "The input" if len(flat) == 1 else f"Input {index} of the batch"
-                got = f"{image!r:.80}"
-                if isinstance(image, ARRAYS):
-                    got = f"of shape {tuple(image.shape)} and dtype {image.dtype}"
+                got = f"of shape {tuple(image.shape)}" if isinstance(image, ARRAYS) else f"{image!r:.80}"
                 raise ValueError(f"{where} {problem}: got {type(image).__name__} {got}. Expected {EXPECTED_INPUT}.")
         return flat
 
