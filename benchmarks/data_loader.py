@@ -119,9 +119,9 @@ def simplejpeg_examples():
     from ceit_hf.data import DecodedExamples
 
     class SimplejpegExamples(DecodedExamples):
-        def decode(self, value):
+        def decode(self, value, label):
             with open(value["path"], "rb") as file:
-                return DecodedArray(simplejpeg.decode_jpeg(file.read(), colorspace="RGB"))
+                return DecodedArray(simplejpeg.decode_jpeg(file.read(), colorspace="RGB")), label
 
     return SimplejpegExamples
 
