@@ -18,6 +18,7 @@ import importlib.util
 import io
 import json
 import os
+import pickle
 import random
 import re
 import subprocess
@@ -519,3 +520,37 @@ def test_infer_config_errors(change, message):
     change(sd)
     with pytest.raises(CheckpointConversionError, match=message):
         infer_config(sd)
+
+
+@pytest.mark.parametrize(
+    "content, reason",
+    [
+        # a pickle the weights-only unpickler cannot read: torch's message is several paragraphs of advice
+        (lambda: pickle.dumps({"model": "x"}, protocol=0), "UnpicklingError: Unsupported operand 100"),
+        (lambda: b"", "EOFError"),
+        (
+            lambda: _torch_saved_bytes()[:100],
+            "RuntimeError: PytorchStreamReader failed reading zip archive: failed finding central directory",
+        ),
+    ],
+    ids=["pickle-protocol-0", "empty", "truncated"],
+)
+def test_unreadable_checkpoint_names_torchs_reason_and_never_relays_its_advice(content, reason, tmp_path):
+    """The refusal quotes the first sentence of torch's reason, and not torch's advice to load with
+    weights_only=False, which would run the file's pickled code."""
+    path = tmp_path / "checkpoint.pth"
+    path.write_bytes(content())
+    with pytest.raises(CheckpointConversionError) as refusal:
+        load_official_checkpoint(path)
+    message = str(refusal.value)
+    assert message == (
+        f"Could not read {path} as a PyTorch checkpoint (a file written by torch.save): it is damaged, truncated or "
+        f"of another format ({reason}). It was read with weights_only=True, so no pickled code was run."
+    )
+    assert "False" not in message
+
+
+def _torch_saved_bytes() -> bytes:
+    buffer = io.BytesIO()
+    torch.save({"model": _small_sd()}, buffer)
+    return buffer.getvalue()
