@@ -554,3 +554,49 @@ def _torch_saved_bytes() -> bytes:
     buffer = io.BytesIO()
     torch.save({"model": _small_sd()}, buffer)
     return buffer.getvalue()
+
+
+def _checkpoint_without(count: int) -> tuple[dict, list[str]]:
+    """A depth-1 checkpoint missing `count` of its first block's entries, and the model keys they would fill."""
+    full = _small_sd()
+    state_dict = dict(full)
+    for key in [key for key in full if key.startswith("blocks.0.")][:count]:
+        del state_dict[key]
+    missing = sorted(set(convert_official_state_dict(full)) - set(convert_official_state_dict(state_dict)))
+    return state_dict, missing
+
+
+@pytest.mark.parametrize("count", [1, 8, 9])
+def test_a_checkpoint_that_does_not_fit_names_how_many_keys_and_at_most_eight_of_them(count):
+    state_dict, missing = _checkpoint_without(count)
+    with pytest.raises(CheckpointConversionError) as refusal:
+        official_to_model(state_dict, infer_config(_small_sd()))
+    more = " ..." if count > 8 else ""
+    assert str(refusal.value) == (
+        f"The checkpoint does not fit the CeiT configuration; {count} missing from the checkpoint: {missing[:8]}{more}"
+    )
+
+
+def test_a_checkpoint_deeper_and_wider_than_the_configuration_names_each_kind_of_problem():
+    config = infer_config(_small_sd())
+    config.d_model = 96  # the checkpoint's width is 192
+    with pytest.raises(CheckpointConversionError) as refusal:
+        official_to_model(random_official_state_dict(depth=2), config)
+    message = str(refusal.value)
+    assert message.startswith("The checkpoint does not fit the CeiT configuration; ")
+    kinds = [part.split(":")[0] for part in message.split("; ")[1:]]
+    assert [kind.split(" ", 1)[1] for kind in kinds] == ["not in the model", "shape mismatches"]
+    assert "ceit.encoder.layers.1." in message.split("; ")[1]
+    assert re.search(r"ceit\.embeddings\.cls_token: checkpoint \(1, 1, 192\) vs model \(1, 1, 96\)", message)
+
+
+def test_a_preset_that_does_not_match_the_checkpoint_names_each_difference(tmp_path):
+    checkpoint = tmp_path / "ceit_384.pth"
+    torch.save(random_official_state_dict(depth=1, image_size=384), checkpoint)
+    with pytest.raises(CheckpointConversionError) as refusal:
+        convert_checkpoint(checkpoint, tmp_path / "out", preset="ceit_tiny_patch16_224")
+    assert str(refusal.value) == (
+        "The checkpoint is not a ceit_tiny_patch16_224: the preset has depth 12 (checkpoint: 1), image size 224 "
+        "(checkpoint: 384)."
+    )
+    assert not (tmp_path / "out").exists()
