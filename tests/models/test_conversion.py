@@ -600,3 +600,11 @@ def test_a_preset_that_does_not_match_the_checkpoint_names_each_difference(tmp_p
         "(checkpoint: 384)."
     )
     assert not (tmp_path / "out").exists()
+
+
+def test_a_preset_conversion_keeps_the_checkpoints_number_of_classes(tmp_path):
+    checkpoint = tmp_path / "fine_tuned.pth"
+    torch.save(random_official_state_dict(num_classes=10), checkpoint)
+    convert_checkpoint(checkpoint, tmp_path / "out", preset="ceit_tiny_patch16_224")
+    model = CeiTForImageClassification.from_pretrained(tmp_path / "out")
+    assert model.config.num_labels == 10 and model.classifier.out_features == 10
