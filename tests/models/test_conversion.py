@@ -608,3 +608,24 @@ def test_a_preset_conversion_keeps_the_checkpoints_number_of_classes(tmp_path):
     convert_checkpoint(checkpoint, tmp_path / "out", preset="ceit_tiny_patch16_224")
     model = CeiTForImageClassification.from_pretrained(tmp_path / "out")
     assert model.config.num_labels == 10 and model.classifier.out_features == 10
+
+
+def test_files_move_into_a_new_nested_folder_from_a_hidden_one_beside_it_weights_last(tmp_path, monkeypatch):
+    """Each file moves by a rename on the same filesystem from a hidden partial folder beside the output, the weights
+    last: a conversion killed while moving leaves a folder that does not load, never one that loads incompletely."""
+    checkpoint, output_dir = tmp_path / "ok.pth", tmp_path / "new" / "nested" / "out"
+    torch.save(_small_sd(), checkpoint)
+    moves, rename = [], os.replace
+
+    def recording_rename(source, target):
+        if Path(target).parent == output_dir:
+            moves.append((Path(source), Path(target).name))
+        rename(source, target)
+
+    monkeypatch.setattr(os, "replace", recording_rename)
+    convert_checkpoint(checkpoint, output_dir)
+    staging = {source.parent for source, _ in moves}
+    assert len(staging) == 1 and next(iter(staging)).parent == output_dir.parent
+    assert next(iter(staging)).name.startswith(".out.partial-")
+    assert moves[-1][1] == "model.safetensors" and len(moves) == len(list(output_dir.iterdir())) > 1
+    assert _leftovers(output_dir.parent) == []
