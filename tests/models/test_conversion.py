@@ -629,3 +629,55 @@ def test_files_move_into_a_new_nested_folder_from_a_hidden_one_beside_it_weights
     assert next(iter(staging)).name.startswith(".out.partial-")
     assert moves[-1][1] == "model.safetensors" and len(moves) == len(list(output_dir.iterdir())) > 1
     assert _leftovers(output_dir.parent) == []
+
+
+def test_a_checkpoint_saved_from_gpu_tensors_loads_on_a_machine_without_one(tmp_path, monkeypatch):
+    """The official checkpoints were saved from CUDA tensors; torch.load alone would look for a GPU."""
+    checkpoint, weights = tmp_path / "gpu.pth", _small_sd()
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+        torch.save({"model": weights}, checkpoint)
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(checkpoint, weights_only=True)  # what the stored location asks for
+    loaded = load_official_checkpoint(checkpoint)
+    assert all(tensor.device.type == "cpu" for tensor in loaded.values())
+    assert all(torch.equal(loaded[key], weights[key]) for key in weights)
+
+
+def test_pickled_code_is_refused_even_where_the_environment_turns_torchs_safe_default_off(tmp_path, monkeypatch):
+    path = tmp_path / "malicious.pth"
+    torch.save({"model": _small_sd(), "payload": WritesMarkerWhenUnpickled(tmp_path / "MARKER")}, path)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    with pytest.raises(CheckpointConversionError) as refusal:
+        load_official_checkpoint(path)
+    assert not (tmp_path / "MARKER").exists()
+    assert str(refusal.value) == (
+        f"{path} holds a pickled Python object other than tensors and plain containers (io.open). Unpickling it could "
+        "run arbitrary code, so it is not loaded (torch.load with weights_only=True). Save the state_dict alone "
+        "(torch.save(model.state_dict(), path)) where the checkpoint is trusted."
+    )
+
+
+def test_the_model_entry_is_read_unless_the_ema_is_asked_for(tmp_path):
+    model, ema = _small_sd(seed=1), _small_sd(seed=2)
+    torch.save({"model": model, "model_ema": ema, "epoch": 3}, tmp_path / "ckpt.pth")
+    assert torch.equal(load_official_checkpoint(tmp_path / "ckpt.pth")["pos_embed"], model["pos_embed"])
+    assert torch.equal(load_official_checkpoint(tmp_path / "ckpt.pth", use_ema=True)["pos_embed"], ema["pos_embed"])
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        ({f"entry{i:02d}": i for i in range(12)}, "--use_ema: {path} has no 'model_ema' entry (its keys: {keys})."),
+        ({"epoch": 3, "args": "lr=0.1"}, "{path}: it has no 'model' entry and is not a state_dict of tensors."),
+        ({"model": {"pos_embed": [0.0]}}, "{path}: its 'model' entry is not a state_dict of tensors."),
+    ],
+    ids=["no-ema-lists-ten-keys", "no-model-entry", "model-entry-without-tensors"],
+)
+def test_a_checkpoint_without_the_asked_for_weights_says_what_it_holds(content, expected, tmp_path):
+    path = tmp_path / "ckpt.pth"
+    torch.save(content, path)
+    with pytest.raises(CheckpointConversionError) as refusal:
+        load_official_checkpoint(path, use_ema=expected.startswith("--use_ema"))
+    assert str(refusal.value) == expected.format(path=path, keys=sorted(content)[:10])
