@@ -100,8 +100,8 @@ def infer_config(state_dict: dict[str, torch.Tensor], **overrides) -> CeiTConfig
             f"No official CeiT variant has width {width} (the official widths are {widths}). For another width, "
             "build a CeiTConfig and call official_to_model(state_dict, config)."
         )
-    by_size = [name for name in candidates if PRESETS[name]["image_size"] == settings["image_size"]]
-    return CeiTConfig.from_preset((by_size or candidates)[0], **{**settings, **overrides})
+    # presets of one width differ only in what the checkpoint's shapes give (image size, depth, classes)
+    return CeiTConfig.from_preset(candidates[0], **{**settings, **overrides})
 
 
 def load_official_checkpoint(path: str | os.PathLike, use_ema: bool = False) -> dict[str, torch.Tensor]:

@@ -681,3 +681,12 @@ def test_a_checkpoint_without_the_asked_for_weights_says_what_it_holds(content, 
     with pytest.raises(CheckpointConversionError) as refusal:
         load_official_checkpoint(path, use_ema=expected.startswith("--use_ema"))
     assert str(refusal.value) == expected.format(path=path, keys=sorted(content)[:10])
+
+
+def test_a_checkpoint_of_another_width_is_refused_with_the_official_widths_and_what_to_do():
+    with pytest.raises(CheckpointConversionError) as refusal:
+        infer_config(random_official_state_dict(width=96, heads=3, depth=1))
+    assert str(refusal.value) == (
+        "No official CeiT variant has width 96 (the official widths are [192, 384, 768]). For another width, build a "
+        "CeiTConfig and call official_to_model(state_dict, config)."
+    )
