@@ -690,3 +690,38 @@ def test_a_checkpoint_of_another_width_is_refused_with_the_official_widths_and_w
         "No official CeiT variant has width 96 (the official widths are [192, 384, 768]). For another width, build a "
         "CeiTConfig and call official_to_model(state_dict, config)."
     )
+
+
+def _without_blocks():
+    return {key: value for key, value in _small_sd().items() if not key.startswith("blocks.")}
+
+
+@pytest.mark.parametrize(
+    "state_dict, expected",
+    [
+        (
+            lambda: {f"layer{i}.weight": torch.zeros(1) for i in range(7)},
+            "The checkpoint has no 'i2t.proj.weight', 'pos_embed', 'head.weight': it is not an official CeiT "
+            "checkpoint (its keys include ['layer0.weight', 'layer1.weight', 'layer2.weight', 'layer3.weight', "
+            "'layer4.weight']).",
+        ),
+        (
+            lambda: {**_small_sd(), "pos_embed": torch.zeros(197, 192)},
+            "The checkpoint's 'pos_embed' has shape (197, 192), not the 3-dimensional tensor of an official CeiT.",
+        ),
+        (
+            _without_blocks,
+            "The checkpoint has no encoder blocks ('blocks.N.*'): it is not an official CeiT checkpoint.",
+        ),
+        (
+            lambda: {**_small_sd(), **{f"extra{i}.weight": torch.zeros(1) for i in range(7)}},
+            "7 key(s) are not official CeiT keys, e.g. ['extra0.weight', 'extra1.weight', 'extra2.weight', "
+            "'extra3.weight', 'extra4.weight']; is this a CeiT checkpoint?",
+        ),
+    ],
+    ids=["not-ceit", "pos-embed-2d", "no-blocks", "unknown-keys"],
+)
+def test_a_state_dict_that_is_not_an_official_ceit_is_refused_saying_why(state_dict, expected):
+    with pytest.raises(CheckpointConversionError) as refusal:
+        official_to_model(state_dict())
+    assert str(refusal.value) == expected
