@@ -725,3 +725,14 @@ def test_a_state_dict_that_is_not_an_official_ceit_is_refused_saying_why(state_d
     with pytest.raises(CheckpointConversionError) as refusal:
         official_to_model(state_dict())
     assert str(refusal.value) == expected
+
+
+@pytest.mark.parametrize("patches", [0, 1, 3, 4])
+def test_the_image_size_comes_from_a_square_grid_of_position_embeddings(patches):
+    state_dict = {**_small_sd(), "pos_embed": torch.zeros(1, 1 + patches, 192)}
+    if round(patches**0.5) ** 2 != patches or patches == 0:
+        with pytest.raises(CheckpointConversionError) as refusal:
+            infer_config(state_dict)
+        assert str(refusal.value) == f"pos_embed holds {patches} patch positions, not a square grid."
+    else:
+        assert infer_config(state_dict).image_size == 16 * round(patches**0.5)

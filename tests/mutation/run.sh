@@ -2,13 +2,15 @@
 # Mutation testing (mutmut 3.8, installed with the project's dev extras): how many of the mutants mutmut makes of a
 # module the tests that cover it kill. Not part of .ci/run (too slow); docs/testing.md has the scores.
 #
-#   bash tests/mutation/run.sh conversion          # one part (names below), or several, or `all`
-#   MUTATION_JOBS=1 bash tests/mutation/run.sh hub  # mutants tested at once (default: mutmut's, the CPU count)
+#   bash tests/mutation/run.sh conversion              # one part (names below), or several, or `all`
+#   MUTATION_JOBS=1 bash tests/mutation/run.sh hub      # mutants tested at once (default: mutmut's, the CPU count)
+#   bash tests/mutation/run.sh --survivors conversion  # the last run's surviving mutants again, against the tests
+#                                                      # as they are now (new tests are measured first)
 #
-# Each part runs in its own copy of the working tree under .mutation/<part> (git-ignored; made afresh each run), with PYTHONPATH on mutmut's mutated copy so that the tests' subprocesses (scripts/*.py,
-# torchrun workers) run the mutant too. The score counts killed and timed-out mutants against every mutant not
-# listed as equivalent in tests/mutation/equivalent.txt; "no tests" (code no selected test reaches) counts as
-# surviving.
+# Each part runs in its own copy of the working tree under .mutation/<part> (git-ignored; made afresh by a full
+# run), with PYTHONPATH on mutmut's mutated copy so that the tests' subprocesses (scripts/*.py, torchrun workers)
+# run the mutant too. The score counts killed and timed-out mutants against every mutant not listed as equivalent
+# in tests/mutation/equivalent.txt; "no tests" (code no selected test reaches) counts as surviving.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$ROOT"
@@ -26,8 +28,13 @@ data-transforms|ceit_hf/data/transforms.py ceit_hf/data/loader.py|tests/data/tes
 "
 names() { echo "$PARTS" | cut -d'|' -f1 | grep .; }
 
+survivors=false
+if [ "${1:-}" = --survivors ]; then
+    survivors=true
+    shift
+fi
 if [ $# -eq 0 ]; then
-    echo "usage: bash tests/mutation/run.sh PART [PART ...] | all" >&2
+    echo "usage: bash tests/mutation/run.sh [--survivors] PART [PART ...] | all" >&2
     echo "parts: $(names | tr '\n' ' ')" >&2
     exit 2
 fi
@@ -42,6 +49,28 @@ for part in "${requested[@]}"; do
     fi
     IFS='|' read -r _ files tests <<<"$line"
     work="$ROOT/.mutation/$part"
+    if $survivors; then
+        if [ ! -f "$work/results.txt" ]; then
+            echo "no earlier run of '$part' in $work: run it in full first" >&2
+            exit 2
+        fi
+        # the tests as they are now (mutmut copies them into its mutated tree at start); the source stays as mutated
+        rm -rf "$work/tests" && cp -r "$ROOT/tests" "$work/tests"
+        cp "$ROOT/tests/mutation/equivalent.txt" "$work/tests/mutation/equivalent.txt"
+        mapfile -t names < <(grep -vE ": (killed|timeout)$" "$work/results.txt" | sed -E 's/^ *//; s/: [^:]*$//')
+        echo "== $part: ${#names[@]} earlier survivors against the current tests"
+        (
+            cd "$work"
+            export HF_HUB_OFFLINE=1 PYTHONPATH="$work/mutants"
+            mutmut run ${MUTATION_JOBS:+--max-children "$MUTATION_JOBS"} "${names[@]}" >"$work/survivors.log" 2>&1 || {
+                tail -c 3000 "$work/survivors.log"
+                exit 1
+            }
+            mutmut results --all true >"$work/results.txt"
+        )
+        python "$ROOT/tests/mutation/score.py" "$part" "$work/results.txt" "$ROOT/tests/mutation/equivalent.txt"
+        continue
+    fi
     rm -rf "$work"  # a fresh run: mutmut keeps earlier verdicts even when the tests have changed
     mkdir -p "$work/mutants"
     # the working tree as git sees it (tracked and untracked files, not ignored ones)
@@ -59,6 +88,9 @@ with open(path, "a", encoding="utf-8") as config:
         "pytest_add_cli_args =\n    -p\n    no:cacheprovider\n"
         # torch and its thread pools are not fork-safe: fork each mutant from a server that never ran a test
         "process_isolation = forkserver\n"
+        # mutmut's time limit scales the tests' call time, which leaves out module-scoped fixtures (the conversion
+        # tests build full-depth official models once): a constant large enough that only a real hang times out
+        "timeout_constant = 30\n"
         "also_copy =\n    scripts\n    benchmarks\n    examples\n    configs\n"
     )
 PY
