@@ -66,6 +66,14 @@ def test_benchmark_reports_medians_ratios_flops_and_memory(tmp_path):
     assert json.loads((tmp_path / "b.json").read_text())["rounds"] == 2
 
 
+def measure_with(monkeypatch, time_once):
+    """The model benchmark with `time_once` as its clock, 1 byte of memory, 1 GFLOP per image, a 10 GFLOP/s roof."""
+    monkeypatch.setattr(benchmarking, "time_once", time_once)
+    monkeypatch.setattr(benchmarking, "peak_memory", lambda *args: 1)
+    monkeypatch.setattr(benchmarking, "flops_per_image", lambda *args: 1e9)
+    monkeypatch.setattr(benchmarking, "matmul_roof", lambda *args: 10.0)
+
+
 def test_ratio_is_speed_over_eager_deit_speed(monkeypatch):
     """With CeiT made to measure 4 img/s and DeiT 10 img/s, the reported ratio must be 0.4 and the medians exact."""
     from ceit_hf import CeiTForImageClassification
@@ -73,10 +81,7 @@ def test_ratio_is_speed_over_eager_deit_speed(monkeypatch):
     def fake_time_once(model, optimizer, m, device, iterations):
         return 4.0 if isinstance(model, CeiTForImageClassification) else 10.0
 
-    monkeypatch.setattr(benchmarking, "time_once", fake_time_once)
-    monkeypatch.setattr(benchmarking, "peak_memory", lambda *args: 1)
-    monkeypatch.setattr(benchmarking, "flops_per_image", lambda *args: 1e9)
-    monkeypatch.setattr(benchmarking, "matmul_roof", lambda *args: 10.0)
+    measure_with(monkeypatch, fake_time_once)
     results = run_benchmark(
         sizes=("tiny",),
         batch_sizes=(1,),
@@ -105,10 +110,7 @@ def test_compiled_training_variants_are_measured_and_a_failing_one_is_left_out(m
             raise RuntimeError("compiler crashed")
         return 5.0
 
-    monkeypatch.setattr(benchmarking, "time_once", fake_time_once)
-    monkeypatch.setattr(benchmarking, "peak_memory", lambda *args: 1)
-    monkeypatch.setattr(benchmarking, "flops_per_image", lambda *args: 1e9)
-    monkeypatch.setattr(benchmarking, "matmul_roof", lambda *args: 10.0)
+    measure_with(monkeypatch, fake_time_once)
     results = run_benchmark(
         sizes=("tiny",),
         batch_sizes=(1,),

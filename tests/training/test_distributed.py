@@ -40,12 +40,9 @@ def finish(processes, timeout=300):
     return outputs
 
 
-@pytest.fixture(scope="module")
-def fsdp_run(tmp_path_factory):
-    """tests/fsdp_worker.py on 2 gloo processes, started once for the FSDP tests below by `accelerate launch` with
-    configs/accelerate/fsdp.yaml (the environment train.py gets from it): what rank 0 saw, and the log."""
-    out = tmp_path_factory.mktemp("fsdp")
-    command = [
+def accelerate_fsdp_on_two_processes() -> list[str]:
+    """`accelerate launch` with configs/accelerate/fsdp.yaml on 2 processes, as a user starts train.py with it."""
+    return [
         sys.executable,
         "-m",
         "accelerate.commands.launch",
@@ -55,6 +52,16 @@ def fsdp_run(tmp_path_factory):
         "2",
         "--main_process_port",
         str(free_port()),
+    ]
+
+
+@pytest.fixture(scope="module")
+def fsdp_run(tmp_path_factory):
+    """tests/fsdp_worker.py on 2 gloo processes, started once for the FSDP tests below by `accelerate launch` with
+    configs/accelerate/fsdp.yaml (the environment train.py gets from it): what rank 0 saw, and the log."""
+    out = tmp_path_factory.mktemp("fsdp")
+    command = [
+        *accelerate_fsdp_on_two_processes(),
         "tests/fsdp_worker.py",
         str(out),
     ]
@@ -242,15 +249,7 @@ def test_accelerate_fsdp_config_on_cpu_processes_says_it_runs_ddp(tmp_path):
     """`accelerate launch --config_file configs/accelerate/fsdp.yaml` on 2 CPU processes: accelerate cannot shard
     there and runs DDP; the log says so, and reports the bf16 the config asks for."""
     command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        "configs/accelerate/fsdp.yaml",
-        "--num_processes",
-        "2",
-        "--main_process_port",
-        str(free_port()),
+        *accelerate_fsdp_on_two_processes(),
         "scripts/train.py",
         "--output_dir",
         str(tmp_path / "out"),
