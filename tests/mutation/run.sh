@@ -61,7 +61,9 @@ for part in "${requested[@]}"; do
         echo "== $part: ${#names[@]} earlier survivors against the current tests"
         (
             cd "$work"
-            export HF_HUB_OFFLINE=1 PYTHONPATH="$work/mutants"
+            export HF_HUB_OFFLINE=1 PYTHONPATH="$work/mutants:$work/tests/mutation/hooks" MUTATION_WORK="$work" \
+            MUTATION_HITS_DIR="$work/hits"
+        mkdir -p "$work/hits"
             mutmut run ${MUTATION_JOBS:+--max-children "$MUTATION_JOBS"} "${names[@]}" >"$work/survivors.log" 2>&1 || {
                 tail -c 3000 "$work/survivors.log"
                 exit 1
@@ -85,7 +87,8 @@ with open(path, "a", encoding="utf-8") as config:
         "\n[mutmut]\nsource_paths = ceit_hf\n"
         f"only_mutate ={lines(files)}\n"
         f"pytest_add_cli_args_test_selection ={lines(tests)}\n"
-        "pytest_add_cli_args =\n    -p\n    no:cacheprovider\n"
+        # torch.compile cannot trace mutmut's trampolines (they keep a contextvar): those tests would fail unmutated
+        "pytest_add_cli_args =\n    -p\n    no:cacheprovider\n    -p\n    mutation_hits\n    -k\n    not torch_compile\n"
         # torch and its thread pools are not fork-safe: fork each mutant from a server that never ran a test
         "process_isolation = forkserver\n"
         # mutmut's time limit scales the tests' call time, which leaves out module-scoped fixtures (the conversion
@@ -97,7 +100,9 @@ PY
     echo "== $part: mutating $files with $tests"
     (
         cd "$work"
-        export HF_HUB_OFFLINE=1 PYTHONPATH="$work/mutants"
+        export HF_HUB_OFFLINE=1 PYTHONPATH="$work/mutants:$work/tests/mutation/hooks" MUTATION_WORK="$work" \
+            MUTATION_HITS_DIR="$work/hits"
+        mkdir -p "$work/hits"
         mutmut run ${MUTATION_JOBS:+--max-children "$MUTATION_JOBS"} >"$work/run.log" 2>&1 || {
             tail -c 3000 "$work/run.log"
             exit 1

@@ -1,0 +1,64 @@
+"""Mutation runs only (tests/mutation/run.sh puts this folder on PYTHONPATH): which mutated functions a test reaches.
+
+mutmut maps each mutated function to the tests that call it by recording calls in the pytest process, so code that
+only runs in the tests' subprocesses (`scripts/train.py`, `torchrun` workers, DataLoader workers) would look
+unreached and its mutants would never be tested. While mutmut collects that map (`MUTANT_UNDER_TEST=stats`), every
+Python process started under it writes the functions it reached to a file in `$MUTATION_HITS_DIR` when it exits;
+`mutation_hits.py`, a pytest plugin in the same folder, hands them to mutmut after each test.
+"""
+
+import os
+
+_started = False
+
+
+def start() -> None:
+    """Write this process's hits (and its forked children's) to `$MUTATION_HITS_DIR` when it exits."""
+    global _started
+    if _started or os.environ.get("MUTANT_UNDER_TEST") != "stats" or not os.environ.get("MUTATION_HITS_DIR"):
+        return
+    _started = True
+    import atexit
+    import multiprocessing.util
+
+    if os.environ.get("MUTATION_WORK"):
+        try:
+            _load_mutmut_config()
+        except Exception:  # the parent's own run reports a broken setup; a subprocess must not die of it
+            pass
+    atexit.register(_write_hits)
+    multiprocessing.util.register_after_fork(_write_hits, _in_child)
+
+
+def _load_mutmut_config() -> None:
+    # mutmut reads its settings from the working directory, which a subprocess may have changed
+    from mutmut.configuration import config
+
+    here = os.getcwd()
+    os.chdir(os.environ["MUTATION_WORK"])
+    try:
+        config()
+    finally:
+        os.chdir(here)
+
+
+def _write_hits() -> None:
+    import sys
+
+    if "mutmut.state" not in sys.modules:
+        return
+    hits = sys.modules["mutmut.state"].state()._stats
+    if hits:
+        path = os.path.join(os.environ["MUTATION_HITS_DIR"], f"{os.getpid()}.txt")
+        with open(path, "a", encoding="utf-8") as file:
+            file.write("".join(f"{name}\n" for name in hits))
+
+
+def _in_child(_) -> None:
+    # multiprocessing children (forked DataLoader workers) leave through os._exit: no atexit, but finalizers run
+    import multiprocessing.util
+
+    multiprocessing.util.Finalize(None, _write_hits, exitpriority=0)
+
+
+start()
