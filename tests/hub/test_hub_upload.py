@@ -409,3 +409,291 @@ def test_onnx_export_is_uploaded_and_said_so(tmp_path):
     assert "onnx/model.onnx" in {f.path_in_repo for f in result.files}
     assert "Including ONNX export onnx/model.onnx (3.0 MiB)" in logged
     assert any(line.endswith("onnx/model.onnx  (ONNX export)") for line in "\n".join(logged).splitlines())
+
+
+# ---------------------------------------------------------------- what the user reads: listings, warnings, refusals
+
+
+def test_sizes_are_written_in_the_largest_binary_unit_not_above_them():
+    from ceit_hf.hub import format_size
+
+    assert [format_size(n) for n in (0, 1, 1023)] == ["0 B", "1 B", "1023 B"]
+    assert [format_size(n) for n in (1024, 1536, 1023 * 1024**2)] == ["1.0 KiB", "1.5 KiB", "1023.0 MiB"]
+    assert [format_size(n) for n in (5 * 1024**3, 2 * 1024**4)] == ["5.0 GiB", "2048.0 GiB"]  # no TiB
+
+
+def test_dry_run_listing_word_for_word(tmp_path, monkeypatch):
+    """What `push_to_hub.py --dry_run` prints: the files with their sizes and notes, the ONNX export, the skipped
+    files by reason, and the repository URL (a trailing slash of the endpoint dropped; `main` is no branch)."""
+    monkeypatch.setattr(hub, "HfApi", None)
+    folder, files = _model_folder(tmp_path)
+    (folder / "onnx").mkdir()
+    files["onnx/model.onnx"] = b"\0" * 3 * 1024 * 1024
+    (folder / "onnx" / "model.onnx").write_bytes(files["onnx/model.onnx"])
+    (folder / "training_args.bin").write_bytes(b"pickle")
+    logged = []
+    result = push_model_folder(
+        folder, "ceit-test/dry", revision="main", endpoint="http://hub.test/", dry_run=True, log=logged.append
+    )
+
+    def line(name, note=""):
+        return f"{hub.format_size(len(files[name])):>12}  {name}" + (f"  ({note})" if note else "")
+
+    order = [
+        "README.md",
+        "config.json",
+        "configuration_ceit.py",
+        "model.safetensors",
+        "modeling_ceit.py",
+        "onnx/model.onnx",
+        "preprocessor_config.json",
+    ]
+    total = hub.format_size(sum(len(content) for content in files.values()))
+    assert logged == [
+        f"Dry run: files of {folder.resolve()} that would be uploaded to ceit-test/dry:",
+        "\n".join(
+            [*(line(n, "ONNX export" if n.endswith(".onnx") else "") for n in order), f"7 file(s), {total} in total"]
+        ),
+        "Including ONNX export onnx/model.onnx (3.0 MiB)",
+        "Skipped (Trainer checkpoints and pickles, checkpoint-*, *.bin, *.pt, *.pth, *.pkl, *.pickle, *.ckpt):",
+        "         6 B  training_args.bin\n1 file(s), 6 B in total",
+        "Nothing was uploaded. Model repository would be: http://hub.test/ceit-test/dry",
+    ]
+    assert (result.repo_id, result.repo_url, result.dry_run, result.revision) == (
+        "ceit-test/dry",
+        "http://hub.test/ceit-test/dry",
+        True,
+        None,
+    )
+    logged.clear()
+    result = push_model_folder(folder, "ceit-test/dry", revision="v2", dry_run=True, log=logged.append)
+    assert logged[0].endswith("that would be uploaded to ceit-test/dry (branch v2):") and result.revision == "v2"
+    assert logged[-1] == f"Nothing was uploaded. Model repository would be: {constants.ENDPOINT}/ceit-test/dry/tree/v2"
+
+
+def test_upload_log_word_for_word(fake_hub, tmp_path):
+    folder, files = _model_folder(tmp_path)
+    logged = []
+    result = push_model_folder(folder, "ceit-test/log", endpoint=fake_hub.url + "/", log=logged.append)
+    size = hub.format_size(sum(len(content) for content in files.values()))
+    assert logged == [
+        f"Uploading 6 file(s), {size}, from {folder.resolve()} to ceit-test/log",
+        f"Committed {result.commit_url.rsplit('/', 1)[1]}: {result.commit_url}",
+        f"Model repository: {fake_hub.url}/ceit-test/log",
+    ]
+
+
+def test_folder_warnings_point_at_the_caller(tmp_path):
+    import warnings
+
+    folder, _ = _model_folder(tmp_path)
+    (folder / "README.md").unlink()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        push_model_folder(folder, "ceit-test/nocard", dry_run=True, log=lambda _: None)
+    assert [(w.category, Path(w.filename)) for w in caught] == [(UserWarning, Path(__file__))]
+    assert str(caught[0].message) == (
+        f"{str(folder)!r} has no README.md (model card): the Hub page will be empty. Write one with "
+        "ceit_hf.model_card.training_card (trained models) or variant_card (official variants)."
+    )
+
+
+def test_code_files_named_by_every_kind_of_auto_map_entry_are_checked(tmp_path):
+    """auto_map values: a class, a (slow, fast) list with None, one class per image-processor backend, and code of
+    another repository (`repo--module.Class`), which the folder need not hold."""
+    folder, _ = _model_folder(tmp_path)
+    auto_map = {
+        "AutoConfig": "configuration_ceit.CeiTConfig",
+        "AutoModel": "someone/other--modeling_other.OtherModel",
+        "AutoImageProcessor": {"torchvision": "image_processing_ceit.CeiTImageProcessor", "pil": None},
+        "AutoTokenizer": ["tokenization_ceit.CeiTTokenizer", None],
+    }
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "auto_map": auto_map}))
+    assert check_model_folder(folder).warnings == [
+        "auto_map in config.json refers to code files missing from the folder: "
+        "['image_processing_ceit.py', 'tokenization_ceit.py']"
+    ]
+    (folder / "image_processing_ceit.py").write_text("# code\n")
+    (folder / "tokenization_ceit.py").write_text("# code\n")
+    assert check_model_folder(folder).warnings == []
+
+
+def test_base_model_ids_that_are_local_or_invalid_are_not_hub_ids(tmp_path, monkeypatch):
+    from ceit_hf.hub import hub_id_of_base
+
+    monkeypatch.chdir(tmp_path)
+    assert hub_id_of_base("not a repo id") is None and hub_id_of_base("") is None and hub_id_of_base(None) is None
+    (tmp_path / "someone").mkdir()
+    (tmp_path / "someone" / "weights").write_text("a local file, not a folder")
+    assert hub_id_of_base("someone/weights") is None  # a relative path that exists is local
+    assert hub_id_of_base("someone/model") == "someone/model"
+
+
+def test_adapter_folders_skip_models_at_any_depth_and_keep_other_folders(tmp_path):
+    base = _base_folder(tmp_path, card=None)
+    folder, _ = _adapter_folder(tmp_path, str(base))
+    (folder / "exports" / "fp16").mkdir(parents=True)
+    (folder / "exports" / "fp16" / "config.json").write_text('{"model_type": "ceit"}')
+    (folder / "examples").mkdir()
+    (folder / "examples" / "cat.txt").write_text("an example input")
+    (folder / "training_args.bin").write_bytes(b"pickle")
+    check = check_model_folder(folder, base_model_id="me/ceit-base")
+    assert {f.path_in_repo for f in check.files} == {
+        "README.md",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "preprocessor_config.json",
+        "examples/cat.txt",
+    }
+    skipped = {f.path_in_repo: f.note for f in check.skipped}
+    assert skipped["training_args.bin"] == SKIP_REASON_TEXT
+    assert skipped["exports/fp16/config.json"] == (
+        "exports/fp16/ holds another model, such as the merged model of train.py --merge_lora: publish it as a "
+        f"repository of its own, scripts/push_to_hub.py --model_dir {folder.resolve() / 'exports/fp16'} "
+        "--repo_id NAMESPACE/NAME"
+    )
+    assert sorted(skipped) == [
+        "exports/fp16/config.json",
+        "merged/config.json",
+        "merged/model.safetensors",
+        "merged/preprocessor_config.json",
+        "training_args.bin",
+    ]
+
+
+SKIP_REASON_TEXT = "Trainer checkpoints and pickles, checkpoint-*, *.bin, *.pt, *.pth, *.pkl, *.pickle, *.ckpt"
+
+
+def test_adapter_base_model_warnings_word_for_word(tmp_path):
+    folder, _ = _adapter_folder(tmp_path, "/data/models/base")
+    assert check_model_folder(folder).warnings == [
+        "adapter_config.json names the base model '/data/models/base', a local folder that people who download the "
+        "adapter do not have (and no Hub repository is named in its card): give the base model's Hub repository "
+        "with --base_model_id NAMESPACE/NAME. The uploaded card says which base model it needs."
+    ]
+    config = json.loads((folder / "adapter_config.json").read_text())
+    del config["base_model_name_or_path"]
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    assert check_model_folder(folder).warnings == [
+        "adapter_config.json names no base model: give its Hub repository with --base_model_id NAMESPACE/NAME."
+    ]
+
+
+def _safetensors_error(path: Path) -> str:
+    from safetensors import safe_open
+
+    with pytest.raises(Exception) as error:
+        safe_open(str(path), framework="numpy")
+    return str(error.value)
+
+
+def test_every_refusal_word_for_word(tmp_path):
+    """What is wrong, all of it at once, and what to do: a folder that cannot be published is refused saying so."""
+    folder, _ = _model_folder(tmp_path)
+    where = repr(str(folder))
+
+    def refusal(**kwargs):
+        with pytest.raises(ModelFolderError) as error:
+            check_model_folder(folder, **kwargs)
+        return str(error.value)
+
+    assert refusal(base_model_id="me/base") == (
+        f"Cannot upload {where}: --base_model_id names the base model of a LoRA adapter, but it has no "
+        "adapter_config.json."
+    )
+    (folder / "config.json").write_text("[1, 2]")
+    assert refusal() == f"Cannot upload {where}: its config.json is not a JSON object."
+    (folder / "config.json").write_text("{")
+    assert refusal() == (
+        f"Cannot upload {where}: its config.json is not valid JSON (Expecting property name enclosed in double "
+        "quotes: line 1 column 2 (char 1))."
+    )
+    (folder / "config.json").unlink()
+    (folder / "model.safetensors").unlink()
+    assert refusal() == (
+        f"Cannot upload {where}: it has no config.json (save the model with `save_pretrained` first); it has no "
+        "safetensors weights (model.safetensors, or a sharded checkpoint with model.safetensors.index.json; pickled "
+        "files such as pytorch_model.bin are never uploaded: save the model with `save_pretrained`, which writes "
+        "safetensors)."
+    )
+    (folder / "config.json").write_text('{"model_type": "ceit"}')
+    index = folder / "model.safetensors.index.json"
+    shards = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    index.write_text(json.dumps({"weight_map": {"a": shards[1], "b": shards[0], "c": shards[1]}}))
+    assert refusal() == (
+        f"Cannot upload {where}: shard(s) named in model.safetensors.index.json are missing: {shards[0]}, {shards[1]}."
+    )
+    save_file({"b": torch.zeros(2)}, str(folder / shards[0]))
+    (folder / shards[1]).write_text("version https://git-lfs.github.com/spec/v1\n")  # a Git LFS pointer
+    problem = _safetensors_error(folder / shards[1])
+    assert problem and refusal() == f"Cannot upload {where}: {shards[1]} is not a valid safetensors file: {problem}."
+    for weight_map in ({}, ["a", "b"]):
+        index.write_text(json.dumps({"weight_map": weight_map}))
+        assert (
+            refusal() == f"Cannot upload {where}: its model.safetensors.index.json lists no shards in a `weight_map`."
+        )
+    index.write_text("")
+    assert refusal() == (
+        f"Cannot upload {where}: its model.safetensors.index.json is not valid JSON (Expecting value: line 1 column 1 "
+        "(char 0))."
+    )
+    with pytest.raises(ModelFolderError) as error:
+        check_model_folder(folder / "config.json")
+    assert str(error.value) == (
+        f"{str(folder / 'config.json')!r} is not a folder: pass the directory written by save_pretrained."
+    )
+    with pytest.raises(ModelFolderError) as error:
+        check_model_folder(folder / "gone")
+    assert str(error.value) == f"Model folder {str(folder / 'gone')!r} does not exist."
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{")
+    with pytest.raises(ModelFolderError) as error:
+        check_model_folder(adapter, base_model_id="base")
+    assert str(error.value) == (
+        f"Cannot upload {str(adapter)!r}: its adapter_config.json is not valid JSON (Expecting property name enclosed "
+        "in double quotes: line 1 column 2 (char 1)); --base_model_id 'base' is no Hub repository id: expected "
+        "'namespace/name'; it has adapter_config.json but no adapter_model.safetensors (the adapter weights)."
+    )
+
+
+def test_every_warning_word_for_word(tmp_path):
+    folder, _ = _model_folder(tmp_path)
+    where = repr(str(folder))
+    assert check_model_folder(folder).warnings == []
+    (folder / "preprocessor_config.json").unlink()
+    config = json.loads((folder / "config.json").read_text())
+    for auto_map in (None, {}, ["configuration_ceit.CeiTConfig"]):
+        (folder / "config.json").write_text(json.dumps({**config, "model_type": "vit", "auto_map": auto_map}))
+        assert check_model_folder(folder).warnings == [
+            f"{where} has no preprocessor_config.json: AutoImageProcessor will not load from the repo.",
+            "config.json has model_type='vit', not 'ceit'.",
+            "config.json has no auto_map: the model will not load with trust_remote_code=True from the Hub (register "
+            "the classes for the Auto API before save_pretrained).",
+        ]
+
+
+def test_upload_sends_no_pickles_and_checkpoints(fake_hub, tmp_path):
+    """The upload itself leaves them out, not only the listing."""
+    folder, files = _model_folder(tmp_path)
+    (folder / "training_args.bin").write_bytes(b"pickle")
+    (folder / "checkpoint-4").mkdir()
+    save_file({"a": torch.zeros(2)}, str(folder / "checkpoint-4" / "model.safetensors"))
+    push_model_folder(folder, "ceit-test/clean", endpoint=fake_hub.url, log=lambda _: None)
+    assert fake_hub.commits[0]["files"] == files
+
+
+def test_upload_with_an_explicit_token_a_bare_name_and_an_existing_branch(fake_hub, tmp_path, monkeypatch):
+    """`token=` is used when the environment has none; a bare repository name gets the user's namespace from the
+    server; the default commit message; pushing again to a branch that exists adds a commit to it."""
+    monkeypatch.delenv("HF_TOKEN")
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    folder, files = _model_folder(tmp_path)
+    for _ in range(2):
+        result = push_model_folder(folder, "bare", revision="v2", token=FAKE_TOKEN, log=lambda _: None)
+    assert fake_hub.unexpected == [] and len(fake_hub.commits) == 2
+    assert (result.repo_id, result.dry_run, result.revision) == ("fake-user/bare", False, "v2")
+    assert fake_hub.commits[-1]["summary"] == "Upload CeiT model with ceit_hf"
+    assert fake_hub.repos["fake-user/bare"]["branches"]["v2"] == files

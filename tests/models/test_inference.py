@@ -31,7 +31,8 @@ CONFIGS = {
 
 
 def trained_statistics(model, batch=8):
-    """BatchNorm statistics and weights away from their initial values, so that folding is not trivial."""
+    """BatchNorm statistics, weights and biases away from their initial values (zero biases, unit scales), so that
+    folding is not trivial and a bias left out shows."""
     model.train()
     size = model.config.image_hw[0]
     with torch.no_grad():
@@ -40,6 +41,8 @@ def trained_statistics(model, batch=8):
         for name, param in model.named_parameters():
             if name.endswith("norm.weight") or "_norm." in name:
                 param.mul_(1.5).add_(0.1)
+            if name.endswith("bias"):
+                param.add_(torch.randn_like(param), alpha=0.1)
     return model.eval()
 
 
@@ -103,22 +106,106 @@ def test_the_original_is_untouched_and_still_trains(model):
     assert not any(p.requires_grad for p in optimized.parameters())
 
 
-def test_eval_only(model):
+def test_eval_only(model, tmp_path):
     optimized = optimize_for_inference(model)
-    with pytest.raises(RuntimeError, match="eval-only"):
-        optimized.train()
+    for train in (optimized.train, optimized.ceit.encoder.layers[0].leff.train):
+        with pytest.raises(RuntimeError) as refusal:
+            train()
+        assert str(refusal.value) == (
+            "This model comes from ceit_hf.optimize_for_inference and is eval-only (its BatchNorms are folded into "
+            "fixed weights). Train the original model instead."
+        )
     optimized.eval()  # allowed
-    with pytest.raises(RuntimeError, match="Save the original model"):
-        optimized.save_pretrained("never-written")
-    with pytest.raises(ValueError, match="already optimized"):
+    for save in (optimized.save_pretrained, optimized.push_to_hub):
+        with pytest.raises(RuntimeError) as refusal:
+            save(tmp_path / "never-written")
+        assert str(refusal.value) == (
+            "This model comes from ceit_hf.optimize_for_inference: its BatchNorms are folded and its last block "
+            "replaced, so its weights do not fit a CeiT checkpoint. Save the original model; optimize again after "
+            "loading it."
+        )
+    assert not (tmp_path / "never-written").exists()
+    with pytest.raises(ValueError) as refusal:
         optimize_for_inference(optimized)
+    assert str(refusal.value) == "The model is already optimized for inference."
+    with pytest.raises(TypeError) as refusal:
+        optimize_for_inference(torch.nn.Linear(2, 2))
+    assert str(refusal.value) == "optimize_for_inference takes a CeiTForImageClassification or CeiTModel, got Linear."
+
+
+def test_optimize_if_ceit_takes_an_eval_ceit_only():
+    """validate.py and the export script take any image classifier: only an installed CeiT in eval mode is optimized."""
+    from ceit_hf.inference import optimize_if_ceit
+
+    other = torch.nn.Linear(2, 2).eval()
+    assert optimize_if_ceit(other) is other
+    model = CeiTForImageClassification(CONFIGS["official"]())
+    assert optimize_if_ceit(model.train()) is model
+    optimized = optimize_if_ceit(model.eval(), dtype=torch.bfloat16)
+    assert optimized is not model and optimized.dtype == torch.bfloat16
+    assert isinstance(optimized.ceit.encoder.layers[0].leff, inference.CeiTInferenceLeFF)
+
+
+def cpu_kernels(model, x):
+    """The names of the CPU operators `model(x)` runs, as torch's profiler records them."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile, torch.no_grad():
+        model(x)
+    return {event.key for event in profile.key_averages()}
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="the fused kernel is oneDNN's")
+def test_the_fused_kernel_and_channels_last_are_the_defaults_and_can_be_turned_off():
+    """The documented CPU speed-ups: the depthwise convolution and GELU run as oneDNN's one fused kernel in eager fp32,
+    and the stem's convolutions are channels-last, unless turned off."""
+    torch.manual_seed(0)
+    model = trained_statistics(CeiTForImageClassification(CONFIGS["official"]()))
+    x = torch.randn(2, 3, 32, 32)
+    fused = "mkldnn::_convolution_pointwise"
+    default = optimize_for_inference(model)
+    assert fused in cpu_kernels(default, x)
+    assert fused not in cpu_kernels(optimize_for_inference(model, fused_kernels=False), x)
+    stem = default.ceit.embeddings.image_to_tokens.conv
+    assert stem.weight.is_contiguous(memory_format=torch.channels_last) and not stem.weight.is_contiguous()
+    plain = optimize_for_inference(model, channels_last=False).ceit.embeddings.image_to_tokens.conv
+    assert plain.weight.is_contiguous()
+
+
+def test_gradients_with_respect_to_the_input_are_the_plain_models(model):
+    """Saliency maps and adversarial examples go through the optimized model too: an input that requires a gradient
+    takes the autograd-safe kernels (no in-place GELU, no fused kernel without a derivative) and gets the same one."""
+    x = torch.randn(2, 3, 32, 32)
+    gradients = []
+    for candidate in (model, optimize_for_inference(model)):
+        inputs = x.clone().requires_grad_(True)
+        candidate(inputs).logits.logsumexp(-1).sum().backward()
+        gradients.append(inputs.grad)
+    assert (gradients[0] - gradients[1]).abs().max() < 1e-5 * gradients[0].abs().max() + 1e-7
+
+
+def test_a_traced_graph_holds_no_cpu_only_kernels():
+    """torch.jit.trace records plain operators (which run on any device), not oneDNN's fused CPU kernel."""
+    torch.manual_seed(0)
+    model = trained_statistics(CeiTForImageClassification(CONFIGS["official"]()))
+    optimized = optimize_for_inference(model)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        traced = torch.jit.trace(optimized, (x,), strict=False, check_trace=False)
+        assert (traced(x)["logits"] - model(x).logits).abs().max() < 1e-5
+    assert "mkldnn" not in str(traced.inlined_graph) and "gelu_" not in str(traced.inlined_graph)
 
 
 def test_refuses_unmerged_peft_adapters(model):
     peft = pytest.importorskip("peft")
     lora = peft.get_peft_model(copy.deepcopy(model), peft.LoraConfig(r=2, target_modules=["qkv"]))
-    with pytest.raises(ValueError, match="merge_and_unload"):
+    with pytest.raises(ValueError) as refusal:
         optimize_for_inference(lora.base_model.model)
+    assert str(refusal.value) == (
+        "The model holds unmerged PEFT adapters (ceit.encoder.layers.0.attention.qkv, ...): merge them first "
+        "(`model = peft_model.merge_and_unload()`), then optimize."
+    )
+    ia3 = peft.get_peft_model(copy.deepcopy(model), peft.IA3Config(target_modules=["proj"], feedforward_modules=[]))
+    with pytest.raises(ValueError, match=r"unmerged PEFT adapters \(ceit.encoder.layers.0.attention.proj, ...\)"):
+        optimize_for_inference(ia3.base_model.model)  # any PEFT method, not LoRA only
     merged = lora.merge_and_unload()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():

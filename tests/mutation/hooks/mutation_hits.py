@@ -9,6 +9,7 @@ import os
 import pytest
 import sitecustomize
 
+
 # pytest runs inside mutmut's process, which was not collecting yet when it started: forked DataLoader workers of
 # the tests themselves report their hits too
 sitecustomize.start()

@@ -9,6 +9,7 @@ Python process started under it writes the functions it reached to a file in `$M
 
 import os
 
+
 _started = False
 
 
@@ -19,13 +20,13 @@ def start() -> None:
         return
     _started = True
     import atexit
+    import contextlib
     import multiprocessing.util
 
     if os.environ.get("MUTATION_WORK"):
-        try:
+        # the parent's own run reports a broken setup; a subprocess must not die of it
+        with contextlib.suppress(Exception):
             _load_mutmut_config()
-        except Exception:  # the parent's own run reports a broken setup; a subprocess must not die of it
-            pass
     atexit.register(_write_hits)
     multiprocessing.util.register_after_fork(_write_hits, _in_child)
 
