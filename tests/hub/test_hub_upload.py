@@ -491,7 +491,9 @@ def test_folder_warnings_point_at_the_caller(tmp_path):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         push_model_folder(folder, "ceit-test/nocard", dry_run=True, log=lambda _: None)
-    assert [(w.category, Path(w.filename)) for w in caught] == [(UserWarning, Path(__file__))]
+    assert [w.category for w in caught] == [UserWarning]
+    # this file's line (under mutation testing, the frame mutmut's trampoline adds between the two)
+    assert Path(caught[0].filename) == Path(__file__) or Path(caught[0].filename).name == "trampoline.py"
     assert str(caught[0].message) == (
         f"{str(folder)!r} has no README.md (model card): the Hub page will be empty. Write one with "
         "ceit_hf.model_card.training_card (trained models) or variant_card (official variants)."
