@@ -20,7 +20,8 @@ from .model_card import adapter_card_for_upload, card_repo_id
 
 
 # Trainer's checkpoints and pickles (torch.save, training_args.bin) are never uploaded: a pickle can run any code.
-SKIP_PATTERNS = ["checkpoint-*", *(f"*{suffix}" for suffix in (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"))]
+# A tuple: huggingface_hub's upload_folder appends its own patterns to the list it is given.
+SKIP_PATTERNS = ("checkpoint-*", *(f"*{suffix}" for suffix in (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")))
 SKIP_REASON = f"Trainer checkpoints and pickles, {', '.join(SKIP_PATTERNS)}"
 # A sub-folder holding one of these is a model of its own (train.py --merge_lora writes OUTPUT/merged/).
 MODEL_FILE_NAMES = ("config.json", "model.safetensors", "model.safetensors.index.json", "adapter_config.json")
@@ -95,7 +96,7 @@ def list_folder_files(folder: str | os.PathLike) -> tuple[list[FileToUpload], li
     folder = Path(folder).expanduser().resolve()
     paths = {path.relative_to(folder).as_posix(): path for path in sorted(folder.glob("**/*")) if path.is_file()}
     listed = list(filter_repo_objects(list(paths), ignore_patterns=list(DEFAULT_IGNORE_PATTERNS)))
-    kept = set(filter_repo_objects(listed, ignore_patterns=SKIP_PATTERNS))
+    kept = set(filter_repo_objects(listed, ignore_patterns=list(SKIP_PATTERNS)))
     is_onnx = re.compile(r"\.onnx(_data|\.data|$)").search  # model.onnx and its external data files
     notes = {n: SKIP_REASON if n not in kept else ONNX_NOTE if is_onnx(paths[n].name) else "" for n in listed}
     files = [FileToUpload(n, paths[n].stat().st_size, note) for n, note in notes.items()]
@@ -314,7 +315,9 @@ def push_model_folder(
         ]
         commit = api.create_commit(repo_id, add, **options)
     else:  # upload_folder streams large folders in several commits when hf_xet is installed
-        commit = api.upload_folder(repo_id=repo_id, folder_path=check.folder, ignore_patterns=SKIP_PATTERNS, **options)
+        commit = api.upload_folder(
+            repo_id=repo_id, folder_path=check.folder, ignore_patterns=list(SKIP_PATTERNS), **options
+        )
     log(f"Committed {commit.oid}: {commit.commit_url}")
     log(f"Model repository: {repo_url}{tree}")
     return PushResult(repo_id, str(repo_url), check.files, False, branch, commit.commit_url)

@@ -217,8 +217,12 @@ def test_missing_model_card_warns(tmp_path):
         push_model_folder(folder, "ceit-test/nocard", dry_run=True, log=lambda _: None)
 
 
-def test_git_folder_is_not_uploaded(tmp_path):
+def test_git_folder_is_not_uploaded(fake_hub, tmp_path):
+    """By the check's own ignore patterns, also after an upload in the same process (huggingface_hub's upload_folder
+    appends its .git patterns to the list of patterns it is given, which once was the module's own list)."""
     folder, files = _model_folder(tmp_path)
+    push_model_folder(folder, "ceit-test/git", endpoint=fake_hub.url, log=lambda _: None)
+    assert hub.SKIP_PATTERNS == ("checkpoint-*", "*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle", "*.ckpt")
     (folder / ".git").mkdir()
     (folder / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
     assert {f.path_in_repo for f in check_model_folder(folder).files} == set(files)
