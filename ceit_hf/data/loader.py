@@ -44,13 +44,15 @@ class RepeatedAugmentationSampler(torch.utils.data.Sampler):
         """The keys rank `rank` trains on this epoch, in order."""
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         order = torch.randperm(self.length, generator=generator).tolist()
-        total = math.ceil(self.length * self.repeats / self.world_size) * self.world_size
+        # the official list, padded to a multiple of the world size; a rank whose share is more than one pass (a
+        # small dataset padded to whole batches) goes round again with new keys, so new augmentations
+        total = max(math.ceil(self.length * self.repeats / self.world_size), self.per_rank) * self.world_size
         keys = []
         for position in range(rank, total, self.world_size):
             cycle, place = divmod(position, self.length * self.repeats)
             row, repeat = divmod(place, self.repeats)
             keys.append(order[row] + (repeat + cycle * self.repeats) * self.length)
-        return (keys * math.ceil(self.per_rank / len(keys)))[: self.per_rank]
+        return keys[: self.per_rank]
 
     def __iter__(self):
         ranks = [self.rank_keys(rank) for rank in range(self.world_size)]

@@ -171,7 +171,59 @@ def test_repeated_augmentation_deals_each_rank_the_official_samplers_examples(wo
             keys = [int(key) for keys in loader for key in keys]
             assert [key % length for key in keys] == official, (epoch, rank)
             assert len(set(keys)) == len(keys)  # every repeat its own key, so its own augmentation
+            assert {key // length for key in keys} <= {0, 1, 2}  # repeat k of a row is key row + k * length
     assert len(sampler) == length // 256 * 256  # 768: the official epoch over all ranks
+
+
+def rank_keys_by_sampler(sampler) -> list[list[int]]:
+    """The keys each rank trains on, as the sampler deals them (batch by batch, rank after rank)."""
+    dealt = list(sampler)
+    batches = [dealt[i : i + sampler.batch_size] for i in range(0, len(dealt), sampler.batch_size)]
+    return [
+        [key for batch in batches[rank :: sampler.world_size] for key in batch] for rank in range(sampler.world_size)
+    ]
+
+
+def test_repeated_augmentation_without_set_epoch_deals_epoch_0():
+    sampler = RepeatedAugmentationSampler(512, 3, batch_size=16, seed=0)
+    assert [key % 512 for key in sampler] == official_rank_indices(512, 1, 0, epoch=0)
+
+
+@pytest.mark.parametrize(
+    "length, world_size, batch_size, per_rank",
+    [
+        (256, 1, 16, 256),  # exactly one official block of 256
+        (600, 2, 16, 256),  # 512 selected, 256 a rank, whole batches
+        (600, 3, 50, 150),  # 170 a rank, cut to whole batches of 50
+        (100, 1, 16, 96),  # below 256 (the official sampler would give nothing): whole batches of what there is
+        (10, 1, 32, 10),  # fewer examples than a batch on one process: one short batch
+        (10, 2, 8, 8),  # ... on two: a whole batch each, going round again
+        (2, 2, 8, 8),  # ... more than a pass each: new keys, not the same ones again
+        (1, 1, 1, 1),
+    ],
+)
+def test_repeated_augmentation_sizes_beyond_the_official_ones(length, world_size, batch_size, per_rank):
+    """The official sampler keeps `length // 256 * 256` examples an epoch; ours keeps small datasets trainable (and
+    whole batches for each rank). Every key is a new augmentation (its own key), of the rows the official list deals."""
+    sampler = RepeatedAugmentationSampler(length, 3, world_size=world_size, batch_size=batch_size, seed=0)
+    assert len(sampler) == per_rank * world_size
+    ranks = rank_keys_by_sampler(sampler)
+    assert [len(keys) for keys in ranks] == [per_rank] * world_size
+    every_key = [key for keys in ranks for key in keys]
+    assert len(set(every_key)) == len(every_key) and min(every_key) >= 0
+    if length >= 256:
+        for rank, keys in enumerate(ranks):
+            official = official_rank_indices(length, world_size, rank, epoch=0)
+            assert [key % length for key in keys] == official[: len(keys)]
+
+
+def test_repeated_augmentation_refuses_sizes_below_one():
+    with pytest.raises(ValueError) as refusal:
+        RepeatedAugmentationSampler(0, 3, world_size=2, batch_size=8)
+    assert str(refusal.value) == (
+        "RepeatedAugmentationSampler needs positive sizes, got {'length': 0, 'repeats': 3, 'world_size': 2, "
+        "'batch_size': 8}."
+    )
 
 
 def test_repeats_of_a_row_are_augmented_differently():
@@ -187,3 +239,17 @@ def test_repeats_of_a_row_are_augmented_differently():
     pixels = [example["pixel_values"] for example in repeats]
     assert not torch.equal(pixels[0], pixels[1]) and not torch.equal(pixels[1], pixels[2])
     assert torch.equal(examples.__getitems__([6])[0]["pixel_values"], pixels[1])
+
+
+def test_batch_mixing_folds_label_smoothing_into_the_targets_as_timm():
+    """`BatchMixing(label_smoothing=...)`, for a loss that does not smooth (train.py smooths in its loss instead):
+    Mixup's targets carry the smoothing, as timm's do."""
+    generator = torch.Generator().manual_seed(1)
+    for seed in range(6):
+        batch = torch.rand(6, 3, 8, 8, generator=generator)
+        labels = torch.randint(0, 10, (6,), generator=generator)
+        random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
+        expected, expected_targets = Mixup(0.8, 1.0, label_smoothing=0.1, num_classes=10)(batch.clone(), labels)
+        random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
+        got, targets = BatchMixing(10, mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1)(batch.clone(), labels)
+        assert torch.equal(got, expected) and torch.equal(targets, expected_targets)
