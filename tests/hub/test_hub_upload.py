@@ -141,13 +141,17 @@ def test_dry_run_works_offline_without_token(tmp_path, monkeypatch):
 def test_offline_mode_and_missing_token_are_reported(tmp_path, monkeypatch):
     folder, _ = _model_folder(tmp_path)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(PushError, match="HF_HUB_OFFLINE"):
+    with pytest.raises(PushError) as error:
         push_model_folder(folder, "ceit-test/x", token=FAKE_TOKEN, log=lambda _: None)
+    assert str(error.value) == "huggingface_hub is in offline mode (HF_HUB_OFFLINE is set): unset it to upload."
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setattr(hub, "get_token", lambda: None)
-    with pytest.raises(PushError, match="HF_TOKEN"):
+    with pytest.raises(PushError) as error:
         push_model_folder(folder, "ceit-test/x", log=lambda _: None)
+    assert str(error.value) == (
+        "No Hugging Face token: set HF_TOKEN or run `hf auth login` (a token with write access)."
+    )
 
 
 def test_folder_without_config_is_refused(tmp_path):
@@ -357,6 +361,7 @@ def test_adapter_upload_skips_merged_and_names_the_base_by_the_hub_id_of_its_car
     # the user's folder is left as it was
     assert {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()} == files
     assert any(line.startswith("adapter_config.json: base_model_name_or_path set to ceit-hf/") for line in logged)
+    assert "README.md: uploaded naming the base model ceit-hf/ceit_tiny_patch16_224" in logged
 
 
 def test_adapter_dry_run_lists_merged_as_skipped_and_takes_base_model_id(tmp_path, capsys, monkeypatch):
@@ -369,6 +374,7 @@ def test_adapter_dry_run_lists_merged_as_skipped_and_takes_base_model_id(tmp_pat
     listed, skipped = capsys.readouterr().out.split("Skipped")
     assert "merged/" not in listed and "adapter_model.safetensors" in listed
     assert "adapter_config.json  (base_model_name_or_path set to me/ceit-base in the upload)" in listed
+    assert "adapter_config.json: " not in listed  # the list's note says it, once
     assert skipped.startswith(" (merged/ holds another model") and f"--model_dir {folder / 'merged'}" in skipped
     merged_files = ("config.json", "model.safetensors", "preprocessor_config.json")
     assert all(f"merged/{name}" in skipped for name in merged_files)
