@@ -218,6 +218,16 @@ def test_data_loader_defaults(tmp_path, monkeypatch):
     assert default_num_workers() == 63  # every core but the training process's: no cap where the cores exist
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "16")  # 4 CPUs for each of 16 local processes: 3 workers each
     assert default_num_workers() == 3
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")  # 21 whole CPUs each (never a fraction of one)
+    assert default_num_workers() == 20
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0}, raising=False)
+    assert default_num_workers() == 0  # one CPU: loading in the training process
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    monkeypatch.delattr("os.sched_getaffinity", raising=False)  # macOS, Windows: the CPU count
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    assert default_num_workers() == 7
+    monkeypatch.setattr("os.cpu_count", lambda: None)  # unknown: one CPU
+    assert default_num_workers() == 0
     _, _, _, args = parse_args(
         ["--output_dir", str(tmp_path), "--train_dir", str(tmp_path), "--dataloader_num_workers", "0"]
     )

@@ -27,6 +27,8 @@ from ceit_hf.data.transforms import (  # noqa: E402
     BatchAugmentation,
     BatchMixing,
     SeededAugmentation,
+    batch_mixer,
+    eval_transform,
     rand_augment,
     train_transform,
 )
@@ -253,3 +255,86 @@ def test_batch_mixing_folds_label_smoothing_into_the_targets_as_timm():
         random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
         got, targets = BatchMixing(10, mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1)(batch.clone(), labels)
         assert torch.equal(got, expected) and torch.equal(targets, expected_targets)
+
+
+@pytest.mark.parametrize(
+    "ours, theirs",
+    [
+        ({"color_jitter": 0.4}, {"color_jitter": 0.4}),  # no RandAugment: timm jitters colours
+        ({"hflip": 0.0, "crop_min_scale": 0.5}, {"hflip": 0.0, "scale": (0.5, 1.0), "color_jitter": None}),
+        (
+            {"image_size": (48, 64), "auto_augment": OFFICIAL_AUTO_AUGMENT, "mean": (0.5, 0.4, 0.3)},
+            {"input_size": (3, 48, 64), "auto_augment": OFFICIAL_AUTO_AUGMENT, "mean": (0.5, 0.4, 0.3)},
+        ),
+    ],
+    ids=["color-jitter", "no-flip-crop-scale", "rectangle-mean"],
+)
+def test_training_transform_options_give_timms_images(ours, theirs, monkeypatch):
+    """train.py's augmentation options (colour jitter, flip, crop scale, a rectangular size, the dataset's mean for
+    RandAugment's fill) as timm's `create_transform` takes them, seed for seed."""
+    monkeypatch.setattr(ImageOps, "posterize", pillow_12_posterize)
+    size = ours.get("image_size", 64)
+    official = create_transform(
+        **({} if "input_size" in theirs else {"input_size": size}),
+        is_training=True,
+        interpolation="bicubic",
+        use_prefetcher=True,
+        **theirs,
+    )
+    transform = train_transform(**{"image_size": size, **ours})
+    images = photos(10, seed=1)
+    for seed in range(60):
+        image = images[seed % len(images)]
+        assert torch.equal(seeded(transform, image, seed), seeded(official, image, seed)), f"seed {seed}"
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "CMYK"])
+def test_images_of_other_modes_are_augmented_as_their_rgb_conversion(mode):
+    image = photos(1)[0].convert(mode)
+    transform = train_transform(32, auto_augment=OFFICIAL_AUTO_AUGMENT)
+    for seed in range(5):
+        got = seeded(transform, image, seed)
+        assert got.shape == (3, 32, 32) and torch.equal(got, seeded(transform, image.convert("RGB"), seed))
+
+
+def test_evaluation_transform_gives_the_processors_tensors():
+    from ceit_hf import CeiTImageProcessor
+
+    processor = CeiTImageProcessor(crop_size=32)
+    images = [image.convert(mode) for image, mode in zip(photos(3), ("RGB", "L", "RGBA"))]
+    got = eval_transform(processor)(images)
+    assert isinstance(got, list) and len(got) == 3
+    for tensor, image in zip(got, images):
+        expected = processor(image.convert("RGB"), return_tensors="pt")["pixel_values"][0]
+        assert isinstance(tensor, torch.Tensor) and tensor.shape == (3, 32, 32) and torch.equal(tensor, expected)
+
+
+def test_seeded_augmentation_seeds_every_generator_and_restores_them():
+    """A transform may draw from Python's, numpy's or torch's generator: the key alone decides, and the caller's
+    generators go on as if nothing had drawn from them."""
+
+    def draw(_):
+        return (random.random(), float(np.random.rand()), float(torch.rand(())))
+
+    augment = SeededAugmentation(draw, seed=3)
+    random.seed(0), np.random.seed(0), torch.manual_seed(0)
+    first = augment([None, None], keys=[5, 6])
+    after = (random.random(), float(np.random.rand()), float(torch.rand(())))
+    random.seed(0), np.random.seed(0), torch.manual_seed(0)
+    assert augment([None], keys=[5]) == first[:1] and first[0] != first[1]
+    assert (random.random(), float(np.random.rand()), float(torch.rand(()))) == after
+    assert len({value for values in first for value in values}) == 6
+
+
+@pytest.mark.parametrize("mixup_alpha, cutmix_alpha", [(0.8, 0.0), (0.0, 0.5), (0.5, 1.0)])
+def test_batch_mixer_is_timms_mixup_when_either_is_on(mixup_alpha, cutmix_alpha):
+    assert batch_mixer(10) is None and batch_mixer(10, 0.0, 0.0, 0.1) is None
+    mix = batch_mixer(7, mixup_alpha, cutmix_alpha, label_smoothing=0.1)
+    batch = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 6, 2, 3])
+    for seed in range(4):
+        random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
+        expected = Mixup(mixup_alpha, cutmix_alpha, label_smoothing=0.1, num_classes=7)(batch.clone(), labels)
+        random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
+        got = mix(batch.clone(), labels)
+        assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
