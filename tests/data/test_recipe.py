@@ -261,7 +261,10 @@ def test_batch_mixing_folds_label_smoothing_into_the_targets_as_timm():
     "ours, theirs",
     [
         ({"color_jitter": 0.4}, {"color_jitter": 0.4}),  # no RandAugment: timm jitters colours
-        ({"hflip": 0.0, "crop_min_scale": 0.5}, {"hflip": 0.0, "scale": (0.5, 1.0), "color_jitter": None}),
+        (  # no flip step at all: the colour jitter after it draws what timm's draws
+            {"hflip": 0.0, "crop_min_scale": 0.5, "color_jitter": 0.3},
+            {"hflip": 0.0, "scale": (0.5, 1.0), "color_jitter": 0.3},
+        ),
         (
             {"image_size": (48, 64), "auto_augment": OFFICIAL_AUTO_AUGMENT, "mean": (0.5, 0.4, 0.3)},
             {"input_size": (3, 48, 64), "auto_augment": OFFICIAL_AUTO_AUGMENT, "mean": (0.5, 0.4, 0.3)},
