@@ -62,14 +62,15 @@ for part in "${requested[@]}"; do
         (
             cd "$work"
             export HF_HUB_OFFLINE=1 PYTHONPATH="$work/mutants:$work/tests/mutation/hooks" MUTATION_WORK="$work" \
-            MUTATION_HITS_DIR="$work/hits"
-        mkdir -p "$work/hits"
+                MUTATION_HITS_DIR="$work/hits" TMPDIR="$work/tmp"
+            rm -rf "$work/tmp" && mkdir -p "$work/hits" "$work/tmp"
             mutmut run ${MUTATION_JOBS:+--max-children "$MUTATION_JOBS"} "${names[@]}" >"$work/survivors.log" 2>&1 || {
                 tail -c 3000 "$work/survivors.log"
                 exit 1
             }
             mutmut results --all true >"$work/results.txt"
         )
+        rm -rf "$work/tmp"
         python "$ROOT/tests/mutation/score.py" "$part" "$work/results.txt" "$ROOT/tests/mutation/equivalent.txt"
         continue
     fi
@@ -87,8 +88,11 @@ with open(path, "a", encoding="utf-8") as config:
         "\n[mutmut]\nsource_paths = ceit_hf\n"
         f"only_mutate ={lines(files)}\n"
         f"pytest_add_cli_args_test_selection ={lines(tests)}\n"
-        # torch.compile cannot trace mutmut's trampolines (they keep a contextvar): those tests would fail unmutated
+        # torch.compile cannot trace mutmut's trampolines (they keep a contextvar): those tests would fail unmutated;
+        # each mutant's pytest session removes its tmp_path folders when it ends (forked sessions never prune pytest's
+        # numbered folders: a full run otherwise leaves tens of GB behind)
         "pytest_add_cli_args =\n    -p\n    no:cacheprovider\n    -p\n    mutation_hits\n    -k\n    not torch_compile\n"
+        "    -o\n    tmp_path_retention_policy=none\n"
         # torch and its thread pools are not fork-safe: fork each mutant from a server that never ran a test
         "process_isolation = forkserver\n"
         # mutmut's time limit scales the tests' call time, which leaves out module-scoped fixtures (the conversion
@@ -100,14 +104,16 @@ PY
     echo "== $part: mutating $files with $tests"
     (
         cd "$work"
+        # TMPDIR inside the part's folder: what the tests' subprocesses leave there goes with the run
         export HF_HUB_OFFLINE=1 PYTHONPATH="$work/mutants:$work/tests/mutation/hooks" MUTATION_WORK="$work" \
-            MUTATION_HITS_DIR="$work/hits"
-        mkdir -p "$work/hits"
+            MUTATION_HITS_DIR="$work/hits" TMPDIR="$work/tmp"
+        mkdir -p "$work/hits" "$work/tmp"
         mutmut run ${MUTATION_JOBS:+--max-children "$MUTATION_JOBS"} >"$work/run.log" 2>&1 || {
             tail -c 3000 "$work/run.log"
             exit 1
         }
         mutmut results --all true >"$work/results.txt"
     )
+    rm -rf "$work/tmp"
     python "$ROOT/tests/mutation/score.py" "$part" "$work/results.txt" "$ROOT/tests/mutation/equivalent.txt"
 done
