@@ -195,6 +195,7 @@ def test_repeated_augmentation_without_set_epoch_deals_epoch_0():
     "length, world_size, batch_size, per_rank",
     [
         (256, 1, 16, 256),  # exactly one official block of 256
+        (300, 1, 1, 256),  # the rest beyond whole blocks of 256 left out, as the official sampler does
         (600, 2, 16, 256),  # 512 selected, 256 a rank, whole batches
         (600, 3, 50, 150),  # 170 a rank, cut to whole batches of 50
         (100, 1, 16, 96),  # below 256 (the official sampler would give nothing): whole batches of what there is
@@ -340,4 +341,31 @@ def test_batch_mixer_is_timms_mixup_when_either_is_on(mixup_alpha, cutmix_alpha)
         expected = Mixup(mixup_alpha, cutmix_alpha, label_smoothing=0.1, num_classes=7)(batch.clone(), labels)
         random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
         got = mix(batch.clone(), labels)
+        assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+
+
+def test_the_recipe_pieces_default_to_the_official_sampler_and_to_nothing_added():
+    """Defaults: 3 repeats, seed 0 (the official sampler's epoch-0 order), one example a batch; no label smoothing,
+    no Mixup or CutMix unless given, no random erasing."""
+    assert [key % 255 for key in RepeatedAugmentationSampler(255)] == [
+        index for index in torch.randperm(255, generator=torch.Generator().manual_seed(0)).tolist() for _ in range(3)
+    ][:255]
+    assert [key % 512 for key in RepeatedAugmentationSampler(512)] == official_rank_indices(512, 1, 0, epoch=0)
+    batch = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 6, 2, 3])
+    mean, std = torch.tensor([0.485, 0.456, 0.406]) * 255, torch.tensor([0.229, 0.224, 0.225]) * 255
+    torch.manual_seed(0)
+    normalized, same_labels = BatchAugmentation()(batch, labels)
+    assert torch.equal(same_labels, labels)
+    torch.testing.assert_close(normalized, (batch.float() - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1))
+    images = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    for ours, theirs in (
+        (lambda: batch_mixer(7, 0.8), lambda: Mixup(0.8, 0.0, label_smoothing=0.0, num_classes=7)),
+        (lambda: BatchMixing(7, mixup_alpha=0.8), lambda: Mixup(0.8, 0.0, label_smoothing=0.0, num_classes=7)),
+        (lambda: BatchMixing(7, cutmix_alpha=1.0), lambda: Mixup(0.0, 1.0, label_smoothing=0.0, num_classes=7)),
+    ):
+        random.seed(0), np.random.seed(0), torch.manual_seed(0)
+        expected = theirs()(images.clone(), labels)
+        random.seed(0), np.random.seed(0), torch.manual_seed(0)
+        got = ours()(images.clone(), labels)
         assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
