@@ -22,7 +22,7 @@ class DataError(Exception):
 
     def __init__(self, message: str):
         last = next((line for line in reversed(message.splitlines()) if "error: " in line), message)
-        super().__init__(last[last.find("error: ") :])
+        super().__init__(last[max(last.find("error: "), 0) :])  # a message without the marker stays whole
 
 
 class BadImageError(DataError):

@@ -2,6 +2,7 @@
 training) and DataLoader workers that see each epoch's augmentation seed."""
 
 import gc
+import io
 import logging
 import logging.handlers
 import re
@@ -328,3 +329,74 @@ def test_evaluation_names_a_file_that_fails_to_decode(tmp_path, monkeypatch):
     monkeypatch.setattr(DataSource, "verify_images_limit", 0)  # headers only, as for a folder of ImageNet's size
     with pytest.raises(SystemExit, match=rf"error: cannot decode .*{LATE} \(OSError"):
         evaluation.main(["--model", str(model), "--validation_dir", str(folder), "--batch_size", "4"])
+
+
+# ------------------------------------------------------------------------------ decoding, in the training process
+
+
+def png_bytes(seed: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def image_rows(images: list[bytes], mode: str | None = None) -> datasets.Dataset:
+    features = datasets.Features({"image": datasets.Image(mode=mode), "label": datasets.Value("int64")})
+    rows = {"image": [{"bytes": b, "path": None} for b in images], "label": list(range(len(images)))}
+    return datasets.Dataset.from_dict(rows, features=features)
+
+
+def test_a_bad_image_in_training_gives_way_to_the_next_row_and_is_counted_and_named(caplog):
+    from ceit_hf.data.decoding import DecodedExamples
+
+    rows = image_rows([png_bytes(0), b"not an image", png_bytes(2), png_bytes(3)])
+    examples = DecodedExamples(rows, "image", "label", transform=lambda images, keys: list(images))
+    with caplog.at_level(logging.WARNING, logger="ceit_hf.data"):
+        assert [example["labels"] for example in examples.__getitems__([1, 0, 3])] == [2, 0, 3]
+    assert examples.skipped == 1 and examples.last_skipped == "an image of 12 bytes"
+    (warning,) = [record.getMessage() for record in caplog.records]
+    assert re.fullmatch(
+        r"Skipping an image of 12 bytes \(UnidentifiedImageError: cannot identify image file .*\), 1 so far in this "
+        r"process \(--bad_image_policy skip\)",
+        warning,
+    )
+    assert [example["labels"] for example in examples.__getitems__([5, 9])] == [2, 2]  # keys of row 1's repeats
+    assert examples.skipped == 3
+    assert examples[2]["labels"] == 2 and examples[2]["pixel_values"].size == (8, 8)
+
+
+def test_a_dataset_where_no_image_decodes_is_refused_word_for_word():
+    from ceit_hf.data.decoding import BadImageError, DecodedExamples, decode_image
+
+    rows = image_rows([b"not an image", b"nor this"])
+    examples = DecodedExamples(rows, "image", "label", transform=lambda images, keys: list(images))
+    with pytest.raises(BadImageError) as refusal:
+        examples.__getitems__([0])
+    assert (
+        str(refusal.value)
+        == "error: no image of the dataset decodes: none can take the place of an image of 12 bytes."
+    )
+    with pytest.raises(BadImageError) as refusal:
+        decode_image({"bytes": b"nor this", "path": "a/b.png"}, datasets.Image())
+    assert refusal.value.name == "a/b.png" and refusal.value.reason.startswith("UnidentifiedImageError: ")
+    assert str(refusal.value) == f"error: cannot decode a/b.png ({refusal.value.reason})."
+
+
+def test_decoding_leaves_other_values_and_columns_as_they_are():
+    from ceit_hf.data.decoding import DataError, decode_image, undecoded
+
+    image = Image.new("RGB", (4, 4))
+    assert decode_image(image, datasets.Image()) is image  # decoded already
+    assert decode_image({"a": 1}, datasets.Value("int64")) == {"a": 1}  # not an image column
+    rows = image_rows([png_bytes(0)], mode="L")
+    assert undecoded(rows, "label") is rows
+    feature = undecoded(rows, "image").features["image"]
+    assert feature.mode == "L" and not feature.decode  # the column's mode kept for decoding later
+    assert decode_image(undecoded(rows, "image")[0]["image"], rows.features["image"]).mode == "L"
+    streamed = datasets.IterableDataset.from_generator(lambda: iter([{"image": 1}]))  # features unknown
+    assert undecoded(streamed, "image") is streamed
+    # from a DataLoader worker only the `error:` line is kept, all of it; a message without one stays whole
+    assert str(DataError("Traceback ...\nBadImageError: error: cannot decode a.png (OSError: error: -3).")) == (
+        "error: cannot decode a.png (OSError: error: -3)."
+    )
+    assert str(DataError("no marker here")) == "no marker here"
