@@ -5,6 +5,7 @@ bad-image policy, the checkpoint checks, the class names of integer labels and t
 process."""
 
 import io
+import itertools
 import json
 import os
 import re
@@ -164,6 +165,83 @@ def test_two_processes_split_the_stream_resume_exactly_and_evaluate_their_own_sh
         assert result["metrics"]["eval_accuracy"] == alone["eval_accuracy"] == pytest.approx(3 / 4)
         assert np.isfinite(result["metrics"]["eval_loss"])  # (a padded step's loss is left out)
     assert [r["walked"] for r in results] == [1, 0] and {r["folder_images"] for r in results} == {6}
+
+
+class IdAndKey:
+    """The stream's transform in the tests below: each image as [its id, the augmentation key it was given]."""
+
+    def __call__(self, images, keys):
+        return [
+            torch.tensor([grey.getpixel((0, 0)) + 256 * grey.getpixel((1, 0)), key])
+            for grey, key in zip((image.convert("L") for image in images), keys)
+        ]
+
+
+def read(stream, args, batches: int) -> tuple[list, list]:
+    """The first `batches` batches of `stream`'s training loader as (ids, keys) lists, and its position (as
+    checkpoints save it) after each."""
+    got, positions = [], []
+    for batch in itertools.islice(stream.data_loader(args), batches):
+        got.append(batch["pixel_values"].T.tolist())
+        positions.append(json.loads(json.dumps(stream.position(args))))
+    return got, positions
+
+
+def process_share(shards: Path, rank: int, workers: int, batch: int):
+    """(process `rank` of 2's training stream of `shards`, its TrainingArguments) as train.py makes them."""
+    from transformers import TrainingArguments
+
+    from ceit_hf.data import DataSource, load_image_datasets
+    from ceit_hf.data.streams import streamed_splits
+
+    source = DataSource(dataset_name=str(shards), streaming=True, needs_validation=False)
+    raw = load_image_datasets(source, seed=0)
+    stream, _ = streamed_splits(
+        raw, source, len(CLASSES), IdAndKey(), None, seed=0, shuffle_buffer_size=4, rank=rank, world_size=2
+    )
+    args = TrainingArguments(
+        str(shards.parent / "out"), per_device_train_batch_size=batch, dataloader_num_workers=workers, use_cpu=True
+    )
+    return stream, args
+
+
+@pytest.mark.parametrize("count, batch", [(4, 4), (3, 3)])
+def test_each_process_reads_its_share_and_resumes_at_any_batch_exactly(tmp_path, count, batch):
+    """A process's share of a stream of `count` shards of 12 examples, two processes (4 shards: 2 each; 3 shards:
+    each reads all and keeps every other example), 6 batches a pass. Over both processes a pass gives every example
+    once, the next pass in another order; each example has an augmentation key of its own. A stream resumed from the
+    position after any batch gives exactly the batches (examples and keys) of the uninterrupted read."""
+    shards = write_shards(tmp_path / "shards", shards=count, validation=())
+    reads = {}
+    for rank in (0, 1):
+        stream, args = process_share(shards, rank, workers=0, batch=batch)
+        reads[rank] = got, positions = read(stream, args, 12)
+        for k in range(1, 12):
+            resumed, args = process_share(shards, rank, workers=0, batch=batch)
+            resumed.resume(positions[k - 1], args, "checkpoint")
+            assert read(resumed, args, 12 - k)[0] == got[k:], (rank, k)
+    ids = [[sum((b[0] for b in reads[r][0][6 * p : 6 * (p + 1)]), []) for r in (0, 1)] for p in (0, 1)]
+    for number, (first, second) in enumerate(ids):
+        assert sorted(first + second) == list(range(12 * count)), number
+    assert ids[0] != ids[1]
+    keys = [key for rank in (0, 1) for b in reads[rank][0] for key in b[1]]
+    assert len(set(keys)) == len(keys)
+    assert reads[0][1][5]["workers"] == {"0": {"pass": 0, "given": 6 * batch}}
+
+
+def test_a_process_with_two_workers_resumes_mid_pass_and_after_a_workers_whole_pass(tmp_path):
+    """2 data-loading workers, a shard each of a process's 2, batches taken from the workers in turn: resumed after
+    batch 2 (both mid-pass) or 5 (worker 0's pass given in full, worker 1 due next with 4 examples left), the stream
+    gives exactly the batches of the uninterrupted read."""
+    shards = write_shards(tmp_path / "shards", validation=())
+    stream, args = process_share(shards, 0, workers=2, batch=4)
+    got, positions = read(stream, args, 8)
+    assert positions[4]["next_worker"] == 1
+    assert positions[4]["workers"] == {"0": {"pass": 0, "given": 12}, "1": {"pass": 0, "given": 8}}
+    for k in (2, 5):
+        resumed, args = process_share(shards, 0, workers=2, batch=4)
+        resumed.resume(positions[k - 1], args, "checkpoint")
+        assert read(resumed, args, 8 - k)[0] == got[k:], k
 
 
 @pytest.mark.slow
