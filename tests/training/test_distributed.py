@@ -296,3 +296,104 @@ def test_depthwise_weights_take_the_strides_of_their_gradients():
     assert all(
         torch.equal(v, before[k]) for k, v in model.state_dict().items() if "running" not in k and "num_" not in k
     )
+
+
+@pytest.fixture
+def one_process_group():
+    """A gloo group of this process alone and its device mesh: FSDP2 as on a single GPU, checked in the test
+    process itself (the 2-process launches above check what needs two ranks)."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield init_device_mesh("cpu", (1,))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_fully_shard_ceit_in_one_process_units_dtypes_and_a_loadable_save(one_process_group, tmp_path):
+    """`fully_shard_ceit` with a bf16 policy: the embeddings, each block and the root are FSDP units, each BatchNorm
+    one of its own that runs in fp32 (bf16 output); in fp32 the BatchNorms stay in their block. A second sharding is
+    refused. The folder `save_pretrained_sharded` writes (on the main process only) loads without FSDP as a CeiT,
+    with the model's weights, code and auto_map."""
+    from conftest import tiny_config
+    from fsdp_worker import BF16, record_dtypes_inside_forward
+    from torch.distributed.fsdp import FSDPModule
+
+    from ceit_hf import CeiTForImageClassification
+    from ceit_hf.distributed import fully_shard_ceit, save_pretrained_sharded
+
+    def units(model):
+        return {type(m).__name__.removeprefix("FSDP") for m in model.modules() if isinstance(m, FSDPModule)}
+
+    torch.manual_seed(0)
+    model = fully_shard_ceit(CeiTForImageClassification(tiny_config()), mesh=one_process_group, mp_policy=BF16)
+    assert units(model) == {"CeiTForImageClassification", "CeiTEmbeddings", "CeiTLayer", "BatchNorm1d", "BatchNorm2d"}
+    seen = {}
+    record_dtypes_inside_forward(model, seen)
+    logits = model(torch.randn(2, 3, 32, 32)).logits
+    assert logits.dtype == torch.bfloat16
+    assert (seen["batch_norm"]["weight"], seen["batch_norm"]["output"]) == ("torch.float32", "torch.bfloat16")
+    assert (seen["linear"]["input"], seen["linear"]["weight"]) == ("torch.bfloat16", "torch.bfloat16")
+    with pytest.raises(ValueError, match="already sharded with FSDP2"):
+        fully_shard_ceit(model, mesh=one_process_group)
+    fp32 = fully_shard_ceit(CeiTForImageClassification(tiny_config()), mesh=one_process_group)
+    assert units(fp32) == {"CeiTForImageClassification", "CeiTEmbeddings", "CeiTLayer"}
+
+    save_pretrained_sharded(model, tmp_path / "other", is_main_process=False)
+    assert not (tmp_path / "other").exists()
+    save_pretrained_sharded(model, tmp_path / "saved")
+    config = json.loads((tmp_path / "saved" / "config.json").read_text())
+    assert config["architectures"] == ["CeiTForImageClassification"]
+    assert {value.split(".")[0] for value in config["auto_map"].values()} == {"configuration_ceit", "modeling_ceit"}
+    assert type(model).__name__ == "FSDPCeiTForImageClassification"  # the class given back after the save
+    loaded = CeiTForImageClassification.from_pretrained(tmp_path / "saved").state_dict()
+    full = {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in model.state_dict().items()}
+    assert loaded.keys() == full.keys() and all(torch.equal(loaded[k], full[k]) for k in loaded)
+
+
+def test_sharded_ema_in_one_process_is_torchs_ema_swaps_and_resumes(one_process_group):
+    """`ShardedEMA` over three bf16 steps equals torch's `AveragedModel` (EMA, buffers included) of the same weights,
+    in keys and values; `swapped_into` gives the model the EMA's weights for the block and its own back after; a
+    new EMA loaded from the state resumes with the same average; a state or a model of other tensors is refused."""
+    from conftest import tiny_config
+    from fsdp_worker import BF16, batches
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    from ceit_hf import CeiTForImageClassification
+    from ceit_hf.distributed import ShardedEMA, average_batch_norm_statistics, full_state_dict, fully_shard_ceit
+
+    torch.manual_seed(0)
+    model = fully_shard_ceit(CeiTForImageClassification(tiny_config()).train(), mesh=one_process_group, mp_policy=BF16)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    ema, reference = ShardedEMA(model, 0.8), CeiTForImageClassification(tiny_config())
+    averaged = AveragedModel(reference, multi_avg_fn=get_ema_multi_avg_fn(0.8), use_buffers=True)
+    for pixels, labels in batches(0, 3):
+        model(pixel_values=pixels, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        before = {k: v.clone() for k, v in full_state_dict(model).items()}
+        average_batch_norm_statistics(model)  # one process: its own statistics
+        assert all(torch.equal(v, before[k]) for k, v in full_state_dict(model).items())
+        ema.update_parameters(model)
+        reference.load_state_dict(full_state_dict(model))
+        averaged.update_parameters(reference)
+    state, expected = ema.state_dict(), averaged.state_dict()
+    assert state.keys() == expected.keys() and all(torch.equal(state[k], expected[k]) for k in expected)
+    weights = full_state_dict(model)
+    assert any(not torch.equal(state[f"module.{k}"], v) for k, v in weights.items() if v.is_floating_point())
+    with ema.swapped_into(model):
+        inside = full_state_dict(model)
+        assert all(torch.equal(inside[k], state[f"module.{k}"]) for k in inside)
+    after = full_state_dict(model)
+    assert all(torch.equal(after[k], weights[k]) for k in weights)
+
+    resumed = ShardedEMA(model, 0.8)
+    resumed.load_state_dict(state)
+    assert all(torch.equal(resumed.state_dict()[k], state[k]) for k in state)
+    with pytest.raises(ValueError, match=r"missing \['n_averaged'\], unexpected \['extra'\]"):
+        resumed.load_state_dict({**{k: v for k, v in state.items() if k != "n_averaged"}, "extra": torch.zeros(1)})
+    other = fully_shard_ceit(CeiTForImageClassification(tiny_config(num_encoder_blocks=1)), mesh=one_process_group)
+    with pytest.raises(ValueError, match="not those the EMA was made of"):
+        ema.update_parameters(other)
