@@ -1,9 +1,15 @@
-"""pytest plugin for mutation runs: the mutated functions the test's subprocesses reached count as reached by the test.
+"""pytest plugin for mutation runs (loaded by tests/mutation/run.sh with `-p mutation_hits`):
 
-See sitecustomize.py beside it. Loaded by tests/mutation/run.sh with `-p mutation_hits`; idle outside mutmut's stats
-collection.
+- the mutated functions the test's subprocesses reached count as reached by the test (see sitecustomize.py beside
+  it);
+- a mutant's tests run cheapest first. mutmut stops a mutant's tests at the first failure but hands them over in no
+  set order, so a mutant that a one-second test kills could otherwise wait for a launch of two processes first. A
+  test's cost, measured in mutmut's first (stats) run: its setup and call, plus the setup of each fixture wider than
+  a function that it uses (paid by whichever of its tests comes first).
 """
 
+import collections
+import json
 import os
 
 import pytest
@@ -14,11 +20,24 @@ import sitecustomize
 # the tests themselves report their hits too
 sitecustomize.start()
 
+COSTS_FILE = "test_costs.json"
+measured = collections.defaultdict(float)  # test -> seconds of its setup and call, in the stats run
+shared = {}  # test -> its fixtures wider than a function
+
+
+def _stats_run() -> bool:
+    return os.environ.get("MUTANT_UNDER_TEST") == "stats"
+
+
+def _costs_path():
+    work = os.environ.get("MUTATION_WORK")
+    return os.path.join(work, COSTS_FILE) if work else None
+
 
 @pytest.hookimpl(tryfirst=True)  # before mutmut's own teardown hook reads the calls recorded during the test
 def pytest_runtest_teardown(item, nextitem):
     folder = os.environ.get("MUTATION_HITS_DIR")
-    if os.environ.get("MUTANT_UNDER_TEST") != "stats" or not folder:
+    if not _stats_run() or not folder:
         return
     from mutmut.state import state
 
@@ -27,3 +46,37 @@ def pytest_runtest_teardown(item, nextitem):
         with open(path, encoding="utf-8") as file:
             state()._stats.update(line.strip() for line in file if line.strip())
         os.remove(path)
+
+
+def pytest_runtest_logreport(report):
+    if _stats_run() and report.when in ("setup", "call"):
+        measured[report.nodeid] += report.duration
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's own reordering (by fixture), which would undo the order
+def pytest_collection_modifyitems(session, config, items):
+    if _stats_run():
+        for item in items:
+            definitions = getattr(item, "_fixtureinfo", None)
+            wide = definitions.name2fixturedefs.items() if definitions else ()
+            shared[item.nodeid] = sorted(name for name, defs in wide if defs and defs[-1].scope != "function")
+        return
+    path = _costs_path()
+    if not path or not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as file:
+        costs = json.load(file)
+    items.sort(key=lambda item: costs.get(item.nodeid, 0.0))
+
+
+def pytest_sessionfinish(session):
+    path = _costs_path()
+    if not _stats_run() or not path or not measured:
+        return
+    fixture_cost = collections.defaultdict(float)  # the setup of a wide fixture: the most any of its tests took
+    for test, fixtures in shared.items():
+        for name in fixtures:
+            fixture_cost[name] = max(fixture_cost[name], measured.get(test, 0.0))
+    costs = {test: seconds + sum(fixture_cost[f] for f in shared.get(test, ())) for test, seconds in measured.items()}
+    with open(path, "w", encoding="utf-8") as file:
+        json.dump(costs, file, indent=1, sort_keys=True)
