@@ -21,12 +21,41 @@ conversion|ceit_hf/conversion.py|tests/models/test_conversion.py
 inference|ceit_hf/inference.py|tests/models/test_inference.py
 hub|ceit_hf/hub.py|tests/hub/test_hub_upload.py
 distributed|ceit_hf/distributed.py|tests/training/test_distributed.py
-data-sources|ceit_hf/data/sources.py|tests/data/test_data_pipeline.py tests/training/test_robustness.py
+data-sources|ceit_hf/data/sources.py|tests/data/test_data_pipeline.py tests/training/test_robustness.py tests/data/test_streaming.py tests/training/test_training.py
 data-decoding|ceit_hf/data/decoding.py|tests/data/test_data_pipeline.py tests/training/test_robustness.py tests/models/test_image_processing.py
 data-streams|ceit_hf/data/streams.py|tests/data/test_streaming.py
 data-transforms|ceit_hf/data/transforms.py ceit_hf/data/loader.py|tests/data/test_recipe.py tests/data/test_data_pipeline.py
 "
 names() { echo "$PARTS" | cut -d'|' -f1 | grep .; }
+
+# mutmut's settings for one part, in the [mutmut] section that ends setup.cfg of the part's copy (replaced if there)
+mutmut_config() {
+    python - "$1" "$2" "$3" <<'PY'
+import sys
+path, files, tests = sys.argv[1:]
+lines = lambda words: "".join(f"\n    {word}" for word in words.split())
+with open(path, encoding="utf-8") as config:
+    kept = config.read().split("\n[mutmut]\n")[0]
+with open(path, "w", encoding="utf-8") as config:
+    config.write(kept)
+    config.write(
+        "\n[mutmut]\nsource_paths = ceit_hf\n"
+        f"only_mutate ={lines(files)}\n"
+        f"pytest_add_cli_args_test_selection ={lines(tests)}\n"
+        # torch.compile cannot trace mutmut's trampolines (they keep a contextvar): those tests would fail unmutated;
+        # each mutant's pytest session removes its tmp_path folders when it ends (forked sessions never prune pytest's
+        # numbered folders: a full run otherwise leaves tens of GB behind)
+        "pytest_add_cli_args =\n    -p\n    no:cacheprovider\n    -p\n    mutation_hits\n    -k\n    not torch_compile\n"
+        "    -o\n    tmp_path_retention_policy=none\n"
+        # torch and its thread pools are not fork-safe: fork each mutant from a server that never ran a test
+        "process_isolation = forkserver\n"
+        # mutmut's time limit scales the tests' call time, which leaves out module-scoped fixtures (the conversion
+        # tests build full-depth official models once): a constant large enough that only a real hang times out
+        "timeout_constant = 30\n"
+        "also_copy =\n    scripts\n    benchmarks\n    examples\n    configs\n"
+    )
+PY
+}
 
 survivors=false
 if [ "${1:-}" = --survivors ]; then
@@ -57,6 +86,7 @@ for part in "${requested[@]}"; do
         # the tests as they are now (mutmut copies them into its mutated tree at start); the source stays as mutated
         rm -rf "$work/tests" && cp -r "$ROOT/tests" "$work/tests"
         cp "$ROOT/tests/mutation/equivalent.txt" "$work/tests/mutation/equivalent.txt"
+        mutmut_config "$work/setup.cfg" "$files" "$tests"  # the part's tests as listed now
         mapfile -t names < <(grep -vE ": (killed|timeout)$" "$work/results.txt" | sed -E 's/^ *//; s/: [^:]*$//')
         echo "== $part: ${#names[@]} earlier survivors against the current tests"
         (
@@ -79,28 +109,7 @@ for part in "${requested[@]}"; do
     # the working tree as git sees it (tracked and untracked files, not ignored ones)
     git ls-files -z --cached --others --exclude-standard \
         | tar --null --ignore-failed-read -T - -cf - 2>/dev/null | tar -xf - -C "$work"
-    python - "$work/setup.cfg" "$files" "$tests" <<'PY'
-import sys
-path, files, tests = sys.argv[1:]
-lines = lambda words: "".join(f"\n    {word}" for word in words.split())
-with open(path, "a", encoding="utf-8") as config:
-    config.write(
-        "\n[mutmut]\nsource_paths = ceit_hf\n"
-        f"only_mutate ={lines(files)}\n"
-        f"pytest_add_cli_args_test_selection ={lines(tests)}\n"
-        # torch.compile cannot trace mutmut's trampolines (they keep a contextvar): those tests would fail unmutated;
-        # each mutant's pytest session removes its tmp_path folders when it ends (forked sessions never prune pytest's
-        # numbered folders: a full run otherwise leaves tens of GB behind)
-        "pytest_add_cli_args =\n    -p\n    no:cacheprovider\n    -p\n    mutation_hits\n    -k\n    not torch_compile\n"
-        "    -o\n    tmp_path_retention_policy=none\n"
-        # torch and its thread pools are not fork-safe: fork each mutant from a server that never ran a test
-        "process_isolation = forkserver\n"
-        # mutmut's time limit scales the tests' call time, which leaves out module-scoped fixtures (the conversion
-        # tests build full-depth official models once): a constant large enough that only a real hang times out
-        "timeout_constant = 30\n"
-        "also_copy =\n    scripts\n    benchmarks\n    examples\n    configs\n"
-    )
-PY
+    mutmut_config "$work/setup.cfg" "$files" "$tests"
     echo "== $part: mutating $files with $tests"
     (
         cd "$work"
