@@ -138,7 +138,8 @@ def save_index(paths: list[str], description: dict, store: Path):
             writer.write_table(table)
         os.replace(temporary, store / INDEX_FILE)
     except OSError as error:
-        temporary.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # (no such file, or a file where the cache's folder should be)
+            temporary.unlink()
         logger.warning(
             "Cannot keep the index of %s in %s (%s): it stays in memory.", description["root"], store, error
         )
@@ -261,7 +262,16 @@ def load_image_datasets(source: DataSource, seed: int):  # noqa: C901 (a branch 
     if "validation" not in raw:
         label = source.label_column_name
         stratify = label if isinstance(raw["train"].features[label], datasets.ClassLabel) else None
-        split = raw["train"].train_test_split(test_size=source.train_val_split, seed=seed, stratify_by_column=stratify)
+        try:
+            split = raw["train"].train_test_split(
+                test_size=source.train_val_split, seed=seed, stratify_by_column=stratify
+            )
+        except ValueError as error:  # (a class of one example cannot be split; datasets says so with a traceback)
+            raise SystemExit(
+                f"error: the dataset has no validation split, and --train_val_split {source.train_val_split} of its "
+                f"training split cannot be held out for one ({error}): expected classes of at least 2 examples, or a "
+                "split named 'validation'."
+            ) from None
         raw["train"], raw["validation"] = split["train"], split["test"]
     if source.max_train_samples is not None:
         kept = range(min(source.max_train_samples, len(raw["train"])))

@@ -5,7 +5,9 @@
 #   bash tests/mutation/run.sh conversion              # one part (names below), or several, or `all`
 #   MUTATION_JOBS=1 bash tests/mutation/run.sh hub      # mutants tested at once (default: mutmut's, the CPU count)
 #   bash tests/mutation/run.sh --survivors conversion  # the last run's surviving mutants again, against the tests
-#                                                      # as they are now (new tests are measured first)
+#                                                      # as they are now (new tests are measured first); the part's
+#                                                      # list of test files and the package code as in that run
+#                                                      # (mutmut reruns every mutant when the list changes)
 #
 # Each part runs in its own copy of the working tree under .mutation/<part> (git-ignored; made afresh by a full
 # run), with PYTHONPATH on mutmut's mutated copy so that the tests' subprocesses (scripts/*.py, torchrun workers)
@@ -21,14 +23,14 @@ conversion|ceit_hf/conversion.py|tests/models/test_conversion.py
 inference|ceit_hf/inference.py|tests/models/test_inference.py
 hub|ceit_hf/hub.py|tests/hub/test_hub_upload.py
 distributed|ceit_hf/distributed.py|tests/training/test_distributed.py
-data-sources|ceit_hf/data/sources.py|tests/data/test_data_pipeline.py tests/training/test_robustness.py tests/data/test_streaming.py tests/training/test_training.py
+data-sources|ceit_hf/data/sources.py|tests/data/test_sources.py tests/data/test_data_pipeline.py tests/training/test_robustness.py tests/data/test_streaming.py tests/training/test_training.py
 data-decoding|ceit_hf/data/decoding.py|tests/data/test_data_pipeline.py tests/training/test_robustness.py tests/models/test_image_processing.py
 data-streams|ceit_hf/data/streams.py|tests/data/test_streaming.py
 data-transforms|ceit_hf/data/transforms.py ceit_hf/data/loader.py|tests/data/test_recipe.py tests/data/test_data_pipeline.py
 "
 names() { echo "$PARTS" | cut -d'|' -f1 | grep .; }
 
-# mutmut's settings for one part, in the [mutmut] section that ends setup.cfg of the part's copy (replaced if there)
+# mutmut's settings for one part: the [mutmut] section that ends setup.cfg of the part's copy
 mutmut_config() {
     python - "$1" "$2" "$3" <<'PY'
 import sys
@@ -86,7 +88,6 @@ for part in "${requested[@]}"; do
         # the tests as they are now (mutmut copies them into its mutated tree at start); the source stays as mutated
         rm -rf "$work/tests" && cp -r "$ROOT/tests" "$work/tests"
         cp "$ROOT/tests/mutation/equivalent.txt" "$work/tests/mutation/equivalent.txt"
-        mutmut_config "$work/setup.cfg" "$files" "$tests"  # the part's tests as listed now
         mapfile -t names < <(grep -vE ": (killed|timeout)$" "$work/results.txt" | sed -E 's/^ *//; s/: [^:]*$//')
         echo "== $part: ${#names[@]} earlier survivors against the current tests"
         (

@@ -22,6 +22,7 @@ sitecustomize.start()
 
 COSTS_FILE = "test_costs.json"
 measured = collections.defaultdict(float)  # test -> seconds of its setup and call, in the stats run
+setups = {}  # test -> seconds of its setup (where a wide fixture it is the first to use is made)
 shared = {}  # test -> its fixtures wider than a function
 
 
@@ -51,6 +52,8 @@ def pytest_runtest_teardown(item, nextitem):
 def pytest_runtest_logreport(report):
     if _stats_run() and report.when in ("setup", "call"):
         measured[report.nodeid] += report.duration
+        if report.when == "setup":
+            setups[report.nodeid] = report.duration
 
 
 @pytest.hookimpl(trylast=True)  # after pytest's own reordering (by fixture), which would undo the order
@@ -73,10 +76,10 @@ def pytest_sessionfinish(session):
     path = _costs_path()
     if not _stats_run() or not path or not measured:
         return
-    fixture_cost = collections.defaultdict(float)  # the setup of a wide fixture: the most any of its tests took
+    fixture_cost = collections.defaultdict(float)  # a wide fixture's making: the longest setup among its tests
     for test, fixtures in shared.items():
         for name in fixtures:
-            fixture_cost[name] = max(fixture_cost[name], measured.get(test, 0.0))
+            fixture_cost[name] = max(fixture_cost[name], setups.get(test, 0.0))
     costs = {test: seconds + sum(fixture_cost[f] for f in shared.get(test, ())) for test, seconds in measured.items()}
     with open(path, "w", encoding="utf-8") as file:
         json.dump(costs, file, indent=1, sort_keys=True)
