@@ -244,6 +244,28 @@ def test_a_process_with_two_workers_resumes_mid_pass_and_after_a_workers_whole_p
         assert read(resumed, args, 8 - k)[0] == got[k:], k
 
 
+def test_a_process_whose_validation_share_is_empty_evaluates_nothing(tmp_path):
+    """A validation split of fewer rows than processes leaves a process none: its evaluation loader ends at once
+    (in step with the others, which all have nothing left either)."""
+    from types import SimpleNamespace
+
+    from streaming_worker import AsTensor
+    from transformers import TrainingArguments
+
+    from ceit_hf.data import DataSource, load_image_datasets
+    from ceit_hf.data.streams import streamed_splits
+
+    shards = write_shards(tmp_path / "shards", shards=1, per_shard=4, validation=(0,))
+    source = DataSource(dataset_name=str(shards), streaming=True)
+    raw = load_image_datasets(source, seed=0)
+    _, evaluation = streamed_splits(
+        raw, source, len(CLASSES), None, AsTensor(), seed=0, shuffle_buffer_size=4, rank=0, world_size=1
+    )
+    alone = SimpleNamespace(num_processes=1, device="cpu", gather=lambda tensor: tensor)  # accelerate's, one process
+    args = TrainingArguments(str(tmp_path / "out"), use_cpu=True, dataloader_num_workers=0)
+    assert list(evaluation.data_loader(args, alone)) == []
+
+
 @pytest.mark.slow
 def test_train_py_resumes_exactly_with_0_and_2_workers_mid_pass_and_at_the_end_of_a_pass(tmp_path):
     """train.py (`main`) on 2 processes, 4 shards of 12 examples, batches of 4, no validation split: resumed from
