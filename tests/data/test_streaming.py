@@ -244,6 +244,28 @@ def test_a_process_with_two_workers_resumes_mid_pass_and_after_a_workers_whole_p
         assert read(resumed, args, 8 - k)[0] == got[k:], k
 
 
+def test_a_stream_refuses_a_position_saved_by_another_version_or_another_reading(tmp_path):
+    """A stream position resumes only with the settings it was saved under (they decide which example comes next),
+    each difference named, and only from this version's checkpoints (earlier ones did not resume exactly)."""
+    shards = write_shards(tmp_path / "shards", validation=())
+    stream, args = process_share(shards, 0, workers=0, batch=4)
+    _, positions = read(stream, args, 1)
+    saved = positions[0]
+    with pytest.raises(SystemExit) as refusal:
+        stream.resume({**saved, "version": 1}, args, "checkpoint-5")
+    assert str(refusal.value) == (
+        "error: checkpoint-5 holds a stream position of an earlier ceit_hf, which did not resume exactly: expected a "
+        "checkpoint of this version (or start the run afresh)."
+    )
+    with pytest.raises(SystemExit) as refusal:
+        stream.resume({**saved, "world_size": 4, "seed": 1}, args, "checkpoint-5")
+    assert str(refusal.value) == (
+        "error: checkpoint-5 was saved by a stream read otherwise (world_size 4 there, 2 here, seed 1 there, 0 here): "
+        "a stream resumes with the same processes, --dataloader_num_workers, shards of --dataset_name, --seed and "
+        "--shuffle_buffer_size."
+    )
+
+
 def test_a_process_whose_validation_share_is_empty_evaluates_nothing(tmp_path):
     """A validation split of fewer rows than processes leaves a process none: its evaluation loader ends at once
     (in step with the others, which all have nothing left either)."""
