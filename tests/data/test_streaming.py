@@ -187,7 +187,7 @@ def read(stream, args, batches: int) -> tuple[list, list]:
     return got, positions
 
 
-def process_share(shards: Path, rank: int, workers: int, batch: int):
+def process_share(shards: Path, rank: int, workers: int, batch: int, num_labels: int = len(CLASSES)):
     """(process `rank` of 2's training stream of `shards`, its TrainingArguments) as train.py makes them."""
     from transformers import TrainingArguments
 
@@ -197,7 +197,7 @@ def process_share(shards: Path, rank: int, workers: int, batch: int):
     source = DataSource(dataset_name=str(shards), streaming=True, needs_validation=False)
     raw = load_image_datasets(source, seed=0)
     stream, _ = streamed_splits(
-        raw, source, len(CLASSES), IdAndKey(), None, seed=0, shuffle_buffer_size=4, rank=rank, world_size=2
+        raw, source, num_labels, IdAndKey(), None, seed=0, shuffle_buffer_size=4, rank=rank, world_size=2
     )
     args = TrainingArguments(
         str(shards.parent / "out"), per_device_train_batch_size=batch, dataloader_num_workers=workers, use_cpu=True
@@ -225,21 +225,29 @@ def test_each_process_reads_its_share_and_resumes_at_any_batch_exactly(tmp_path,
         assert sorted(first + second) == list(range(12 * count)), number
     assert ids[0] != ids[1]
     keys = [key for rank in (0, 1) for b in reads[rank][0] for key in b[1]]
-    assert len(set(keys)) == len(keys)
+    assert len(set(keys)) == len(keys) and all(0 <= key < 2**47 for key in keys)
     assert reads[0][1][5]["workers"] == {"0": {"pass": 0, "given": 6 * batch}}
+    assert reads[0][1][11]["workers"] == {"0": {"pass": 1, "given": 6 * batch}}
+    # 4 shards: each process reads only its own 2 (whole shards); 3: each reads all 3 and keeps its rows
+    assert {len({i // 12 for i in ids[0][rank]}) for rank in (0, 1)} == {2 if count == 4 else 3}
 
 
-def test_a_process_with_two_workers_resumes_mid_pass_and_after_a_workers_whole_pass(tmp_path):
-    """2 data-loading workers, a shard each of a process's 2, batches taken from the workers in turn: resumed after
-    batch 2 (both mid-pass) or 5 (worker 0's pass given in full, worker 1 due next with 4 examples left), the stream
-    gives exactly the batches of the uninterrupted read."""
-    shards = write_shards(tmp_path / "shards", validation=())
-    stream, args = process_share(shards, 0, workers=2, batch=4)
+@pytest.mark.parametrize("workers", [2, 3])
+@pytest.mark.filterwarnings(
+    "ignore:This DataLoader will create 3 worker processes"
+)  # (more than this machine's 2 cores)
+def test_a_process_with_workers_resumes_mid_pass_and_after_a_workers_whole_pass(tmp_path, workers):
+    """Data-loading workers with a shard each of a process's share, batches taken from the workers in turn: resumed
+    after batch 2 (every worker mid-pass, worker 2 due next) or 5 (worker 0's pass given in full; with 2 workers,
+    worker 1 due next with 4 examples left), the stream gives exactly the batches of the uninterrupted read."""
+    shards = write_shards(tmp_path / "shards", shards=2 * workers, validation=())
+    stream, args = process_share(shards, 0, workers=workers, batch=4)
     got, positions = read(stream, args, 8)
-    assert positions[4]["next_worker"] == 1
-    assert positions[4]["workers"] == {"0": {"pass": 0, "given": 12}, "1": {"pass": 0, "given": 8}}
+    if workers == 2:
+        assert positions[4]["next_worker"] == 1
+        assert positions[4]["workers"] == {"0": {"pass": 0, "given": 12}, "1": {"pass": 0, "given": 8}}
     for k in (2, 5):
-        resumed, args = process_share(shards, 0, workers=2, batch=4)
+        resumed, args = process_share(shards, 0, workers=workers, batch=4)
         resumed.resume(positions[k - 1], args, "checkpoint")
         assert read(resumed, args, 8 - k)[0] == got[k:], k
 
@@ -264,6 +272,85 @@ def test_a_stream_refuses_a_position_saved_by_another_version_or_another_reading
         "a stream resumes with the same processes, --dataloader_num_workers, shards of --dataset_name, --seed and "
         "--shuffle_buffer_size."
     )
+
+
+def test_a_stream_stops_in_one_line_on_empty_shards_no_image_that_decodes_or_a_label_outside_the_model(tmp_path):
+    from ceit_hf.data.streams import StreamError
+
+    def first_batch(shards, **kwargs):
+        stream, args = process_share(shards, 0, workers=0, batch=2, **kwargs)
+        return read(stream, args, 1)
+
+    empty = write_shards(tmp_path / "empty", shards=2, per_shard=0, validation=())
+    with pytest.raises(StreamError) as stop:
+        first_batch(empty)
+    assert str(stop.value) == (
+        "error: the stream gave data-loading worker 0 of process 0 no examples in pass 0: its shards [0] are empty."
+    )
+    bad = write_shards(tmp_path / "bad", shards=2, per_shard=3, validation=(), bad=range(6))
+    with pytest.raises(StreamError) as stop:
+        first_batch(bad)
+    assert str(stop.value) == (
+        "error: no image of the 3 examples that data-loading worker 0 of process 0 read in pass 0 (shards [0]) decodes."
+    )
+    shards = write_shards(tmp_path / "shards", shards=2, per_shard=3, validation=())
+    with pytest.raises(ValueError) as stop:  # labels i % 3: 2 is outside 2 classes
+        first_batch(shards, num_labels=2)
+    assert str(stop.value) == "The stream has the label 2 outside the model's 2 classes (id2label 0..1)."
+
+
+def test_a_checkpoints_stream_position_resumes_from_its_file_and_a_missing_or_foreign_one_is_refused(tmp_path):
+    """The position file as checkpoints hold it (the keys of this version) resumes the stream; a missing one, or one
+    saved by a stream read otherwise, is refused naming the checkpoint."""
+    import json as json_
+
+    from ceit_hf.data.streams import StreamPositionCallback
+
+    shards = write_shards(tmp_path / "shards", validation=())
+    stream, args = process_share(shards, 0, workers=0, batch=4)
+    got, _ = read(stream, args, 3)
+    checkpoint = tmp_path / "checkpoint-1"
+    checkpoint.mkdir()
+    position = {
+        "version": 2,
+        "world_size": 2,
+        "num_workers": 0,
+        "num_shards": 4,
+        "seed": 0,
+        "shuffle_buffer_size": 4,
+        "next_worker": 0,
+        "workers": {"0": {"pass": 0, "given": 4}},
+    }
+    (checkpoint / "stream_state_rank0.json").write_text(json_.dumps(position))
+    resumed, args = process_share(shards, 0, workers=0, batch=4)
+    StreamPositionCallback(resumed, resume_from=str(checkpoint)).on_train_begin(args, None, None)
+    assert read(resumed, args, 2)[0] == got[1:]
+
+    (checkpoint / "stream_state_rank0.json").write_text(json_.dumps({**position, "num_shards": 8}))
+    with pytest.raises(
+        SystemExit, match=f"^error: {re.escape(str(checkpoint))} was saved by a stream read otherwise "
+    ):
+        StreamPositionCallback(resumed, resume_from=str(checkpoint)).on_train_begin(args, None, None)
+    (checkpoint / "stream_state_rank0.json").unlink()
+    path = re.escape(str(checkpoint / "stream_state_rank0.json"))
+    with pytest.raises(SystemExit, match=rf"^error: cannot resume the stream: {path} is missing or damaged \(.*\)\.$"):
+        StreamPositionCallback(resumed, resume_from=str(checkpoint)).on_train_begin(args, None, None)
+
+
+def test_the_shuffle_buffer_holds_its_size_and_gives_every_row_once():
+    from ceit_hf.data.streams import shuffle_buffer
+
+    read = []
+
+    def rows():
+        for row in range(10):
+            read.append(row)
+            yield row
+
+    shuffled = shuffle_buffer(rows(), 4, np.random.default_rng(0))
+    first = next(shuffled)
+    assert len(read) == 5 and first in read[:5]  # one drawn from the 4 held and the 5th
+    assert sorted([first, *shuffled]) == list(range(10))
 
 
 def test_a_process_whose_validation_share_is_empty_evaluates_nothing(tmp_path):
