@@ -353,6 +353,43 @@ def test_the_shuffle_buffer_holds_its_size_and_gives_every_row_once():
     assert sorted([first, *shuffled]) == list(range(10))
 
 
+@pytest.mark.parametrize(
+    "count, workers, refused",
+    [
+        (2, 2, "2 shard(s), 1 for each of the 2 process(es), fewer than its 2 data-loading workers"),
+        (3, 2, None),
+        (4, 3, "4 shard(s), 2 for each of the 2 process(es), fewer than its 3 data-loading workers"),
+    ],
+)
+def test_more_workers_than_a_process_has_shards_are_refused(tmp_path, count, workers, refused):
+    """Two processes: with shards that divide evenly each reads its own, and a worker needs one of those; with 3,
+    each process reads all of them."""
+    shards = write_shards(tmp_path / "shards", shards=count, per_shard=2, validation=())
+    stream, args = process_share(shards, 0, workers=workers, batch=2)
+    if refused is None:
+        assert stream.data_loader(args).num_workers == workers
+        return
+    expected = f"error: --streaming: the training split has {refused}, which read whole shards: expected "
+    with pytest.raises(SystemExit, match=f"^{re.escape(expected)}--dataloader_num_workers {count // 2} or fewer"):
+        stream.data_loader(args)
+
+
+def test_a_stream_without_known_features_trains_and_a_finite_one_ending_is_an_error():
+    """A stream whose features `datasets` cannot know before reading (a generator's, of images) trains as any;
+    the training loader of a stream that ends (it never should: its workers read without end) stops the run."""
+    from ceit_hf.data.streams import StreamedExamples, StreamError, StreamLoader
+
+    rows = [{"image": Image.open(io.BytesIO(png(i)["bytes"])), "label": i % 3} for i in range(4)]
+    source = datasets.IterableDataset.from_generator(lambda: iter(rows))
+    assert source.features is None
+    stream = StreamedExamples(source, "image", "label", IdAndKey(), 3, split=(0, 2, 0, 1))
+    examples = list(itertools.islice(iter(stream), 4))
+    assert sorted(int(e["pixel_values"][0]) for e in examples) == [0, 1, 2, 3]
+    with pytest.raises(StreamError) as stop:
+        list(StreamLoader([], stream, 1))
+    assert str(stop.value) == "error: the training stream ended, which it never should (its workers read without end)."
+
+
 def test_a_process_whose_validation_share_is_empty_evaluates_nothing(tmp_path):
     """A validation split of fewer rows than processes leaves a process none: its evaluation loader ends at once
     (in step with the others, which all have nothing left either)."""
