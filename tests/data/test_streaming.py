@@ -226,7 +226,7 @@ def test_each_process_reads_its_share_and_resumes_at_any_batch_exactly(tmp_path,
     assert ids[0] != ids[1]
     keys = [key for rank in (0, 1) for b in reads[rank][0] for key in b[1]]
     assert len(set(keys)) == len(keys) and all(0 <= key < 2**47 for key in keys)
-    assert reads[0][1][5]["workers"] == {"0": {"pass": 0, "given": 6 * batch}}
+    assert reads[0][1][5]["workers"] == {"0": {"pass": 0, "given": 6 * batch}} and reads[0][1][5]["next_worker"] == 0
     assert reads[0][1][11]["workers"] == {"0": {"pass": 1, "given": 6 * batch}}
     # 4 shards: each process reads only its own 2 (whole shards); 3: each reads all 3 and keeps its rows
     assert {len({i // 12 for i in ids[0][rank]}) for rank in (0, 1)} == {2 if count == 4 else 3}
@@ -359,6 +359,7 @@ def test_the_shuffle_buffer_holds_its_size_and_gives_every_row_once():
         (2, 2, "2 shard(s), 1 for each of the 2 process(es), fewer than its 2 data-loading workers"),
         (3, 2, None),
         (4, 3, "4 shard(s), 2 for each of the 2 process(es), fewer than its 3 data-loading workers"),
+        (2, 1, None),
     ],
 )
 def test_more_workers_than_a_process_has_shards_are_refused(tmp_path, count, workers, refused):
@@ -388,6 +389,28 @@ def test_a_stream_without_known_features_trains_and_a_finite_one_ending_is_an_er
     with pytest.raises(StreamError) as stop:
         list(StreamLoader([], stream, 1))
     assert str(stop.value) == "error: the training stream ended, which it never should (its workers read without end)."
+
+
+def test_a_validation_stream_stops_at_a_bad_image_under_stop(tmp_path):
+    """--bad_image_policy stop holds for the validation stream too (skip counts a bad image and goes on)."""
+    from streaming_worker import AsTensor
+
+    from ceit_hf.data import DataSource, load_image_datasets
+    from ceit_hf.data.decoding import BadImageError
+    from ceit_hf.data.streams import streamed_splits
+
+    shards = write_shards(tmp_path / "shards", shards=1, per_shard=2, validation=(3,), bad=(1001,))
+    for policy in ("skip", "stop"):
+        source = DataSource(dataset_name=str(shards), streaming=True, bad_image_policy=policy)
+        raw = load_image_datasets(source, 0)
+        _, evaluation = streamed_splits(
+            raw, source, 3, None, AsTensor(), seed=0, shuffle_buffer_size=2, rank=0, world_size=1
+        )
+        if policy == "skip":
+            assert len(list(evaluation)) == 3 and evaluation.decoder.skipped == 1
+            continue
+        with pytest.raises(BadImageError, match="^error: cannot decode 1001.png "):
+            list(evaluation)
 
 
 def test_a_process_whose_validation_share_is_empty_evaluates_nothing(tmp_path):
@@ -610,9 +633,12 @@ def test_streaming_flags_are_checked_before_any_data_is_read(tmp_path):
     assert data.streaming and args.ignore_data_skip and args.save_strategy.value == "steps"
 
 
-def test_a_streams_loaders_take_trainers_multiprocessing_context(tmp_path):
-    """`--dataloader_multiprocessing_context` reaches a stream's training and evaluation DataLoaders as it reaches
-    Trainer's own ("forkserver" or "spawn": workers that are not forked from the multi-threaded training process)."""
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_streams_loaders_take_trainers_dataloader_flags(tmp_path, workers):
+    """Trainer's DataLoader flags reach a stream's training and evaluation DataLoaders as they reach Trainer's own:
+    the batch sizes, pinned memory, persistent workers (training only), the prefetch factor and
+    `--dataloader_multiprocessing_context` ("forkserver" or "spawn": workers that are not forked from the
+    multi-threaded training process), the last two only with workers."""
     from types import SimpleNamespace
 
     from transformers import TrainingArguments
@@ -626,8 +652,25 @@ def test_a_streams_loaders_take_trainers_multiprocessing_context(tmp_path):
         raw, source, 3, None, None, seed=0, shuffle_buffer_size=4, rank=0, world_size=1
     )
     args = TrainingArguments(
-        str(tmp_path / "out"), dataloader_num_workers=1, dataloader_multiprocessing_context="spawn", use_cpu=True
+        str(tmp_path / "out"),
+        dataloader_num_workers=workers,
+        dataloader_multiprocessing_context="spawn",
+        use_cpu=True,
+        per_device_train_batch_size=3,
+        per_device_eval_batch_size=5,
+        dataloader_pin_memory=False,
+        dataloader_persistent_workers=True,
+        dataloader_prefetch_factor=3 if workers else None,
     )
-    assert train.data_loader(args).loader.multiprocessing_context.get_start_method() == "spawn"
     one_process = SimpleNamespace(num_processes=1)  # what the evaluation loader reads of the accelerator up front
-    assert evaluation.data_loader(args, one_process).loader.multiprocessing_context.get_start_method() == "spawn"
+    loaders = {"train": train.data_loader(args).loader, "evaluation": evaluation.data_loader(args, one_process).loader}
+    for name, loader in loaders.items():
+        assert (loader.batch_size, loader.pin_memory, loader.num_workers) == (
+            3 if name == "train" else 5,
+            False,
+            workers,
+        )
+        assert loader.persistent_workers == (name == "train" and workers > 0)
+        assert loader.prefetch_factor == (3 if workers else None)
+        context = loader.multiprocessing_context
+        assert (context.get_start_method() if context else None) == ("spawn" if workers else None)
