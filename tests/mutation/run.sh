@@ -30,16 +30,13 @@ data-transforms|ceit_hf/data/transforms.py ceit_hf/data/loader.py|tests/data/tes
 "
 names() { echo "$PARTS" | cut -d'|' -f1 | grep .; }
 
-# mutmut's settings for one part: the [mutmut] section that ends setup.cfg of the part's copy
+# mutmut's settings for one part: a [mutmut] section added to setup.cfg of the part's fresh copy
 mutmut_config() {
     python - "$1" "$2" "$3" <<'PY'
 import sys
 path, files, tests = sys.argv[1:]
 lines = lambda words: "".join(f"\n    {word}" for word in words.split())
-with open(path, encoding="utf-8") as config:
-    kept = config.read().split("\n[mutmut]\n")[0]
-with open(path, "w", encoding="utf-8") as config:
-    config.write(kept)
+with open(path, "a", encoding="utf-8") as config:
     config.write(
         "\n[mutmut]\nsource_paths = ceit_hf\n"
         f"only_mutate ={lines(files)}\n"
