@@ -66,23 +66,23 @@ def save_pretrained_sharded(model, save_directory, is_main_process: bool = True,
         model.save_pretrained(save_directory, state_dict=state_dict, **kwargs)
 
 
-def average_batch_norm_statistics(model: nn.Module, group=None) -> None:
-    """Sets the running mean and variance of every BatchNorm of `model` to their mean over the ranks of `group` (a
-    collective). FSDP replicates buffers without synchronising them: averaged after each optimizer step, evaluation
-    and checkpoints see one set, from all ranks' batches."""
+def average_batch_norm_statistics(model: nn.Module) -> None:
+    """Sets the running mean and variance of every BatchNorm of `model` to their mean over the ranks (a collective).
+    FSDP replicates buffers without synchronising them: averaged after each optimizer step, evaluation and checkpoints
+    see one set, from all ranks' batches."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     buffers = [buffer for norm in norms for buffer in (norm.running_mean, norm.running_var)]
-    if not buffers or not dist.is_available() or not dist.is_initialized():
+    if not buffers:
         return
     with torch.no_grad():
         flat = torch.cat([buffer.float().flatten() for buffer in buffers])
-        dist.all_reduce(flat, group=group)
-        flat /= dist.get_world_size(group)
+        dist.all_reduce(flat)
+        flat /= dist.get_world_size()
         for buffer, value in zip(buffers, flat.split([buffer.numel() for buffer in buffers])):
             buffer.copy_(value.view_as(buffer))
 
 
-def check_fsdp_settings(version: int, activation_checkpointing: bool = False) -> None:
+def check_fsdp_settings(version: int, activation_checkpointing: bool) -> None:
     """`ValueError` naming the setting to change where accelerate's FSDP plugin asks for what CeiT cannot run."""
     if version != 2:
         raise ValueError(
@@ -134,15 +134,15 @@ def shard_for_accelerator(model: nn.Module, accelerator) -> nn.Module:
     return model
 
 
-def replicas_agree(model: nn.Module, group=None) -> bool:
-    """Whether every rank of `group` holds the same parameters (a collective; compares each parameter's sum and sum of
-    squares in float64). A difference means a rank diverged, and the saved model is rank 0's alone."""
+def replicas_agree(model: nn.Module) -> bool:
+    """Whether every rank holds the same parameters (a collective; compares each parameter's sum and sum of squares in
+    float64). A difference means a rank diverged, and the saved model is rank 0's alone."""
     if not dist.is_available() or not dist.is_initialized():
         return True
     parameters = [p.detach().double() for p in model.parameters()]
     fingerprint = torch.stack([torch.stack((p.sum(), p.square().sum())) for p in parameters]).flatten()
-    gathered = [torch.empty_like(fingerprint) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(gathered, fingerprint, group=group)
+    gathered = [torch.empty_like(fingerprint) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, fingerprint)
     return all(torch.equal(gathered[0], other) for other in gathered[1:])
 
 
@@ -188,7 +188,7 @@ class ShardedEMA:
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The full EMA on rank 0's CPU (a collective; an empty dict on the other ranks)."""
-        keep = not dist.is_initialized() or dist.get_rank() == 0
+        keep = dist.get_rank() == 0
         state = {"n_averaged": torch.tensor(self.n_averaged)} if keep else {}
         for name, average in self.averages.items():
             if name in self.layouts:

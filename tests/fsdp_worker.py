@@ -10,7 +10,8 @@ environment train.py gets from that config). Rank 0 writes what both ranks saw t
    resumed from it runs the same two steps; a full-state-dict save that `from_pretrained` loads.
 3. One bf16 step of every CeiT model class sharded: CeiTModel, CeiTBackbone, UperNet over a CeiTBackbone, and a LoRA
    (PEFT) model.
-4. `shard_for_accelerator` with the plugin of the config on GPUs (cpu_ram_efficient_loading).
+4. `replicas_agree` over equal and different weights; `shard_for_accelerator` with the plugin of the config on GPUs
+   (cpu_ram_efficient_loading).
 5. scripts/train.py's `main` with `--recipe deit` under FSDP through a real `Trainer`. accelerate runs FSDP only on
    GPUs; here its device check alone is passed over (`fsdp_on_cpu`), and everything else (the plugin from the
    config, Trainer's FSDP2 preparation, checkpointing and saving, train.py's sharding, callbacks and EMA) runs as on
@@ -44,6 +45,7 @@ from ceit_hf.distributed import (  # noqa: E402
     average_batch_norm_statistics,
     full_state_dict,
     fully_shard_ceit,
+    replicas_agree,
     save_pretrained_sharded,
     shard_for_accelerator,
 )
@@ -161,6 +163,9 @@ def training_with_ema(model, optimizer, rank, out: Path) -> dict:
 
     ema_state = ema.state_dict()  # a collective
     weights_before = full_state_dict(model)
+    holds = [None] * dist.get_world_size()  # whether each rank got full tensors from the two collectives
+    dist.all_gather_object(holds, bool(ema_state) or bool(weights_before))
+    result["other_ranks_hold_full_state"] = any(holds[1:])
     with ema.swapped_into(model):
         save_pretrained_sharded(model, out / "ema", is_main_process=rank == 0)
     weights_after = full_state_dict(model)
@@ -243,6 +248,15 @@ def every_model_shards(mesh, rank) -> dict:
                 "changed": bool(watched) and all(not torch.equal(before[k], after[k]) for k in watched),
             }
     return results
+
+
+def replicas(rank) -> dict:
+    """`replicas_agree` over models built from the same seed on every rank, and from each rank's own."""
+    torch.manual_seed(0)
+    same = CeiTForImageClassification(tiny_config())
+    torch.manual_seed(rank)
+    different = CeiTForImageClassification(tiny_config())
+    return {"same": replicas_agree(same), "different": replicas_agree(different)}
 
 
 def accelerate_path(rank):
@@ -385,6 +399,7 @@ def main(out: Path):
         )
 
     result["models"] = every_model_shards(mesh, rank)
+    result["replicas_agree"] = replicas(rank)
     result["accelerate_path"] = accelerate_path(rank)
     result["trainer"] = trainer_path(rank, out)  # last: it sets up accelerate's (process-wide) state
     if rank == 0:

@@ -6,6 +6,7 @@ says so)."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,15 @@ TINY_RUN = (
     "--num_train_epochs 1 --config_overrides num_encoder_blocks=2 --disable_tqdm true --report_to none "
     "--torch_threads 1 --dataloader_num_workers 0"
 ).split()
+# what the refusals of FSDP settings CeiT cannot run tell the user to change, in full
+VERSION_FIX = (
+    'set `fsdp_version: 2` in the accelerate config (see configs/accelerate/fsdp.yaml), or `"version": 2` in '
+    "--fsdp_config."
+)
+CHECKPOINTING_FIX = (
+    "set `fsdp_activation_checkpointing: false` in the accelerate config (or leave `activation_checkpointing` out of "
+    "--fsdp_config) and pass --gradient_checkpointing instead."
+)
 
 
 def environment():
@@ -132,6 +142,14 @@ def test_fsdp2_checkpoint_resumes_exactly_and_saves_a_loadable_folder(fsdp_run):
     assert result["accelerate_path"] == {"equal_to_rank0": True, "loss_finite": True}
 
 
+def test_replicas_agree_compares_every_rank(fsdp_run):
+    """`replicas_agree` on 2 ranks (what train.py logs after a DDP run): yes for the same weights, no when rank 1's
+    differ. The gathering collectives (`full_state_dict`, `ShardedEMA.state_dict`) leave rank 1 nothing."""
+    result, _ = fsdp_run
+    assert result["replicas_agree"] == {"same": True, "different": False}
+    assert result["other_ranks_hold_full_state"] is False
+
+
 def test_every_ceit_model_shards_and_trains_a_bf16_step(fsdp_run):
     """CeiTModel, CeiTBackbone (alone and under UperNet) and a LoRA model, sharded by `fully_shard_ceit`: one bf16
     step each, with a finite loss, that changes the stem's weights (every unit entered through its forward) or the
@@ -226,8 +244,8 @@ def test_fsdp_and_bf16_asked_for_by_accelerate_on_cpu_are_reported(tmp_path, mon
 @pytest.mark.parametrize(
     "environment, named",
     [
-        ({"FSDP_VERSION": "1"}, "set `fsdp_version: 2` in the accelerate config"),
-        ({"FSDP_VERSION": "2", "FSDP_ACTIVATION_CHECKPOINTING": "true"}, "set `fsdp_activation_checkpointing: false`"),
+        ({"FSDP_VERSION": "1"}, VERSION_FIX),
+        ({"FSDP_VERSION": "2", "FSDP_ACTIVATION_CHECKPOINTING": "true"}, CHECKPOINTING_FIX),
     ],
     ids=["fsdp_version_1", "fsdp_activation_checkpointing"],
 )
@@ -240,7 +258,7 @@ def test_fsdp_settings_train_py_cannot_run_are_refused_before_the_data_load(tmp_
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setattr(run, "prepare_job", lambda *args, **kwargs: pytest.fail("the data was loaded first"))
-    with pytest.raises(SystemExit, match=named):
+    with pytest.raises(SystemExit, match=re.escape(named)):
         main(["--output_dir", str(tmp_path), "--recipe", "deit", *TINY_RUN])
 
 
@@ -313,10 +331,10 @@ def one_process_group():
 
 
 def test_fully_shard_ceit_in_one_process_units_dtypes_and_a_loadable_save(one_process_group, tmp_path):
-    """`fully_shard_ceit` with a bf16 policy: the embeddings, each block and the root are FSDP units, each BatchNorm
-    one of its own that runs in fp32 (bf16 output); in fp32 the BatchNorms stay in their block. A second sharding is
-    refused. The folder `save_pretrained_sharded` writes (on the main process only) loads without FSDP as a CeiT,
-    with the model's weights, code and auto_map."""
+    """`fully_shard_ceit` with a bf16 policy: the embeddings, each block and the root are FSDP units (resharded after
+    forward), each BatchNorm one of its own that runs in fp32 (bf16 output); in fp32 the BatchNorms stay in their
+    block. A second sharding is refused. The folder `save_pretrained_sharded` writes (on the main process only, with save_pretrained's options)
+    loads without FSDP as a CeiT, with the model's weights, code and auto_map."""
     from conftest import tiny_config
     from fsdp_worker import BF16, record_dtypes_inside_forward
     from torch.distributed.fsdp import FSDPModule
@@ -334,6 +352,8 @@ def test_fully_shard_ceit_in_one_process_units_dtypes_and_a_loadable_save(one_pr
     record_dtypes_inside_forward(model, seen)
     logits = model(torch.randn(2, 3, 32, 32)).logits
     assert logits.dtype == torch.bfloat16
+    resharded = (model.classifier.weight, model.ceit.encoder.layers[0].attention.qkv.weight)
+    assert {type(weight).__name__ for weight in resharded} == {"DTensor"}  # after forward, the root's too
     assert (seen["batch_norm"]["weight"], seen["batch_norm"]["output"]) == ("torch.float32", "torch.bfloat16")
     assert (seen["linear"]["input"], seen["linear"]["weight"]) == ("torch.bfloat16", "torch.bfloat16")
     with pytest.raises(ValueError, match="already sharded with FSDP2"):
@@ -343,7 +363,8 @@ def test_fully_shard_ceit_in_one_process_units_dtypes_and_a_loadable_save(one_pr
 
     save_pretrained_sharded(model, tmp_path / "other", is_main_process=False)
     assert not (tmp_path / "other").exists()
-    save_pretrained_sharded(model, tmp_path / "saved")
+    save_pretrained_sharded(model, tmp_path / "saved", max_shard_size="100KB")  # save_pretrained's own options
+    assert (tmp_path / "saved" / "model.safetensors.index.json").exists()
     config = json.loads((tmp_path / "saved" / "config.json").read_text())
     assert config["architectures"] == ["CeiTForImageClassification"]
     assert {value.split(".")[0] for value in config["auto_map"].values()} == {"configuration_ceit", "modeling_ceit"}
@@ -397,3 +418,91 @@ def test_sharded_ema_in_one_process_is_torchs_ema_swaps_and_resumes(one_process_
     other = fully_shard_ceit(CeiTForImageClassification(tiny_config(num_encoder_blocks=1)), mesh=one_process_group)
     with pytest.raises(ValueError, match="not those the EMA was made of"):
         ema.update_parameters(other)
+
+
+def test_shard_for_accelerator_in_one_process_takes_the_accelerate_plugins_settings(one_process_group, monkeypatch):
+    """train.py's FSDP path with accelerate's FSDP2 plugin: the model is sharded in place over the mesh's FSDP
+    dimension (or the whole mesh without a parallelism config) with the plugin's mixed precision, resharding and CPU
+    offload, and rank 0's weights; accelerate's own wrapping is turned off, and its preparation leaves each
+    optimizer's parameters as they were. A plugin for FSDP version 1 (or an accelerate without versions) and
+    accelerate's activation checkpointing are refused with the setting to change."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from conftest import tiny_config
+    from fsdp_worker import BF16
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule
+
+    from ceit_hf import CeiTForImageClassification
+    from ceit_hf.distributed import full_state_dict, shard_for_accelerator
+
+    def accelerator(plugin, mesh=None, fsdp_dims=None):
+        config = SimpleNamespace(fsdp_dim_names=fsdp_dims) if fsdp_dims else None
+        return SimpleNamespace(
+            state=SimpleNamespace(fsdp_plugin=plugin), torch_device_mesh=mesh, parallelism_config=config
+        )
+
+    monkeypatch.setenv("FSDP_CPU_RAM_EFFICIENT_LOADING", "False")  # (the plugin sets it for transformers)
+    plugin = FullyShardedDataParallelPlugin(
+        fsdp_version=2, cpu_ram_efficient_loading=True, reshard_after_forward=False, mixed_precision_policy=BF16
+    )
+    plugin.cpu_offload = CPUOffloadPolicy(pin_memory=False)  # (pinned memory needs a GPU)
+    mesh = init_device_mesh("cpu", (1, 1), mesh_dim_names=("dp_replicate", "dp_shard"))
+    moved = []  # what accelerate's preparation does to an optimizer: its parameters looked up again by data pointer
+    launch = accelerator(plugin, mesh, ["dp_shard"])
+    launch.prepare = lambda *args: moved.extend(args) or [group.update(params=[]) for group in args[1].param_groups]
+
+    torch.manual_seed(0)
+    model = CeiTForImageClassification(tiny_config()).train()
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    assert shard_for_accelerator(model, launch) is model and isinstance(model, FSDPModule)
+    qkv = model.ceit.encoder.layers[0].attention.qkv
+    assert qkv.weight.device_mesh.mesh_dim_names == ("dp_shard",)
+    # (torch keeps the offload policy only on its parameter groups)
+    assert model.ceit.encoder.layers[0]._get_fsdp_state()._fsdp_param_group.fsdp_params[0].offload_to_cpu
+    full = full_state_dict(model)
+    assert full.keys() == weights.keys() and all(torch.equal(full[k], weights[k]) for k in weights)
+    assert plugin.auto_wrap_policy is None
+
+    optimizer = torch.optim.AdamW(model.parameters())
+    parameters = list(model.parameters())
+    assert launch.prepare(model, optimizer) == [None] and moved == [model, optimizer]
+    assert optimizer.param_groups[0]["params"] == parameters
+    logits = model(torch.randn(2, 3, 32, 32)).logits
+    assert logits.dtype == torch.bfloat16
+    assert type(qkv.weight).__name__ == "Parameter"  # gathered after forward: reshard_after_forward=False
+    logits.float().sum().backward()
+    assert type(qkv.weight).__name__ == "DTensor"
+
+    plain = FullyShardedDataParallelPlugin(fsdp_version=2, cpu_ram_efficient_loading=False)
+    whole_mesh = accelerator(plain, one_process_group)
+    whole_mesh.prepare = lambda *args: args
+    other = shard_for_accelerator(CeiTForImageClassification(tiny_config()), whole_mesh)
+    assert other.ceit.encoder.layers[0].attention.qkv.weight.device_mesh == one_process_group
+    assert other(torch.randn(2, 3, 32, 32)).logits.dtype == torch.float32
+    assert type(other.ceit.encoder.layers[0].attention.qkv.weight).__name__ == "DTensor"  # resharded by default
+
+    refused = [
+        (FullyShardedDataParallelPlugin(fsdp_version=1, cpu_ram_efficient_loading=False), VERSION_FIX),
+        (SimpleNamespace(activation_checkpointing=False), VERSION_FIX),
+        (
+            FullyShardedDataParallelPlugin(
+                fsdp_version=2, activation_checkpointing=True, cpu_ram_efficient_loading=False
+            ),
+            CHECKPOINTING_FIX,
+        ),
+    ]
+    for plugin, fix in refused:
+        with pytest.raises(ValueError, match=re.escape(fix)):
+            shard_for_accelerator(CeiTForImageClassification(tiny_config()), accelerator(plugin))
+
+
+def test_replicas_agree_without_a_process_group():
+    """A model outside a process group is the only replica: `replicas_agree` says yes without a collective."""
+    from conftest import tiny_config
+
+    from ceit_hf import CeiTForImageClassification
+    from ceit_hf.distributed import replicas_agree
+
+    assert replicas_agree(CeiTForImageClassification(tiny_config())) is True

@@ -21,14 +21,21 @@ def start() -> None:
     _started = True
     import atexit
     import contextlib
-    import multiprocessing.util
 
     if os.environ.get("MUTATION_WORK"):
         # the parent's own run reports a broken setup; a subprocess must not die of it
         with contextlib.suppress(Exception):
             _load_mutmut_config()
     atexit.register(_write_hits)
-    multiprocessing.util.register_after_fork(_write_hits, _in_child)
+    # os._exit skips atexit: forked DataLoader workers leave through it, and so do the distributed tests' workers once
+    # their results are written (tests/fsdp_worker.py)
+    leave = os._exit
+
+    def write_hits_and_leave(code):
+        _write_hits()
+        leave(code)
+
+    os._exit = write_hits_and_leave
 
 
 def _load_mutmut_config() -> None:
@@ -53,13 +60,6 @@ def _write_hits() -> None:
         path = os.path.join(os.environ["MUTATION_HITS_DIR"], f"{os.getpid()}.txt")
         with open(path, "a", encoding="utf-8") as file:
             file.write("".join(f"{name}\n" for name in hits))
-
-
-def _in_child(_) -> None:
-    # multiprocessing children (forked DataLoader workers) leave through os._exit: no atexit, but finalizers run
-    import multiprocessing.util
-
-    multiprocessing.util.Finalize(None, _write_hits, exitpriority=0)
 
 
 start()
