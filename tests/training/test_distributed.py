@@ -333,8 +333,8 @@ def one_process_group():
 def test_fully_shard_ceit_in_one_process_units_dtypes_and_a_loadable_save(one_process_group, tmp_path):
     """`fully_shard_ceit` with a bf16 policy: the embeddings, each block and the root are FSDP units (resharded after
     forward), each BatchNorm one of its own that runs in fp32 (bf16 output); in fp32 the BatchNorms stay in their
-    block. A second sharding is refused. The folder `save_pretrained_sharded` writes (on the main process only, with save_pretrained's options)
-    loads without FSDP as a CeiT, with the model's weights, code and auto_map."""
+    block. A second sharding is refused. The folder `save_pretrained_sharded` writes (on the main process only, with
+    save_pretrained's options) loads without FSDP as a CeiT, with the model's weights, code and auto_map."""
     from conftest import tiny_config
     from fsdp_worker import BF16, record_dtypes_inside_forward
     from torch.distributed.fsdp import FSDPModule
