@@ -87,6 +87,48 @@ def test_hidden_entries_are_not_classes_or_images_as_datasets_and_torchvision_le
     assert dataset.features["label"].names == ["a", "b"] and counts == [2, 1]
 
 
+def test_a_training_folder_that_is_a_file_missing_or_without_images_is_one_line(tmp_path):
+    expected = "expected one sub-folder of images per class"
+    file = tmp_path / "file.png"
+    png().save(file)
+    for path, what in ((file, "is not a folder"), (tmp_path / "missing", "does not exist")):
+        message = f"error: --train_dir {str(path)!r} {what}: {expected} ({path}/<class>/<image>)."
+        with pytest.raises(SystemExit, match=f"^{re.escape(message)}$"):
+            sources.scan_image_folder(str(path), "--train_dir")
+    folder = folder_of(tmp_path / "images", {"a": 1})
+    (folder / "b").mkdir()
+    (folder / "b" / "notes.txt").write_text("")
+    message = (
+        f"error: --train_dir {str(folder)!r}: the class folder 'b' holds no images (expected files such as .png or "
+        ".jpg)."
+    )
+    with pytest.raises(SystemExit, match=f"^{re.escape(message)}$"):
+        sources.scan_image_folder(str(folder), "--train_dir")
+
+
+def test_an_index_of_another_version_or_cut_short_is_made_again(tmp_path, monkeypatch, data_log):
+    """An index written by another version of the package, or whose rows are fewer than its description counts (a
+    damaged file), is not trusted: the folder is indexed again, whole."""
+    import pyarrow as pa
+
+    folder = folder_of(tmp_path / "images", {"a": 2, "b": 2})
+    cache = str(tmp_path / "cache")
+    sources.image_folder_dataset(str(folder), "--train_dir", cache_dir=cache)
+    monkeypatch.setattr(sources, "INDEX_VERSION", sources.INDEX_VERSION + 1)
+    assert len(sources.image_folder_dataset(str(folder), "--train_dir", cache_dir=cache)[0]) == 4
+    (index,) = (tmp_path / "cache").glob(f"*/*/{sources.INDEX_FILE}")
+    with pa.memory_map(str(index)) as source:
+        table = pa.ipc.open_stream(source).read_all()
+    with pa.OSFile(str(index), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table.slice(0, 3))
+    dataset, counts = sources.image_folder_dataset(str(folder), "--train_dir", cache_dir=cache)
+    assert len(dataset) == 4 and counts == [2, 2]
+    reports = [
+        r.getMessage().split("(")[1].split(" in ")[0] for r in data_log if "images in 2 classes" in r.getMessage()
+    ]
+    assert reports == ["indexed", "indexed", "indexed"]
+
+
 def test_the_index_decodes_is_kept_in_the_cache_given_and_stays_in_memory_where_it_cannot_be_kept(tmp_path, data_log):
     """The index's rows decode as images (made or reused); it is kept under the cache folder given, rewritten when a
     folder changes, and kept in memory with a warning where the cache cannot be written. Each load reports how."""
@@ -138,6 +180,15 @@ def test_images_are_decoded_up_front_up_to_the_limit_and_the_unreadable_named(tm
     with pytest.raises(SystemExit, match=f"^{re.escape(expected)}$"):
         load(str(folder), "--train_dir", decode_limit=8, cache_dir=str(tmp_path / "c"))
     assert f"Decoding the 8 images of {folder} (--verify_images_limit 8)" in [r.getMessage() for r in data_log]
+    one = folder_of(tmp_path / "one", {"a": 1})
+    (one / "a" / "0.png").write_bytes(b"\x89PNG cut")
+    assert len(load(str(one), "--train_dir", cache_dir=str(tmp_path / "c"))[0]) == 1  # not decoded by default
+    for bad, named in ((5, "a/0.png, a/1.png, a/2.png, a/3.png, b/0.png."), (6, "b/0.png and 1 more.")):
+        few = folder_of(tmp_path / f"bad{bad}", {"a": 4, "b": 4})
+        for name in ("a/0.png", "a/1.png", "a/2.png", "a/3.png", "b/0.png", "b/1.png")[:bad]:
+            (few / name).write_bytes(b"\x89PNG cut")
+        with pytest.raises(SystemExit, match=f"{bad} file\\(s\\) are not readable images: .*{re.escape(named)}$"):
+            load(str(few), "--train_dir", decode_limit=8, cache_dir=str(tmp_path / "c"))
 
 
 def test_a_held_out_split_is_stratified_the_same_for_a_seed_and_refused_for_classes_of_one_image(tmp_path):
@@ -175,6 +226,15 @@ def test_a_validation_folder_is_checked_as_the_training_one_and_unknown_classes_
     with pytest.raises(SystemExit, match=f"^{re.escape(expected)}$"):
         load_image_datasets(source, seed=0)
     assert len(list((tmp_path / "cache").glob(f"*/*/{sources.INDEX_FILE}"))) == 2  # each folder's index kept there
+    five = folder_of(tmp_path / "five", dict.fromkeys("abcde", 1))
+    strangers = folder_of(tmp_path / "strangers", dict.fromkeys("uvwxyz", 1))
+    expected = (
+        f"error: --validation_dir {str(strangers)!r}: the class folder(s) ['u', 'v', 'w', 'x', 'y'] are not classes "
+        "of --train_dir (expected the same class sub-folders as the training images: ['a', 'b', 'c', 'd', 'e'])."
+    )
+    with pytest.raises(SystemExit, match=f"^{re.escape(expected)}$"):
+        source = DataSource(train_dir=str(five), validation_dir=str(strangers), cache_dir=str(tmp_path / "cache"))
+        load_image_datasets(source, seed=0)
 
 
 @pytest.mark.parametrize("name", ["val", "valid", "test"])
@@ -193,6 +253,13 @@ def test_a_validation_split_under_another_name_is_taken_as_it_is(tmp_path, name)
     assert any((tmp_path / "cache").rglob("*.arrow"))
     small = load_image_datasets(DataSource(dataset_name=str(folder), dataset_config_name="small"), seed=0)
     assert (len(small["train"]), len(small["validation"])) == (5, 5)
+    readme = "".join(f"  - split: {split}\n    path: {split}-*.parquet\n" for split in ("train", "validation", name))
+    both = dataset_folder(
+        tmp_path / "both",
+        {"train": 6, "validation": 4, name: 3},
+        readme=f"configs:\n- config_name: default\n  data_files:\n{readme}",
+    )
+    assert len(load_image_datasets(DataSource(dataset_name=str(both)), seed=0)["validation"]) == 4  # its own first
 
 
 @pytest.mark.parametrize("class_label", [True, False])
@@ -200,14 +267,14 @@ def test_a_dataset_without_validation_holds_out_part_of_its_training_split(tmp_p
     """--train_val_split of the rows held out, by class where the labels are a ClassLabel, the same rows for a seed;
     --max_train_samples / --max_eval_samples cut each split after that (the training rows shuffled by the seed)."""
     folder = dataset_folder(tmp_path / "data", {"train": 36}, class_label=class_label)
-    source = DataSource(dataset_name=str(folder), train_val_split=0.25)
+    source = DataSource(dataset_name=str(folder), train_val_split=1 / 3)  # (datasets' own default is 0.25)
     raw = load_image_datasets(source, seed=0)
-    assert list(raw) == ["train", "validation"] and (len(raw["train"]), len(raw["validation"])) == (27, 9)
+    assert list(raw) == ["train", "validation"] and (len(raw["train"]), len(raw["validation"])) == (24, 12)
     if class_label:
-        assert np.bincount(raw["validation"]["label"]).tolist() == [3, 3, 3]
+        assert np.bincount(raw["validation"]["label"]).tolist() == [4, 4, 4]
     assert raw["validation"]["label"] == load_image_datasets(source, seed=0)["validation"]["label"]
     ids = lambda split: [np.asarray(image).max() for image in split["image"]]  # noqa: E731 (row i's pixels are i)
-    cut = DataSource(dataset_name=str(folder), train_val_split=0.25, max_train_samples=5, max_eval_samples=4)
+    cut = DataSource(dataset_name=str(folder), train_val_split=1 / 3, max_train_samples=5, max_eval_samples=4)
     first, second, other = (load_image_datasets(cut, seed) for seed in (1, 1, 2))
     assert list(first) == ["train", "validation"] and (len(first["train"]), len(first["validation"])) == (5, 4)
     assert ids(first["train"]) == ids(second["train"]) != ids(other["train"])
@@ -218,8 +285,19 @@ def test_a_dataset_without_validation_holds_out_part_of_its_training_split(tmp_p
             "error: the dataset has no validation split, and --train_val_split 0.15 of its training split cannot be "
             "held out for one (The least populated class in label column has only 1 member"
         )
-        with pytest.raises(SystemExit, match=f"^{re.escape(expected)}.*expected classes of at least 2 examples"):
+        ending = "expected classes of at least 2 examples, or a split named 'validation'."
+        with pytest.raises(SystemExit, match=f"^{re.escape(expected)}.*{re.escape(ending)}$"):
             load_image_datasets(DataSource(dataset_name=str(few)), seed=0)
+
+
+def test_sample_limits_leave_no_cache_files_beside_the_data(tmp_path):
+    """--max_train_samples shuffles the training rows in memory: nothing is written beside the folder's index (nor
+    beside a dataset's prepared files) at each run."""
+    folder = folder_of(tmp_path / "images", {"a": 4, "b": 4})
+    source = DataSource(train_dir=str(folder), cache_dir=str(tmp_path / "cache"), max_train_samples=3)
+    raw = load_image_datasets(source, seed=0)
+    assert len(raw["train"]) == 3
+    assert [path.name for path in (tmp_path / "cache").rglob("*") if path.is_file()] == [sources.INDEX_FILE]
 
 
 def test_a_dataset_folder_is_refused_without_a_train_split_or_with_a_missing_column(tmp_path):
@@ -251,6 +329,19 @@ def test_a_streams_validation_split_is_cut_to_max_eval_samples_and_its_absence_e
     )
     with pytest.raises(SystemExit, match=f"^{re.escape(expected)}$"):
         load_image_datasets(DataSource(dataset_name=str(bare), streaming=True), seed=0)
+
+
+def test_the_dataset_options_reach_datasets_load_dataset(monkeypatch):
+    """--dataset_config_name, --streaming, --cache_dir, --token and --trust_remote_code, as `load_dataset` takes
+    them (a private Hub dataset needs the token)."""
+    calls = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: calls.append((args, kwargs)) or "loaded")
+    source = DataSource(
+        dataset_name="someone/private", dataset_config_name="full", streaming=True, cache_dir="/cache", token="hf_x"
+    )
+    assert sources.load_hub_dataset(source) == "loaded"
+    options = {"streaming": True, "cache_dir": "/cache", "token": "hf_x", "trust_remote_code": False}
+    assert calls == [(("someone/private", "full"), options)]
 
 
 def test_a_dataset_the_hub_cannot_give_is_one_line(monkeypatch):
@@ -335,6 +426,22 @@ def test_label_names_of_a_class_label_plain_integers_or_given_names_and_the_labe
     )
     with pytest.raises(SystemExit, match=f"^{re.escape(expected)}$"):
         sources.label_names(stream, "label")
+    unknown = datasets.IterableDataset.from_generator(lambda: iter([{"label": 0}]))  # features known once read
+    assert unknown.features is None and sources.label_names(unknown, "label", ["x"]) == ["x"]
+    with pytest.raises(
+        SystemExit, match=r"^error: --streaming needs the class names: the label column 'label' is None"
+    ):
+        sources.label_names(unknown, "label")
+    many = [f"n{i}" for i in range(12)]
+    expected = (
+        f"error: the class names given ({many[:10]}) differ from those of the dataset's label column 'label' "
+        f"({many[1:11]}): expected the same, or none given."
+    )
+    shifted = datasets.Dataset.from_dict(
+        {"label": [0]}, features=datasets.Features({"label": datasets.ClassLabel(names=many[1:])})
+    )
+    with pytest.raises(SystemExit, match=f"^{re.escape(expected)}$"):
+        sources.label_names(shifted, "label", many)
     outside = datasets.Dataset.from_dict({"label": list(range(15))})
     expected = (
         "The train split has labels [3, 4, 5, 6, 7, 8, 9, 10, 11, 12] outside the model's 3 classes (id2label 0..2)."
@@ -356,6 +463,8 @@ def test_the_crop_size_is_the_median_shorter_side_of_the_first_images_in_steps_o
     assert size(rows([600] * 2), "image") == 224 and size(rows([32] * 64 + [200] * 80), "image") == 32
     assert size(rows([], bad=2), "image") == 224  # none decodes: the official size
     assert size(rows([120], bad=1), "image") == 128
+    stream = datasets.IterableDataset.from_generator(lambda: iter([{"image": Image.new("RGB", (50, 48))}] * 3))
+    assert stream.features is None and size(stream, "image") == 48  # a stream's features known once read
     warnings = [r.getMessage() for r in data_log if r.levelno == logging.WARNING]
     assert warnings[-1].startswith("Leaving 0.png out of the image size choice: UnidentifiedImageError: ")
 
