@@ -31,6 +31,7 @@ VERSION_FIX = (
     "--fsdp_config."
 )
 CHECKPOINTING_FIX = (
+    "accelerate's FSDP activation checkpointing cannot wrap CeiT's layers once they are sharded: "
     "set `fsdp_activation_checkpointing: false` in the accelerate config (or leave `activation_checkpointing` out of "
     "--fsdp_config) and pass --gradient_checkpointing instead."
 )
@@ -356,7 +357,9 @@ def test_fully_shard_ceit_in_one_process_units_dtypes_and_a_loadable_save(one_pr
     assert {type(weight).__name__ for weight in resharded} == {"DTensor"}  # after forward, the root's too
     assert (seen["batch_norm"]["weight"], seen["batch_norm"]["output"]) == ("torch.float32", "torch.bfloat16")
     assert (seen["linear"]["input"], seen["linear"]["weight"]) == ("torch.bfloat16", "torch.bfloat16")
-    with pytest.raises(ValueError, match="already sharded with FSDP2"):
+    with pytest.raises(
+        ValueError, match=r"^The model is already sharded with FSDP2 \(fully_shard\); shard it once\.$"
+    ):
         fully_shard_ceit(model, mesh=one_process_group)
     fp32 = fully_shard_ceit(CeiTForImageClassification(tiny_config()), mesh=one_process_group)
     assert units(fp32) == {"CeiTForImageClassification", "CeiTEmbeddings", "CeiTLayer"}
@@ -422,10 +425,10 @@ def test_sharded_ema_in_one_process_is_torchs_ema_swaps_and_resumes(one_process_
 
 def test_shard_for_accelerator_in_one_process_takes_the_accelerate_plugins_settings(one_process_group, monkeypatch):
     """train.py's FSDP path with accelerate's FSDP2 plugin: the model is sharded in place over the mesh's FSDP
-    dimension (or the whole mesh without a parallelism config) with the plugin's mixed precision, resharding and CPU
-    offload, and rank 0's weights; accelerate's own wrapping is turned off, and its preparation leaves each
-    optimizer's parameters as they were. A plugin for FSDP version 1 (or an accelerate without versions) and
-    accelerate's activation checkpointing are refused with the setting to change."""
+    dimension (the whole mesh without a parallelism config, FSDP2's default without a mesh) with the plugin's mixed
+    precision, resharding and CPU offload, and rank 0's weights; accelerate's own wrapping is turned off, and its
+    preparation leaves each optimizer's parameters as they were. A plugin for FSDP version 1 (or an accelerate without
+    versions) and accelerate's activation checkpointing are refused with the setting to change."""
     from types import SimpleNamespace
 
     from accelerate.utils import FullyShardedDataParallelPlugin
@@ -451,7 +454,9 @@ def test_shard_for_accelerator_in_one_process_takes_the_accelerate_plugins_setti
     mesh = init_device_mesh("cpu", (1, 1), mesh_dim_names=("dp_replicate", "dp_shard"))
     moved = []  # what accelerate's preparation does to an optimizer: its parameters looked up again by data pointer
     launch = accelerator(plugin, mesh, ["dp_shard"])
-    launch.prepare = lambda *args: moved.extend(args) or [group.update(params=[]) for group in args[1].param_groups]
+    launch.prepare = lambda *args, **kwargs: moved.extend([*args, kwargs]) or [
+        group.update(params=[]) for group in args[1].param_groups
+    ]
 
     torch.manual_seed(0)
     model = CeiTForImageClassification(tiny_config()).train()
@@ -467,7 +472,8 @@ def test_shard_for_accelerator_in_one_process_takes_the_accelerate_plugins_setti
 
     optimizer = torch.optim.AdamW(model.parameters())
     parameters = list(model.parameters())
-    assert launch.prepare(model, optimizer) == [None] and moved == [model, optimizer]
+    assert launch.prepare(model, optimizer, device_placement=[False, False]) == [None]
+    assert moved == [model, optimizer, {"device_placement": [False, False]}]
     assert optimizer.param_groups[0]["params"] == parameters
     logits = model(torch.randn(2, 3, 32, 32)).logits
     assert logits.dtype == torch.bfloat16
@@ -481,6 +487,8 @@ def test_shard_for_accelerator_in_one_process_takes_the_accelerate_plugins_setti
     other = shard_for_accelerator(CeiTForImageClassification(tiny_config()), whole_mesh)
     assert other.ceit.encoder.layers[0].attention.qkv.weight.device_mesh == one_process_group
     assert other(torch.randn(2, 3, 32, 32)).logits.dtype == torch.float32
+    older = SimpleNamespace(state=SimpleNamespace(fsdp_plugin=plain), prepare=lambda *args: args)  # older accelerate
+    shard_for_accelerator(CeiTForImageClassification(tiny_config()), older)  # no device mesh: FSDP2's default one
     assert type(other.ceit.encoder.layers[0].attention.qkv.weight).__name__ == "DTensor"  # resharded by default
 
     refused = [

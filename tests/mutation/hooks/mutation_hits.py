@@ -1,7 +1,7 @@
 """pytest plugin for mutation runs (loaded by tests/mutation/run.sh with `-p mutation_hits`):
 
 - the mutated functions the test's subprocesses reached count as reached by the test (see sitecustomize.py beside
-  it);
+  it), and by every test that shares a wider fixture made in its setup;
 - a mutant's tests run cheapest first. mutmut stops a mutant's tests at the first failure but hands them over in no
   set order, so a mutant that a one-second test kills could otherwise wait for a launch of two processes first. A
   test's cost, measured in mutmut's first (stats) run: its setup and call, plus the setup of each fixture wider than
@@ -24,6 +24,8 @@ COSTS_FILE = "test_costs.json"
 measured = collections.defaultdict(float)  # test -> seconds of its setup and call, in the stats run
 setups = {}  # test -> seconds of its setup (where a wide fixture it is the first to use is made)
 shared = {}  # test -> its fixtures wider than a function
+own = {}  # test -> those of its wide fixtures that the project's tests define (not pytest's, as tmp_path_factory)
+fixture_hits = {}  # such a fixture -> the subprocesses' hits reported in the first test using it (which made it)
 
 
 def _stats_run() -> bool:
@@ -42,11 +44,17 @@ def pytest_runtest_teardown(item, nextitem):
         return
     from mutmut.state import state
 
+    arrived = set()
     for name in os.listdir(folder):
         path = os.path.join(folder, name)
         with open(path, encoding="utf-8") as file:
-            state()._stats.update(line.strip() for line in file if line.strip())
+            arrived.update(line.strip() for line in file if line.strip())
         os.remove(path)
+    # A wide fixture that runs subprocesses (the FSDP tests' one `accelerate launch`) is made in the setup of the first
+    # test using it: what they reached counts for every test that reads the fixture's results.
+    for fixture in own.get(item.nodeid, ()):
+        arrived |= fixture_hits.setdefault(fixture, set(arrived))
+    state()._stats.update(arrived)
 
 
 def pytest_runtest_logreport(report):
@@ -62,7 +70,9 @@ def pytest_collection_modifyitems(session, config, items):
         for item in items:
             definitions = getattr(item, "_fixtureinfo", None)
             wide = definitions.name2fixturedefs.items() if definitions else ()
-            shared[item.nodeid] = sorted(name for name, defs in wide if defs and defs[-1].scope != "function")
+            wide = [(name, defs[-1]) for name, defs in wide if defs and defs[-1].scope != "function"]
+            shared[item.nodeid] = sorted(name for name, _ in wide)
+            own[item.nodeid] = [name for name, fixture in wide if not fixture.func.__module__.startswith("_pytest")]
         return
     path = _costs_path()
     if not path or not os.path.exists(path):
