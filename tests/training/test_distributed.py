@@ -180,10 +180,13 @@ def test_train_py_deit_recipe_under_fsdp_through_trainer(fsdp_run):
     assert not [name for name in trainer["checkpoint_files"] if "fsdp" in name and name.endswith(".py")]
 
 
+@pytest.mark.slow
 def test_two_nodes_train_evaluate_save_with_equal_weights(tmp_path):
     """The README's multi-node torchrun command as 2 nodes of 1 process on localhost, one output folder (a shared
     file system): both nodes train to the same weights (train.py compares them), evaluate, and save the model and
-    its EMA; DDP neither searches for unused parameters nor warns about gradient strides."""
+    its EMA; DDP neither searches for unused parameters nor warns about gradient strides. (Slow: 12 s. In CI, DDP
+    under torchrun runs through `ceit_hf.training.main` in test_streaming.py's two-process test, `replicas_agree` on
+    two ranks in the FSDP launch above, and the gradient strides in process below.)"""
     port = str(free_port())
     processes = []
     for node in (0, 1):
