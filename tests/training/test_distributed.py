@@ -455,11 +455,16 @@ def test_shard_for_accelerator_in_one_process_takes_the_accelerate_plugins_setti
     )
     plugin.cpu_offload = CPUOffloadPolicy(pin_memory=False)  # (pinned memory needs a GPU)
     mesh = init_device_mesh("cpu", (1, 1), mesh_dim_names=("dp_replicate", "dp_shard"))
-    moved = []  # what accelerate's preparation does to an optimizer: its parameters looked up again by data pointer
+    moved = []
+
+    def prepare(*args, **kwargs):  # as accelerate's: an optimizer's parameters looked up again by data pointer (lost)
+        moved.extend([*args, kwargs])
+        for group in args[1].param_groups:
+            group["params"] = []
+        return args
+
     launch = accelerator(plugin, mesh, ["dp_shard"])
-    launch.prepare = lambda *args, **kwargs: moved.extend([*args, kwargs]) or [
-        group.update(params=[]) for group in args[1].param_groups
-    ]
+    launch.prepare = prepare
 
     torch.manual_seed(0)
     model = CeiTForImageClassification(tiny_config()).train()
@@ -475,7 +480,7 @@ def test_shard_for_accelerator_in_one_process_takes_the_accelerate_plugins_setti
 
     optimizer = torch.optim.AdamW(model.parameters())
     parameters = list(model.parameters())
-    assert launch.prepare(model, optimizer, device_placement=[False, False]) == [None]
+    assert launch.prepare(model, optimizer, device_placement=[False, False]) == (model, optimizer)
     assert moved == [model, optimizer, {"device_placement": [False, False]}]
     assert optimizer.param_groups[0]["params"] == parameters
     logits = model(torch.randn(2, 3, 32, 32)).logits
@@ -490,9 +495,9 @@ def test_shard_for_accelerator_in_one_process_takes_the_accelerate_plugins_setti
     other = shard_for_accelerator(CeiTForImageClassification(tiny_config()), whole_mesh)
     assert other.ceit.encoder.layers[0].attention.qkv.weight.device_mesh == one_process_group
     assert other(torch.randn(2, 3, 32, 32)).logits.dtype == torch.float32
+    assert type(other.ceit.encoder.layers[0].attention.qkv.weight).__name__ == "DTensor"  # resharded by default
     older = SimpleNamespace(state=SimpleNamespace(fsdp_plugin=plain), prepare=lambda *args: args)  # older accelerate
     shard_for_accelerator(CeiTForImageClassification(tiny_config()), older)  # no device mesh: FSDP2's default one
-    assert type(other.ceit.encoder.layers[0].attention.qkv.weight).__name__ == "DTensor"  # resharded by default
 
     refused = [
         (FullyShardedDataParallelPlugin(fsdp_version=1, cpu_ram_efficient_loading=False), VERSION_FIX),
